@@ -8,18 +8,18 @@ namespace onestep {
 
 struct OptimConfig {
   std::string name = "adamw";        // adamw muon normuon adan lion mars soap sgd
-  double lr = 3e-3;                  // peak learning rate (for Muon-family: of the Muon group)
+  double lr = NAN;                   // peak learning rate (Muon family: of the Muon group); adamw 3e-3, muon 0.02
   double warmup_frac = 0.1;          // linear warm-up over this fraction of the steps
   double min_lr_frac = 0.1;          // cosine decay to this fraction of the peak
   double weight_decay = 0.1;         // decoupled
   double clip = 1.0;                 // global grad-norm clipping; 0 turns it off
   double beta1 = NAN, beta2 = NAN, beta3 = NAN;
   double eps = NAN;
-  double momentum = NAN;             // Muon family / SGD
+  double momentum = NAN;             // Muon family / SGD (muon: 0.95)
   bool nesterov = true;
   int ns_steps = 5;                  // Newton-Schulz iterations
   std::string muon_scale = "spectral";  // "spectral": sqrt(max(1, rows/cols)); "adamw_rms": 0.2 sqrt(max(rows, cols))
-  double adamw_lr = NAN;             // the AdamW group's peak lr in Muon-family runs (default: lr / 10... see resolve)
+  double adamw_lr = NAN;             // the AdamW group's peak lr in Muon-family runs (default 3e-3, see resolve)
   double adamw_beta1 = 0.9, adamw_beta2 = 0.95, adamw_eps = 1e-8;  // AdamW group of Muon-family runs
   double gamma = 0.025;              // MARS
   int precond_freq = 10;             // SOAP eigenbasis refresh

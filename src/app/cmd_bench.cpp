@@ -1,0 +1,115 @@
+// `onestep bench`: training throughput against the sgemm peak measured in the same run, and peak resident
+// memory against the bytes of the tensors the trainer allocates.
+#include <cblas.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "app/commands.h"
+#include "config/config.h"
+#include "core/rng.h"
+#include "core/threads.h"
+#include "core/timer.h"
+#include "kernels/cpu/ops.h"
+#include "train/stage_state.h"
+
+namespace onestep {
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Square sgemm GFLOP/s, median of `reps` runs: the machine's practical peak for our matmuls.
+double sgemm_peak_gflops(int n, int reps) {
+  std::vector<float> a(static_cast<size_t>(n) * n, 0.5f), b(a.size(), 0.25f), c(a.size(), 0.f);
+  std::vector<double> rates;
+  for (int r = 0; r < reps + 1; ++r) {
+    Stopwatch sw;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+    if (r > 0) rates.push_back(2.0 * n * n * n / sw.seconds() / 1e9);  // the first run warms up
+  }
+  return median(rates);
+}
+
+double peak_rss_mib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss / 1024.0;
+}
+
+}  // namespace
+
+int cmd_bench(const std::string& config_path, const std::vector<std::string>& overrides, int steps) {
+  std::vector<std::string> sets = {"model.preset=small", "train.micro_batch_size=8", "train.threads=2",
+                                   "train.micro_batches=1", "optim.name=adamw"};
+  sets.insert(sets.end(), overrides.begin(), overrides.end());
+  const RunConfig c = config_path.empty() ? parse_config("", "<bench defaults>", sets)
+                                          : load_config(config_path, overrides);
+  set_num_threads(c.train.threads);
+  const int B = c.train.micro_batch_size, T = c.model.seq_len, M = c.train.micro_batches;
+  const ModelConfig& m = c.model;
+
+  const double peak = sgemm_peak_gflops(2048, 5);
+  StageState s(m, whole_model(m), c.optim, c.delay.emulate == "one_step", c.delay.correction == "ef");
+  s.stage.init_weights(s.weights.data(), 1);
+  auto acts = s.stage.make_activations(B, T);
+  auto scratch = s.stage.make_scratch(B, T);
+  std::vector<int32_t> in(static_cast<size_t>(B) * T), tgt(in.size());
+  CounterRng rng(1, RngStream::test, 0);
+  for (auto& x : in) x = static_cast<int32_t>(rng.below(m.vocab_size));
+  for (auto& x : tgt) x = static_cast<int32_t>(rng.below(m.vocab_size));
+
+  std::vector<double> secs;
+  for (int i = 0; i < steps + 2; ++i) {
+    Stopwatch sw;
+    cpu::fill_zero(s.grad.data(), static_cast<int64_t>(s.grad.size()));
+    for (int mb = 0; mb < M; ++mb) {
+      s.stage.forward(s.compute_weights(), *acts, in.data(), nullptr, tgt.data());
+      s.stage.backward(s.compute_weights(), s.grad.data(), *acts, *scratch, nullptr, 1.0f / M);
+    }
+    optimizer_step(s, 1.0, 1.0f, c.delay);
+    if (i >= 2) secs.push_back(sw.seconds());  // two warm-up steps
+    std::fprintf(stderr, "\rbench step %d/%d", i + 1, steps + 2);
+  }
+  std::fprintf(stderr, "\n");
+  const double step_s = median(secs);
+  const double tokens = static_cast<double>(M) * B * T;
+  // FLOPs per token (issue #2): 6 x non-embedding parameters + 6 x vocab x d_model (head)
+  // + 12 x layers x d_model x seq (attention scores and values, forward + backward).
+  const double emb = static_cast<double>(m.vocab_size) * m.d_model;
+  const double non_emb = static_cast<double>(count_params(m)) - emb * (m.tie_embeddings ? 1 : 2);
+  const double flops_per_token = 6 * non_emb + 6 * emb + 12.0 * m.n_layers * m.d_model * T;
+  const double achieved = flops_per_token * tokens / step_s / 1e9;
+
+  int64_t tensor_bytes = acts->bytes() + scratch->bytes();
+  for (const auto* v : {&s.weights, &s.stale, &s.grad, &s.update, &s.prev_update})
+    tensor_bytes += static_cast<int64_t>(v->size() * sizeof(float));
+  for (const auto& b : s.optimizer->state_buffers()) {
+    int64_t n = 1;
+    for (auto d : b.shape) n *= d;
+    tensor_bytes += n * static_cast<int64_t>(sizeof(float));
+  }
+  const double tensor_mib = tensor_bytes / 1048576.0, rss = peak_rss_mib();
+
+  std::printf("preset %s, optimizer %s, %d x %d x %d tokens/step, %d threads\n", m.preset.c_str(),
+              c.optim.name.c_str(), M, B, T, num_threads());
+  std::printf("  sgemm peak (2048^3, median of 5)   %8.1f GFLOP/s\n", peak);
+  std::printf("  training step (median of %d)        %8.3f s\n", steps, step_s);
+  std::printf("  throughput                          %8.0f tokens/s\n", tokens / step_s);
+  std::printf("  model FLOPs/token                   %8.3f MFLOP\n", flops_per_token / 1e6);
+  std::printf("  achieved                            %8.1f GFLOP/s = %.1f%% of sgemm peak\n", achieved,
+              100 * achieved / peak);
+  std::printf("  allocated tensors                   %8.1f MiB\n", tensor_mib);
+  std::printf("  peak resident memory                %8.1f MiB = %.1f%% of the tensors\n", rss, 100 * rss / tensor_mib);
+  nlohmann::json j = {{"preset", m.preset}, {"tokens_per_s", tokens / step_s}, {"step_s", step_s},
+                      {"sgemm_peak_gflops", peak}, {"achieved_gflops", achieved}, {"frac_of_peak", achieved / peak},
+                      {"tensor_mib", tensor_mib}, {"peak_rss_mib", rss}, {"threads", num_threads()}};
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
+}
+
+}  // namespace onestep

@@ -1,0 +1,21 @@
+// The bodies of the subcommands; src/main.cpp only parses arguments and calls these.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace onestep {
+
+struct SampleOptions {
+  std::string checkpoint, prompt = "";
+  int tokens = 100, top_k = 40;
+  double temperature = 0.8;
+  uint64_t seed = 1;
+};
+
+int cmd_train(const std::string& config, const std::vector<std::string>& overrides, std::string out, bool resume);
+int cmd_eval(const std::string& checkpoint, const std::string& data_glob);
+int cmd_sample(const SampleOptions& o);
+int cmd_export(const std::string& checkpoint, const std::string& out);
+int cmd_bench(const std::string& config, const std::vector<std::string>& overrides, int steps);
+
+}  // namespace onestep

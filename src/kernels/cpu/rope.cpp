@@ -1,0 +1,92 @@
+// Rotary position embedding, Hugging Face rotate_half convention:
+//   out[i]       = x[i] * cos(a_i) - x[i + D/2] * sin(a_i)
+//   out[i + D/2] = x[i + D/2] * cos(a_i) + x[i] * sin(a_i),    a_i = t * theta^(-2i/D), 0 <= i < D/2.
+// The cos/sin table [T, D/2] is computed in double and cached, keyed by (T, D, theta).
+#include <cmath>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+
+namespace onestep::cpu {
+
+namespace {
+struct RopeTable {
+  std::vector<float> cos, sin;  // [T, D/2]
+};
+
+std::shared_ptr<const RopeTable> rope_table(int T, int D, float theta) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, int, float>, std::shared_ptr<const RopeTable>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto key = std::make_tuple(T, D, theta);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  auto tab = std::make_shared<RopeTable>();
+  const int half = D / 2;
+  tab->cos.resize(static_cast<size_t>(T) * half);
+  tab->sin.resize(static_cast<size_t>(T) * half);
+  for (int i = 0; i < half; ++i) {
+    const double inv_freq = std::pow(static_cast<double>(theta), -2.0 * i / static_cast<double>(D));
+    for (int t = 0; t < T; ++t) {
+      const double a = static_cast<double>(t) * inv_freq;
+      tab->cos[static_cast<size_t>(t) * half + i] = static_cast<float>(std::cos(a));
+      tab->sin[static_cast<size_t>(t) * half + i] = static_cast<float>(std::sin(a));
+    }
+  }
+  cache.emplace(key, tab);
+  return tab;
+}
+}  // namespace
+
+void rope_forward(float* out, const float* x, int B, int T, int H, int D, float theta) {
+  const auto tab = rope_table(T, D, theta);
+  const int half = D / 2;
+  const int rows = B * T;
+#pragma omp parallel for schedule(static)
+  for (int r = 0; r < rows; ++r) {
+    const int t = r % T;
+    const float* cs = tab->cos.data() + static_cast<int64_t>(t) * half;
+    const float* sn = tab->sin.data() + static_cast<int64_t>(t) * half;
+    for (int h = 0; h < H; ++h) {
+      const int64_t off = (static_cast<int64_t>(r) * H + h) * D;
+      const float* xi = x + off;
+      float* o = out + off;  // may equal x: both halves are read before either is written
+#pragma omp simd
+      for (int i = 0; i < half; ++i) {
+        const float x1 = xi[i], x2 = xi[i + half];
+        o[i] = x1 * cs[i] - x2 * sn[i];
+        o[i + half] = x2 * cs[i] + x1 * sn[i];
+      }
+    }
+  }
+}
+
+// The transpose of the rotation is the rotation by -a.
+void rope_backward(float* dx, const float* dout, int B, int T, int H, int D, float theta) {
+  const auto tab = rope_table(T, D, theta);
+  const int half = D / 2;
+  const int rows = B * T;
+#pragma omp parallel for schedule(static)
+  for (int r = 0; r < rows; ++r) {
+    const int t = r % T;
+    const float* cs = tab->cos.data() + static_cast<int64_t>(t) * half;
+    const float* sn = tab->sin.data() + static_cast<int64_t>(t) * half;
+    for (int h = 0; h < H; ++h) {
+      const int64_t off = (static_cast<int64_t>(r) * H + h) * D;
+      const float* g = dout + off;
+      float* d = dx + off;
+#pragma omp simd
+      for (int i = 0; i < half; ++i) {
+        const float g1 = g[i], g2 = g[i + half];
+        d[i] += g1 * cs[i] + g2 * sn[i];
+        d[i + half] += g2 * cs[i] - g1 * sn[i];
+      }
+    }
+  }
+}
+
+}  // namespace onestep::cpu

@@ -1,0 +1,153 @@
+#include "train/checkpoint.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+
+namespace fs = std::filesystem;
+
+namespace onestep {
+namespace {
+
+std::string step_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step_%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) bad_input(path, "cannot read");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void write_text_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    if (!out) internal_error("cannot write " + tmp);
+  }
+  fs::rename(tmp, path);
+}
+
+// Visits (tensor name, pointer, shape) of every tensor a stage checkpoints; `load` decides the direction.
+template <class F>
+void for_each_tensor(StageState& s, F&& f) {
+  for (const auto& p : s.stage.params().all()) {
+    f("weights." + p.name, s.weights.data() + p.offset, p.shape);
+    if (!s.stale.empty()) f("stale." + p.name, s.stale.data() + p.offset, p.shape);
+    if (!s.prev_update.empty()) f("prev_update." + p.name, s.prev_update.data() + p.offset, p.shape);
+  }
+  for (auto& b : s.optimizer->state_buffers()) f("optim." + b.name, b.data, b.shape);
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& run_dir, int64_t step, const RunConfig& config,
+                     const std::vector<StageState*>& stages, int keep) {
+  const fs::path root = fs::path(run_dir) / "checkpoints";
+  fs::create_directories(root);
+  const fs::path final_dir = root / step_name(step);
+  const fs::path tmp_dir = root / (step_name(step) + ".tmp");
+  fs::remove_all(tmp_dir);
+  fs::create_directories(tmp_dir);
+
+  std::vector<TensorRef> tensors;
+  for (StageState* s : stages)
+    for_each_tensor(*s, [&](const std::string& name, float* data, const std::vector<int64_t>& shape) {
+      // A tensor shared by two stages' tables (none today) would appear once.
+      for (const auto& t : tensors)
+        if (t.name == name) return;
+      tensors.push_back({name, shape, data});
+    });
+  write_safetensors((tmp_dir / "state.safetensors").string(), tensors, {{"format", "onestep-checkpoint-v1"}});
+
+  nlohmann::json meta;
+  meta["format"] = "onestep-checkpoint-v1";
+  meta["step"] = step;
+  meta["optimizer_steps"] = stages.front()->optimizer->steps_taken();
+  meta["has_prev_update"] = stages.front()->has_prev_update;
+  // Batches are a pure function of (seed, step, micro-batch): the step is the whole data cursor, and the
+  // counter-based RNG has no hidden state.
+  meta["data_cursor"] = {{"next_step", step}};
+  meta["rng"] = {{"kind", "counter-based splitmix64"}, {"seed", config.train.seed}};
+  meta["stages"] = stages.size();
+  write_text_atomic((tmp_dir / "state.json").string(), meta.dump(2) + "\n");
+  write_text_atomic((tmp_dir / "config.toml").string(), to_toml(config));
+
+  fs::remove_all(final_dir);
+  fs::rename(tmp_dir, final_dir);
+  write_text_atomic((root / "latest").string(), step_name(step) + "\n");
+
+  // Retention: newest `keep` complete folders survive.
+  std::vector<fs::path> done;
+  for (const auto& e : fs::directory_iterator(root)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && n.rfind("step_", 0) == 0 && n.find(".tmp") == std::string::npos) done.push_back(e.path());
+  }
+  std::sort(done.begin(), done.end());
+  for (size_t i = 0; i + keep < done.size(); ++i) fs::remove_all(done[i]);
+}
+
+std::string latest_checkpoint(const std::string& run_dir) {
+  const fs::path latest = fs::path(run_dir) / "checkpoints" / "latest";
+  if (!fs::exists(latest)) return "";
+  std::string name = read_text(latest.string());
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  const fs::path dir = latest.parent_path() / name;
+  if (!fs::exists(dir / "state.json")) bad_input(latest.string(), "names '" + name + "', which is not a complete checkpoint");
+  return dir.string();
+}
+
+std::string resolve_checkpoint_dir(const std::string& path) {
+  const fs::path p(path);
+  if (fs::is_directory(p) && fs::exists(p / "state.json")) return p.string();
+  if (fs::is_regular_file(p) && p.filename() == "latest") return latest_checkpoint(p.parent_path().parent_path().string());
+  if (fs::is_directory(p)) {
+    std::string d = latest_checkpoint(p.string());
+    if (!d.empty()) return d;
+  }
+  bad_input(path, "not a checkpoint (expected a step folder with state.json, a run folder, or checkpoints/latest)");
+}
+
+RunConfig checkpoint_config(const std::string& ckpt_dir) {
+  const std::string path = (fs::path(ckpt_dir) / "config.toml").string();
+  return parse_config(read_text(path), path);
+}
+
+int64_t load_checkpoint(const std::string& ckpt_dir, const std::vector<StageState*>& stages) {
+  const std::string meta_path = (fs::path(ckpt_dir) / "state.json").string();
+  nlohmann::json meta;
+  try {
+    meta = nlohmann::json::parse(read_text(meta_path));
+  } catch (const nlohmann::json::exception& e) {
+    bad_input(meta_path, std::string("not valid JSON: ") + e.what());
+  }
+  if (meta.value("format", "") != "onestep-checkpoint-v1") bad_input(meta_path, "format: expected onestep-checkpoint-v1");
+  SafetensorsReader reader((fs::path(ckpt_dir) / "state.safetensors").string());
+  for (StageState* s : stages) {
+    for_each_tensor(*s, [&](const std::string& name, float* data, const std::vector<int64_t>& shape) {
+      reader.read_into(name, data, shape);
+    });
+    s->optimizer->set_steps_taken(meta.at("optimizer_steps").get<int64_t>());
+    s->has_prev_update = meta.value("has_prev_update", false);
+  }
+  return meta.at("step").get<int64_t>();
+}
+
+}  // namespace onestep
+
+namespace onestep {
+void load_weights(const std::string& ckpt_dir, const Stage& stage, float* weights) {
+  SafetensorsReader reader((fs::path(ckpt_dir) / "state.safetensors").string());
+  for (const auto& p : stage.params().all()) reader.read_into("weights." + p.name, weights + p.offset, p.shape);
+}
+}  // namespace onestep

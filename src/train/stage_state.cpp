@@ -1,0 +1,51 @@
+#include "train/stage_state.h"
+
+#include <algorithm>
+
+#include "kernels/cpu/ops.h"
+
+namespace onestep {
+
+StageState::StageState(const ModelConfig& model, StageSpec spec, const OptimConfig& optim, bool keep_stale,
+                       bool use_ef)
+    : stage(model, spec) {
+  const size_t n = static_cast<size_t>(stage.params().total());
+  weights.assign(n, 0.f);
+  if (keep_stale) stale.assign(n, 0.f);
+  grad.assign(n, 0.f);
+  update.assign(n, 0.f);
+  if (use_ef) prev_update.assign(n, 0.f);
+  optimizer = make_optimizer(optim, stage.params());
+}
+
+void optimizer_step(StageState& s, double lr_scale, float grad_scale, const DelayConfig& delay) {
+  const int64_t n = static_cast<int64_t>(s.weights.size());
+  if (grad_scale != 1.0f) cpu::scale_inplace(s.grad.data(), grad_scale, n);
+  s.optimizer->compute_update(s.update.data(), s.weights.data(), s.grad.data(), lr_scale);
+  if (!s.stale.empty()) std::copy(s.weights.begin(), s.weights.end(), s.stale.begin());
+  float* x = s.weights.data();
+  const float* u = s.update.data();
+  if (delay.correction == "ef") {
+    const float c = static_cast<float>(delay.ef_coef);
+    float* up = s.prev_update.data();
+    if (s.has_prev_update) {
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < n; ++i) {
+        x[i] -= u[i] + c * (u[i] - up[i]);
+        up[i] = u[i];
+      }
+    } else {
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < n; ++i) {
+        x[i] -= u[i];
+        up[i] = u[i];
+      }
+    }
+    s.has_prev_update = true;
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) x[i] -= u[i];
+}
+
+}  // namespace onestep

@@ -1,0 +1,36 @@
+// Everything one stage owns while training: its weights (and the stale version the delay needs), gradient
+// accumulator, optimizer, and the update buffers of the delay correction. The single-device trainer holds one
+// of these; a pipeline holds one per stage. The optimizer step below serves both.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "config/config.h"
+#include "model/stage.h"
+#include "optim/optimizer.h"
+
+namespace onestep {
+
+struct StageState {
+  StageState(const ModelConfig& model, StageSpec spec, const OptimConfig& optim, bool keep_stale, bool use_ef);
+
+  Stage stage;
+  std::vector<float> weights;      // W(t): the version the optimizer updates
+  std::vector<float> stale;        // W(t-1): the version gradients are computed on under a one-step delay
+  std::vector<float> grad;         // accumulated over the step's micro-batches (mean)
+  std::vector<float> update;       // u(t), the optimizer's full update
+  std::vector<float> prev_update;  // u(t-1), uncorrected (EF correction)
+  std::unique_ptr<Optimizer> optimizer;
+  bool has_prev_update = false;
+
+  // Weights a forward/backward of this step should use: W(t-1) under a delay, else W(t).
+  const float* compute_weights() const { return stale.empty() ? weights.data() : stale.data(); }
+};
+
+// One optimizer step on a stage whose gradient is final (averaged over micro-batches, combined across
+// stages where needed). PAPER.md §2 order: clip (grad *= grad_scale) -> optimizer computes u ->
+// correction -> apply. EF: x <- x - u - c (u - u_prev), u_prev <- u; the first step is ordinary.
+// Under a one-step delay, W(t) is first saved as the next step's stale version.
+void optimizer_step(StageState& s, double lr_scale, float grad_scale, const DelayConfig& delay);
+
+}  // namespace onestep
