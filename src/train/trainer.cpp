@@ -157,16 +157,18 @@ TrainResult run_training(const RunConfig& c, const TrainOptions& options) {
     if (delayed) line["staleness"] = t == 0 ? 0 : 1;
     progress.step(step, loss, tokens_per_step / step_s, clock.seconds(), lr);
     const bool last = step == c.train.steps;
+    const bool stop_here = step == options.stop_after_step;
     if ((c.train.eval_every > 0 && step % c.train.eval_every == 0) || last) {
       line["val_loss"] = eval_now(step);
       result.final_val_loss = line["val_loss"];
     }
     metrics.write(line);
-    if ((c.train.ckpt_every > 0 && step % c.train.ckpt_every == 0) || last) {
+    if ((c.train.ckpt_every > 0 && step % c.train.ckpt_every == 0) || last || stop_here) {
       save_checkpoint(options.out_dir, step, c, {&state}, c.train.keep_ckpts);
     }
     result.final_train_loss = loss;
     result.steps_done = step;
+    if (stop_here) break;
   }
   progress.finish();
   write_plots(options.out_dir);

@@ -10,6 +10,9 @@ namespace onestep {
 struct TrainOptions {
   std::string out_dir;
   bool resume = false;
+  // Stop (with a checkpoint) after this many steps even if train.steps is larger: splits a long run into
+  // sittings (experiment runner) and lets tests interrupt a run at a known step. -1: run to the end.
+  int64_t stop_after_step = -1;
 };
 
 struct TrainResult {

@@ -126,7 +126,7 @@ TEST(Pretokenize, PiecesConcatenateToInputAndMatchHandWritten) {
   while (cur.next(p)) got.emplace_back(p);
   EXPECT_EQ(got, testutil::pretokenize(s));
   EXPECT_EQ(got, (std::vector<std::string>{"Hello", ",", "  ", " world", "!!", "\n\n ", " x", " I", "'m", " 12345",
-                                           " 678", " \t\t", "'S", "  "}));
+                                           " 678", " \t", "\t", "'", "S", "  "}));
 }
 
 TEST(Pretokenize, InvalidUtf8BecomesItsOwnPieces) {
@@ -193,7 +193,7 @@ TEST(SaveLoad, RoundTripGivesIdenticalEncodings) {
   trained().save(p);
   EXPECT_FALSE(std::filesystem::exists(p + ".tmp"));
   std::string first = slurp(p);
-  EXPECT_EQ(first.substr(0, 41), "onestep-bpe v1\nvocab_size 1024\neot 1023\n");
+  EXPECT_EQ(first.rfind("onestep-bpe v1\nvocab_size 1024\neot 1023\n", 0), 0u);
   Tokenizer t = Tokenizer::load(p);
   EXPECT_EQ(t.vocab_size(), trained().vocab_size());
   EXPECT_EQ(t.eot_token(), trained().eot_token());

@@ -114,7 +114,7 @@ inline std::string synthetic_corpus(size_t bytes, uint32_t seed = 1) {
     s += word;
     uint32_t p = rng() % 100;
     if (p < 3) s += "'s";
-    else if (p < 5) s += " " + std::to_string(rng() % 2000);
+    else if (p < 5) s.append(" ").append(std::to_string(rng() % 2000));
     else if (p < 7) s += " don't";
     else if (p < 8) s += " they'll";
     if (p >= 90 && p < 96) s += ",";

@@ -204,7 +204,9 @@ TEST(Attention, Causality) {
     for (int h = 0; h < s.H; ++h)
       for (int t = 0; t < s.T; ++t) {
         const size_t li = (static_cast<size_t>(b) * s.H + h) * s.T + t;
-        if (t < tc) EXPECT_EQ(a.lse[li], c.lse[li]);
+        if (t < tc) {
+          EXPECT_EQ(a.lse[li], c.lse[li]);
+        }
         for (int d = 0; d < s.D; ++d) {
           const size_t i = s.qi(b, t, h, d);
           if (t < tc) {

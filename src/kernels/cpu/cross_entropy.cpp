@@ -8,7 +8,7 @@
 
 namespace onestep::cpu {
 
-using detail::fast_exp;
+using namespace detail;
 
 namespace {
 // max and sum(exp(x - max)) of one row.
@@ -17,10 +17,27 @@ inline void row_max_sum(const float* x, int V, float& mx, float& sum) {
 #pragma omp simd reduction(max : m)
   for (int j = 0; j < V; ++j) m = x[j] > m ? x[j] : m;
   float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int j = 0; j < V; ++j) s += fast_exp(x[j] - m);
+  int j = 0;
+#ifdef ONESTEP_CPU_AVX2
+  const __m256 vm = _mm256_set1_ps(m);
+  __m256 acc = _mm256_setzero_ps();
+  for (; j + 8 <= V; j += 8) acc = _mm256_add_ps(acc, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm)));
+  s = hsum8(acc);
+#endif
+  for (; j < V; ++j) s += fast_exp(x[j] - m);
   mx = m;
   sum = s;
+}
+
+// d[j] = exp(x[j] - mx) * k ; d may alias x.
+inline void write_probs(float* d, const float* x, int V, float mx, float k) {
+  int j = 0;
+#ifdef ONESTEP_CPU_AVX2
+  const __m256 vm = _mm256_set1_ps(mx), vk = _mm256_set1_ps(k);
+  for (; j + 8 <= V; j += 8)
+    _mm256_storeu_ps(d + j, _mm256_mul_ps(exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm)), vk));
+#endif
+  for (; j < V; ++j) d[j] = fast_exp(x[j] - mx) * k;
 }
 }  // namespace
 
@@ -65,8 +82,7 @@ void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* 
     float mx, sum;
     row_max_sum(x, V, mx, sum);
     const float k = scale / sum;
-#pragma omp simd
-    for (int j = 0; j < V; ++j) d[j] = fast_exp(x[j] - mx) * k;
+    write_probs(d, x, V, mx, k);
     d[t] -= scale;
   }
 }
