@@ -10,12 +10,12 @@
 
 namespace onestep {
 
-// The one list of optimizer names. A later issue implementing one of them flips `implemented`, adds its
-// defaults to resolve_optim_defaults() and its construction to make_optimizer().
+// The one list of optimizer names. A new optimizer is added here (implemented = false until it is), with its
+// defaults in resolve_optim_defaults() and its construction in make_optimizer().
 const std::vector<OptimName>& optim_names() {
   static const std::vector<OptimName> names = {
-      {"adamw", true}, {"muon", true},  {"normuon", false}, {"adan", false},
-      {"lion", false}, {"mars", false}, {"soap", false},    {"sgd", false},
+      {"adamw", true}, {"muon", true}, {"normuon", true}, {"adan", true},
+      {"lion", true},  {"mars", true}, {"soap", true},    {"sgd", true},
   };
   return names;
 }
@@ -64,11 +64,20 @@ void check_nonneg(const std::string& where, const char* key, double v) {
 
 }  // namespace
 
-// Defaults (PAPER.md §3). Fields an optimizer does not use stay NaN ("not applicable").
-//   adamw: lr 3e-3, beta1 0.9, beta2 0.95, eps 1e-8.
-//   muon:  lr 0.02 (the Muon group), momentum 0.95 (Nesterov by default), eps 1e-7 (the Frobenius
-//          normalisation X = q / (||q||_F + eps)), adamw_lr 3e-3 for the AdamW group (embedding, head,
-//          norms) with adamw_beta1/adamw_beta2/adamw_eps (0.9, 0.95, 1e-8).
+// Defaults (PAPER.md §3). Fields an optimizer does not use stay NaN / -1 ("not applicable"). The betas are
+// PAPER.md's; the learning rates other than AdamW's and Muon's are untuned starting points (the paper tunes
+// lr per optimizer and does not give its values).
+//   adamw:   lr 3e-3, beta1 0.9, beta2 0.95, eps 1e-8.
+//   muon:    lr 0.02 (the Muon group), momentum 0.95 (Nesterov by default), eps 1e-7 (the Frobenius
+//            normalisation X = q / (||q||_F + eps)), adamw_lr 3e-3 for the AdamW group (embedding, head,
+//            norms) with adamw_beta1/adamw_beta2/adamw_eps (0.9, 0.95, 1e-8).
+//   normuon: as muon (lr 0.02, momentum 0.95, adamw_lr 3e-3), beta2 0.95 for the per-row second moment,
+//            eps 1e-8 in X / (sqrt(v_row) + eps) (the Newton-Schulz normalisation keeps Muon's 1e-7).
+//   adan:    lr 3e-3, (beta1, beta2, beta3) = (0.98, 0.92, 0.99) in the PyTorch convention, eps 1e-8.
+//   lion:    lr 3e-4, (beta1, beta2) = (0.9, 0.99).
+//   mars:    lr 3e-3, (beta1, beta2) = (0.95, 0.99), eps 1e-8, gamma 0.025.
+//   soap:    lr 3e-3, (beta1, beta2) = (0.95, 0.95), eps 1e-8, precond_freq 10.
+//   sgd:     lr 0.1, momentum 0.9 (Nesterov by default).
 void resolve_optim_defaults(OptimConfig& c, const std::string& where) {
   const OptimName* found = nullptr;
   for (const auto& n : optim_names())
@@ -87,6 +96,37 @@ void resolve_optim_defaults(OptimConfig& c, const std::string& where) {
     fill(c.momentum, 0.95);
     fill(c.eps, 1e-7);
     fill(c.adamw_lr, 3e-3);
+  } else if (c.name == "normuon") {
+    fill(c.lr, 0.02);
+    fill(c.momentum, 0.95);
+    fill(c.beta2, 0.95);
+    fill(c.eps, 1e-8);
+    fill(c.adamw_lr, 3e-3);
+  } else if (c.name == "adan") {
+    fill(c.lr, 3e-3);
+    fill(c.beta1, 0.98);
+    fill(c.beta2, 0.92);
+    fill(c.beta3, 0.99);
+    fill(c.eps, 1e-8);
+  } else if (c.name == "lion") {
+    fill(c.lr, 3e-4);
+    fill(c.beta1, 0.9);
+    fill(c.beta2, 0.99);
+  } else if (c.name == "mars") {
+    fill(c.lr, 3e-3);
+    fill(c.beta1, 0.95);
+    fill(c.beta2, 0.99);
+    fill(c.eps, 1e-8);
+    fill(c.gamma, 0.025);
+  } else if (c.name == "soap") {
+    fill(c.lr, 3e-3);
+    fill(c.beta1, 0.95);
+    fill(c.beta2, 0.95);
+    fill(c.eps, 1e-8);
+    if (c.precond_freq == -1) c.precond_freq = 10;
+  } else if (c.name == "sgd") {
+    fill(c.lr, 0.1);
+    fill(c.momentum, 0.9);
   }
 
   // Validation: every message names its key.
@@ -100,7 +140,10 @@ void resolve_optim_defaults(OptimConfig& c, const std::string& where) {
   if (!std::isnan(c.beta3)) check_beta(where, "beta3", c.beta3);
   if (!std::isnan(c.momentum)) check_beta(where, "momentum", c.momentum);
   if (!std::isnan(c.eps)) check_positive(where, "eps", c.eps);
-  if (c.name == "muon") {
+  if (c.name == "mars") check_nonneg(where, "gamma", c.gamma);
+  if (c.name == "soap" && c.precond_freq < 1)
+    bad_input(where, "optim.precond_freq: must be >= 1; got " + std::to_string(c.precond_freq));
+  if (c.name == "muon" || c.name == "normuon") {
     if (c.ns_steps < 1) bad_input(where, "optim.ns_steps: must be >= 1; got " + std::to_string(c.ns_steps));
     if (c.muon_scale != "spectral" && c.muon_scale != "adamw_rms")
       bad_input(where, "optim.muon_scale: expected one of spectral, adamw_rms; got '" + c.muon_scale + "'");

@@ -35,7 +35,8 @@ class Optimizer {
   int64_t t_ = 0;
 };
 
-// Routes parameters by role and shape (Muon family: ParamRole::matrix; everything else: AdamW).
+// Routes parameters by role and shape (see make_optimizer.cpp: e.g. Muon family and SOAP take
+// ParamRole::matrix, MARS every 2-D parameter; the rest goes to AdamW).
 std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& c, const ParamTable& table);
 
 // Global gradient-norm clipping helpers: the norm is sqrt(sum of squares) over everything given.

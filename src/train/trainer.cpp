@@ -78,9 +78,9 @@ TrainResult run_training(const RunConfig& c, const TrainOptions& options) {
   set_num_threads(c.train.threads);
 
   const int B = c.train.micro_batch_size, T = c.model.seq_len, M = c.train.micro_batches;
+  check_tokenizer_matches(c);  // first: a wrong tokenizer is the likelier cause of out-of-range tokens
   const TokenDataset train_data(c.data.train, "data.train", c.model.vocab_size);
   const TokenDataset val_data(c.data.val, "data.val", c.model.vocab_size);
-  check_tokenizer_matches(c);
 
   const bool delayed = c.delay.emulate == "one_step";
   StageState state(c.model, whole_model(c.model), c.optim, delayed, c.delay.correction == "ef");

@@ -1,16 +1,20 @@
 // Causal grouped-query attention, flash-attention style: queries and keys are processed in blocks of
 // kBlk rows, scores exist only one kBlk x kBlk tile at a time, the forward keeps an online softmax and
-// saves lse = log-sum-exp of the scaled scores; the backward recomputes the probabilities from q, k, lse.
+// saves lse = log-sum-exp of the scaled scores; the backward recomputes the probabilities from q, k, lse
+// and uses delta = rowsum(dout * out).
 //
 // Layouts: q, out [B,T,H,D]; k, v [B,T,KV,D]; lse [B,H,T]. Head h reads kv head h / (H/KV).
+// Tiles are packed into contiguous per-thread buffers and multiplied with a small AVX2 register-tiled
+// kernel (scalar fallback without AVX2/FMA); diagonal tiles skip their masked upper triangle.
 //
 // Determinism. Every output element is written by exactly one task and its contributions are added in
 // one fixed order, independent of the thread count and of which backward scheme runs:
-//   dq rows of (b, h, query block qb):  += over key blocks kb = 0..qb in order;
-//   dk, dv rows of (b, kvh, key block kb): += over (h in the group, qb = kb..) in lexicographic order.
+//   dq rows of (b, h, query block qb): += tile by tile over key blocks kb = 0..qb in order;
+//   dk, dv rows of (b, kvh, key block kb): tiles summed locally over (h in the group, qb = kb..) in
+//   lexicographic order, then added once.
 // The backward parallelises over (b, kv head) when that gives the threads enough equal tasks, else in
-// two passes: dq over (b, h, qb), then dk/dv over (b, kvh, kb); both schemes compute bit-identical
-// tiles, so the result is the same whichever runs.
+// two passes: dq over (b, h, qb), then dk/dv over (b, kvh, kb). Both schemes compute bit-identical
+// tiles in the same order, so the result is the same whichever runs.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -20,7 +24,6 @@
 
 #include "kernels/cpu/fast_math.h"
 #include "kernels/cpu/ops.h"
-
 
 namespace onestep::cpu {
 
@@ -245,7 +248,12 @@ inline void probs_row_bwd(float* p, float* ds, int lim, int kn, float scale, flo
 
 // Copies rows [t0, t0 + n) of one head of a [B,T,heads,D] tensor (row stride ld) into dst [n, D].
 inline void pack_rows(float* dst, const float* src, int64_t ld, int n, int D) {
-  for (int r = 0; r < n; ++r) std::copy(src + r * ld, src + r * ld + D, dst + static_cast<int64_t>(r) * D);
+  for (int r = 0; r < n; ++r) {
+    const float* a = src + r * ld;
+    float* o = dst + static_cast<int64_t>(r) * D;
+#pragma omp simd
+    for (int c = 0; c < D; ++c) o[c] = a[c];
+  }
 }
 
 // Transposes kn rows of k (or v) starting at koff into Kt [D, kBlk], zero-padding columns kn..kBlk.

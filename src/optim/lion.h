@@ -1,0 +1,31 @@
+// Lion (PAPER.md §3) on every parameter: u = lr (sign(b1 m + (1-b1) g) + wd x), then
+// m = b2 m + (1-b2) g. sign(0) = 0. Weight decay follows decays(): none for norms / 1-D parameters.
+#pragma once
+#include <vector>
+
+#include "model/params.h"
+#include "optim/optimizer.h"
+
+namespace onestep {
+
+struct LionHyper {
+  double lr = 3e-4;
+  double beta1 = 0.9, beta2 = 0.99;
+  double weight_decay = 0.1;
+};
+
+class Lion final : public Optimizer {
+ public:
+  Lion(const ParamTable& table, LionHyper h);
+  void compute_update(float* u, const float* x, const float* g, double lr_scale) override;
+  // "lion.m.<name>" per parameter.
+  std::vector<StateBuffer> state_buffers() override;
+
+ private:
+  LionHyper h_;
+  std::vector<ParamInfo> params_;
+  std::vector<int64_t> off_;
+  std::vector<float> m_;
+};
+
+}  // namespace onestep

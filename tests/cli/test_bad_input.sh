@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Every bad input gives one clear line naming the file and the field, exit code 2, and overwrites nothing.
+source "$(dirname "$0")/lib.sh"
+make_data
+cd "$WORK"
+
+cp micro.toml bad_key.toml && printf '\n[delay]\nemulat = "one_step"\n' >> bad_key.toml
+expect_error 2 bad_key.toml delay.emulat "unknown key" -- "$BIN" train --config bad_key.toml --out r1
+sed 's/^steps = 4/steps = "four"/' micro.toml > bad_type.toml
+expect_error 2 bad_type.toml train.steps integer -- "$BIN" train --config bad_type.toml --out r1
+sed 's/^n_heads = 4/n_heads = 5/' micro.toml > bad_heads.toml
+expect_error 2 bad_heads.toml model.n_heads "divide d_model" -- "$BIN" train --config bad_heads.toml --out r1
+sed 's/^n_kv_heads = 2/n_kv_heads = 3/' micro.toml > bad_kv.toml
+expect_error 2 bad_kv.toml model.n_kv_heads "divide n_heads" -- "$BIN" train --config bad_kv.toml --out r1
+expect_error 2 --set optim.lr -- "$BIN" train --config micro.toml --set optim.lr=fast --out r1
+expect_error 2 data.train "no file matches" -- "$BIN" train --config micro.toml --set "data.train=$WORK/nothing_*.bin" --out r1
+
+# Shards: truncated, wrong magic, token outside the vocabulary.
+head -c 2000 tr_train.bin > trunc.bin
+expect_error 2 trunc.bin truncated -- "$BIN" train --config micro.toml --set "data.train=$WORK/trunc.bin" --out r1
+cp tr_train.bin magic.bin && printf '\x01\x02\x03\x04' | dd of=magic.bin conv=notrunc status=none
+expect_error 2 magic.bin magic -- "$BIN" train --config micro.toml --set "data.train=$WORK/magic.bin" --out r1
+expect_error 2 tr_train.bin vocabulary -- "$BIN" train --config micro.toml --set model.vocab_size=100 --set data.tokenizer= --out r1
+expect_error 2 tok.tok vocab_size model.vocab_size -- "$BIN" train --config micro.toml --set model.vocab_size=300 --set "data.train=$WORK/va_train.bin" --out r1
+[ ! -e r1 ] && ok "no run folder left behind by failed starts" || fail "a failed start created r1"
+
+# A folder holding another run is not overwritten.
+"$BIN" train --config micro.toml --out run > /dev/null 2>&1 || fail "training the micro model"
+sum_before="$(cat run/metrics.jsonl run/config.toml | md5sum)"
+expect_error 2 "run: " "holds another run" --resume -- "$BIN" train --config micro.toml --out run
+[ "$(cat run/metrics.jsonl run/config.toml | md5sum)" = "$sum_before" ] && ok "run folder untouched" || fail "run folder changed"
+expect_error 2 "run/config.toml" "[model]" -- "$BIN" train --config micro.toml --set model.d_model=64 --out run --resume
+
+# A checkpoint of another shape.
+cp -r run/checkpoints/step_00000004 other_shape
+sed -i 's/^ffn_hidden = 64/ffn_hidden = 40/' other_shape/config.toml
+expect_error 2 state.safetensors gate_proj shape -- "$BIN" eval --checkpoint other_shape
+expect_error 2 "not a checkpoint" -- "$BIN" eval --checkpoint "$WORK"
+expect_error 2 "--out" safetensors -- "$BIN" export --checkpoint run --out model.bin
+expect_error 2 "--set" "section.key=value" -- "$BIN" train --config micro.toml --set nonsense --out r2
+expect_error 2 "missing.tok" -- "$BIN" tokenize --tokenizer "$WORK/missing.tok" --input a.txt --out x
+finish
