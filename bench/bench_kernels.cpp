@@ -24,7 +24,8 @@ constexpr int kN = 2048, kC = 512;
 
 void BM_MatmulForward(benchmark::State& state) {
   const int OC = static_cast<int>(state.range(0));
-  auto inp = random_vec(static_cast<size_t>(kN) * kC, 1), w = random_vec(static_cast<size_t>(OC) * kC, 2, 0.02f);
+  auto inp = random_vec(static_cast<size_t>(kN) * kC, 1),
+       w = random_vec(static_cast<size_t>(OC) * kC, 2, 0.02f);
   std::vector<float> out(static_cast<size_t>(kN) * OC);
   for (auto _ : state) {
     matmul_forward(out.data(), inp.data(), w.data(), kN, kC, OC);
@@ -36,7 +37,8 @@ void BM_MatmulForward(benchmark::State& state) {
 
 void BM_MatmulBackward(benchmark::State& state) {
   const int OC = static_cast<int>(state.range(0));
-  auto inp = random_vec(static_cast<size_t>(kN) * kC, 1), w = random_vec(static_cast<size_t>(OC) * kC, 2, 0.02f);
+  auto inp = random_vec(static_cast<size_t>(kN) * kC, 1),
+       w = random_vec(static_cast<size_t>(OC) * kC, 2, 0.02f);
   auto dout = random_vec(static_cast<size_t>(kN) * OC, 3);
   std::vector<float> dinp(static_cast<size_t>(kN) * kC, 0.0f), dw(static_cast<size_t>(OC) * kC, 0.0f);
   for (auto _ : state) {
@@ -54,9 +56,15 @@ struct AttnData {
   static constexpr int B = 8, T = 256, H = 8, KV = 8, D = 64;
   std::vector<float> q, k, v, out, lse, dout, dq, dk, dv;
   AttnData()
-      : q(random_vec(size_t{B} * T * H * D, 4)), k(random_vec(size_t{B} * T * KV * D, 5)),
-        v(random_vec(size_t{B} * T * KV * D, 6)), out(size_t{B} * T * H * D), lse(size_t{B} * H * T),
-        dout(random_vec(size_t{B} * T * H * D, 7)), dq(q.size(), 0.0f), dk(k.size(), 0.0f), dv(v.size(), 0.0f) {}
+      : q(random_vec(size_t{B} * T * H * D, 4)),
+        k(random_vec(size_t{B} * T * KV * D, 5)),
+        v(random_vec(size_t{B} * T * KV * D, 6)),
+        out(size_t{B} * T * H * D),
+        lse(size_t{B} * H * T),
+        dout(random_vec(size_t{B} * T * H * D, 7)),
+        dq(q.size(), 0.0f),
+        dk(k.size(), 0.0f),
+        dv(v.size(), 0.0f) {}
   static double pairs() { return double{B} * H * T * (T + 1) / 2.0; }
   void forward() { attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, KV, D); }
   void backward() {

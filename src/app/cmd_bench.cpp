@@ -71,6 +71,7 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
       s.stage.forward(s.compute_weights(), *acts, in.data(), nullptr, tgt.data());
       s.stage.backward(s.compute_weights(), s.grad.data(), *acts, *scratch, nullptr, 1.0f / M);
     }
+    reduce_tied_embedding_local(s);
     optimizer_step(s, 1.0, 1.0f, c.delay);
     if (i >= 2) secs.push_back(sw.seconds());  // two warm-up steps
     std::fprintf(stderr, "\rbench step %d/%d", i + 1, steps + 2);

@@ -43,7 +43,10 @@ int cmd_export(const std::string& checkpoint, const std::string& out) {
   std::vector<float> w(static_cast<size_t>(stage.params().total()), 0.f);
   load_weights(dir, stage, w.data());
   std::vector<TensorRef> tensors;
-  for (const auto& p : stage.params().all()) tensors.push_back({p.name, p.shape, w.data() + p.offset});
+  for (const auto& p : stage.params().all()) {
+    if (p.name == "lm_head.weight" && c.model.tie_embeddings) continue;  // tied: HF reads the embedding
+    tensors.push_back({p.name, p.shape, w.data() + p.offset});
+  }
   if (!fs::path(out).parent_path().empty()) fs::create_directories(fs::path(out).parent_path());
   write_safetensors(out, tensors, {{"format", "pt"}});
   const fs::path cfg = fs::path(out).parent_path() / "config.json";

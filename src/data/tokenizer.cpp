@@ -291,7 +291,7 @@ void Tokenizer::bpe(std::string_view piece, std::vector<int32_t>& out) const {
     if (r == INT32_MAX) break;
     int w = 0;
     for (int i = 0; i < m; ++w) {  // merge every occurrence of the pair, left to right
-      if (i + 1 < m && rk[i] == r && w == 0) {
+      if (i + 1 < m && rk[i] == r) {
         sym[w] = res[i], changed[w] = true, i += 2;
       } else {
         sym[w] = sym[i], changed[w] = false, orig[w] = i, i += 1;

@@ -54,9 +54,7 @@ Stage::Stage(const ModelConfig& config, StageSpec spec) : cfg_(config), spec_(sp
   }
   if (spec_.has_head) {
     final_norm_ = params_.add("model.norm.weight", {C}, ParamRole::norm);
-    // Tied and on the same stage: the head reads the embedding. Tied across stages: the last stage keeps
-    // a copy under the head's name that the pipeline keeps identical to the embedding.
-    head_ = head_uses_embedding() ? embed_ : params_.add("lm_head.weight", {V, C}, ParamRole::head);
+    head_ = params_.add("lm_head.weight", {V, C}, ParamRole::head);  // a tied copy when tie_embeddings
   }
 }
 

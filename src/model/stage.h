@@ -44,8 +44,11 @@ class Stage {
   const ModelConfig& config() const { return cfg_; }
   const StageSpec& spec() const { return spec_; }
   const ParamTable& params() const { return params_; }
-  // True when this stage holds both ends of a tied embedding (the head reads the embedding matrix).
-  bool head_uses_embedding() const { return spec_.has_embedding && spec_.has_head && cfg_.tie_embeddings; }
+  // A tied embedding is held as two copies, "model.embed_tokens.weight" on the input side and
+  // "lm_head.weight" on the output side, even when one stage holds both: their gradients are summed by an
+  // explicit reduction before every optimizer step (train/stage_state.h), so both copies stay identical
+  // and a single-device run adds the two contributions in exactly the order a pipeline does.
+  bool holds_tied_copy() const { return spec_.has_head && cfg_.tie_embeddings; }
 
   // Deterministic initialisation: each parameter's values depend only on (seed, parameter name), so any
   // partition of the model starts from the same weights. Matrices and embedding ~ N(0, 0.02), output

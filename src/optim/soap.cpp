@@ -5,9 +5,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <numeric>
 
 #include "optim/layout.h"
+#include "optim/linalg.h"
 
 namespace onestep {
 
@@ -35,15 +37,13 @@ void gemm(bool ta, bool tb, int r, int c, int k, float alpha, const float* A, co
 Soap::Soap(const ParamTable& table, SoapHyper h)
     : h_(h), mats_(select(table, true)), adamw_(select(table, false), {h.lr, h.beta1, h.beta2, h.eps, h.weight_decay}) {
   std::vector<int64_t> mn, mm, nn;
-  int64_t max_mn = 0, max_dd = 0, max_d = 0;
+  int64_t max_mn = 0;
   for (const auto& p : mats_) {
     mn.push_back(p.numel);
     mm.push_back(p.rows() * p.rows());
     nn.push_back(p.cols() * p.cols());
     max_mn = std::max(max_mn, p.numel);
-    max_d = std::max({max_d, p.rows(), p.cols()});
   }
-  max_dd = max_d * max_d;
   const int64_t tmn = optim_detail::pack(mn, off_mn_);
   m_.assign(tmn, 0.0f);
   v_.assign(tmn, 0.0f);
@@ -53,50 +53,67 @@ Soap::Soap(const ParamTable& table, SoapHyper h)
   qr_.assign(r_.size(), 0.0f);
   a_.assign(max_mn, 0.0f);
   b_.assign(max_mn, 0.0f);
-  p_.assign(max_dd, 0.0f);
-  p2_.assign(max_dd, 0.0f);
-  est_.assign(max_d, 0.0);
-  order_.assign(max_d, 0);
 }
 
-void Soap::refresh(const float* S, float* Q, int d, float* V, int rows, int cols, bool left) {
-  float* P = p_.data();
-  float* P2 = p2_.data();
-  gemm(false, false, d, d, d, 1.0f, S, Q, 0.0f, P);  // P = S Q
-  for (int i = 0; i < d; ++i) {
-    double e = 0;
-    for (int k = 0; k < d; ++k) e += static_cast<double>(Q[static_cast<int64_t>(k) * d + i]) * P[static_cast<int64_t>(k) * d + i];
-    est_[i] = e;
-  }
-  int* ord = order_.data();
-  std::iota(ord, ord + d, 0);
-  std::stable_sort(ord, ord + d, [&](int a, int b) { return est_[a] > est_[b]; });
-  // Columns of S Q in the new order (S (Q Pi) = (S Q) Pi), and V re-indexed along the same dimension.
+namespace {
+
+// One power-iteration + QR step for one side: the columns of Q are reordered by descending q_i^T S q_i and
+// V (rows x cols) is re-indexed to match along its rows (left) or columns; then Q = qr(S Q).
+void power_qr(const float* S, float* Q, int d, float* V, int64_t rows, int64_t cols, bool left,
+              LinalgWorkspace& ws) {
+  const int64_t dd = static_cast<int64_t>(d) * d;
+  std::vector<float> P(dd), P2(dd);
+  gemm(false, false, d, d, d, 1.0f, S, Q, 0.0f, P.data());  // P = S Q
+  std::vector<double> est(d, 0.0);
+  for (int64_t k = 0; k < d; ++k)
+    for (int64_t i = 0; i < d; ++i) est[i] += static_cast<double>(Q[k * d + i]) * P[k * d + i];
+  std::vector<int> ord(d);
+  std::iota(ord.begin(), ord.end(), 0);
+  std::stable_sort(ord.begin(), ord.end(), [&](int a, int b) { return est[a] > est[b]; });
+  // S (Q Pi) = (S Q) Pi: the columns of P in the new order.
   for (int64_t i = 0; i < d; ++i)
     for (int64_t j = 0; j < d; ++j) P2[i * d + j] = P[i * d + ord[j]];
-  float* T = a_.data();
-  const int64_t n = static_cast<int64_t>(rows) * cols;
+  std::vector<float> T(rows * cols);
   if (left) {
-    for (int64_t j = 0; j < rows; ++j) std::memcpy(T + j * cols, V + static_cast<int64_t>(ord[j]) * cols, sizeof(float) * cols);
+    for (int64_t i = 0; i < rows; ++i) std::memcpy(&T[i * cols], V + ord[i] * cols, sizeof(float) * cols);
   } else {
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t j = 0; j < cols; ++j) T[i * cols + j] = V[i * cols + ord[j]];
   }
-  std::memcpy(V, T, sizeof(float) * n);
-  qr_orthonormal(P2, d, Q, ws_);
+  std::memcpy(V, T.data(), sizeof(float) * rows * cols);
+  qr_orthonormal(P2.data(), d, Q, ws);
+}
+
+}  // namespace
+
+void Soap::new_bases(size_t k, bool first) {
+  const ParamInfo& p = mats_[k];
+  const int m = static_cast<int>(p.rows()), n = static_cast<int>(p.cols());
+  float* L = l_.data() + off_mm_[k];
+  float* R = r_.data() + off_nn_[k];
+  float* QL = ql_.data() + off_mm_[k];
+  float* QR = qr_.data() + off_nn_[k];
+  LinalgWorkspace ws;
+  if (first) {
+    sym_eigvecs_desc(L, m, QL, nullptr, ws);
+    sym_eigvecs_desc(R, n, QR, nullptr, ws);
+  } else {
+    float* V = v_.data() + off_mn_[k];
+    power_qr(L, QL, m, V, m, n, true, ws);
+    power_qr(R, QR, n, V, m, n, false, ws);
+  }
 }
 
 void Soap::compute_update(float* u, const float* x, const float* g, double lr_scale) {
   ++t_;
   const double lr = h_.lr * lr_scale;
-  const double t = static_cast<double>(t_);
+  const int64_t s = t_ - 1;  // Adam steps so far, this one included
   const float b1 = static_cast<float>(h_.beta1), omb1 = static_cast<float>(1.0 - h_.beta1);
   const float b2 = static_cast<float>(h_.beta2), omb2 = static_cast<float>(1.0 - h_.beta2);
-  const float inv_bc1 = static_cast<float>(1.0 / (1.0 - std::pow(h_.beta1, t)));
-  const float inv_bc2 = static_cast<float>(1.0 / (1.0 - std::pow(h_.beta2, t)));
+  const double sd = static_cast<double>(s);
+  const float inv_bc1 = s > 0 ? static_cast<float>(1.0 / (1.0 - std::pow(h_.beta1, sd))) : 0.0f;
+  const float inv_bc2 = s > 0 ? static_cast<float>(1.0 / (1.0 - std::pow(h_.beta2, sd))) : 0.0f;
   const float eps = static_cast<float>(h_.eps), lrf = static_cast<float>(lr);
-  const bool first = t_ == 1;
-  const bool refresh_now = !first && (t_ - 1) % h_.precond_freq == 0;
   for (size_t k = 0; k < mats_.size(); ++k) {
     const ParamInfo& p = mats_[k];
     const int m = static_cast<int>(p.rows()), n = static_cast<int>(p.cols());
@@ -110,36 +127,49 @@ void Soap::compute_update(float* u, const float* x, const float* g, double lr_sc
     float* QR = qr_.data() + off_nn_[k];
     float* A = a_.data();
     float* B = b_.data();
+    float* up = u + p.offset;
+    if (s > 0) {
+      // V with the rotated gradient G' = Q_L^T G Q_R; M in the original basis.
+      gemm(true, false, m, n, m, 1.0f, QL, G, 0.0f, A);
+      gemm(false, false, m, n, n, 1.0f, A, QR, 0.0f, B);
+#pragma omp parallel for schedule(static) if (mn >= 32768)
+      for (int64_t i = 0; i < mn; ++i) {
+        V[i] = b2 * V[i] + omb2 * (B[i] * B[i]);
+        M[i] = b1 * M[i] + omb1 * G[i];
+      }
+      // N' = (Q_L^T M Q_R / bc1) / (sqrt(V / bc2) + eps)
+      gemm(true, false, m, n, m, 1.0f, QL, M, 0.0f, A);
+      gemm(false, false, m, n, n, 1.0f, A, QR, 0.0f, B);
+#pragma omp parallel for schedule(static) if (mn >= 32768)
+      for (int64_t i = 0; i < mn; ++i) B[i] = (B[i] * inv_bc1) / (std::sqrt(V[i] * inv_bc2) + eps);
+      // u = lr Q_L N' Q_R^T + lr wd x
+      gemm(false, false, m, n, m, 1.0f, QL, B, 0.0f, A);
+      gemm(false, true, m, n, n, 1.0f, A, QR, 0.0f, up);
+      const float d = decays(p) ? static_cast<float>(lr * h_.weight_decay) : 0.0f;
+      const float* xp = x + p.offset;
+#pragma omp parallel for schedule(static) if (mn >= 32768)
+      for (int64_t i = 0; i < mn; ++i) up[i] = lrf * up[i] + d * xp[i];
+    } else {
+      std::fill(up, up + mn, 0.0f);  // the first step only sets up the preconditioner
+    }
+    // Statistics after the step: the current gradient never enters its own projection.
     gemm(false, true, m, m, n, omb2, G, G, b2, L);  // L = b2 L + (1-b2) G G^T
     gemm(true, false, n, n, m, omb2, G, G, b2, R);  // R = b2 R + (1-b2) G^T G
-    if (first) {
-      sym_eigvecs_desc(L, m, QL, nullptr, ws_);
-      sym_eigvecs_desc(R, n, QR, nullptr, ws_);
-    } else if (refresh_now) {
-      refresh(L, QL, m, V, m, n, true);
-      refresh(R, QR, n, V, m, n, false);
+  }
+  if (s == 0 || s % h_.precond_freq == 0) {
+    // New bases for the next step, one matrix per task; exceptions are carried out of the parallel loop.
+    const int64_t nm = static_cast<int64_t>(mats_.size());
+    std::vector<std::exception_ptr> err(mats_.size());
+#pragma omp parallel for schedule(dynamic, 1) if (nm > 1)
+    for (int64_t k = 0; k < nm; ++k) {
+      try {
+        new_bases(static_cast<size_t>(k), s == 0);
+      } catch (...) {
+        err[k] = std::current_exception();
+      }
     }
-    // V with the rotated gradient G' = Q_L^T G Q_R; M in the original basis.
-    gemm(true, false, m, n, m, 1.0f, QL, G, 0.0f, A);
-    gemm(false, false, m, n, n, 1.0f, A, QR, 0.0f, B);
-#pragma omp parallel for schedule(static) if (mn >= 32768)
-    for (int64_t i = 0; i < mn; ++i) {
-      V[i] = b2 * V[i] + omb2 * (B[i] * B[i]);
-      M[i] = b1 * M[i] + omb1 * G[i];
-    }
-    // N' = (Q_L^T M Q_R / bc1) / (sqrt(V / bc2) + eps)
-    gemm(true, false, m, n, m, 1.0f, QL, M, 0.0f, A);
-    gemm(false, false, m, n, n, 1.0f, A, QR, 0.0f, B);
-#pragma omp parallel for schedule(static) if (mn >= 32768)
-    for (int64_t i = 0; i < mn; ++i) B[i] = (B[i] * inv_bc1) / (std::sqrt(V[i] * inv_bc2) + eps);
-    // u = lr Q_L N' Q_R^T + lr wd x
-    float* up = u + p.offset;
-    gemm(false, false, m, n, m, 1.0f, QL, B, 0.0f, A);
-    gemm(false, true, m, n, n, 1.0f, A, QR, 0.0f, up);
-    const float d = decays(p) ? static_cast<float>(lr * h_.weight_decay) : 0.0f;
-    const float* xp = x + p.offset;
-#pragma omp parallel for schedule(static) if (mn >= 32768)
-    for (int64_t i = 0; i < mn; ++i) up[i] = lrf * up[i] + d * xp[i];
+    for (auto& e : err)
+      if (e) std::rethrow_exception(e);
   }
   adamw_.update(u, x, g, lr_scale, t_);
 }

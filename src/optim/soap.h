@@ -1,24 +1,30 @@
-// SOAP (PAPER.md §3; Vyas et al. 2024, Algorithm 3 and the official implementation) for the hidden matrices
-// (ParamRole::matrix, 2-D, both dimensions <= kSoapMaxDim). Everything else (embedding, head, norms, larger
-// matrices) goes to an AdamW group with SOAP's own lr, betas and eps. For a matrix G = g_t [m, n], step t:
-//   L = b2 L + (1-b2) G G^T;  R = b2 R + (1-b2) G^T G                  (Shampoo statistics, beta = b2)
-//   Eigenbases Q_L [m, m], Q_R [n, n] (columns, by descending eigenvalue), refreshed when t = 1 or
-//   (t - 1) % precond_freq == 0, after L and R have absorbed G_t:
-//     t = 1:  full eigendecomposition (LAPACK dsyevd, double);
-//     later:  one power-iteration + QR step per side, as the official code does: est_i = q_i^T L q_i,
-//             the columns of Q (and the matching rows of V for Q_L, columns for Q_R) are reordered by
-//             descending est, then Q = qr(L Q) (Householder, double).
-//   G' = Q_L^T G Q_R
-//   M  = b1 M + (1-b1) G           (kept in the original basis, so a basis refresh does not touch it)
-//   V  = b2 V + (1-b2) G'^2        (in the rotated basis)
-//   N' = (Q_L^T M Q_R / bc1) / (sqrt(V / bc2) + eps),  bc_i = 1 - b_i^t
-//   u  = lr Q_L N' Q_R^T + lr wd x
-// Unlike the official code the first step is not skipped: it already uses the eigenbasis of G_1.
+// SOAP (PAPER.md §3; Vyas et al. 2024, Algorithm 3, and the official implementation's order of operations)
+// for the hidden matrices (ParamRole::matrix, 2-D, both dimensions <= kSoapMaxDim). Everything else
+// (embedding, head, norms, larger matrices) goes to an AdamW group with SOAP's own lr, betas and eps.
+// For a matrix G = g_t [m, n] at call t (1-based):
+//   t = 1:  L = (1-b2) G G^T, R = (1-b2) G^T G; Q_L, Q_R = their eigenvectors (columns, by descending
+//           eigenvalue; full eigendecomposition, LAPACK dsyevd in double); u = 0 for the matrix. As in the
+//           official code the first step only sets up the preconditioner: projecting G_1 on the eigenbasis
+//           of G_1 G_1^T would leave only float round-off in the null directions, which Adam would blow
+//           up to full-size steps.
+//   t > 1:  s = t - 1 (the Adam step), bc_i = 1 - b_i^s
+//           G' = Q_L^T G Q_R
+//           M  = b1 M + (1-b1) G           (kept in the original basis, so a basis refresh does not touch it)
+//           V  = b2 V + (1-b2) G'^2        (in the rotated basis)
+//           N' = (Q_L^T M Q_R / bc1) / (sqrt(V / bc2) + eps)
+//           u  = lr Q_L N' Q_R^T + lr wd x
+//           then (the current gradient never enters its own projection) L = b2 L + (1-b2) G G^T,
+//           R = b2 R + (1-b2) G^T G, and when s % precond_freq == 0 both bases are refreshed by one
+//           power-iteration + QR step, as the official code does: est_i = q_i^T L q_i, the columns of Q
+//           (and the matching rows of V for Q_L, columns for Q_R) are reordered by descending est, then
+//           Q = qr(L Q) (Householder, double).
+// The eigendecompositions and refreshes of the different matrices are independent tasks run in parallel
+// (OpenMP over matrices), each on one thread (OpenBLAS runs single-threaded inside a parallel region): the
+// bases are then the same for any thread count, and LAPACK's fine-grained threading is avoided.
 #pragma once
 #include <vector>
 
 #include "optim/adamw.h"
-#include "optim/linalg.h"
 #include "optim/optimizer.h"
 
 namespace onestep {
@@ -43,17 +49,14 @@ class Soap final : public Optimizer {
   std::vector<StateBuffer> state_buffers() override;
 
  private:
-  // Reorders Q's columns by descending q_i^T S q_i (and V to match), then Q = qr(S Q). left: Q = Q_L.
-  void refresh(const float* S, float* Q, int d, float* V, int rows, int cols, bool left);
+  // Matrix k's new bases: the eigenvectors of L and R (first step) or one power-iteration + QR step.
+  void new_bases(size_t k, bool first);
 
   SoapHyper h_;
   std::vector<ParamInfo> mats_;
   std::vector<int64_t> off_mn_, off_mm_, off_nn_;
   std::vector<float> m_, v_, l_, r_, ql_, qr_;
-  std::vector<float> a_, b_, p_, p2_;  // scratch: two [m, n], two [d, d]
-  std::vector<double> est_;
-  std::vector<int> order_;
-  LinalgWorkspace ws_;
+  std::vector<float> a_, b_;  // scratch: two [m, n]
   AdamWGroup adamw_;
 };
 

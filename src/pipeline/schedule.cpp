@@ -189,18 +189,18 @@ std::vector<int> peak_activations(const Schedule& s) {
 }
 
 std::string action_token(const Action& a) {
-  const std::string bm = std::to_string(a.batch) + "." + std::to_string(a.micro);
-  const std::string peer = "s" + std::to_string(a.peer);
-  switch (a.op) {
-    case Op::forward: return "F" + bm + "@v" + std::to_string(a.version);
-    case Op::backward: return "B" + bm + "@v" + std::to_string(a.version);
-    case Op::send_act: return "sendA" + bm + "->" + peer;
-    case Op::recv_act: return "recvA" + bm + "<-" + peer;
-    case Op::send_grad: return "sendG" + bm + "->" + peer;
-    case Op::recv_grad: return "recvG" + bm + "<-" + peer;
-    case Op::step: return "step" + std::to_string(a.batch) + "->v" + std::to_string(a.version);
+  std::ostringstream o;
+  const char* tag[] = {"F", "B", "sendA", "recvA", "sendG", "recvG", "step"};
+  o << tag[static_cast<int>(a.op)] << a.batch;
+  if (a.op == Op::step) {
+    o << "->v" << a.version;
+    return o.str();
   }
-  return "?";
+  o << '.' << a.micro;
+  if (a.op == Op::forward || a.op == Op::backward) o << "@v" << a.version;
+  else if (a.op == Op::send_act || a.op == Op::send_grad) o << "->s" << a.peer;
+  else o << "<-s" << a.peer;
+  return o.str();
 }
 
 std::string to_text(const Schedule& s) {

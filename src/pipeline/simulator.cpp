@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "core/error.h"
 
@@ -31,18 +32,13 @@ std::vector<double> expand(const std::vector<double>& v, int p, const char* what
   return out;
 }
 
+// "F3.1", "B3.1", "sendA3.1", "recvA3.1", "sendG3.1", "recvG3.1", "step3".
 std::string event_name(const Action& a) {
-  const std::string bm = std::to_string(a.batch) + "." + std::to_string(a.micro);
-  switch (a.op) {
-    case Op::forward: return "F" + bm;
-    case Op::backward: return "B" + bm;
-    case Op::send_act: return "sendA" + bm;
-    case Op::recv_act: return "recvA" + bm;
-    case Op::send_grad: return "sendG" + bm;
-    case Op::recv_grad: return "recvG" + bm;
-    case Op::step: return "step" + std::to_string(a.batch);
-  }
-  return "?";
+  const char* tag[] = {"F", "B", "sendA", "recvA", "sendG", "recvG", "step"};
+  std::ostringstream o;
+  o << tag[static_cast<int>(a.op)] << a.batch;
+  if (a.op != Op::step) o << '.' << a.micro;
+  return o.str();
 }
 
 }  // namespace

@@ -18,6 +18,36 @@ StageState::StageState(const ModelConfig& model, StageSpec spec, const OptimConf
   optimizer = make_optimizer(optim, stage.params());
 }
 
+namespace {
+float* grad_of(StageState& s, const char* name) {
+  const ParamInfo* p = s.stage.params().find(name);
+  return p ? s.grad.data() + p->offset : nullptr;
+}
+}  // namespace
+
+float* tied_embedding_grad(StageState& s) {
+  return s.stage.config().tie_embeddings ? grad_of(s, "model.embed_tokens.weight") : nullptr;
+}
+float* tied_head_grad(StageState& s) { return s.stage.holds_tied_copy() ? grad_of(s, "lm_head.weight") : nullptr; }
+
+void reduce_tied_embedding_local(StageState& s) {
+  float* a = tied_embedding_grad(s);
+  float* b = tied_head_grad(s);
+  if (!a || !b) return;
+  const int64_t n = static_cast<int64_t>(s.stage.config().vocab_size) * s.stage.config().d_model;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) a[i] = b[i] = a[i] + b[i];
+}
+
+double unique_grad_sum_squares(const StageState& s) {
+  double total = 0;
+  for (const auto& p : s.stage.params().all()) {
+    if (p.name == "lm_head.weight" && s.stage.holds_tied_copy()) continue;
+    total += cpu::sum_squares(s.grad.data() + p.offset, p.numel);
+  }
+  return total;
+}
+
 void optimizer_step(StageState& s, double lr_scale, float grad_scale, const DelayConfig& delay) {
   const int64_t n = static_cast<int64_t>(s.weights.size());
   if (grad_scale != 1.0f) cpu::scale_inplace(s.grad.data(), grad_scale, n);

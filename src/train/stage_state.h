@@ -27,6 +27,17 @@ struct StageState {
   const float* compute_weights() const { return stale.empty() ? weights.data() : stale.data(); }
 };
 
+// Cross-stage reductions, explicit (the original 2BW code lost them; PAPER.md §1).
+// The tied embedding's gradient is the sum of the input-side copy's and the output-side copy's; both copies
+// receive the sum (a + b == b + a bitwise, so the two stages of a pipeline agree exactly).
+float* tied_embedding_grad(StageState& s);   // the input-side copy's gradient, or null
+float* tied_head_grad(StageState& s);        // the output-side copy's gradient, or null
+// Both copies on this stage: sums them in place.
+void reduce_tied_embedding_local(StageState& s);
+// Sum of squares of this stage's gradient, counting a tied pair once (the output-side copy is skipped, so
+// stage sums add up to the whole model's norm).
+double unique_grad_sum_squares(const StageState& s);
+
 // One optimizer step on a stage whose gradient is final (averaged over micro-batches, combined across
 // stages where needed). PAPER.md §2 order: clip (grad *= grad_scale) -> optimizer computes u ->
 // correction -> apply. EF: x <- x - u - c (u - u_prev), u_prev <- u; the first step is ordinary.

@@ -135,7 +135,8 @@ TrainResult run_training(const RunConfig& c, const TrainOptions& options) {
       state.stage.backward(state.compute_weights(), state.grad.data(), *acts, *scratch, nullptr, 1.0f / M);
     }
     loss /= M;
-    const double grad_norm = std::sqrt(grad_sum_squares(state.grad.data(), state.stage.params()));
+    reduce_tied_embedding_local(state);
+    const double grad_norm = std::sqrt(unique_grad_sum_squares(state));
     if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
       progress.finish();
       save_checkpoint(options.out_dir, t, c, {&state}, c.train.keep_ckpts + 1);

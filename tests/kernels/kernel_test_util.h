@@ -70,8 +70,8 @@ inline void expect_grad(const std::vector<float>& kernel_grad, std::vector<doubl
 // Directional derivative check for large inputs: for random directions u, compare <grad, u> with
 // (L(x + h u) - L(x - h u)) / 2h.
 inline void expect_directional(const std::vector<float>& kernel_grad, std::vector<double>& x,
-                               const std::function<double()>& loss, std::mt19937& rng, const std::string& what,
-                               int ndirs = 3, double tol = 1e-4) {
+                               const std::function<double()>& loss, std::mt19937& rng,
+                               const std::string& what, int ndirs = 3, double tol = 1e-4) {
   const std::vector<double> x0 = x;
   for (int r = 0; r < ndirs; ++r) {
     const auto u = to_double(randn(x.size(), rng));

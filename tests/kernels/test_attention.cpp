@@ -43,8 +43,8 @@ std::vector<double> ref_attention(const Shape& s, const std::vector<double>& q, 
 
 // Analytic backward of ref_attention for upstream gradient g (checked against finite differences below).
 void ref_attention_backward(const Shape& s, const std::vector<double>& q, const std::vector<double>& k,
-                            const std::vector<double>& v, const std::vector<double>& g, std::vector<double>& dq,
-                            std::vector<double>& dk, std::vector<double>& dv) {
+                            const std::vector<double>& v, const std::vector<double>& g,
+                            std::vector<double>& dq, std::vector<double>& dk, std::vector<double>& dv) {
   dq.assign(s.qn(), 0.0);
   dk.assign(s.kn(), 0.0);
   dv.assign(s.kn(), 0.0);
@@ -88,8 +88,9 @@ struct AttnRun {
 };
 
 // Forward and backward of the kernels with `threads` OpenMP threads; gradients accumulate onto `init`.
-AttnRun run_kernels(const Shape& s, const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
-                const std::vector<float>& g, int threads, float init = 0.0f) {
+AttnRun run_kernels(const Shape& s, const std::vector<float>& q, const std::vector<float>& k,
+                    const std::vector<float>& v, const std::vector<float>& g, int threads,
+                    float init = 0.0f) {
   const int saved = omp_get_max_threads();
   omp_set_num_threads(threads);
   AttnRun r;
@@ -99,8 +100,8 @@ AttnRun run_kernels(const Shape& s, const std::vector<float>& q, const std::vect
   r.dq.assign(s.qn(), init);
   r.dk.assign(s.kn(), init);
   r.dv.assign(s.kn(), init);
-  attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), g.data(), q.data(), k.data(), v.data(), r.out.data(),
-                     r.lse.data(), s.B, s.T, s.H, s.KV, s.D);
+  attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), g.data(), q.data(), k.data(), v.data(),
+                     r.out.data(), r.lse.data(), s.B, s.T, s.H, s.KV, s.D);
   omp_set_num_threads(saved);
   return r;
 }

@@ -41,7 +41,7 @@ TEST(CrossEntropy, ForwardAndGradientWithIgnoredTargets) {
   EXPECT_EQ(losses[1], 0.0f);
   EXPECT_EQ(losses[4], 0.0f);
 
-  const float scale = 1.0f / 5.0f;  // 5 non-ignored rows: the gradient of the mean
+  const float scale = 1.0f / 5.0f;      // 5 non-ignored rows: the gradient of the mean
   std::vector<float> d(N * V, 123.0f);  // overwritten, not accumulated
   cross_entropy_backward(d.data(), logits.data(), t.data(), N, V, scale);
   for (int j = 0; j < V; ++j) {

@@ -5,7 +5,8 @@ namespace {
 using namespace onestep::cpu;
 
 // out[N,OC] = inp[N,C] @ w[OC,C]^T in double.
-std::vector<double> ref_matmul(const std::vector<double>& inp, const std::vector<double>& w, int N, int C, int OC) {
+std::vector<double> ref_matmul(const std::vector<double>& inp, const std::vector<double>& w, int N, int C,
+                               int OC) {
   std::vector<double> out(static_cast<size_t>(N) * OC, 0.0);
   for (int n = 0; n < N; ++n)
     for (int o = 0; o < OC; ++o) {

@@ -4,8 +4,8 @@
 namespace {
 using namespace onestep::cpu;
 
-std::vector<double> ref_rmsnorm(const std::vector<double>& x, const std::vector<double>& w, int N, int C, double eps,
-                                std::vector<double>* rstd = nullptr) {
+std::vector<double> ref_rmsnorm(const std::vector<double>& x, const std::vector<double>& w, int N, int C,
+                                double eps, std::vector<double>* rstd = nullptr) {
   std::vector<double> out(x.size());
   for (int n = 0; n < N; ++n) {
     double ss = 0.0;

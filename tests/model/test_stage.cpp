@@ -93,14 +93,17 @@ TEST(StageInit, IndependentOfPartition) {
   whole.init_weights(ww.data(), 5);
   tail.init_weights(wt.data(), 5);
   for (const auto& p : tail.params().all()) {
-    const std::string src = p.name == "lm_head.weight" ? "model.embed_tokens.weight" : p.name;
-    const ParamInfo& q = whole.params().at(src);
+    const ParamInfo& q = whole.params().at(p.name);
     for (int64_t i = 0; i < p.numel; ++i) ASSERT_EQ(wt[p.offset + i], ww[q.offset + i]) << p.name;
   }
+  // The tied head copy starts equal to the embedding.
+  const ParamInfo& e = whole.params().at("model.embed_tokens.weight");
+  const ParamInfo& h = whole.params().at("lm_head.weight");
+  for (int64_t i = 0; i < e.numel; ++i) ASSERT_EQ(ww[e.offset + i], ww[h.offset + i]);
 }
 
-// Two stages chained by hand give the whole model's loss and gradients (the tied embedding's two
-// contributions summed), bit for bit on one thread.
+// Two stages chained by hand give the whole model's loss and every gradient bit for bit on one thread
+// (the tied embedding's two copies included: their sum is formed by the trainer's explicit reduction).
 TEST(StageSplit, TwoStagesEqualTheWholeModel) {
   set_num_threads(1);
   ModelConfig c = micro_config();
@@ -119,19 +122,14 @@ TEST(StageSplit, TwoStagesEqualTheWholeModel) {
   whole.backward(ww.data(), gw.data(), *aw, *sw, nullptr, 1.f);
   s1.backward(w1.data(), g1.data(), *a1, *ss1, nullptr, 1.f);
   s0.backward(w0.data(), g0.data(), *a0, *ss0, a1->d_input.data(), 1.f);
+  int compared = 0;
   for (const auto* st : {&s0, &s1}) {
     const auto& g = st == &s0 ? g0 : g1;
     for (const auto& p : st->params().all()) {
-      if (p.name == "lm_head.weight" || p.name == "model.embed_tokens.weight") continue;
       const ParamInfo& q = whole.params().at(p.name);
       for (int64_t i = 0; i < p.numel; ++i) ASSERT_EQ(g[p.offset + i], gw[q.offset + i]) << p.name;
+      ++compared;
     }
   }
-  // Tied embedding: whole-model gradient = input-side + output-side contributions.
-  const ParamInfo& e0 = s0.params().at("model.embed_tokens.weight");
-  const ParamInfo& h1 = s1.params().at("lm_head.weight");
-  const ParamInfo& ew = whole.params().at("model.embed_tokens.weight");
-  for (int64_t i = 0; i < e0.numel; ++i)
-    ASSERT_NEAR(g0[e0.offset + i] + g1[h1.offset + i], gw[ew.offset + i], 1e-6f * (1 + std::fabs(gw[ew.offset + i])));
+  EXPECT_EQ(compared, static_cast<int>(whole.params().size()));
 }
-

@@ -1,6 +1,7 @@
 // Double-precision references for the optimizer tests, written from PAPER.md §3 independently of
 // src/optim (naive loops, no BLAS).
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <utility>
@@ -84,6 +85,72 @@ inline std::vector<double> jacobi_eigenvalues(Mat A, int n) {
   std::vector<double> ev(n);
   for (int i = 0; i < n; ++i) ev[i] = A[i * n + i];
   return ev;
+}
+
+// Symmetric eigendecomposition by cyclic Jacobi rotations: returns the eigenvalues in descending order and
+// sets *vecs (row-major n x n) to the matching orthonormal eigenvectors as columns.
+inline std::vector<double> jacobi_eigh_desc(Mat A, int n, Mat* vecs) {
+  Mat V(static_cast<size_t>(n) * n, 0.0);
+  for (int i = 0; i < n; ++i) V[i * n + i] = 1.0;
+  for (int sweep = 0; sweep < 100; ++sweep) {
+    double off = 0, tot = 0;
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < n; ++j) {
+        tot += A[i * n + j] * A[i * n + j];
+        if (i != j) off += A[i * n + j] * A[i * n + j];
+      }
+    if (off <= 1e-30 * tot) break;
+    for (int p = 0; p < n; ++p)
+      for (int q = p + 1; q < n; ++q) {
+        double apq = A[p * n + q];
+        if (std::abs(apq) < 1e-300) continue;
+        double theta = (A[q * n + q] - A[p * n + p]) / (2 * apq);
+        double t = (theta >= 0 ? 1.0 : -1.0) / (std::abs(theta) + std::sqrt(theta * theta + 1));
+        double c = 1 / std::sqrt(t * t + 1), s = t * c;
+        for (int k = 0; k < n; ++k) {  // A <- A J, V <- V J
+          double akp = A[k * n + p], akq = A[k * n + q];
+          A[k * n + p] = c * akp - s * akq;
+          A[k * n + q] = s * akp + c * akq;
+          double vkp = V[k * n + p], vkq = V[k * n + q];
+          V[k * n + p] = c * vkp - s * vkq;
+          V[k * n + q] = s * vkp + c * vkq;
+        }
+        for (int k = 0; k < n; ++k) {  // A <- J^T A
+          double apk = A[p * n + k], aqk = A[q * n + k];
+          A[p * n + k] = c * apk - s * aqk;
+          A[q * n + k] = s * apk + c * aqk;
+        }
+      }
+  }
+  std::vector<int> idx(n);
+  for (int i = 0; i < n; ++i) idx[i] = i;
+  std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return A[a * n + a] > A[b * n + b]; });
+  std::vector<double> ev(n);
+  Mat S(V.size());
+  for (int j = 0; j < n; ++j) {
+    ev[j] = A[idx[j] * n + idx[j]];
+    for (int i = 0; i < n; ++i) S[i * n + j] = V[i * n + idx[j]];
+  }
+  *vecs = S;
+  return ev;
+}
+
+// Orthonormal factor of P [n, n] by modified Gram–Schmidt (applied twice), columns in order.
+inline Mat gram_schmidt(const Mat& P, int n) {
+  Mat Q = P;
+  for (int j = 0; j < n; ++j) {
+    for (int pass = 0; pass < 2; ++pass)
+      for (int i = 0; i < j; ++i) {
+        double d = 0;
+        for (int k = 0; k < n; ++k) d += Q[k * n + i] * Q[k * n + j];
+        for (int k = 0; k < n; ++k) Q[k * n + j] -= d * Q[k * n + i];
+      }
+    double nn = 0;
+    for (int k = 0; k < n; ++k) nn += Q[k * n + j] * Q[k * n + j];
+    nn = std::sqrt(nn);
+    for (int k = 0; k < n; ++k) Q[k * n + j] /= nn;
+  }
+  return Q;
 }
 
 // Singular values of a [rows, cols] matrix: sqrt of the eigenvalues of the smaller Gram matrix.

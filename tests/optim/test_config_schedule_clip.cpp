@@ -67,8 +67,6 @@ TEST(Resolve, Errors) {
   OptimConfig c;
   c.name = "adamx";
   expect_bad_input(c, "optim.name", "'adamx'");
-  c.name = "lion";
-  expect_bad_input(c, "optim.name", "not implemented yet");
   c = OptimConfig();
   c.lr = -1e-3;
   expect_bad_input(c, "optim.lr");
@@ -128,6 +126,97 @@ TEST(Resolve, Defaults) {
   EXPECT_DOUBLE_EQ(u.lr, 0.05);
   EXPECT_DOUBLE_EQ(u.adamw_lr, 1e-3);
   EXPECT_DOUBLE_EQ(u.momentum, 0.9);
+}
+
+TEST(Resolve, DefaultsOfTheOtherOptimizers) {
+  auto resolved = [](const std::string& name) {
+    OptimConfig c;
+    c.name = name;
+    resolve_optim_defaults(c, "x");
+    return c;
+  };
+  OptimConfig n = resolved("normuon");
+  EXPECT_DOUBLE_EQ(n.lr, 0.02);
+  EXPECT_DOUBLE_EQ(n.momentum, 0.95);
+  EXPECT_DOUBLE_EQ(n.beta2, 0.95);
+  EXPECT_DOUBLE_EQ(n.eps, 1e-8);
+  EXPECT_DOUBLE_EQ(n.adamw_lr, 3e-3);
+  OptimConfig a = resolved("adan");
+  EXPECT_DOUBLE_EQ(a.lr, 3e-3);
+  EXPECT_DOUBLE_EQ(a.beta1, 0.98);
+  EXPECT_DOUBLE_EQ(a.beta2, 0.92);
+  EXPECT_DOUBLE_EQ(a.beta3, 0.99);
+  EXPECT_DOUBLE_EQ(a.eps, 1e-8);
+  OptimConfig l = resolved("lion");
+  EXPECT_DOUBLE_EQ(l.lr, 3e-4);
+  EXPECT_DOUBLE_EQ(l.beta1, 0.9);
+  EXPECT_DOUBLE_EQ(l.beta2, 0.99);
+  EXPECT_TRUE(std::isnan(l.eps));  // not used by Lion
+  OptimConfig m = resolved("mars");
+  EXPECT_DOUBLE_EQ(m.lr, 3e-3);
+  EXPECT_DOUBLE_EQ(m.beta1, 0.95);
+  EXPECT_DOUBLE_EQ(m.beta2, 0.99);
+  EXPECT_DOUBLE_EQ(m.eps, 1e-8);
+  EXPECT_DOUBLE_EQ(m.gamma, 0.025);
+  OptimConfig s = resolved("soap");
+  EXPECT_DOUBLE_EQ(s.lr, 3e-3);
+  EXPECT_DOUBLE_EQ(s.beta1, 0.95);
+  EXPECT_DOUBLE_EQ(s.beta2, 0.95);
+  EXPECT_DOUBLE_EQ(s.eps, 1e-8);
+  EXPECT_EQ(s.precond_freq, 10);
+  OptimConfig g = resolved("sgd");
+  EXPECT_DOUBLE_EQ(g.lr, 0.1);
+  EXPECT_DOUBLE_EQ(g.momentum, 0.9);
+  EXPECT_TRUE(g.nesterov);
+  // Keys of other optimizers stay "not applicable".
+  OptimConfig w = resolved("adamw");
+  EXPECT_TRUE(std::isnan(w.gamma));
+  EXPECT_EQ(w.precond_freq, -1);
+  EXPECT_TRUE(std::isnan(w.beta3));
+  // User values are kept.
+  OptimConfig u;
+  u.name = "soap";
+  u.precond_freq = 3;
+  u.beta2 = 0.99;
+  resolve_optim_defaults(u, "x");
+  resolve_optim_defaults(u, "x");
+  EXPECT_EQ(u.precond_freq, 3);
+  EXPECT_DOUBLE_EQ(u.beta2, 0.99);
+}
+
+TEST(Resolve, BadValuesOfTheOtherOptimizers) {
+  auto with = [](const std::string& name) {
+    OptimConfig c;
+    c.name = name;
+    return c;
+  };
+  OptimConfig c = with("normuon");
+  c.beta2 = 1.0;
+  expect_bad_input(c, "optim.beta2");
+  c = with("normuon");
+  c.muon_scale = "frobenius";
+  expect_bad_input(c, "optim.muon_scale");
+  c = with("adan");
+  c.beta3 = 1.5;
+  expect_bad_input(c, "optim.beta3");
+  c = with("lion");
+  c.beta1 = -0.5;
+  expect_bad_input(c, "optim.beta1");
+  c = with("mars");
+  c.gamma = -0.1;
+  expect_bad_input(c, "optim.gamma");
+  c = with("mars");
+  c.gamma = std::numeric_limits<double>::infinity();
+  expect_bad_input(c, "optim.gamma");
+  c = with("soap");
+  c.precond_freq = 0;
+  expect_bad_input(c, "optim.precond_freq");
+  c = with("sgd");
+  c.momentum = 1.0;
+  expect_bad_input(c, "optim.momentum");
+  c = with("sgd");
+  c.lr = 0;
+  expect_bad_input(c, "optim.lr");
 }
 
 // ---- clipping helpers ----

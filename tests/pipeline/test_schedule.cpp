@@ -54,7 +54,10 @@ std::vector<Sweep> sweep() {
 
 std::string stage_text(const Schedule& s, int stage) {
   std::string out;
-  for (const Action& a : s.programs[stage]) out += (out.empty() ? "" : " ") + action_token(a);
+  for (const Action& a : s.programs[stage]) {
+    if (!out.empty()) out += ' ';
+    out += action_token(a);
+  }
   return out;
 }
 
@@ -142,10 +145,18 @@ TEST(Schedule, SweepValidatesCountsAndRoundTrips) {
     const auto acts = peak_activations(s);
     for (int st = 0; st < c.p; ++st) {
       EXPECT_LE(versions[st], max_versions_alive(c.name, c.p));
-      if (c.name == "gpipe") EXPECT_EQ(acts[st], c.m);
-      if (c.name == "1f1b") EXPECT_EQ(acts[st], std::min(c.p - st, c.m));
-      if (c.name == "gpipe" || c.name == "1f1b") EXPECT_EQ(versions[st], 1);
-      if (c.name == "2bw" && c.batches >= 3) EXPECT_EQ(versions[st], 2);
+      if (c.name == "gpipe") {
+        EXPECT_EQ(acts[st], c.m);
+      }
+      if (c.name == "1f1b") {
+        EXPECT_EQ(acts[st], std::min(c.p - st, c.m));
+      }
+      if (c.name == "gpipe" || c.name == "1f1b") {
+        EXPECT_EQ(versions[st], 1);
+      }
+      if (c.name == "2bw" && c.batches >= 3) {
+        EXPECT_EQ(versions[st], 2);
+      }
     }
     ++checked;
   }
@@ -176,8 +187,10 @@ TEST(Schedule, TwoBWStreamsAcrossBatches) {
   auto compute_only = [&](int st) {
     std::string out;
     for (const Action& a : s.programs[st])
-      if (a.op == Op::forward || a.op == Op::backward || a.op == Op::step)
-        out += (out.empty() ? "" : " ") + action_token(a);
+      if (a.op == Op::forward || a.op == Op::backward || a.op == Op::step) {
+        if (!out.empty()) out += ' ';
+        out += action_token(a);
+      }
     return out;
   };
   EXPECT_EQ(compute_only(0),

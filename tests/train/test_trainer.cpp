@@ -132,6 +132,7 @@ TEST_F(TrainerTest, OneStepDelayFollowsThePapersRule) {
   for (int64_t t = 0; t < 3; ++t) {
     const std::vector<float>& stale = W[std::max<int64_t>(t - 1, 0)];
     s.grad = grad_at(stale, t);
+    reduce_tied_embedding_local(s);
     s.weights = W[t];
     optimizer_step(s, lr_scale_at(t, 3, c.optim.warmup_frac, c.optim.min_lr_frac), 1.0f, c.delay);
     W.push_back(s.weights);
@@ -142,6 +143,23 @@ TEST_F(TrainerTest, OneStepDelayFollowsThePapersRule) {
     for (const auto& p : s.stage.params().all()) out.insert(out.end(), W[3].begin() + p.offset, W[3].begin() + p.offset + p.numel);
     return out;
   }());
+}
+
+// The tied embedding's two copies (input side, output side) stay identical through training.
+TEST_F(TrainerTest, TiedCopiesStayIdentical) {
+  const RunConfig c = config({"optim.name=muon"});
+  run_training(c, {run("t"), false, -1});
+  SafetensorsReader r(latest_checkpoint(run("t")) + "/state.safetensors");
+  const std::vector<int64_t> shape = {64, 32};
+  std::vector<float> e(64 * 32), h(64 * 32), e0(64 * 32);
+  r.read_into("weights.model.embed_tokens.weight", e.data(), shape);
+  r.read_into("weights.lm_head.weight", h.data(), shape);
+  EXPECT_EQ(e, h);
+  StageState init(c.model, whole_model(c.model), c.optim, false, false);
+  init.stage.init_weights(init.weights.data(), static_cast<uint64_t>(c.train.seed));
+  const ParamInfo& p = init.stage.params().at("model.embed_tokens.weight");
+  EXPECT_NE(e, std::vector<float>(init.weights.begin() + p.offset, init.weights.begin() + p.offset + p.numel))
+      << "the embedding must have trained";
 }
 
 TEST_F(TrainerTest, EfWithZeroCoefficientIsPlainDelay) {

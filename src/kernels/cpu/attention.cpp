@@ -15,12 +15,12 @@
 // The backward parallelises over (b, kv head) when that gives the threads enough equal tasks, else in
 // two passes: dq over (b, h, qb), then dk/dv over (b, kvh, kb). Both schemes compute bit-identical
 // tiles in the same order, so the result is the same whichever runs.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
-
-#include <omp.h>
 
 #include "kernels/cpu/fast_math.h"
 #include "kernels/cpu/ops.h"
@@ -45,8 +45,8 @@ inline const float* a_at(const float* A, int lda, int r, int k) {
 #ifdef ONESTEP_CPU_AVX2
 // MR x (8*NV) register tile, NV in {1, 2}, MR <= 6: 12 accumulators + 2 B vectors + 1 broadcast.
 template <bool TA, int MR, int NV>
-[[gnu::always_inline]] inline void tile_avx2(int K, const float* A, int lda, const float* B, int ldb, float* C,
-                                             int ldc, bool acc) {
+[[gnu::always_inline]] inline void tile_avx2(int K, const float* A, int lda, const float* B, int ldb,
+                                             float* C, int ldc, bool acc) {
   static_assert(NV == 1 || NV == 2);
   __m256 c[MR][NV];
 #pragma GCC unroll 8
@@ -91,8 +91,8 @@ inline void row_tile(int i, int K, Causal cz, const float* A, int lda, const flo
 }
 
 template <bool TA, int NV>
-inline void rows_avx2(int i, int M, int K, Causal cz, const float* A, int lda, const float* B, int ldb, float* C,
-                      int ldc, bool acc) {
+inline void rows_avx2(int i, int M, int K, Causal cz, const float* A, int lda, const float* B, int ldb,
+                      float* C, int ldc, bool acc) {
   for (; i + 6 <= M; i += 6) row_tile<TA, 6, NV>(i, K, cz, A, lda, B, ldb, C, ldc, acc);
   switch (M - i) {
     case 5: row_tile<TA, 5, NV>(i, K, cz, A, lda, B, ldb, C, ldc, acc); break;
@@ -112,16 +112,19 @@ void gemm_tile(int M, int N, int K, const float* A, int lda, const float* B, int
 #ifdef ONESTEP_CPU_AVX2
   // Column strips outer, row tiles inner; with kOutLower, rows above the strip are skipped.
   for (; n0 + 16 <= N; n0 += 16)
-    rows_avx2<TA, 2>(cz == Causal::kOutLower ? std::min(n0, M) : 0, M, K, cz, A, lda, B + n0, ldb, C + n0, ldc, acc);
+    rows_avx2<TA, 2>(cz == Causal::kOutLower ? std::min(n0, M) : 0, M, K, cz, A, lda, B + n0, ldb, C + n0,
+                     ldc, acc);
   for (; n0 + 8 <= N; n0 += 8)
-    rows_avx2<TA, 1>(cz == Causal::kOutLower ? std::min(n0, M) : 0, M, K, cz, A, lda, B + n0, ldb, C + n0, ldc, acc);
+    rows_avx2<TA, 1>(cz == Causal::kOutLower ? std::min(n0, M) : 0, M, K, cz, A, lda, B + n0, ldb, C + n0,
+                     ldc, acc);
 #endif
   for (int i = 0; i < M; ++i) {
     const int k0 = cz == Causal::kKBegin ? std::min(K, i) : 0;
     const int k1 = cz == Causal::kKEnd ? std::min(K, i + 1) : K;
     for (int n = n0; n < N; ++n) {
       float s = acc ? C[static_cast<int64_t>(i) * ldc + n] : 0.0f;
-      for (int k = k0; k < k1; ++k) s = fmadd(*a_at<TA>(A, lda, i, k), B[static_cast<int64_t>(k) * ldb + n], s);
+      for (int k = k0; k < k1; ++k)
+        s = fmadd(*a_at<TA>(A, lda, i, k), B[static_cast<int64_t>(k) * ldb + n], s);
       C[static_cast<int64_t>(i) * ldc + n] = s;
     }
   }
@@ -167,11 +170,22 @@ struct Dims {
   int64_t ldq, ldk;             // row strides of q/out/dq (H*D) and of k/v/dk/dv (KV*D)
   float scale;
   Dims(int B_, int T_, int H_, int KV_, int D_)
-      : B(B_), T(T_), H(H_), KV(KV_), D(D_), G(H_ / KV_), nblk((T_ + kBlk - 1) / kBlk),
-        ldq(static_cast<int64_t>(H_) * D_), ldk(static_cast<int64_t>(KV_) * D_),
+      : B(B_),
+        T(T_),
+        H(H_),
+        KV(KV_),
+        D(D_),
+        G(H_ / KV_),
+        nblk((T_ + kBlk - 1) / kBlk),
+        ldq(static_cast<int64_t>(H_) * D_),
+        ldk(static_cast<int64_t>(KV_) * D_),
         scale(1.0f / std::sqrt(static_cast<float>(D_))) {}
-  int64_t qoff(int b, int t, int h) const { return (static_cast<int64_t>(b) * T + t) * ldq + static_cast<int64_t>(h) * D; }
-  int64_t koff(int b, int t, int kvh) const { return (static_cast<int64_t>(b) * T + t) * ldk + static_cast<int64_t>(kvh) * D; }
+  int64_t qoff(int b, int t, int h) const {
+    return (static_cast<int64_t>(b) * T + t) * ldq + static_cast<int64_t>(h) * D;
+  }
+  int64_t koff(int b, int t, int kvh) const {
+    return (static_cast<int64_t>(b) * T + t) * ldk + static_cast<int64_t>(kvh) * D;
+  }
   int64_t loff(int b, int h, int t) const { return (static_cast<int64_t>(b) * H + h) * T + t; }
   int rows(int blk) const { return std::min(kBlk, T - blk * kBlk); }
 };
@@ -192,7 +206,8 @@ inline float softmax_row_fwd(float* s, int lim, int kn, float scale, float& m, f
   const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   __m256 vmax = ninf;
   for (int j = 0; j < n8; j += 8) {
-    const __m256 x = _mm256_blendv_ps(ninf, _mm256_mul_ps(_mm256_loadu_ps(s + j), vscale), lane_mask(lim - j));
+    const __m256 x =
+        _mm256_blendv_ps(ninf, _mm256_mul_ps(_mm256_loadu_ps(s + j), vscale), lane_mask(lim - j));
     _mm256_storeu_ps(s + j, x);
     vmax = _mm256_max_ps(vmax, x);
   }
@@ -279,8 +294,15 @@ inline void add_rows(float* dst, int64_t ld, const float* src, int n, int D) {
 struct BwdScratch {
   std::vector<float> Kt, Vt, Kb, Qb, dOb, P, dS, dK, dV;
   explicit BwdScratch(int D)
-      : Kt(static_cast<size_t>(D) * kBlk), Vt(Kt.size()), Kb(Kt.size()), Qb(Kt.size()), dOb(Kt.size()),
-        P(kBlk * kBlk), dS(kBlk * kBlk), dK(Kt.size()), dV(Kt.size()) {}
+      : Kt(static_cast<size_t>(D) * kBlk),
+        Vt(Kt.size()),
+        Kb(Kt.size()),
+        Qb(Kt.size()),
+        dOb(Kt.size()),
+        P(kBlk * kBlk),
+        dS(kBlk * kBlk),
+        dK(Kt.size()),
+        dV(Kt.size()) {}
   // Key block kb of (b, kvh): Kt, Vt transposed and Kb row-major.
   void load_keys(const float* k, const float* v, const Dims& d, int b, int kvh, int kb) {
     const int kn = d.rows(kb);
@@ -312,7 +334,8 @@ void backward_tile(BwdScratch& w, float* dq, bool do_dkv, const float* lse, cons
   float* dS = w.dS.data();
   const Causal out_lower = diag ? Causal::kOutLower : Causal::kNone;
   scores(P, w.Qb.data(), w.Kt.data(), D, m, kn, diag);
-  gemm_tile(m, round_up8(kn), D, w.dOb.data(), D, w.Vt.data(), kBlk, dS, kBlk, false, out_lower);  // dP = dO V^T
+  gemm_tile(m, round_up8(kn), D, w.dOb.data(), D, w.Vt.data(), kBlk, dS, kBlk, false,
+            out_lower);  // dP = dO V^T
   for (int i = 0; i < m; ++i)
     probs_row_bwd(P + i * kBlk, dS + i * kBlk, diag ? i + 1 : kn, kn, d.scale, lrow[i], drow[i]);
   if (dq)  // dq += dS K
@@ -321,7 +344,7 @@ void backward_tile(BwdScratch& w, float* dq, bool do_dkv, const float* lse, cons
   if (do_dkv) {
     const Causal cz = diag ? Causal::kKBegin : Causal::kNone;
     gemm_tile<true>(kn, D, m, dS, kBlk, w.Qb.data(), D, w.dK.data(), D, true, cz);  // dk += dS^T Q
-    gemm_tile<true>(kn, D, m, P, kBlk, w.dOb.data(), D, w.dV.data(), D, true, cz);   // dv += P^T dO
+    gemm_tile<true>(kn, D, m, P, kBlk, w.dOb.data(), D, w.dV.data(), D, true, cz);  // dv += P^T dO
   }
 }
 

@@ -40,7 +40,9 @@ void bwd_span(float* dgate, float* dup, const float* dout, const float* gate, co
       const __m256 gr = _mm256_mul_ps(_mm256_mul_ps(d, _mm256_loadu_ps(up + i)), ds);
       _mm256_storeu_ps(dgate + i, _mm256_add_ps(_mm256_loadu_ps(dgate + i), gr));
     }
-    if (dup) _mm256_storeu_ps(dup + i, _mm256_add_ps(_mm256_loadu_ps(dup + i), _mm256_mul_ps(d, _mm256_mul_ps(g, s))));
+    if (dup)
+      _mm256_storeu_ps(dup + i,
+                       _mm256_add_ps(_mm256_loadu_ps(dup + i), _mm256_mul_ps(d, _mm256_mul_ps(g, s))));
   }
 #endif
   for (; i < n; ++i) {
