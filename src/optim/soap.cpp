@@ -160,7 +160,7 @@ void Soap::compute_update(float* u, const float* x, const float* g, double lr_sc
     // New bases for the next step, one matrix per task; exceptions are carried out of the parallel loop.
     const int64_t nm = static_cast<int64_t>(mats_.size());
     std::vector<std::exception_ptr> err(mats_.size());
-#pragma omp parallel for schedule(dynamic, 1) if (nm > 1)
+#pragma omp parallel for schedule(dynamic, 1)
     for (int64_t k = 0; k < nm; ++k) {
       try {
         new_bases(static_cast<size_t>(k), s == 0);
