@@ -18,6 +18,7 @@
 #include "train/plots.h"
 #include "train/progress.h"
 #include "train/stage_state.h"
+#include "train/trainer_internal.h"
 
 namespace fs = std::filesystem;
 
@@ -33,17 +34,30 @@ void check_tokenizer_matches(const RunConfig& c) {
 }
 
 void check_supported(const RunConfig& c) {
-  if (c.pipeline.schedule != "none" || c.pipeline.stages != 1)
-    bad_input(c.source, "pipeline.schedule '" + c.pipeline.schedule + "' with pipeline.stages = " +
-                            std::to_string(c.pipeline.stages) +
-                            ": pipeline schedules are not implemented yet; use schedule = \"none\", stages = 1 "
-                            "and delay.emulate = \"one_step\" for 2BW's update rule on one device");
+  const std::string& sched = c.pipeline.schedule;
+  const bool pipelined = sched != "none";
+  if (!pipelined && c.pipeline.stages != 1)
+    bad_input(c.source, "pipeline.stages: " + std::to_string(c.pipeline.stages) +
+                            " stages need a pipeline.schedule (gpipe, 1f1b, 2bw, pipedream, sync_start)");
+  if (pipelined && c.delay.emulate != "none")
+    bad_input(c.source, "delay.emulate: '" + c.delay.emulate + "' emulates a pipeline on one device; with "
+                            "pipeline.schedule = '" + sched + "' the delay is real: set delay.emulate = \"none\"");
   if (c.delay.emulate == "per_stage")
     bad_input(c.source, "delay.emulate: 'per_stage' is not implemented yet; expected none or one_step");
-  if (c.delay.correction != "none" && c.delay.emulate == "none")
+  if (sched == "pipedream")
+    bad_input(c.source, "pipeline.schedule: 'pipedream' is not executable yet (its schedule and validator exist: "
+                            "onestep schedule --schedule pipedream); expected gpipe, 1f1b, 2bw or sync_start");
+  const bool delayed = c.delay.emulate != "none" || sched == "2bw" || sched == "pipedream" || sched == "sync_start";
+  if (c.delay.correction != "none" && !delayed)
     bad_input(c.source, "delay.correction: '" + c.delay.correction +
                             "' corrects a delayed gradient, but this run has none (set delay.emulate or a "
                             "delayed pipeline.schedule)");
+  if ((sched == "2bw" || sched == "sync_start") && c.train.micro_batches < c.pipeline.stages)
+    bad_input(c.source, "train.micro_batches: " + sched + " needs micro_batches (m = " +
+                            std::to_string(c.train.micro_batches) + ") >= pipeline.stages (p = " +
+                            std::to_string(c.pipeline.stages) + ")");
+  if (c.pipeline.transport == "mpi")
+    bad_input(c.source, "pipeline.transport: 'mpi' is not wired into the trainer yet; expected inproc");
 }
 
 }  // namespace
@@ -74,55 +88,88 @@ std::string prepare_run_dir(const RunConfig& config, const TrainOptions& options
 
 TrainResult run_training(const RunConfig& c, const TrainOptions& options) {
   check_supported(c);
-  const std::string resume_from = prepare_run_dir(c, options);
-  set_num_threads(c.train.threads);
+  RunIO io(c, options);
+  if (c.pipeline.schedule == "none") run_single_device(c, io);
+  else run_pipeline(c, io);
+  io.progress.finish();
+  write_plots(options.out_dir);
+  io.result.checkpoint_dir = latest_checkpoint(options.out_dir);
+  return io.result;
+}
 
+RunIO::RunIO(const RunConfig& config, const TrainOptions& opts)
+    : c(config),
+      options(opts),
+      resume_from(prepare_run_dir(config, opts)),
+      train_data((set_num_threads(config.train.threads), check_tokenizer_matches(config),
+                  TokenDataset(config.data.train, "data.train", config.model.vocab_size))),
+      val_data(config.data.val, "data.val", config.model.vocab_size),
+      progress(config.train.steps, config.train.log_every) {
+  fs::create_directories(options.out_dir);
+  std::ofstream out(fs::path(options.out_dir) / "config.toml");
+  out << "# resolved by onestep from " << c.source << "\n" << to_toml(c);
+}
+
+void RunIO::open_metrics(int64_t start_step) {
+  metrics = std::make_unique<MetricsLog>(options.out_dir, resume_from.empty() ? -1 : start_step);
   const int B = c.train.micro_batch_size, T = c.model.seq_len, M = c.train.micro_batches;
-  check_tokenizer_matches(c);  // first: a wrong tokenizer is the likelier cause of out-of-range tokens
-  const TokenDataset train_data(c.data.train, "data.train", c.model.vocab_size);
-  const TokenDataset val_data(c.data.val, "data.val", c.model.vocab_size);
+  std::printf("onestep train: %s, %.2fM parameters, %d x %d x %d tokens per step, optimizer %s, schedule %s "
+              "(%d stage%s), delay %s%s, %d threads, %s\n",
+              c.model.preset.c_str(), count_params(c.model) / 1e6, M, B, T, c.optim.name.c_str(),
+              c.pipeline.schedule.c_str(), c.pipeline.stages, c.pipeline.stages > 1 ? "s" : "",
+              c.delay.emulate.c_str(), c.delay.correction == "ef" ? " + EF" : "", num_threads(),
+              resume_from.empty() ? "fresh start" : ("resuming " + resume_from).c_str());
+}
 
+double RunIO::evaluate(const Stage& whole, const float* weights, int64_t step) {
+  // Validation runs on W(t), the weights the run would deploy.
+  const double v = evaluate_loss(whole, weights, val_data, c.train.eval_tokens, c.train.micro_batch_size, c.model.seq_len);
+  progress.note("step " + std::to_string(step) + ": val_loss " + std::to_string(v));
+  if (step == 0) result.first_val_loss = v;
+  result.final_val_loss = v;
+  return v;
+}
+
+void RunIO::initial_eval(const Stage& whole, const float* weights) {
+  const double v = evaluate(whole, weights, 0);
+  metrics->write({{"step", 0}, {"tokens", 0}, {"train_loss", nullptr}, {"lr", 0.0}, {"grad_norm", nullptr},
+                  {"tok_per_s", 0.0}, {"elapsed_s", clock.seconds()}, {"val_loss", v}});
+}
+
+bool RunIO::eval_due(int64_t step) const {
+  return (c.train.eval_every > 0 && step % c.train.eval_every == 0) || step == c.train.steps;
+}
+bool RunIO::ckpt_due(int64_t step) const {
+  return (c.train.ckpt_every > 0 && step % c.train.ckpt_every == 0) || step == c.train.steps ||
+         step == options.stop_after_step;
+}
+
+nlohmann::json RunIO::step_line(int64_t step, double loss, double grad_norm, double lr, double step_s) {
+  const int64_t tokens_per_step = static_cast<int64_t>(c.train.micro_batches) * c.train.micro_batch_size * c.model.seq_len;
+  progress.step(step, loss, tokens_per_step / step_s, clock.seconds(), lr);
+  result.final_train_loss = loss;
+  result.steps_done = step;
+  return {{"step", step},         {"tokens", step * tokens_per_step}, {"train_loss", loss}, {"lr", lr},
+          {"grad_norm", grad_norm}, {"tok_per_s", tokens_per_step / step_s}, {"elapsed_s", clock.seconds()}};
+}
+
+// One device; with delay.emulate = one_step, exactly PipeDream-2BW's update rule (the delay emulator).
+void run_single_device(const RunConfig& c, RunIO& io) {
+  const int B = c.train.micro_batch_size, T = c.model.seq_len, M = c.train.micro_batches;
   const bool delayed = c.delay.emulate == "one_step";
   StageState state(c.model, whole_model(c.model), c.optim, delayed, c.delay.correction == "ef");
   int64_t start_step = 0;
-  if (!resume_from.empty()) {
-    start_step = load_checkpoint(resume_from, {&state});
+  if (!io.resume_from.empty()) {
+    start_step = load_checkpoint(io.resume_from, {&state});
   } else {
     state.stage.init_weights(state.weights.data(), static_cast<uint64_t>(c.train.seed));
     if (delayed) state.stale = state.weights;  // W(-1) := W(0): batches 0 and 1 both see W(0)
   }
-
-  fs::create_directories(options.out_dir);
-  {
-    std::ofstream out(fs::path(options.out_dir) / "config.toml");
-    out << "# resolved by onestep from " << c.source << "\n" << to_toml(c);
-  }
-  MetricsLog metrics(options.out_dir, resume_from.empty() ? -1 : start_step);
-  Progress progress(c.train.steps, c.train.log_every);
-  std::printf("onestep train: %s, %.2fM parameters, %d x %d x %d tokens per step, optimizer %s, delay %s%s, "
-              "%d threads, %s\n",
-              c.model.preset.c_str(), count_params(c.model) / 1e6, M, B, T, c.optim.name.c_str(),
-              c.delay.emulate.c_str(), c.delay.correction == "ef" ? " + EF" : "", num_threads(),
-              resume_from.empty() ? "fresh start" : ("resuming " + resume_from).c_str());
-
+  io.open_metrics(start_step);
   auto acts = state.stage.make_activations(B, T);
   auto scratch = state.stage.make_scratch(B, T);
   std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
-  const int64_t tokens_per_step = static_cast<int64_t>(M) * B * T;
-  TrainResult result;
-  Stopwatch clock;
-  auto eval_now = [&](int64_t step) {
-    // Validation runs on W(t), the weights the run would deploy.
-    const double v = evaluate_loss(state.stage, state.weights.data(), val_data, c.train.eval_tokens, B, T);
-    progress.note("step " + std::to_string(step) + ": val_loss " + std::to_string(v));
-    return v;
-  };
-
-  if (start_step == 0) {
-    result.first_val_loss = eval_now(0);
-    metrics.write({{"step", 0}, {"tokens", 0}, {"train_loss", nullptr}, {"lr", 0.0}, {"grad_norm", nullptr},
-                   {"tok_per_s", 0.0}, {"elapsed_s", clock.seconds()}, {"val_loss", result.first_val_loss}});
-  }
+  if (start_step == 0) io.initial_eval(state.stage, state.weights.data());
 
   for (int64_t t = start_step; t < c.train.steps; ++t) {
     Stopwatch step_clock;
@@ -130,7 +177,7 @@ TrainResult run_training(const RunConfig& c, const TrainOptions& options) {
     cpu::fill_zero(state.grad.data(), static_cast<int64_t>(state.grad.size()));
     double loss = 0.0;
     for (int mb = 0; mb < M; ++mb) {  // gradient accumulation in micro-batch order
-      sample_train_batch(train_data, static_cast<uint64_t>(c.train.seed), t, mb, B, T, inputs.data(), targets.data());
+      sample_train_batch(io.train_data, static_cast<uint64_t>(c.train.seed), t, mb, B, T, inputs.data(), targets.data());
       loss += state.stage.forward(state.compute_weights(), *acts, inputs.data(), nullptr, targets.data());
       state.stage.backward(state.compute_weights(), state.grad.data(), *acts, *scratch, nullptr, 1.0f / M);
     }
@@ -138,43 +185,24 @@ TrainResult run_training(const RunConfig& c, const TrainOptions& options) {
     reduce_tied_embedding_local(state);
     const double grad_norm = std::sqrt(unique_grad_sum_squares(state));
     if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
-      progress.finish();
-      save_checkpoint(options.out_dir, t, c, {&state}, c.train.keep_ckpts + 1);
+      io.progress.finish();
+      save_checkpoint(io.options.out_dir, t, c, {&state}, c.train.keep_ckpts + 1);
       throw Error(ExitCode::diverged, "training diverged at step " + std::to_string(t) + ": loss " +
                                           std::to_string(loss) + ", grad norm " + std::to_string(grad_norm) +
-                                          "; the state before this step is saved in " + options.out_dir + "/checkpoints");
+                                          "; the state before this step is saved in " + io.options.out_dir + "/checkpoints");
     }
     const float clip_scale =
         (c.optim.clip > 0 && grad_norm > c.optim.clip) ? static_cast<float>(c.optim.clip / grad_norm) : 1.0f;
     optimizer_step(state, lr_scale, clip_scale, c.delay);
 
     const int64_t step = t + 1;
-    const double step_s = step_clock.seconds();
-    const double lr = c.optim.lr * lr_scale;
-    nlohmann::json line = {{"step", step},       {"tokens", step * tokens_per_step},
-                           {"train_loss", loss}, {"lr", lr},
-                           {"grad_norm", grad_norm}, {"tok_per_s", tokens_per_step / step_s},
-                           {"elapsed_s", clock.seconds()}};
+    nlohmann::json line = io.step_line(step, loss, grad_norm, c.optim.lr * lr_scale, step_clock.seconds());
     if (delayed) line["staleness"] = t == 0 ? 0 : 1;
-    progress.step(step, loss, tokens_per_step / step_s, clock.seconds(), lr);
-    const bool last = step == c.train.steps;
-    const bool stop_here = step == options.stop_after_step;
-    if ((c.train.eval_every > 0 && step % c.train.eval_every == 0) || last) {
-      line["val_loss"] = eval_now(step);
-      result.final_val_loss = line["val_loss"];
-    }
-    metrics.write(line);
-    if ((c.train.ckpt_every > 0 && step % c.train.ckpt_every == 0) || last || stop_here) {
-      save_checkpoint(options.out_dir, step, c, {&state}, c.train.keep_ckpts);
-    }
-    result.final_train_loss = loss;
-    result.steps_done = step;
-    if (stop_here) break;
+    if (io.eval_due(step)) line["val_loss"] = io.evaluate(state.stage, state.weights.data(), step);
+    io.metrics->write(line);
+    if (io.ckpt_due(step)) save_checkpoint(io.options.out_dir, step, c, {&state}, c.train.keep_ckpts);
+    if (step == io.options.stop_after_step) break;
   }
-  progress.finish();
-  write_plots(options.out_dir);
-  result.checkpoint_dir = latest_checkpoint(options.out_dir);
-  return result;
 }
 
 }  // namespace onestep

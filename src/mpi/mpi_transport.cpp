@@ -1,0 +1,345 @@
+#include "mpi/mpi_transport.h"
+
+#include <mpi.h>
+#include <stdlib.h>  // on_exit (glibc)
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/error.h"
+
+namespace onestep::pipeline {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Set once a peer has been declared dead or hung: destructors then stop waiting for anything in flight.
+std::atomic<bool> g_peer_lost{false};
+
+[[noreturn]] void peer_lost(const std::string& what) {
+  g_peer_lost = true;
+  internal_error(what);
+}
+
+std::string mpi_error_string(int rc) {
+  char buf[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  if (MPI_Error_string(rc, buf, &len) != MPI_SUCCESS) return "MPI error " + std::to_string(rc);
+  return std::string(buf, static_cast<size_t>(len));
+}
+
+void check(int rc, const std::string& what) {
+  if (rc != MPI_SUCCESS) internal_error("MPI: " + what + ": " + mpi_error_string(rc));
+}
+
+bool mpi_finalized() {
+  int fin = 0;
+  MPI_Finalized(&fin);
+  return fin != 0;
+}
+
+// Exit handler, registered only when this module initialised MPI. On failure we deliberately skip
+// MPI_Finalize (it synchronises with the other ranks, which may be waiting for us): the process then
+// exits "improperly" and mpirun aborts the whole job.
+void finalize_at_exit(int status, void*) {
+  if (status != 0) return;
+  int init = 0;
+  MPI_Initialized(&init);
+  if (init && !mpi_finalized()) MPI_Finalize();
+}
+
+void ensure_mpi() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    int init = 0;
+    MPI_Initialized(&init);
+    if (init) return;  // someone else initialised MPI and owns its finalisation
+    int provided = 0;
+    check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
+    on_exit(finalize_at_exit, nullptr);
+    if (provided < MPI_THREAD_FUNNELED)
+      internal_error("MPI: the library provides thread level " + std::to_string(provided) +
+                     ", at least MPI_THREAD_FUNNELED is needed");
+  });
+  if (mpi_finalized()) internal_error("MPI: used after MPI_Finalize");
+}
+
+std::string seconds_text(double s) {
+  std::ostringstream os;
+  os << s;
+  return os.str();
+}
+
+// Polls until ready() or the deadline: a few yields first (a message usually arrives soon when it is
+// late at all), then sleeps of 50 us doubling to 1 ms, so a waiting rank does not occupy a core that
+// another rank may share.
+template <class Ready>
+bool poll_until(Ready ready, Clock::time_point deadline) {
+  int64_t sleep_us = 50;
+  for (int round = 0;; ++round) {
+    if (ready()) return true;
+    if (Clock::now() >= deadline) return ready();
+    if (round < 16) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
+      sleep_us = std::min<int64_t>(sleep_us * 2, 1000);
+    }
+  }
+}
+
+Clock::time_point deadline_from_now() {
+  return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(peer_timeout_s()));
+}
+
+// Buffers of operations that cannot be completed (error path): kept alive forever, since MPI may still
+// write into or read from them until the process ends.
+template <class T>
+void leak(T&& buffer) {
+  new std::decay_t<T>(std::forward<T>(buffer));  // NOLINT: intentional
+}
+
+class MpiSum : public PendingSum {
+ public:
+  MpiSum(int stage, uint32_t tag, std::vector<double> data) : stage_(stage), tag_(tag), data_(std::move(data)) {}
+
+  void start(MPI_Comm comm) {
+    check(MPI_Iallreduce(MPI_IN_PLACE, data_.data(), static_cast<int>(data_.size()), MPI_DOUBLE, MPI_SUM, comm, &req_),
+          "MPI_Iallreduce");
+  }
+
+  std::vector<double> wait() override {
+    if (done_) internal_error("stage " + std::to_string(stage_) + ": sum (tag " + std::to_string(tag_) + ") waited twice");
+    complete(deadline_from_now());
+    done_ = true;
+    return std::move(data_);
+  }
+
+  ~MpiSum() override {
+    if (req_ == MPI_REQUEST_NULL || mpi_finalized()) return;
+    if (std::uncaught_exceptions() == 0 && !g_peer_lost) {
+      try {  // a started collective must complete on every rank; finish it quietly
+        complete(deadline_from_now());
+        return;
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s\n", e.what());
+      }
+    }
+    leak(std::move(data_));
+  }
+
+ private:
+  void complete(Clock::time_point deadline) {
+    int flag = 0;
+    int rc = MPI_SUCCESS;
+    const bool ok = poll_until(
+        [&] {
+          rc = MPI_Test(&req_, &flag, MPI_STATUS_IGNORE);
+          return rc != MPI_SUCCESS || flag != 0;
+        },
+        deadline);
+    check(rc, "MPI_Test (sum)");
+    if (!ok)
+      peer_lost("stage " + std::to_string(stage_) + ": sum (tag " + std::to_string(tag_) + ") incomplete within " +
+                     seconds_text(peer_timeout_s()) + " s; a peer stage died or hung");
+  }
+
+  int stage_;
+  uint32_t tag_;
+  std::vector<double> data_;
+  MPI_Request req_ = MPI_REQUEST_NULL;
+  bool done_ = false;
+};
+
+class MpiTransport : public Transport {
+ public:
+  MpiTransport() {
+    ensure_mpi();
+    check(MPI_Comm_dup(MPI_COMM_WORLD, &p2p_), "MPI_Comm_dup");
+    check(MPI_Comm_dup(MPI_COMM_WORLD, &coll_), "MPI_Comm_dup");
+    MPI_Comm_set_errhandler(p2p_, MPI_ERRORS_RETURN);
+    MPI_Comm_set_errhandler(coll_, MPI_ERRORS_RETURN);
+    check(MPI_Comm_rank(p2p_, &rank_), "MPI_Comm_rank");
+    check(MPI_Comm_size(p2p_, &size_), "MPI_Comm_size");
+    void* ub = nullptr;
+    int flag = 0;
+    check(MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag), "MPI_Comm_get_attr(MPI_TAG_UB)");
+    tag_ub_ = flag ? *static_cast<int*>(ub) : 32767;  // 32767: the smallest bound the standard allows
+  }
+
+  ~MpiTransport() override {
+    if (mpi_finalized()) return;
+    try {
+      reap();
+      if (!out_.empty() && std::uncaught_exceptions() == 0 && !g_peer_lost) {
+        // Sends the peers will still receive: wait for them so MPI_Finalize finds nothing in flight.
+        if (!poll_until([&] { reap(); return out_.empty(); }, deadline_from_now()))
+          std::fprintf(stderr, "stage %d: %zu sent message(s) not received within %s s\n", rank_, out_.size(),
+                       seconds_text(peer_timeout_s()).c_str());
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+    }
+    if (!out_.empty()) {  // error path: the process is going down; keep in-flight buffers alive
+      for (auto& o : out_) leak(std::move(o.buf));
+      return;
+    }
+    MPI_Comm_free(&p2p_);
+    MPI_Comm_free(&coll_);
+  }
+
+  int stage() const override { return rank_; }
+  int stages() const override { return size_; }
+
+  void send(int peer, uint32_t tag, const float* data, int64_t n) override {
+    check_args("send to", peer, tag, n);
+    reap();
+    Outgoing o;
+    o.buf.assign(data, data + n);
+    check(MPI_Isend(o.buf.data(), static_cast<int>(n), MPI_FLOAT, peer, static_cast<int>(tag), p2p_, &o.req),
+          "MPI_Isend");
+    out_.push_back(std::move(o));  // moving the vector keeps its heap buffer where MPI expects it
+  }
+
+  void recv(int peer, uint32_t tag, float* data, int64_t n) override {
+    check_args("receive from", peer, tag, n);
+    const auto deadline = deadline_from_now();
+    MPI_Message msg = MPI_MESSAGE_NULL;
+    MPI_Status st;
+    int flag = 0;
+    int rc = MPI_SUCCESS;
+    const bool arrived = poll_until(
+        [&] {
+          reap();
+          rc = MPI_Improbe(peer, static_cast<int>(tag), p2p_, &flag, &msg, &st);
+          return rc != MPI_SUCCESS || flag != 0;
+        },
+        deadline);
+    check(rc, "MPI_Improbe");
+    if (!arrived)
+      peer_lost("stage " + std::to_string(rank_) + ": no message from stage " + std::to_string(peer) + " (tag " +
+                     std::to_string(tag) + ") within " + seconds_text(peer_timeout_s()) +
+                     " s; the peer died or hung");
+
+    MPI_Count bytes = 0;
+    check(MPI_Get_elements_x(&st, MPI_BYTE, &bytes), "MPI_Get_elements_x");
+    if (bytes != static_cast<MPI_Count>(n) * static_cast<MPI_Count>(sizeof(float))) {
+      // Consume it (so the next message with this tag is not this one), then report.
+      std::vector<char> junk(static_cast<size_t>(std::max<MPI_Count>(bytes, 1)));
+      if (bytes <= INT_MAX) complete_receive(junk.data(), static_cast<int>(bytes), MPI_BYTE, &msg, peer, tag);
+      internal_error("stage " + std::to_string(rank_) + ": message from stage " + std::to_string(peer) + " (tag " +
+                     std::to_string(tag) + ") has " + std::to_string(bytes / 4) + " floats, expected " +
+                     std::to_string(n));
+    }
+    complete_receive(data, static_cast<int>(n), MPI_FLOAT, &msg, peer, tag);
+  }
+
+  std::unique_ptr<PendingSum> start_sum(uint32_t tag, std::vector<double> local) override {
+    if (local.size() > static_cast<size_t>(INT_MAX))
+      internal_error("start_sum: " + std::to_string(local.size()) + " elements exceed MPI's int count");
+    reap();
+    auto sum = std::make_unique<MpiSum>(rank_, tag, std::move(local));
+    sum->start(coll_);
+    return sum;
+  }
+
+ private:
+  struct Outgoing {
+    std::vector<float> buf;
+    MPI_Request req = MPI_REQUEST_NULL;
+  };
+
+  void check_args(const char* what, int peer, uint32_t tag, int64_t n) const {
+    if (peer < 0 || peer >= size_)
+      internal_error("stage " + std::to_string(rank_) + ": " + what + " stage " + std::to_string(peer) + " of " +
+                     std::to_string(size_));
+    if (tag > static_cast<uint32_t>(tag_ub_))
+      internal_error("stage " + std::to_string(rank_) + ": tag " + std::to_string(tag) + " exceeds MPI_TAG_UB " +
+                     std::to_string(tag_ub_));
+    if (n < 0 || n > INT_MAX)
+      internal_error("stage " + std::to_string(rank_) + ": message of " + std::to_string(n) +
+                     " floats (at most 2^31-1)");
+  }
+
+  // Completes every finished send and drops its buffer.
+  void reap() {
+    for (size_t i = 0; i < out_.size();) {
+      int flag = 0;
+      check(MPI_Test(&out_[i].req, &flag, MPI_STATUS_IGNORE), "MPI_Test (send)");
+      if (flag) {
+        if (i + 1 != out_.size()) out_[i] = std::move(out_.back());
+        out_.pop_back();
+      } else {
+        ++i;
+      }
+    }
+  }
+
+  // The matched message is ours; its data may still need the sender's progress (rendezvous).
+  void complete_receive(void* buf, int count, MPI_Datatype type, MPI_Message* msg, int peer,
+                        uint32_t tag) {
+    MPI_Request req = MPI_REQUEST_NULL;
+    check(MPI_Imrecv(buf, count, type, msg, &req), "MPI_Imrecv");
+    int flag = 0;
+    int rc = MPI_SUCCESS;
+    const bool ok = poll_until(
+        [&] {
+          reap();
+          rc = MPI_Test(&req, &flag, MPI_STATUS_IGNORE);
+          return rc != MPI_SUCCESS || flag != 0;
+        },
+        deadline_from_now());  // the header arrived in time; the payload gets a full timeout of its own
+    check(rc, "MPI_Test (recv)");
+    if (!ok)
+      peer_lost("stage " + std::to_string(rank_) + ": message from stage " + std::to_string(peer) + " (tag " +
+                     std::to_string(tag) + ") started but did not complete within " +
+                     seconds_text(peer_timeout_s()) + " s; the peer died or hung");
+  }
+
+  MPI_Comm p2p_ = MPI_COMM_NULL;   // point-to-point messages
+  MPI_Comm coll_ = MPI_COMM_NULL;  // sums (collectives)
+  int rank_ = 0;
+  int size_ = 1;
+  int tag_ub_ = 32767;
+  std::vector<Outgoing> out_;  // sends not yet complete
+};
+
+}  // namespace
+
+std::unique_ptr<Transport> make_mpi_transport() { return std::make_unique<MpiTransport>(); }
+
+int mpi_world_size() {
+  ensure_mpi();
+  int size = 0;
+  check(MPI_Comm_size(MPI_COMM_WORLD, &size), "MPI_Comm_size");
+  return size;
+}
+
+int mpi_rank() {
+  ensure_mpi();
+  int rank = 0;
+  check(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank");
+  return rank;
+}
+
+bool launched_by_mpirun() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"}) {
+    const char* s = std::getenv(v);
+    if (s && *s) return true;
+  }
+  return false;
+}
+
+}  // namespace onestep::pipeline

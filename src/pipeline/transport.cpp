@@ -1,0 +1,132 @@
+#include "pipeline/transport.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "core/error.h"
+
+namespace onestep::pipeline {
+
+uint32_t message_tag(MsgKind kind, int64_t batch, int micro) {
+  // kind: 3 bits, micro-batch: 8 bits, batch modulo 2^20 (messages of one pair arrive in order, so the
+  // batch only has to tell apart the few batches in flight).
+  return (static_cast<uint32_t>(kind) << 28) | ((static_cast<uint32_t>(micro) & 0xffu) << 20) |
+         (static_cast<uint32_t>(batch) & 0xfffffu);
+}
+
+double peer_timeout_s() {
+  if (const char* v = std::getenv("ONESTEP_PEER_TIMEOUT_S")) {
+    const double t = std::atof(v);
+    if (t > 0) return t;
+  }
+  return 60.0;
+}
+
+namespace {
+
+// Shared mailboxes and running sums of all in-process endpoints.
+struct Hub {
+  explicit Hub(int p) : stages(p) {}
+  int stages;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::map<std::tuple<int, int, uint32_t>, std::deque<std::vector<float>>> boxes;  // (from, to, tag)
+  struct Sum {
+    std::vector<double> total;
+    int arrived = 0;
+  };
+  std::map<std::pair<uint32_t, int64_t>, Sum> sums;  // (tag, call index)
+};
+
+template <class Pred>
+void wait_or_timeout(std::unique_lock<std::mutex>& lock, std::condition_variable& cv, Pred ready, const std::string& what) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(peer_timeout_s());
+  if (!cv.wait_until(lock, deadline, ready))
+    throw Error(ExitCode::internal, what + " within " + std::to_string(static_cast<int>(peer_timeout_s())) +
+                                        " s; a peer stage died or hung");
+}
+
+class InprocSum : public PendingSum {
+ public:
+  InprocSum(std::shared_ptr<Hub> hub, std::pair<uint32_t, int64_t> key, int stage)
+      : hub_(std::move(hub)), key_(key), stage_(stage) {}
+  std::vector<double> wait() override {
+    std::unique_lock<std::mutex> lock(hub_->mu);
+    wait_or_timeout(lock, hub_->cv, [&] { return hub_->sums[key_].arrived >= hub_->stages; },
+                    "stage " + std::to_string(stage_) + ": reduction " + std::to_string(key_.first) + " incomplete");
+    Hub::Sum& s = hub_->sums[key_];
+    std::vector<double> out = s.total;
+    if (++s.arrived == 2 * hub_->stages) hub_->sums.erase(key_);  // everyone has read it
+    return out;
+  }
+
+ private:
+  std::shared_ptr<Hub> hub_;
+  std::pair<uint32_t, int64_t> key_;
+  int stage_;
+};
+
+class InprocTransport : public Transport {
+ public:
+  InprocTransport(std::shared_ptr<Hub> hub, int stage) : hub_(std::move(hub)), stage_(stage) {}
+  int stage() const override { return stage_; }
+  int stages() const override { return hub_->stages; }
+
+  void send(int peer, uint32_t tag, const float* data, int64_t n) override {
+    std::vector<float> msg(data, data + n);
+    {
+      std::lock_guard<std::mutex> lock(hub_->mu);
+      hub_->boxes[{stage_, peer, tag}].push_back(std::move(msg));
+    }
+    hub_->cv.notify_all();
+  }
+
+  void recv(int peer, uint32_t tag, float* data, int64_t n) override {
+    std::unique_lock<std::mutex> lock(hub_->mu);
+    auto& box = hub_->boxes[{peer, stage_, tag}];
+    wait_or_timeout(lock, hub_->cv, [&] { return !box.empty(); },
+                    "stage " + std::to_string(stage_) + ": no message from stage " + std::to_string(peer) +
+                        " (tag " + std::to_string(tag) + ")");
+    if (static_cast<int64_t>(box.front().size()) != n)
+      internal_error("stage " + std::to_string(stage_) + ": message of " + std::to_string(box.front().size()) +
+                     " floats, expected " + std::to_string(n));
+    std::memcpy(data, box.front().data(), sizeof(float) * n);
+    box.pop_front();
+  }
+
+  std::unique_ptr<PendingSum> start_sum(uint32_t tag, std::vector<double> local) override {
+    const std::pair<uint32_t, int64_t> key{tag, calls_++};
+    {
+      std::lock_guard<std::mutex> lock(hub_->mu);
+      Hub::Sum& s = hub_->sums[key];
+      if (s.total.empty()) s.total.assign(local.size(), 0.0);
+      if (s.total.size() != local.size()) internal_error("start_sum: stages passed vectors of different lengths");
+      for (size_t i = 0; i < local.size(); ++i) s.total[i] += local[i];
+      ++s.arrived;
+    }
+    hub_->cv.notify_all();
+    return std::make_unique<InprocSum>(hub_, key, stage_);
+  }
+
+ private:
+  std::shared_ptr<Hub> hub_;
+  int stage_;
+  int64_t calls_ = 0;
+};
+
+}  // namespace
+
+std::vector<std::unique_ptr<Transport>> make_inproc_transports(int stages) {
+  auto hub = std::make_shared<Hub>(stages);
+  std::vector<std::unique_ptr<Transport>> out;
+  for (int s = 0; s < stages; ++s) out.push_back(std::make_unique<InprocTransport>(hub, s));
+  return out;
+}
+
+}  // namespace onestep::pipeline

@@ -1,0 +1,151 @@
+// `onestep train` with pipeline.schedule != none, in-process transport: one thread per stage, each running
+// its action list through a StageRunner. The run is cut into segments at evaluation and checkpoint steps:
+// each segment is a fresh stream of the schedule (warm-up, steady state, cool-down) over its batches, with
+// every forward/backward's weight version given by the schedule's rule on the absolute batch index, so
+// cutting changes the timing but never the arithmetic.
+#include <algorithm>
+#include <cstdio>
+#include <exception>
+#include <thread>
+
+#include "core/error.h"
+#include "core/threads.h"
+#include "core/timer.h"
+#include "pipeline/schedule.h"
+#include "pipeline/transport.h"
+#include "train/checkpoint.h"
+#include "train/partition.h"
+#include "train/stage_runner.h"
+#include "train/trainer_internal.h"
+
+namespace onestep {
+
+using pipeline::Action;
+using pipeline::Op;
+
+namespace {
+
+// The schedule of batches [first, end) as a fresh stream, with absolute batch indices and versions.
+pipeline::Schedule segment_schedule(const RunConfig& c, int64_t first, int64_t end) {
+  const std::string& name = c.pipeline.schedule;
+  const int p = c.pipeline.stages;
+  const int64_t K = c.pipeline.sync_start_steps;
+  const int64_t local_k = name == "sync_start" ? std::max<int64_t>(0, K - first) : 0;
+  pipeline::Schedule s = pipeline::make_schedule(name, p, c.train.micro_batches, end - first, local_k);
+  for (int st = 0; st < p; ++st)
+    for (Action& a : s.programs[st]) {
+      a.batch += first;
+      if (a.op == Op::forward || a.op == Op::backward) a.version = pipeline::version_for(name, a.batch, st, p, K);
+      if (a.op == Op::step) a.version = a.batch + 1;
+    }
+  return s;
+}
+
+// Copies each stage's parameters into a whole-model buffer by name (for evaluation and sampling).
+void gather_whole(const std::vector<std::unique_ptr<StageState>>& states, const Stage& whole, std::vector<float>& out) {
+  out.assign(static_cast<size_t>(whole.params().total()), 0.f);
+  for (const auto& s : states)
+    for (const auto& p : s->stage.params().all()) {
+      const ParamInfo& q = whole.params().at(p.name);
+      std::copy_n(s->weights.data() + p.offset, p.numel, out.data() + q.offset);
+    }
+}
+
+}  // namespace
+
+void run_pipeline(const RunConfig& c, RunIO& io) {
+  const int p = c.pipeline.stages;
+  const std::vector<StageSpec> specs = partition_model(c.model, p);
+  const bool one_step_delay = c.pipeline.schedule == "2bw" || c.pipeline.schedule == "sync_start";
+  std::vector<std::unique_ptr<StageState>> states;
+  std::vector<StageState*> raw;
+  for (const auto& spec : specs) {
+    states.push_back(std::make_unique<StageState>(c.model, spec, c.optim, one_step_delay, c.delay.correction == "ef"));
+    raw.push_back(states.back().get());
+  }
+  int64_t start = 0;
+  if (!io.resume_from.empty()) {
+    start = load_checkpoint(io.resume_from, raw);
+  } else {
+    for (auto& s : states) {
+      s->stage.init_weights(s->weights.data(), static_cast<uint64_t>(c.train.seed));
+      if (one_step_delay) s->stale = s->weights;  // W(-1) := W(0)
+    }
+  }
+  io.open_metrics(start);
+  std::printf("pipeline: %s, %d stages, %d micro-batches per step, in-process transport\n%s",
+              c.pipeline.schedule.c_str(), p, c.train.micro_batches, describe_partition(c.model, specs).c_str());
+
+  // The runners own the version history: the stale version moves there (and back for checkpoints).
+  auto transports = pipeline::make_inproc_transports(p);
+  std::vector<std::unique_ptr<StageRunner>> runners;
+  for (int s = 0; s < p; ++s) {
+    std::vector<std::vector<float>> older;
+    if (one_step_delay) older.push_back(std::move(states[s]->stale));
+    states[s]->stale.clear();
+    runners.push_back(std::make_unique<StageRunner>(*states[s], *transports[s], c, io.train_data, start, std::move(older)));
+  }
+  const Stage whole(c.model, whole_model(c.model));
+  std::vector<float> whole_w;
+  if (start == 0) {
+    gather_whole(states, whole, whole_w);
+    io.initial_eval(whole, whole_w.data());
+  }
+  const int threads_per_stage = std::max(1, (c.train.threads > 0 ? c.train.threads : num_threads()) / p);
+
+  int64_t first = start;
+  while (first < c.train.steps) {
+    int64_t end = first + 1;
+    while (end < c.train.steps && !io.eval_due(end) && !io.ckpt_due(end)) ++end;
+    const pipeline::Schedule sched = segment_schedule(c, first, end);
+    Stopwatch seg_clock;
+    std::vector<std::exception_ptr> errors(p);
+    std::vector<std::thread> threads;
+    const size_t done_before = runners[0]->steps().size();
+    for (int s = 0; s < p; ++s)
+      threads.emplace_back([&, s] {
+        try {
+          set_num_threads(threads_per_stage);
+          runners[s]->run(sched.programs[s], sched.name);
+        } catch (...) {
+          errors[s] = std::current_exception();
+        }
+      });
+    for (auto& t : threads) t.join();
+    for (auto& e : errors)
+      if (e) std::rethrow_exception(e);
+    const double seg_s = seg_clock.seconds();
+
+    const auto& recs = runners[0]->steps();
+    const double step_s = seg_s / static_cast<double>(end - first);
+    for (size_t i = done_before; i < recs.size(); ++i) {
+      const StepRecord& r = recs[i];
+      const int64_t step = r.batch + 1;
+      nlohmann::json line = io.step_line(step, r.loss, r.grad_norm,
+                                         c.optim.lr * lr_scale_at(r.batch, c.train.steps, c.optim.warmup_frac, c.optim.min_lr_frac),
+                                         step_s);
+      std::vector<double> idle, stale;
+      for (int s = 0; s < p; ++s) {
+        idle.push_back(std::max(0.0, 1.0 - r.busy_s[s] / step_s));
+        stale.push_back(static_cast<double>(r.batch - pipeline::version_for(c.pipeline.schedule, r.batch, s, p, c.pipeline.sync_start_steps)));
+      }
+      line["stage_idle_frac"] = idle;
+      line["staleness"] = stale;
+      if (step == end && io.eval_due(step)) {
+        gather_whole(states, whole, whole_w);
+        line["val_loss"] = io.evaluate(whole, whole_w.data(), step);
+      }
+      io.metrics->write(line);
+    }
+    if (io.ckpt_due(end)) {
+      for (int s = 0; s < p; ++s)
+        if (one_step_delay) states[s]->stale = *runners[s]->previous_version();
+      save_checkpoint(io.options.out_dir, end, c, raw, c.train.keep_ckpts);
+      for (auto& s : states) s->stale.clear();
+    }
+    first = end;
+    if (end == io.options.stop_after_step) break;
+  }
+}
+
+}  // namespace onestep

@@ -1,0 +1,246 @@
+#include "train/stage_runner.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "kernels/cpu/ops.h"
+
+namespace onestep {
+
+using pipeline::Action;
+using pipeline::MsgKind;
+using pipeline::Op;
+using pipeline::message_tag;
+
+namespace {
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+StageRunner::StageRunner(StageState& state, pipeline::Transport& transport, const RunConfig& config,
+                         const TokenDataset& train, int64_t newest_version, std::vector<std::vector<float>> older)
+    : st_(state),
+      tx_(transport),
+      c_(config),
+      train_(train),
+      B_(config.train.micro_batch_size),
+      T_(config.model.seq_len),
+      M_(config.train.micro_batches),
+      newest_(newest_version),
+      t0_(now_s()) {
+  for (size_t i = 0; i < older.size(); ++i) history_[newest_ - 1 - static_cast<int64_t>(i)] = std::move(older[i]);
+  for (auto& g : grads_) g.assign(st_.grad.size(), 0.f);
+  scratch_ = st_.stage.make_scratch(B_, T_);
+  const Stage whole(c_.model, whole_model(c_.model));
+  n_global_params_ = static_cast<int>(whole.params().size());
+  for (const auto& p : st_.stage.params().all()) {
+    const auto& all = whole.params().all();
+    int idx = -1;
+    for (size_t i = 0; i < all.size(); ++i)
+      if (all[i].name == p.name) idx = static_cast<int>(i);
+    global_index_.push_back(idx);
+  }
+  tokens_.resize(static_cast<size_t>(B_) * T_), targets_.resize(tokens_.size());
+}
+
+const float* StageRunner::version(int64_t v) const {
+  if (v == newest_) return st_.weights.data();
+  auto it = history_.find(v);
+  if (it == history_.end())
+    internal_error("stage " + std::to_string(tx_.stage()) + ": weight version " + std::to_string(v) +
+                   " is not alive (newest " + std::to_string(newest_) + ")");
+  return it->second.data();
+}
+
+const std::vector<float>* StageRunner::previous_version() const {
+  auto it = history_.find(newest_ - 1);
+  return it == history_.end() ? nullptr : &it->second;
+}
+
+Activations& StageRunner::activations(int64_t batch, int micro) {
+  auto& slot = acts_[{batch, micro}];
+  if (!slot) {
+    if (free_acts_.empty()) {
+      slot = st_.stage.make_activations(B_, T_);
+    } else {
+      slot = std::move(free_acts_.back());
+      free_acts_.pop_back();
+    }
+  }
+  return *slot;
+}
+
+void StageRunner::release(int64_t batch, int micro) {
+  auto it = acts_.find({batch, micro});
+  free_acts_.push_back(std::move(it->second));
+  acts_.erase(it);
+}
+
+void StageRunner::ensure_version(int64_t v) {
+  while (newest_ < v) {
+    if (pending_.empty())
+      internal_error("stage " + std::to_string(tx_.stage()) + ": version " + std::to_string(v) +
+                     " needed but no step is pending");
+    complete_step();
+  }
+}
+
+void StageRunner::forward(const Action& a) {
+  ensure_version(a.version);
+  const StageSpec& spec = st_.stage.spec();
+  Activations& acts = activations(a.batch, a.micro);
+  // Every stage derives the micro-batch from (seed, batch, micro): only the ends use it (tokens, targets).
+  if (spec.has_embedding || spec.has_head)
+    sample_train_batch(train_, static_cast<uint64_t>(c_.train.seed), a.batch, a.micro, B_, T_, tokens_.data(),
+                       targets_.data());
+  const float* in = spec.has_embedding ? nullptr : inputs_.at({a.batch, a.micro}).data();
+  const double loss = st_.stage.forward(version(a.version), acts, tokens_.data(), in,
+                                        spec.has_head ? targets_.data() : nullptr);
+  if (spec.has_head) loss_sum_[a.batch] += loss;  // micro-batch order, as in the single-device trainer
+  if (!spec.has_embedding) inputs_.erase({a.batch, a.micro});
+}
+
+void StageRunner::backward(const Action& a) {
+  ensure_version(a.version);
+  const int slot = static_cast<int>(a.batch & 1);
+  if (grad_batch_[slot] != a.batch) {
+    cpu::fill_zero(grads_[slot].data(), static_cast<int64_t>(grads_[slot].size()));
+    grad_batch_[slot] = a.batch;
+  }
+  const float* dout = st_.stage.spec().has_head ? nullptr : douts_.at({a.batch, a.micro}).data();
+  st_.stage.backward(version(a.version), grads_[slot].data(), activations(a.batch, a.micro), *scratch_, dout,
+                     1.0f / static_cast<float>(M_));
+  douts_.erase({a.batch, a.micro});
+  if (st_.stage.spec().has_embedding) release(a.batch, a.micro);  // nothing to send back
+}
+
+int StageRunner::other_tied_end() const {
+  if (!c_.model.tie_embeddings || tx_.stages() == 1) return -1;
+  if (st_.stage.spec().has_embedding) return tx_.stages() - 1;
+  if (st_.stage.spec().has_head) return 0;
+  return -1;
+}
+
+const ParamInfo* StageRunner::tied_param() const {
+  if (!c_.model.tie_embeddings) return nullptr;
+  if (st_.stage.spec().has_embedding) return &st_.stage.params().at("model.embed_tokens.weight");
+  if (st_.stage.holds_tied_copy()) return &st_.stage.params().at("lm_head.weight");
+  return nullptr;
+}
+
+// Tied embedding across stages: the last stage sends its head-side gradient when it posts (it finishes a
+// batch's backwards first); stage 0 receives it when it posts, sends its own, and forms the sum, so the
+// tied pair's squared norm rides on the same reduction; the last stage forms the same sum at completion.
+void StageRunner::post_step(int64_t batch) {
+  const int slot = static_cast<int>(batch & 1);
+  std::vector<float>& g = grads_[slot];
+  const int p = tx_.stages();
+  // Reduction vector: per-parameter sums of squares at whole-model positions, the loss, per-stage busy time.
+  std::vector<double> local(n_global_params_ + 1 + p, 0.0);
+  const int other = other_tied_end();
+  const ParamInfo* tp = tied_param();
+  if (st_.stage.spec().has_embedding && st_.stage.holds_tied_copy()) {
+    st_.grad.swap(g);
+    reduce_tied_embedding_local(st_);
+    st_.grad.swap(g);
+  } else if (other >= 0 && st_.stage.spec().has_head) {
+    tx_.send(other, message_tag(MsgKind::tied_grad, batch, 0), g.data() + tp->offset, tp->numel);
+  } else if (other >= 0) {
+    std::vector<float> theirs(static_cast<size_t>(tp->numel));
+    tx_.recv(other, message_tag(MsgKind::tied_grad, batch, 0), theirs.data(), tp->numel);
+    tx_.send(other, message_tag(MsgKind::tied_grad, batch, 1), g.data() + tp->offset, tp->numel);
+    float* mine = g.data() + tp->offset;
+    for (int64_t i = 0; i < tp->numel; ++i) mine[i] = mine[i] + theirs[i];
+  }
+  const auto& params = st_.stage.params().all();
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (params[i].name == "lm_head.weight" && c_.model.tie_embeddings) continue;  // the pair counts once
+    local[global_index_[i]] = cpu::sum_squares(g.data() + params[i].offset, params[i].numel);
+  }
+  if (st_.stage.spec().has_head) local[n_global_params_] = loss_sum_[batch] / M_;
+  local[n_global_params_ + 1 + tx_.stage()] = busy_[batch];
+  loss_sum_.erase(batch), busy_.erase(batch);
+  pending_.push_back({batch, tx_.start_sum(message_tag(MsgKind::weights, batch, 0), std::move(local))});
+}
+
+void StageRunner::complete_step() {
+  Pending pend = std::move(pending_.front());
+  pending_.erase(pending_.begin());
+  const int slot = static_cast<int>(pend.batch & 1);
+  std::vector<float>& g = grads_[slot];
+  const std::vector<double> sums = pend.sum->wait();
+  const int other = other_tied_end();
+  if (other >= 0 && st_.stage.spec().has_head) {
+    const ParamInfo* tp = tied_param();
+    std::vector<float> theirs(static_cast<size_t>(tp->numel));
+    tx_.recv(other, message_tag(MsgKind::tied_grad, pend.batch, 1), theirs.data(), tp->numel);
+    float* mine = g.data() + tp->offset;
+    for (int64_t i = 0; i < tp->numel; ++i) mine[i] = theirs[i] + mine[i];  // same bits as stage 0's sum
+  }
+  // The whole model's squared norm, summed in parameter-table order like the single-device trainer.
+  double total = 0.0;
+  for (int i = 0; i < n_global_params_; ++i) total += sums[i];
+  StepRecord rec;
+  rec.batch = pend.batch;
+  rec.loss = sums[n_global_params_];
+  rec.grad_norm = std::sqrt(total);
+  rec.busy_s.assign(sums.begin() + n_global_params_ + 1, sums.end());
+  steps_.push_back(rec);
+  if (!std::isfinite(rec.loss) || !std::isfinite(rec.grad_norm))
+    throw Error(ExitCode::diverged, "training diverged at step " + std::to_string(pend.batch) + ": loss " +
+                                        std::to_string(rec.loss) + ", grad norm " + std::to_string(rec.grad_norm));
+  const float clip_scale = (c_.optim.clip > 0 && rec.grad_norm > c_.optim.clip)
+                               ? static_cast<float>(c_.optim.clip / rec.grad_norm) : 1.0f;
+  if (max_versions_ > 1) history_[newest_] = st_.weights;  // W(newest) stays readable
+  st_.grad.swap(g);
+  optimizer_step(st_, lr_scale_at(pend.batch, c_.train.steps, c_.optim.warmup_frac, c_.optim.min_lr_frac),
+                 clip_scale, c_.delay);
+  st_.grad.swap(g);
+  ++newest_;
+  while (!history_.empty() && history_.begin()->first <= newest_ - max_versions_) history_.erase(history_.begin());
+}
+
+void StageRunner::run(const std::vector<Action>& actions, const std::string& schedule_name) {
+  max_versions_ = pipeline::max_versions_alive(schedule_name, tx_.stages());
+  const int s = tx_.stage();
+  const int64_t act_n = static_cast<int64_t>(B_) * T_ * c_.model.d_model;
+  for (const Action& a : actions) {
+    const double start = now_s();
+    switch (a.op) {
+      case Op::recv_act: {
+        std::vector<float>& buf = inputs_[{a.batch, a.micro}];
+        buf.resize(static_cast<size_t>(act_n));
+        tx_.recv(a.peer, message_tag(MsgKind::activation, a.batch, a.micro), buf.data(), act_n);
+        break;
+      }
+      case Op::forward: forward(a); break;
+      case Op::send_act:
+        tx_.send(a.peer, message_tag(MsgKind::activation, a.batch, a.micro),
+                 st_.stage.output(*acts_.at({a.batch, a.micro})), act_n);
+        break;
+      case Op::recv_grad: {
+        std::vector<float>& buf = douts_[{a.batch, a.micro}];
+        buf.resize(static_cast<size_t>(act_n));
+        tx_.recv(a.peer, message_tag(MsgKind::gradient, a.batch, a.micro), buf.data(), act_n);
+        break;
+      }
+      case Op::backward: backward(a); break;
+      case Op::send_grad:
+        tx_.send(a.peer, message_tag(MsgKind::gradient, a.batch, a.micro), acts_.at({a.batch, a.micro})->d_input.data(),
+                 act_n);
+        release(a.batch, a.micro);
+        break;
+      case Op::step: post_step(a.batch); break;
+    }
+    const double end = now_s();
+    if (a.op == Op::forward || a.op == Op::backward) busy_[a.batch] += end - start;
+    executed_.push_back({a, start - t0_, end - t0_});
+  }
+  while (!pending_.empty()) complete_step();
+  (void)s;
+}
+
+}  // namespace onestep

@@ -1,0 +1,91 @@
+// The executor: runs one stage's action list (pipeline/schedule.h) against a transport. The same code runs
+// every schedule on threads in one process and on MPI ranks; the schedule decides when and on which weight
+// version, the Stage decides what a forward/backward computes, StageState what an optimizer step does.
+//
+// Optimizer steps are split in two so that no stage waits for the others at a step: the `step` action only
+// posts this stage's contributions to the cross-stage reductions (per-parameter gradient sums of squares
+// for the global clipping norm, the loss, the tied embedding's gradient); the step completes when a later
+// action first needs the new weight version, or at the end. Gradients are double-buffered by batch parity.
+#pragma once
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "config/config.h"
+#include "data/loader.h"
+#include "pipeline/schedule.h"
+#include "pipeline/transport.h"
+#include "train/stage_state.h"
+
+namespace onestep {
+
+// What a stage executed, for telemetry and for tests that assert the version every forward/backward used.
+struct ExecutedAction {
+  pipeline::Action action;
+  double start_s, end_s;  // since the runner was created
+};
+
+// Per optimizer step, known identically on every stage after the step's reduction.
+struct StepRecord {
+  int64_t batch = 0;
+  double loss = 0, grad_norm = 0;
+  std::vector<double> busy_s;  // per stage: compute time spent on this batch's forwards and backwards
+};
+
+class StageRunner {
+ public:
+  // `state` must already hold the newest weights (version `newest_version`) and, for a delayed schedule,
+  // `older` the versions below it that the first batches still read (newest first).
+  StageRunner(StageState& state, pipeline::Transport& transport, const RunConfig& config, const TokenDataset& train,
+              int64_t newest_version, std::vector<std::vector<float>> older);
+  // Runs the actions (a slice of one schedule program), completing every step it posts.
+  void run(const std::vector<pipeline::Action>& actions, const std::string& schedule_name);
+
+  int64_t newest_version() const { return newest_; }
+  // Weights of version v (must be alive).
+  const float* version(int64_t v) const;
+  const std::vector<ExecutedAction>& executed() const { return executed_; }
+  const std::vector<StepRecord>& steps() const { return steps_; }
+  // The stale version the next batch reads under a one-step delay (newest - 1), or null.
+  const std::vector<float>* previous_version() const;
+
+ private:
+  struct Pending {
+    int64_t batch;
+    std::unique_ptr<pipeline::PendingSum> sum;
+  };
+  Activations& activations(int64_t batch, int micro);
+  void release(int64_t batch, int micro);
+  void forward(const pipeline::Action& a);
+  void backward(const pipeline::Action& a);
+  void post_step(int64_t batch);
+  void complete_step();
+  void ensure_version(int64_t v);
+  int other_tied_end() const;
+  const ParamInfo* tied_param() const;  // this stage's copy of a tied embedding, or null  // the stage holding the other copy of a tied embedding, or -1
+
+  StageState& st_;
+  pipeline::Transport& tx_;
+  const RunConfig& c_;
+  const TokenDataset& train_;
+  const int B_, T_, M_;
+  int64_t newest_;
+  std::map<int64_t, std::vector<float>> history_;  // older versions still read by pending work
+  int max_versions_ = 2;
+  std::vector<float> grads_[2];
+  int64_t grad_batch_[2] = {-1, -1};
+  std::map<std::pair<int64_t, int>, std::unique_ptr<Activations>> acts_;
+  std::vector<std::unique_ptr<Activations>> free_acts_;
+  std::unique_ptr<BackwardScratch> scratch_;
+  std::map<std::pair<int64_t, int>, std::vector<float>> inputs_, douts_;
+  std::map<int64_t, double> loss_sum_, busy_;
+  std::vector<Pending> pending_;
+  std::vector<int> global_index_;  // this stage's parameters' positions in the whole model's table
+  int n_global_params_ = 0;
+  std::vector<int32_t> tokens_, targets_;
+  std::vector<ExecutedAction> executed_;
+  std::vector<StepRecord> steps_;
+  double t0_;
+};
+
+}  // namespace onestep
