@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Configures (Release) and builds onestep in build/. Extra arguments go to the cmake configure step
-# (e.g. -DONESTEP_BUILD_TESTS=ON). Quick when already built.
+# (e.g. -DONESTEP_BUILD_TESTS=ON). ONESTEP_BUILD_TARGET=onestep builds only the binary (the demo does).
+# Quick when already built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,5 +15,9 @@ if ! cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "$@" > build/configure.log 2
   exit 1
 fi
 say "build: compiling with $(nproc) jobs"
-cmake --build build -j"$(nproc)"
+if [ -n "${ONESTEP_BUILD_TARGET:-}" ]; then
+  cmake --build build -j"$(nproc)" --target "$ONESTEP_BUILD_TARGET"
+else
+  cmake --build build -j"$(nproc)"
+fi
 say "build: done -> build/onestep"

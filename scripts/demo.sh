@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 say() { echo "[onestep] $*"; }
 
 ./scripts/install-deps.sh
-./scripts/build.sh
+ONESTEP_BUILD_TARGET=onestep ./scripts/build.sh
 ./scripts/fetch-data.sh
 
 out=runs/demo

@@ -96,7 +96,7 @@ if [ -x build/onestep ]; then
   say "build/onestep: already built"
 else
   say "build/onestep: missing, building"
-  ./scripts/build.sh
+  ONESTEP_BUILD_TARGET=onestep ./scripts/build.sh
 fi
 
 # (e) tokenizers, trained on the train split only

@@ -71,13 +71,16 @@ int main(int argc, char** argv) {
 
   auto* sched = app.add_subcommand("schedule", "Print a pipeline schedule's per-stage action lists");
   std::string sname, format = "text";
-  int stages = 2, micro = 4, steps = 1;
-  sched->add_option("--schedule", sname)->required();
-  sched->add_option("--stages", stages)->required();
-  sched->add_option("--microbatches", micro)->required();
-  sched->add_option("--steps", steps);
-  sched->add_option("--format", format);
-  sched->callback([&] { throw Error(ExitCode::bad_input, "schedule: the pipeline engine is not implemented yet"); });
+  int stages = 2, micro = 4;
+  int64_t steps = 1, sync_steps = 0;
+  sched->add_option("--schedule", sname, "gpipe, 1f1b, 2bw, pipedream or sync_start")->required();
+  sched->add_option("--stages", stages, "Pipeline stages p")->required();
+  sched->add_option("--microbatches", micro, "Micro-batches per optimizer step m")->required();
+  sched->add_option("--steps", steps, "Optimizer steps (batches)")->capture_default_str();
+  sched->add_option("--sync-start-steps", sync_steps, "K of sync_start")->capture_default_str();
+  sched->add_option("--format", format, "text, csv, or trace (Chrome trace JSON of the simulated timeline)")
+      ->capture_default_str();
+  sched->callback([&] { rc = cmd_schedule(sname, stages, micro, steps, sync_steps, format); });
 
   try {
     app.parse(argc, argv);

@@ -1,5 +1,6 @@
 // The bodies of the subcommands; src/main.cpp only parses arguments and calls these.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,8 @@ int cmd_train(const std::string& config, const std::vector<std::string>& overrid
 int cmd_eval(const std::string& checkpoint, const std::string& data_glob);
 int cmd_sample(const SampleOptions& o);
 int cmd_export(const std::string& checkpoint, const std::string& out);
+int cmd_schedule(const std::string& name, int stages, int micro, int64_t steps, int64_t sync_start_steps,
+                 const std::string& format);
 int cmd_bench(const std::string& config, const std::vector<std::string>& overrides, int steps);
 
 }  // namespace onestep

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <initializer_list>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -82,20 +83,23 @@ std::string seconds_text(double s) {
   return os.str();
 }
 
-// Polls until ready() or the deadline: a few yields first (a message usually arrives soon when it is
-// late at all), then sleeps of 50 us doubling to 1 ms, so a waiting rank does not occupy a core that
-// another rank may share.
+// Polls until ready() or the deadline: first ~50 us of polling with yields (a reply that is already on its
+// way costs no sleep), then sleeps of 50 us doubling to 250 us, so a waiting rank does not occupy a core
+// that another rank may share, yet notices a message soon (with a 1 ms cap, a hop of a ping-pong cost
+// ~1 ms: both sides settle into the longest sleep).
 template <class Ready>
 bool poll_until(Ready ready, Clock::time_point deadline) {
+  const auto spin_end = Clock::now() + std::chrono::microseconds(50);
   int64_t sleep_us = 50;
-  for (int round = 0;; ++round) {
+  for (;;) {
     if (ready()) return true;
-    if (Clock::now() >= deadline) return ready();
-    if (round < 16) {
+    const auto now = Clock::now();
+    if (now >= deadline) return ready();
+    if (now < spin_end) {
       std::this_thread::yield();
     } else {
       std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
-      sleep_us = std::min<int64_t>(sleep_us * 2, 1000);
+      sleep_us = std::min<int64_t>(sleep_us * 2, 250);
     }
   }
 }
@@ -121,7 +125,8 @@ class MpiSum : public PendingSum {
   }
 
   std::vector<double> wait() override {
-    if (done_) internal_error("stage " + std::to_string(stage_) + ": sum (tag " + std::to_string(tag_) + ") waited twice");
+    if (done_)
+      internal_error("stage " + std::to_string(stage_) + ": sum (tag " + std::to_string(tag_) + ") waited twice");
     complete(deadline_from_now());
     done_ = true;
     return std::move(data_);
@@ -153,7 +158,7 @@ class MpiSum : public PendingSum {
     check(rc, "MPI_Test (sum)");
     if (!ok)
       peer_lost("stage " + std::to_string(stage_) + ": sum (tag " + std::to_string(tag_) + ") incomplete within " +
-                     seconds_text(peer_timeout_s()) + " s; a peer stage died or hung");
+                seconds_text(peer_timeout_s()) + " s; a peer stage died or hung");
   }
 
   int stage_;
@@ -185,7 +190,12 @@ class MpiTransport : public Transport {
       reap();
       if (!out_.empty() && std::uncaught_exceptions() == 0 && !g_peer_lost) {
         // Sends the peers will still receive: wait for them so MPI_Finalize finds nothing in flight.
-        if (!poll_until([&] { reap(); return out_.empty(); }, deadline_from_now()))
+        if (!poll_until(
+                [&] {
+                  reap();
+                  return out_.empty();
+                },
+                deadline_from_now()))
           std::fprintf(stderr, "stage %d: %zu sent message(s) not received within %s s\n", rank_, out_.size(),
                        seconds_text(peer_timeout_s()).c_str());
       }
@@ -230,8 +240,7 @@ class MpiTransport : public Transport {
     check(rc, "MPI_Improbe");
     if (!arrived)
       peer_lost("stage " + std::to_string(rank_) + ": no message from stage " + std::to_string(peer) + " (tag " +
-                     std::to_string(tag) + ") within " + seconds_text(peer_timeout_s()) +
-                     " s; the peer died or hung");
+                std::to_string(tag) + ") within " + seconds_text(peer_timeout_s()) + " s; the peer died or hung");
 
     MPI_Count bytes = 0;
     check(MPI_Get_elements_x(&st, MPI_BYTE, &bytes), "MPI_Get_elements_x");
@@ -288,8 +297,7 @@ class MpiTransport : public Transport {
   }
 
   // The matched message is ours; its data may still need the sender's progress (rendezvous).
-  void complete_receive(void* buf, int count, MPI_Datatype type, MPI_Message* msg, int peer,
-                        uint32_t tag) {
+  void complete_receive(void* buf, int count, MPI_Datatype type, MPI_Message* msg, int peer, uint32_t tag) {
     MPI_Request req = MPI_REQUEST_NULL;
     check(MPI_Imrecv(buf, count, type, msg, &req), "MPI_Imrecv");
     int flag = 0;
@@ -304,8 +312,8 @@ class MpiTransport : public Transport {
     check(rc, "MPI_Test (recv)");
     if (!ok)
       peer_lost("stage " + std::to_string(rank_) + ": message from stage " + std::to_string(peer) + " (tag " +
-                     std::to_string(tag) + ") started but did not complete within " +
-                     seconds_text(peer_timeout_s()) + " s; the peer died or hung");
+                std::to_string(tag) + ") started but did not complete within " + seconds_text(peer_timeout_s()) +
+                " s; the peer died or hung");
   }
 
   MPI_Comm p2p_ = MPI_COMM_NULL;   // point-to-point messages

@@ -208,7 +208,10 @@ TEST(MpiTransport, MissingMessageTimesOut) {
       EXPECT_LE(s, 4.0);
     }
   }
-  if (old) setenv("ONESTEP_PEER_TIMEOUT_S", old->c_str(), 1); else unsetenv("ONESTEP_PEER_TIMEOUT_S");
+  if (old)
+    setenv("ONESTEP_PEER_TIMEOUT_S", old->c_str(), 1);
+  else
+    unsetenv("ONESTEP_PEER_TIMEOUT_S");
 }
 
 // Prints only failures, prefixed with the rank (ranks other than 0 use this instead of the default printer).
