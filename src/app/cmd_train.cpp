@@ -11,6 +11,7 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
   const RunConfig config = load_config(config_path, overrides);
   if (out.empty()) out = "runs/" + std::filesystem::path(config_path).stem().string();
   const TrainResult r = run_training(config, TrainOptions{out, resume});
+  if (!r.writer) return 0;  // another MPI rank reports
   std::printf("done: %lld steps, val_loss %.4f -> %.4f, final train_loss %.4f\n", static_cast<long long>(r.steps_done),
               r.first_val_loss, r.final_val_loss, r.final_train_loss);
   std::printf("run folder: %s (config.toml, metrics.jsonl, plots/), checkpoint: %s\n", out.c_str(),

@@ -49,45 +49,66 @@ void for_each_tensor(StageState& s, F&& f) {
   for (auto& b : s.optimizer->state_buffers()) f("optim." + b.name, b.data, b.shape);
 }
 
+// All state*.safetensors files of a checkpoint folder (one, or one per process of an MPI run).
+class CheckpointFiles {
+ public:
+  explicit CheckpointFiles(const std::string& dir) {
+    std::vector<std::string> paths;
+    for (const auto& e : fs::directory_iterator(dir)) {
+      const std::string n = e.path().filename().string();
+      if (n.rfind("state", 0) == 0 && e.path().extension() == ".safetensors") paths.push_back(e.path().string());
+    }
+    std::sort(paths.begin(), paths.end());
+    if (paths.empty()) bad_input(dir, "no state*.safetensors file: not a complete checkpoint");
+    for (const auto& p : paths) readers_.emplace_back(p);
+  }
+  void read_into(const std::string& name, float* dst, const std::vector<int64_t>& shape) const {
+    for (const auto& r : readers_)
+      if (r.has(name)) return r.read_into(name, dst, shape);
+    readers_.front().read_into(name, dst, shape);  // reports the missing tensor, naming the file
+  }
+
+ private:
+  std::vector<SafetensorsReader> readers_;
+};
+
 }  // namespace
 
-void save_checkpoint(const std::string& run_dir, int64_t step, const RunConfig& config,
-                     const std::vector<StageState*>& stages, int keep) {
-  const fs::path root = fs::path(run_dir) / "checkpoints";
-  fs::create_directories(root);
-  const fs::path final_dir = root / step_name(step);
-  const fs::path tmp_dir = root / (step_name(step) + ".tmp");
-  fs::remove_all(tmp_dir);
-  fs::create_directories(tmp_dir);
+std::string checkpoint_tmp_dir(const std::string& run_dir, int64_t step) {
+  return (fs::path(run_dir) / "checkpoints" / (step_name(step) + ".tmp")).string();
+}
 
+void write_checkpoint_part(const std::string& tmp_dir, const std::string& part, const std::vector<StageState*>& stages) {
   std::vector<TensorRef> tensors;
   for (StageState* s : stages)
     for_each_tensor(*s, [&](const std::string& name, float* data, const std::vector<int64_t>& shape) {
-      // A tensor shared by two stages' tables (none today) would appear once.
-      for (const auto& t : tensors)
-        if (t.name == name) return;
       tensors.push_back({name, shape, data});
     });
-  write_safetensors((tmp_dir / "state.safetensors").string(), tensors, {{"format", "onestep-checkpoint-v1"}});
+  write_safetensors((fs::path(tmp_dir) / ("state" + part + ".safetensors")).string(), tensors,
+                    {{"format", "onestep-checkpoint-v1"}});
+}
 
+void finish_checkpoint(const std::string& run_dir, int64_t step, const RunConfig& config, int64_t optimizer_steps,
+                       bool has_prev_update, int stages, int keep) {
+  const fs::path root = fs::path(run_dir) / "checkpoints";
+  const fs::path tmp_dir = checkpoint_tmp_dir(run_dir, step);
+  const fs::path final_dir = root / step_name(step);
   nlohmann::json meta;
   meta["format"] = "onestep-checkpoint-v1";
   meta["step"] = step;
-  meta["optimizer_steps"] = stages.front()->optimizer->steps_taken();
-  meta["has_prev_update"] = stages.front()->has_prev_update;
+  meta["optimizer_steps"] = optimizer_steps;
+  meta["has_prev_update"] = has_prev_update;
   // Batches are a pure function of (seed, step, micro-batch): the step is the whole data cursor, and the
   // counter-based RNG has no hidden state.
   meta["data_cursor"] = {{"next_step", step}};
   meta["rng"] = {{"kind", "counter-based splitmix64"}, {"seed", config.train.seed}};
-  meta["stages"] = stages.size();
+  meta["stages"] = stages;
   write_text_atomic((tmp_dir / "state.json").string(), meta.dump(2) + "\n");
   write_text_atomic((tmp_dir / "config.toml").string(), to_toml(config));
-
   fs::remove_all(final_dir);
   fs::rename(tmp_dir, final_dir);
   write_text_atomic((root / "latest").string(), step_name(step) + "\n");
-
-  // Retention: newest `keep` complete folders survive.
+  // Retention: the newest `keep` complete folders survive.
   std::vector<fs::path> done;
   for (const auto& e : fs::directory_iterator(root)) {
     const std::string n = e.path().filename().string();
@@ -95,6 +116,16 @@ void save_checkpoint(const std::string& run_dir, int64_t step, const RunConfig& 
   }
   std::sort(done.begin(), done.end());
   for (size_t i = 0; i + keep < done.size(); ++i) fs::remove_all(done[i]);
+}
+
+void save_checkpoint(const std::string& run_dir, int64_t step, const RunConfig& config,
+                     const std::vector<StageState*>& stages, int keep) {
+  const std::string tmp = checkpoint_tmp_dir(run_dir, step);
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  write_checkpoint_part(tmp, "", stages);
+  finish_checkpoint(run_dir, step, config, stages.front()->optimizer->steps_taken(), stages.front()->has_prev_update,
+                    static_cast<int>(stages.size()), keep);
 }
 
 std::string latest_checkpoint(const std::string& run_dir) {
@@ -132,10 +163,10 @@ int64_t load_checkpoint(const std::string& ckpt_dir, const std::vector<StageStat
     bad_input(meta_path, std::string("not valid JSON: ") + e.what());
   }
   if (meta.value("format", "") != "onestep-checkpoint-v1") bad_input(meta_path, "format: expected onestep-checkpoint-v1");
-  SafetensorsReader reader((fs::path(ckpt_dir) / "state.safetensors").string());
+  const CheckpointFiles files(ckpt_dir);
   for (StageState* s : stages) {
     for_each_tensor(*s, [&](const std::string& name, float* data, const std::vector<int64_t>& shape) {
-      reader.read_into(name, data, shape);
+      files.read_into(name, data, shape);
     });
     s->optimizer->set_steps_taken(meta.at("optimizer_steps").get<int64_t>());
     s->has_prev_update = meta.value("has_prev_update", false);
@@ -147,7 +178,7 @@ int64_t load_checkpoint(const std::string& ckpt_dir, const std::vector<StageStat
 
 namespace onestep {
 void load_weights(const std::string& ckpt_dir, const Stage& stage, float* weights) {
-  SafetensorsReader reader((fs::path(ckpt_dir) / "state.safetensors").string());
-  for (const auto& p : stage.params().all()) reader.read_into("weights." + p.name, weights + p.offset, p.shape);
+  const CheckpointFiles files(ckpt_dir);
+  for (const auto& p : stage.params().all()) files.read_into("weights." + p.name, weights + p.offset, p.shape);
 }
 }  // namespace onestep

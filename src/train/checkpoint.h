@@ -17,6 +17,14 @@ namespace onestep {
 void save_checkpoint(const std::string& run_dir, int64_t step, const RunConfig& config,
                      const std::vector<StageState*>& stages, int keep);
 
+// The same in parts, for one process per stage (MPI): every rank writes its stages' tensors into the
+// temporary folder as state.<part>.safetensors, then one rank finishes (metadata, rename, `latest`, retention).
+// Readers take each tensor from whichever state*.safetensors file of the folder holds it.
+std::string checkpoint_tmp_dir(const std::string& run_dir, int64_t step);  // creates nothing
+void write_checkpoint_part(const std::string& tmp_dir, const std::string& part, const std::vector<StageState*>& stages);
+void finish_checkpoint(const std::string& run_dir, int64_t step, const RunConfig& config, int64_t optimizer_steps,
+                       bool has_prev_update, int stages, int keep);
+
 // Accepts a step folder, a run folder (uses its checkpoints/latest), or the `latest` file itself.
 // bad_input naming the path when no complete checkpoint is found there.
 std::string resolve_checkpoint_dir(const std::string& path);

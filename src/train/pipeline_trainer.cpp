@@ -1,9 +1,11 @@
-// `onestep train` with pipeline.schedule != none, in-process transport: one thread per stage, each running
-// its action list through a StageRunner. The run is cut into segments at evaluation and checkpoint steps:
+// `onestep train` with pipeline.schedule != none: one thread per stage (in-process transport), or one MPI
+// rank per stage (each process runs its own stage; rank 0 writes the shared files), each stage running its
+// action list through a StageRunner. The run is cut into segments at evaluation and checkpoint steps:
 // each segment is a fresh stream of the schedule (warm-up, steady state, cool-down) over its batches, with
 // every forward/backward's weight version given by the schedule's rule on the absolute batch index, so
 // cutting changes the timing but never the arithmetic.
 #include <algorithm>
+#include <filesystem>
 #include <cstdio>
 #include <exception>
 #include <thread>
@@ -17,6 +19,9 @@
 #include "train/partition.h"
 #include "train/stage_runner.h"
 #include "train/trainer_internal.h"
+#ifdef ONESTEP_HAVE_MPI
+#include "mpi/mpi_transport.h"
+#endif
 
 namespace onestep {
 
@@ -45,7 +50,8 @@ pipeline::Schedule segment_schedule(const RunConfig& c, int64_t first, int64_t e
 void gather_whole(const std::vector<std::unique_ptr<StageState>>& states, const Stage& whole, std::vector<float>& out) {
   out.assign(static_cast<size_t>(whole.params().total()), 0.f);
   for (const auto& s : states)
-    for (const auto& p : s->stage.params().all()) {
+    if (s)
+      for (const auto& p : s->stage.params().all()) {
       const ParamInfo& q = whole.params().at(p.name);
       std::copy_n(s->weights.data() + p.offset, p.numel, out.data() + q.offset);
     }
@@ -53,45 +59,93 @@ void gather_whole(const std::vector<std::unique_ptr<StageState>>& states, const 
 
 }  // namespace
 
+int pipeline_rank(const RunConfig& c) {
+  if (c.pipeline.transport != "mpi") return 0;
+#ifdef ONESTEP_HAVE_MPI
+  const int world = pipeline::mpi_world_size();
+  if (world != c.pipeline.stages)
+    bad_input(c.source, "pipeline.stages: " + std::to_string(c.pipeline.stages) + " stages, but mpirun started " +
+                            std::to_string(world) + " ranks; expected mpirun -np " + std::to_string(c.pipeline.stages));
+  return pipeline::mpi_rank();
+#else
+  bad_input(c.source, "pipeline.transport: 'mpi', but this onestep was built without MPI (install libopenmpi-dev "
+                      "and rebuild)");
+#endif
+}
+
 void run_pipeline(const RunConfig& c, RunIO& io) {
   const int p = c.pipeline.stages;
+  const bool mpi = c.pipeline.transport == "mpi";
+  const int rank = pipeline_rank(c);
   const std::vector<StageSpec> specs = partition_model(c.model, p);
   const bool one_step_delay = c.pipeline.schedule == "2bw" || c.pipeline.schedule == "sync_start";
-  std::vector<std::unique_ptr<StageState>> states;
+  // The stages this process runs: all of them in-process, its own one under MPI.
+  std::vector<int> local;
+  for (int s = 0; s < p; ++s)
+    if (!mpi || s == rank) local.push_back(s);
+  std::vector<std::unique_ptr<StageState>> states(p);
   std::vector<StageState*> raw;
-  for (const auto& spec : specs) {
-    states.push_back(std::make_unique<StageState>(c.model, spec, c.optim, one_step_delay, c.delay.correction == "ef"));
-    raw.push_back(states.back().get());
+  for (int s : local) {
+    states[s] = std::make_unique<StageState>(c.model, specs[s], c.optim, one_step_delay, c.delay.correction == "ef");
+    raw.push_back(states[s].get());
   }
   int64_t start = 0;
   if (!io.resume_from.empty()) {
     start = load_checkpoint(io.resume_from, raw);
   } else {
-    for (auto& s : states) {
+    for (StageState* s : raw) {
       s->stage.init_weights(s->weights.data(), static_cast<uint64_t>(c.train.seed));
       if (one_step_delay) s->stale = s->weights;  // W(-1) := W(0)
     }
   }
   io.open_metrics(start);
-  std::printf("pipeline: %s, %d stages, %d micro-batches per step, in-process transport\n%s",
-              c.pipeline.schedule.c_str(), p, c.train.micro_batches, describe_partition(c.model, specs).c_str());
+  if (io.writer)
+    std::printf("pipeline: %s, %d stages, %d micro-batches per step, %s transport\n%s", c.pipeline.schedule.c_str(), p,
+                c.train.micro_batches, mpi ? "MPI (one rank per stage)" : "in-process (one thread per stage)",
+                describe_partition(c.model, specs).c_str());
 
+  std::vector<std::unique_ptr<pipeline::Transport>> transports(p);
+  if (mpi) {
+#ifdef ONESTEP_HAVE_MPI
+    transports[rank] = pipeline::make_mpi_transport();
+#endif
+  } else {
+    transports = pipeline::make_inproc_transports(p);
+  }
   // The runners own the version history: the stale version moves there (and back for checkpoints).
-  auto transports = pipeline::make_inproc_transports(p);
-  std::vector<std::unique_ptr<StageRunner>> runners;
-  for (int s = 0; s < p; ++s) {
+  std::vector<std::unique_ptr<StageRunner>> runners(p);
+  for (int s : local) {
     std::vector<std::vector<float>> older;
     if (one_step_delay) older.push_back(std::move(states[s]->stale));
     states[s]->stale.clear();
-    runners.push_back(std::make_unique<StageRunner>(*states[s], *transports[s], c, io.train_data, start, std::move(older)));
+    runners[s] = std::make_unique<StageRunner>(*states[s], *transports[s], c, io.train_data, start, std::move(older));
   }
   const Stage whole(c.model, whole_model(c.model));
   std::vector<float> whole_w;
+  // Whole-model weights on the writer (rank 0 receives the other ranks' parameters under MPI).
+  auto gather = [&](int64_t step) {
+    if (!mpi) return gather_whole(states, whole, whole_w);
+    const uint32_t tag = pipeline::message_tag(pipeline::MsgKind::weights, step, 1);
+    if (rank != 0) return transports[rank]->send(0, tag, states[rank]->weights.data(), static_cast<int64_t>(states[rank]->weights.size()));
+    gather_whole(states, whole, whole_w);  // rank 0's own stage; the others arrive below
+    for (int s = 1; s < p; ++s) {
+      const Stage remote(c.model, specs[s]);
+      std::vector<float> w(static_cast<size_t>(remote.params().total()));
+      transports[0]->recv(s, tag, w.data(), static_cast<int64_t>(w.size()));
+      for (const auto& prm : remote.params().all())
+        std::copy_n(w.data() + prm.offset, prm.numel, whole_w.data() + whole.params().at(prm.name).offset);
+    }
+  };
+  // Every rank passes here together: an all-stage sum used as a barrier.
+  auto barrier = [&](int64_t step, int micro) {
+    if (mpi) transports[rank]->start_sum(pipeline::message_tag(pipeline::MsgKind::weights, step, micro), {0.0})->wait();
+  };
   if (start == 0) {
-    gather_whole(states, whole, whole_w);
-    io.initial_eval(whole, whole_w.data());
+    gather(0);
+    if (io.writer) io.initial_eval(whole, whole_w.data());
   }
-  const int threads_per_stage = std::max(1, (c.train.threads > 0 ? c.train.threads : num_threads()) / p);
+  const int threads_per_stage =
+      mpi ? std::max(1, c.train.threads) : std::max(1, (c.train.threads > 0 ? c.train.threads : num_threads()) / p);
 
   int64_t first = start;
   while (first < c.train.steps) {
@@ -101,8 +155,9 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
     Stopwatch seg_clock;
     std::vector<std::exception_ptr> errors(p);
     std::vector<std::thread> threads;
-    const size_t done_before = runners[0]->steps().size();
-    for (int s = 0; s < p; ++s)
+    const int lead = local.front();
+    const size_t done_before = runners[lead]->steps().size();
+    for (int s : local)
       threads.emplace_back([&, s] {
         try {
           set_num_threads(threads_per_stage);
@@ -116,7 +171,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
       if (e) std::rethrow_exception(e);
     const double seg_s = seg_clock.seconds();
 
-    const auto& recs = runners[0]->steps();
+    const auto& recs = runners[lead]->steps();
     const double step_s = seg_s / static_cast<double>(end - first);
     for (size_t i = done_before; i < recs.size(); ++i) {
       const StepRecord& r = recs[i];
@@ -132,16 +187,28 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
       line["stage_idle_frac"] = idle;
       line["staleness"] = stale;
       if (step == end && io.eval_due(step)) {
-        gather_whole(states, whole, whole_w);
-        line["val_loss"] = io.evaluate(whole, whole_w.data(), step);
+        gather(step);
+        if (io.writer) line["val_loss"] = io.evaluate(whole, whole_w.data(), step);
       }
-      io.metrics->write(line);
+      if (io.writer) io.metrics->write(line);
     }
     if (io.ckpt_due(end)) {
-      for (int s = 0; s < p; ++s)
+      for (int s : local)
         if (one_step_delay) states[s]->stale = *runners[s]->previous_version();
-      save_checkpoint(io.options.out_dir, end, c, raw, c.train.keep_ckpts);
-      for (auto& s : states) s->stale.clear();
+      if (!mpi) {
+        save_checkpoint(io.options.out_dir, end, c, raw, c.train.keep_ckpts);
+      } else {
+        const std::string tmp = checkpoint_tmp_dir(io.options.out_dir, end);
+        if (io.writer) std::filesystem::remove_all(tmp), std::filesystem::create_directories(tmp);
+        barrier(end, 2);
+        write_checkpoint_part(tmp, ".stage" + std::to_string(rank), raw);
+        barrier(end, 3);
+        if (io.writer)
+          finish_checkpoint(io.options.out_dir, end, c, raw.front()->optimizer->steps_taken(),
+                            raw.front()->has_prev_update, p, c.train.keep_ckpts);
+        barrier(end, 4);
+      }
+      for (int s : local) states[s]->stale.clear();
     }
     first = end;
     if (end == io.options.stop_after_step) break;

@@ -56,8 +56,8 @@ void check_supported(const RunConfig& c) {
     bad_input(c.source, "train.micro_batches: " + sched + " needs micro_batches (m = " +
                             std::to_string(c.train.micro_batches) + ") >= pipeline.stages (p = " +
                             std::to_string(c.pipeline.stages) + ")");
-  if (c.pipeline.transport == "mpi")
-    bad_input(c.source, "pipeline.transport: 'mpi' is not wired into the trainer yet; expected inproc");
+  if (c.pipeline.transport == "mpi" && !pipelined)
+    bad_input(c.source, "pipeline.transport: 'mpi' runs one stage per rank; it needs a pipeline.schedule");
 }
 
 }  // namespace
@@ -88,29 +88,35 @@ std::string prepare_run_dir(const RunConfig& config, const TrainOptions& options
 
 TrainResult run_training(const RunConfig& c, const TrainOptions& options) {
   check_supported(c);
-  RunIO io(c, options);
+  RunIO io(c, options, pipeline_rank(c) == 0);
   if (c.pipeline.schedule == "none") run_single_device(c, io);
   else run_pipeline(c, io);
   io.progress.finish();
+  io.result.writer = io.writer;
+  if (!io.writer) return io.result;
   write_plots(options.out_dir);
   io.result.checkpoint_dir = latest_checkpoint(options.out_dir);
   return io.result;
 }
 
-RunIO::RunIO(const RunConfig& config, const TrainOptions& opts)
+RunIO::RunIO(const RunConfig& config, const TrainOptions& opts, bool is_writer)
     : c(config),
       options(opts),
-      resume_from(prepare_run_dir(config, opts)),
+      writer(is_writer),
+      // Only the writer judges the folder (the others would see its config.toml appear).
+      resume_from(is_writer ? prepare_run_dir(config, opts) : (opts.resume ? latest_checkpoint(opts.out_dir) : "")),
       train_data((set_num_threads(config.train.threads), check_tokenizer_matches(config),
                   TokenDataset(config.data.train, "data.train", config.model.vocab_size))),
       val_data(config.data.val, "data.val", config.model.vocab_size),
       progress(config.train.steps, config.train.log_every) {
+  if (!writer) return;
   fs::create_directories(options.out_dir);
   std::ofstream out(fs::path(options.out_dir) / "config.toml");
   out << "# resolved by onestep from " << c.source << "\n" << to_toml(c);
 }
 
 void RunIO::open_metrics(int64_t start_step) {
+  if (!writer) return;
   metrics = std::make_unique<MetricsLog>(options.out_dir, resume_from.empty() ? -1 : start_step);
   const int B = c.train.micro_batch_size, T = c.model.seq_len, M = c.train.micro_batches;
   std::printf("onestep train: %s, %.2fM parameters, %d x %d x %d tokens per step, optimizer %s, schedule %s "
@@ -124,6 +130,7 @@ void RunIO::open_metrics(int64_t start_step) {
 double RunIO::evaluate(const Stage& whole, const float* weights, int64_t step) {
   // Validation runs on W(t), the weights the run would deploy.
   const double v = evaluate_loss(whole, weights, val_data, c.train.eval_tokens, c.train.micro_batch_size, c.model.seq_len);
+  if (!writer) return v;
   progress.note("step " + std::to_string(step) + ": val_loss " + std::to_string(v));
   if (step == 0) result.first_val_loss = v;
   result.final_val_loss = v;
@@ -132,7 +139,7 @@ double RunIO::evaluate(const Stage& whole, const float* weights, int64_t step) {
 
 void RunIO::initial_eval(const Stage& whole, const float* weights) {
   const double v = evaluate(whole, weights, 0);
-  metrics->write({{"step", 0}, {"tokens", 0}, {"train_loss", nullptr}, {"lr", 0.0}, {"grad_norm", nullptr},
+  if (writer) metrics->write({{"step", 0}, {"tokens", 0}, {"train_loss", nullptr}, {"lr", 0.0}, {"grad_norm", nullptr},
                   {"tok_per_s", 0.0}, {"elapsed_s", clock.seconds()}, {"val_loss", v}});
 }
 
@@ -146,7 +153,7 @@ bool RunIO::ckpt_due(int64_t step) const {
 
 nlohmann::json RunIO::step_line(int64_t step, double loss, double grad_norm, double lr, double step_s) {
   const int64_t tokens_per_step = static_cast<int64_t>(c.train.micro_batches) * c.train.micro_batch_size * c.model.seq_len;
-  progress.step(step, loss, tokens_per_step / step_s, clock.seconds(), lr);
+  if (writer) progress.step(step, loss, tokens_per_step / step_s, clock.seconds(), lr);
   result.final_train_loss = loss;
   result.steps_done = step;
   return {{"step", step},         {"tokens", step * tokens_per_step}, {"train_loss", loss}, {"lr", lr},

@@ -19,6 +19,7 @@ struct TrainResult {
   int64_t steps_done = 0;
   double first_val_loss = 0, final_val_loss = 0, final_train_loss = 0;
   std::string checkpoint_dir;
+  bool writer = true;  // false on the MPI ranks that do not own the run folder's shared files
 };
 
 TrainResult run_training(const RunConfig& config, const TrainOptions& options);

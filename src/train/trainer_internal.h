@@ -14,7 +14,9 @@
 namespace onestep {
 
 struct RunIO {
-  RunIO(const RunConfig& c, const TrainOptions& options);
+  // `writer`: this process owns the run folder's shared files (metrics, config, checkpoint metadata,
+  // progress output); false on the other ranks of an MPI run.
+  RunIO(const RunConfig& c, const TrainOptions& options, bool writer = true);
   void open_metrics(int64_t start_step);  // after the start step is known (resume)
   double evaluate(const Stage& whole, const float* weights, int64_t step);
   void initial_eval(const Stage& whole, const float* weights);
@@ -25,6 +27,7 @@ struct RunIO {
 
   const RunConfig& c;
   TrainOptions options;
+  bool writer;
   std::string resume_from;  // checkpoint folder, "" for a fresh start
   TokenDataset train_data, val_data;
   Progress progress;
@@ -33,6 +36,8 @@ struct RunIO {
   TrainResult result;
 };
 
+// This process's stage under the MPI transport (its rank; checks the world size), else 0.
+int pipeline_rank(const RunConfig& c);
 void run_single_device(const RunConfig& c, RunIO& io);
 void run_pipeline(const RunConfig& c, RunIO& io);
 
