@@ -55,7 +55,7 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
   const ModelConfig& m = c.model;
 
   const double peak = sgemm_peak_gflops(2048, 12);
-  StageState s(m, whole_model(m), c.optim, c.delay.emulate == "one_step", c.delay.correction == "ef");
+  StageState s(m, whole_model(m), c.optim, 0, c.delay.correction == "ef");
   s.stage.init_weights(s.weights.data(), 1);
   auto acts = s.stage.make_activations(B, T);
   auto scratch = s.stage.make_scratch(B, T);
@@ -69,8 +69,8 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
     Stopwatch sw;
     cpu::fill_zero(s.grad.data(), static_cast<int64_t>(s.grad.size()));
     for (int mb = 0; mb < M; ++mb) {
-      s.stage.forward(s.compute_weights(), *acts, in.data(), nullptr, tgt.data());
-      s.stage.backward(s.compute_weights(), s.grad.data(), *acts, *scratch, nullptr, 1.0f / M);
+      s.stage.forward(s.weights.data(), *acts, in.data(), nullptr, tgt.data());
+      s.stage.backward(s.weights.data(), s.grad.data(), *acts, *scratch, nullptr, 1.0f / M);
     }
     reduce_tied_embedding_local(s);
     optimizer_step(s, 1.0, 1.0f, c.delay);
@@ -88,7 +88,7 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
   const double achieved = flops_per_token * tokens / step_s / 1e9;
 
   int64_t tensor_bytes = acts->bytes() + scratch->bytes();
-  for (const auto* v : {&s.weights, &s.stale, &s.grad, &s.update, &s.prev_update})
+  for (const auto* v : {&s.weights, &s.grad, &s.update, &s.prev_update})
     tensor_bytes += static_cast<int64_t>(v->size() * sizeof(float));
   for (const auto& b : s.optimizer->state_buffers()) {
     int64_t n = 1;

@@ -43,7 +43,8 @@ template <class F>
 void for_each_tensor(StageState& s, F&& f) {
   for (const auto& p : s.stage.params().all()) {
     f("weights." + p.name, s.weights.data() + p.offset, p.shape);
-    if (!s.stale.empty()) f("stale." + p.name, s.stale.data() + p.offset, p.shape);
+    for (size_t k = 0; k < s.older.size(); ++k)  // "stale." = W(t-1), "stale2." = W(t-2), ...
+      f((k == 0 ? std::string("stale.") : "stale" + std::to_string(k + 1) + ".") + p.name, s.older[k].data() + p.offset, p.shape);
     if (!s.prev_update.empty()) f("prev_update." + p.name, s.prev_update.data() + p.offset, p.shape);
   }
   for (auto& b : s.optimizer->state_buffers()) f("optim." + b.name, b.data, b.shape);

@@ -78,7 +78,11 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
   const bool mpi = c.pipeline.transport == "mpi";
   const int rank = pipeline_rank(c);
   const std::vector<StageSpec> specs = partition_model(c.model, p);
-  const bool one_step_delay = c.pipeline.schedule == "2bw" || c.pipeline.schedule == "sync_start";
+  // Versions below the newest each stage reads: 1 under 2BW's rule, p-1-s for PipeDream's stage s.
+  auto lag_of = [&](int s) -> int {
+    if (c.pipeline.schedule == "pipedream") return p - 1 - s;
+    return c.pipeline.schedule == "2bw" || c.pipeline.schedule == "sync_start" ? 1 : 0;
+  };
   // The stages this process runs: all of them in-process, its own one under MPI.
   std::vector<int> local;
   for (int s = 0; s < p; ++s)
@@ -86,7 +90,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
   std::vector<std::unique_ptr<StageState>> states(p);
   std::vector<StageState*> raw;
   for (int s : local) {
-    states[s] = std::make_unique<StageState>(c.model, specs[s], c.optim, one_step_delay, c.delay.correction == "ef");
+    states[s] = std::make_unique<StageState>(c.model, specs[s], c.optim, lag_of(s), c.delay.correction == "ef");
     raw.push_back(states[s].get());
   }
   int64_t start = 0;
@@ -95,7 +99,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
   } else {
     for (StageState* s : raw) {
       s->stage.init_weights(s->weights.data(), static_cast<uint64_t>(c.train.seed));
-      if (one_step_delay) s->stale = s->weights;  // W(-1) := W(0)
+      for (auto& v : s->older) v = s->weights;  // versions below 0 are W(0)
     }
   }
   io.open_metrics(start);
@@ -112,13 +116,12 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
   } else {
     transports = pipeline::make_inproc_transports(p);
   }
-  // The runners own the version history: the stale version moves there (and back for checkpoints).
+  // The runners own the version history: the older versions move there (and back for checkpoints).
   std::vector<std::unique_ptr<StageRunner>> runners(p);
   for (int s : local) {
-    std::vector<std::vector<float>> older;
-    if (one_step_delay) older.push_back(std::move(states[s]->stale));
-    states[s]->stale.clear();
-    runners[s] = std::make_unique<StageRunner>(*states[s], *transports[s], c, io.train_data, start, std::move(older));
+    runners[s] = std::make_unique<StageRunner>(*states[s], *transports[s], c, io.train_data, start,
+                                               std::move(states[s]->older));
+    states[s]->older.clear();
   }
   const Stage whole(c.model, whole_model(c.model));
   std::vector<float> whole_w;
@@ -193,8 +196,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
       if (io.writer) io.metrics->write(line);
     }
     if (io.ckpt_due(end)) {
-      for (int s : local)
-        if (one_step_delay) states[s]->stale = *runners[s]->previous_version();
+      for (int s : local) states[s]->older = runners[s]->older_versions(lag_of(s));
       if (!mpi) {
         save_checkpoint(io.options.out_dir, end, c, raw, c.train.keep_ckpts);
       } else {
@@ -208,7 +210,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
                             raw.front()->has_prev_update, p, c.train.keep_ckpts);
         barrier(end, 4);
       }
-      for (int s : local) states[s]->stale.clear();
+      for (int s : local) states[s]->older.clear();
     }
     first = end;
     if (end == io.options.stop_after_step) break;

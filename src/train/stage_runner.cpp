@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <algorithm>
 
 #include "core/error.h"
 #include "kernels/cpu/ops.h"
@@ -31,8 +32,8 @@ StageRunner::StageRunner(StageState& state, pipeline::Transport& transport, cons
       M_(config.train.micro_batches),
       newest_(newest_version),
       t0_(now_s()) {
-  for (size_t i = 0; i < older.size(); ++i) history_[newest_ - 1 - static_cast<int64_t>(i)] = std::move(older[i]);
-  for (auto& g : grads_) g.assign(st_.grad.size(), 0.f);
+  for (size_t i = 0; i < older.size(); ++i)
+    if (newest_ - 1 - static_cast<int64_t>(i) >= 0) history_[newest_ - 1 - static_cast<int64_t>(i)] = std::move(older[i]);
   scratch_ = st_.stage.make_scratch(B_, T_);
   const Stage whole(c_.model, whole_model(c_.model));
   n_global_params_ = static_cast<int>(whole.params().size());
@@ -55,9 +56,14 @@ const float* StageRunner::version(int64_t v) const {
   return it->second.data();
 }
 
-const std::vector<float>* StageRunner::previous_version() const {
-  auto it = history_.find(newest_ - 1);
-  return it == history_.end() ? nullptr : &it->second;
+std::vector<std::vector<float>> StageRunner::older_versions(int n) const {
+  std::vector<std::vector<float>> out;
+  for (int k = 1; k <= n; ++k) {
+    const int64_t v = std::max<int64_t>(newest_ - k, 0);
+    const float* w = version(v);
+    out.emplace_back(w, w + st_.weights.size());
+  }
+  return out;
 }
 
 Activations& StageRunner::activations(int64_t batch, int micro) {
@@ -105,7 +111,7 @@ void StageRunner::forward(const Action& a) {
 
 void StageRunner::backward(const Action& a) {
   ensure_version(a.version);
-  const int slot = static_cast<int>(a.batch & 1);
+  const size_t slot = grad_slot(a.batch);
   if (grad_batch_[slot] != a.batch) {
     cpu::fill_zero(grads_[slot].data(), static_cast<int64_t>(grads_[slot].size()));
     grad_batch_[slot] = a.batch;
@@ -135,8 +141,7 @@ const ParamInfo* StageRunner::tied_param() const {
 // batch's backwards first); stage 0 receives it when it posts, sends its own, and forms the sum, so the
 // tied pair's squared norm rides on the same reduction; the last stage forms the same sum at completion.
 void StageRunner::post_step(int64_t batch) {
-  const int slot = static_cast<int>(batch & 1);
-  std::vector<float>& g = grads_[slot];
+  std::vector<float>& g = grads_[grad_slot(batch)];
   const int p = tx_.stages();
   // Reduction vector: per-parameter sums of squares at whole-model positions, the loss, per-stage busy time.
   std::vector<double> local(n_global_params_ + 1 + p, 0.0);
@@ -169,8 +174,7 @@ void StageRunner::post_step(int64_t batch) {
 void StageRunner::complete_step() {
   Pending pend = std::move(pending_.front());
   pending_.erase(pending_.begin());
-  const int slot = static_cast<int>(pend.batch & 1);
-  std::vector<float>& g = grads_[slot];
+  std::vector<float>& g = grads_[grad_slot(pend.batch)];
   const std::vector<double> sums = pend.sum->wait();
   const int other = other_tied_end();
   if (other >= 0 && st_.stage.spec().has_head) {
@@ -205,6 +209,11 @@ void StageRunner::complete_step() {
 
 void StageRunner::run(const std::vector<Action>& actions, const std::string& schedule_name) {
   max_versions_ = pipeline::max_versions_alive(schedule_name, tx_.stages());
+  // One gradient buffer per batch whose step may still be pending, plus the one accumulating.
+  if (grads_.size() != static_cast<size_t>(max_versions_ + 1)) {
+    grads_.assign(static_cast<size_t>(max_versions_ + 1), std::vector<float>(st_.grad.size(), 0.f));
+    grad_batch_.assign(grads_.size(), -1);
+  }
   const int s = tx_.stage();
   const int64_t act_n = static_cast<int64_t>(B_) * T_ * c_.model.d_model;
   for (const Action& a : actions) {

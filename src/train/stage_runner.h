@@ -5,7 +5,7 @@
 // Optimizer steps are split in two so that no stage waits for the others at a step: the `step` action only
 // posts this stage's contributions to the cross-stage reductions (per-parameter gradient sums of squares
 // for the global clipping norm, the loss, the tied embedding's gradient); the step completes when a later
-// action first needs the new weight version, or at the end. Gradients are double-buffered by batch parity.
+// action first needs the new weight version, or at the end. Gradients are buffered per batch until their step completes.
 #pragma once
 #include <map>
 #include <memory>
@@ -46,8 +46,8 @@ class StageRunner {
   const float* version(int64_t v) const;
   const std::vector<ExecutedAction>& executed() const { return executed_; }
   const std::vector<StepRecord>& steps() const { return steps_; }
-  // The stale version the next batch reads under a one-step delay (newest - 1), or null.
-  const std::vector<float>* previous_version() const;
+  // Copies of versions newest-1, newest-2, ... (n of them; versions below 0 are W(0)), for checkpoints.
+  std::vector<std::vector<float>> older_versions(int n) const;
 
  private:
   struct Pending {
@@ -72,8 +72,10 @@ class StageRunner {
   int64_t newest_;
   std::map<int64_t, std::vector<float>> history_;  // older versions still read by pending work
   int max_versions_ = 2;
-  std::vector<float> grads_[2];
-  int64_t grad_batch_[2] = {-1, -1};
+  // Gradient buffers by batch: a step completes lazily, so up to max_versions_ batches' gradients are alive.
+  std::vector<std::vector<float>> grads_;
+  std::vector<int64_t> grad_batch_;
+  size_t grad_slot(int64_t batch) const { return static_cast<size_t>(batch) % grads_.size(); }
   std::map<std::pair<int64_t, int>, std::unique_ptr<Activations>> acts_;
   std::vector<std::unique_ptr<Activations>> free_acts_;
   std::unique_ptr<BackwardScratch> scratch_;

@@ -6,16 +6,21 @@
 
 namespace onestep {
 
-StageState::StageState(const ModelConfig& model, StageSpec spec, const OptimConfig& optim, bool keep_stale,
+StageState::StageState(const ModelConfig& model, StageSpec spec, const OptimConfig& optim, int older_versions,
                        bool use_ef)
     : stage(model, spec) {
   const size_t n = static_cast<size_t>(stage.params().total());
   weights.assign(n, 0.f);
-  if (keep_stale) stale.assign(n, 0.f);
+  older.assign(static_cast<size_t>(older_versions), std::vector<float>(n, 0.f));
   grad.assign(n, 0.f);
   update.assign(n, 0.f);
   if (use_ef) prev_update.assign(n, 0.f);
   optimizer = make_optimizer(optim, stage.params());
+}
+
+const float* StageState::version_at_lag(int64_t lag) const {
+  if (lag <= 0 || older.empty()) return weights.data();
+  return older[static_cast<size_t>(std::min<int64_t>(lag, static_cast<int64_t>(older.size())) - 1)].data();
 }
 
 namespace {
@@ -52,7 +57,10 @@ void optimizer_step(StageState& s, double lr_scale, float grad_scale, const Dela
   const int64_t n = static_cast<int64_t>(s.weights.size());
   if (grad_scale != 1.0f) cpu::scale_inplace(s.grad.data(), grad_scale, n);
   s.optimizer->compute_update(s.update.data(), s.weights.data(), s.grad.data(), lr_scale);
-  if (!s.stale.empty()) std::copy(s.weights.begin(), s.weights.end(), s.stale.begin());
+  if (!s.older.empty()) {
+    std::rotate(s.older.rbegin(), s.older.rbegin() + 1, s.older.rend());  // the oldest buffer is reused
+    std::copy(s.weights.begin(), s.weights.end(), s.older.front().begin());
+  }
   float* x = s.weights.data();
   const float* u = s.update.data();
   if (delay.correction == "ef") {

@@ -12,19 +12,22 @@
 namespace onestep {
 
 struct StageState {
-  StageState(const ModelConfig& model, StageSpec spec, const OptimConfig& optim, bool keep_stale, bool use_ef);
+  // older_versions: how many versions below the newest a delayed rule reads (1 for PipeDream-2BW, up to p-1
+  // for PipeDream's per-stage delay, 0 for synchronous training).
+  StageState(const ModelConfig& model, StageSpec spec, const OptimConfig& optim, int older_versions, bool use_ef);
 
   Stage stage;
   std::vector<float> weights;      // W(t): the version the optimizer updates
-  std::vector<float> stale;        // W(t-1): the version gradients are computed on under a one-step delay
+  std::vector<std::vector<float>> older;  // W(t-1), W(t-2), ...: the versions delayed gradients are computed on
   std::vector<float> grad;         // accumulated over the step's micro-batches (mean)
   std::vector<float> update;       // u(t), the optimizer's full update
   std::vector<float> prev_update;  // u(t-1), uncorrected (EF correction)
   std::unique_ptr<Optimizer> optimizer;
   bool has_prev_update = false;
 
-  // Weights a forward/backward of this step should use: W(t-1) under a delay, else W(t).
-  const float* compute_weights() const { return stale.empty() ? weights.data() : stale.data(); }
+  // Weights of version newest - lag (lag 0: W(t); lags beyond the kept history read the oldest kept, which at
+  // the start of training is W(0): the paper's startup convention).
+  const float* version_at_lag(int64_t lag) const;
 };
 
 // Cross-stage reductions, explicit (the original 2BW code lost them; PAPER.md §1).
@@ -41,7 +44,7 @@ double unique_grad_sum_squares(const StageState& s);
 // One optimizer step on a stage whose gradient is final (averaged over micro-batches, combined across
 // stages where needed). PAPER.md §2 order: clip (grad *= grad_scale) -> optimizer computes u ->
 // correction -> apply. EF: x <- x - u - c (u - u_prev), u_prev <- u; the first step is ordinary.
-// Under a one-step delay, W(t) is first saved as the next step's stale version.
+// When older versions are kept, W(t) is first pushed onto them (the oldest drops off).
 void optimizer_step(StageState& s, double lr_scale, float grad_scale, const DelayConfig& delay);
 
 }  // namespace onestep

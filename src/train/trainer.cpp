@@ -1,5 +1,6 @@
 #include "train/trainer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -17,6 +18,8 @@
 #include "train/metrics.h"
 #include "train/plots.h"
 #include "train/progress.h"
+#include "pipeline/schedule.h"
+#include "train/partition.h"
 #include "train/stage_state.h"
 #include "train/trainer_internal.h"
 
@@ -36,17 +39,15 @@ void check_tokenizer_matches(const RunConfig& c) {
 void check_supported(const RunConfig& c) {
   const std::string& sched = c.pipeline.schedule;
   const bool pipelined = sched != "none";
-  if (!pipelined && c.pipeline.stages != 1)
+  if (!pipelined && c.pipeline.stages != 1 && c.delay.emulate != "per_stage")
     bad_input(c.source, "pipeline.stages: " + std::to_string(c.pipeline.stages) +
-                            " stages need a pipeline.schedule (gpipe, 1f1b, 2bw, pipedream, sync_start)");
+                            " stages need a pipeline.schedule (gpipe, 1f1b, 2bw, pipedream, sync_start) or "
+                            "delay.emulate = \"per_stage\"");
+  if (pipelined && c.pipeline.sync_start_steps > 0 && sched != "sync_start")
+    bad_input(c.source, "pipeline.sync_start_steps: only the sync_start schedule (or the one_step emulator) uses it");
   if (pipelined && c.delay.emulate != "none")
     bad_input(c.source, "delay.emulate: '" + c.delay.emulate + "' emulates a pipeline on one device; with "
                             "pipeline.schedule = '" + sched + "' the delay is real: set delay.emulate = \"none\"");
-  if (c.delay.emulate == "per_stage")
-    bad_input(c.source, "delay.emulate: 'per_stage' is not implemented yet; expected none or one_step");
-  if (sched == "pipedream")
-    bad_input(c.source, "pipeline.schedule: 'pipedream' is not executable yet (its schedule and validator exist: "
-                            "onestep schedule --schedule pipedream); expected gpipe, 1f1b, 2bw or sync_start");
   const bool delayed = c.delay.emulate != "none" || sched == "2bw" || sched == "pipedream" || sched == "sync_start";
   if (c.delay.correction != "none" && !delayed)
     bad_input(c.source, "delay.correction: '" + c.delay.correction +
@@ -160,17 +161,48 @@ nlohmann::json RunIO::step_line(int64_t step, double loss, double grad_norm, dou
           {"grad_norm", grad_norm}, {"tok_per_s", tokens_per_step / step_s}, {"elapsed_s", clock.seconds()}};
 }
 
-// One device; with delay.emulate = one_step, exactly PipeDream-2BW's update rule (the delay emulator).
+// The delay rule a single-device run emulates, as the schedule whose version rule it reproduces:
+// none -> synchronous; one_step -> PipeDream-2BW (sync_start when pipeline.sync_start_steps > 0);
+// per_stage -> original PipeDream with pipeline.stages stages.
+std::string emulated_rule(const RunConfig& c) {
+  if (c.delay.emulate == "one_step") return c.pipeline.sync_start_steps > 0 ? "sync_start" : "2bw";
+  if (c.delay.emulate == "per_stage") return "pipedream";
+  return "gpipe";
+}
+
+// One device. With a delay rule, the step-t gradient of each parameter is computed on the weight version the
+// emulated pipeline's stage holding it would use (pipeline::version_for), and applied to W(t): exactly the
+// pipeline's arithmetic, without the pipeline.
 void run_single_device(const RunConfig& c, RunIO& io) {
   const int B = c.train.micro_batch_size, T = c.model.seq_len, M = c.train.micro_batches;
-  const bool delayed = c.delay.emulate == "one_step";
-  StageState state(c.model, whole_model(c.model), c.optim, delayed, c.delay.correction == "ef");
+  const std::string rule = emulated_rule(c);
+  const int p = rule == "pipedream" ? c.pipeline.stages : 1;
+  const int64_t K = c.pipeline.sync_start_steps;
+  const int max_lag = rule == "gpipe" ? 0 : rule == "pipedream" ? p - 1 : 1;
+  StageState state(c.model, whole_model(c.model), c.optim, max_lag, c.delay.correction == "ef");
+  // Which emulated stage holds each parameter (per-stage delays differ between them).
+  std::vector<int> stage_of(state.stage.params().size(), 0);
+  const std::vector<StageSpec> specs = partition_model(c.model, p);
+  for (size_t i = 0; i < stage_of.size(); ++i) {
+    const std::string& n = state.stage.params().all()[i].name;
+    for (int s = 0; s < p; ++s) {
+      const StageSpec& sp = specs[s];
+      const bool in_block = n.rfind("model.layers.", 0) == 0 && [&] {
+        const int l = std::stoi(n.substr(13));
+        return l >= sp.first_layer && l < sp.end_layer;
+      }();
+      if (in_block || (sp.has_embedding && n == "model.embed_tokens.weight") ||
+          (sp.has_head && (n == "lm_head.weight" || n == "model.norm.weight")))
+        stage_of[i] = s;
+    }
+  }
+  std::vector<float> mixed;  // weights assembled from several versions (per-stage delays)
   int64_t start_step = 0;
   if (!io.resume_from.empty()) {
     start_step = load_checkpoint(io.resume_from, {&state});
   } else {
     state.stage.init_weights(state.weights.data(), static_cast<uint64_t>(c.train.seed));
-    if (delayed) state.stale = state.weights;  // W(-1) := W(0): batches 0 and 1 both see W(0)
+    for (auto& v : state.older) v = state.weights;  // versions below 0 are W(0): the startup convention
   }
   io.open_metrics(start_step);
   auto acts = state.stage.make_activations(B, T);
@@ -181,12 +213,23 @@ void run_single_device(const RunConfig& c, RunIO& io) {
   for (int64_t t = start_step; t < c.train.steps; ++t) {
     Stopwatch step_clock;
     const double lr_scale = lr_scale_at(t, c.train.steps, c.optim.warmup_frac, c.optim.min_lr_frac);
+    std::vector<int64_t> lag(p);
+    for (int s = 0; s < p; ++s) lag[s] = t - pipeline::version_for(rule, t, s, p, K);
+    const float* w = state.version_at_lag(lag[0]);
+    if (std::any_of(lag.begin(), lag.end(), [&](int64_t l) { return l != lag[0]; })) {
+      mixed.resize(state.weights.size());
+      for (size_t i = 0; i < stage_of.size(); ++i) {
+        const ParamInfo& prm = state.stage.params().all()[i];
+        std::copy_n(state.version_at_lag(lag[stage_of[i]]) + prm.offset, prm.numel, mixed.data() + prm.offset);
+      }
+      w = mixed.data();
+    }
     cpu::fill_zero(state.grad.data(), static_cast<int64_t>(state.grad.size()));
     double loss = 0.0;
     for (int mb = 0; mb < M; ++mb) {  // gradient accumulation in micro-batch order
       sample_train_batch(io.train_data, static_cast<uint64_t>(c.train.seed), t, mb, B, T, inputs.data(), targets.data());
-      loss += state.stage.forward(state.compute_weights(), *acts, inputs.data(), nullptr, targets.data());
-      state.stage.backward(state.compute_weights(), state.grad.data(), *acts, *scratch, nullptr, 1.0f / M);
+      loss += state.stage.forward(w, *acts, inputs.data(), nullptr, targets.data());
+      state.stage.backward(w, state.grad.data(), *acts, *scratch, nullptr, 1.0f / M);
     }
     loss /= M;
     reduce_tied_embedding_local(state);
@@ -204,7 +247,7 @@ void run_single_device(const RunConfig& c, RunIO& io) {
 
     const int64_t step = t + 1;
     nlohmann::json line = io.step_line(step, loss, grad_norm, c.optim.lr * lr_scale, step_clock.seconds());
-    if (delayed) line["staleness"] = t == 0 ? 0 : 1;
+    if (rule != "gpipe") line["staleness"] = lag;
     if (io.eval_due(step)) line["val_loss"] = io.evaluate(state.stage, state.weights.data(), step);
     io.metrics->write(line);
     if (io.ckpt_due(step)) save_checkpoint(io.options.out_dir, step, c, {&state}, c.train.keep_ckpts);
