@@ -52,7 +52,7 @@ std::vector<Field> fields_of(RunConfig& c) {
       {"optim", "gamma", &o.gamma},             {"optim", "precond_freq", &o.precond_freq},
       {"pipeline", "stages", &c.pipeline.stages}, {"pipeline", "schedule", &c.pipeline.schedule},
       {"pipeline", "sync_start_steps", &c.pipeline.sync_start_steps},
-      {"pipeline", "transport", &c.pipeline.transport},
+      {"pipeline", "transport", &c.pipeline.transport}, {"pipeline", "trace", &c.pipeline.trace},
       {"delay", "emulate", &c.delay.emulate},   {"delay", "correction", &c.delay.correction},
       {"delay", "ef_coef", &c.delay.ef_coef},
   };

@@ -35,6 +35,7 @@ struct PipelineConfig {
   std::string schedule = "none";  // none gpipe 1f1b 2bw pipedream sync_start
   int64_t sync_start_steps = 0;
   std::string transport = "inproc";  // inproc mpi
+  bool trace = false;                // write DIR/trace.json: the real run's timeline (Chrome trace format)
 };
 
 struct DelayConfig {

@@ -6,6 +6,7 @@
 // cutting changes the timing but never the arithmetic.
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <cstdio>
 #include <exception>
 #include <thread>
@@ -55,6 +56,21 @@ void gather_whole(const std::vector<std::unique_ptr<StageState>>& states, const 
       const ParamInfo& q = whole.params().at(p.name);
       std::copy_n(s->weights.data() + p.offset, p.numel, out.data() + q.offset);
     }
+}
+
+// The real run's timeline as Chrome trace events (one track per stage), viewable in Perfetto.
+void write_trace(const std::string& path, const std::vector<std::unique_ptr<StageRunner>>& runners) {
+  nlohmann::json events = nlohmann::json::array();
+  for (size_t s = 0; s < runners.size(); ++s) {
+    events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", 0}, {"tid", s}, {"args", {{"name", "stage " + std::to_string(s)}}}});
+    for (const ExecutedAction& e : runners[s]->executed()) {
+      const Action& a = e.action;
+      events.push_back({{"name", pipeline::action_token(a)}, {"cat", pipeline::op_name(a.op)}, {"ph", "X"}, {"pid", 0},
+                        {"tid", s}, {"ts", e.start_s * 1e6}, {"dur", (e.end_s - e.start_s) * 1e6},
+                        {"args", {{"batch", a.batch}, {"micro", a.micro}, {"version", a.version}}}});
+    }
+  }
+  std::ofstream(path) << nlohmann::json{{"traceEvents", events}, {"displayTimeUnit", "ms"}}.dump() << "\n";
 }
 
 }  // namespace
@@ -189,6 +205,10 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
       }
       line["stage_idle_frac"] = idle;
       line["staleness"] = stale;
+      std::vector<double> act_mib, w_mib;
+      for (int s = 0; s < p; ++s) act_mib.push_back(r.activation_bytes[s] / 1048576.0), w_mib.push_back(r.weight_bytes[s] / 1048576.0);
+      line["stage_activation_mib"] = act_mib;
+      line["stage_weight_mib"] = w_mib;
       if (step == end && io.eval_due(step)) {
         gather(step);
         if (io.writer) line["val_loss"] = io.evaluate(whole, whole_w.data(), step);
@@ -215,6 +235,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
     first = end;
     if (end == io.options.stop_after_step) break;
   }
+  if (c.pipeline.trace && !mpi) write_trace(io.options.out_dir + "/trace.json", runners);
 }
 
 }  // namespace onestep

@@ -68,6 +68,7 @@ std::vector<std::vector<float>> StageRunner::older_versions(int n) const {
 
 Activations& StageRunner::activations(int64_t batch, int micro) {
   auto& slot = acts_[{batch, micro}];
+  peak_acts_in_flight_ = std::max(peak_acts_in_flight_, acts_.size());
   if (!slot) {
     if (free_acts_.empty()) {
       slot = st_.stage.make_activations(B_, T_);
@@ -144,7 +145,7 @@ void StageRunner::post_step(int64_t batch) {
   std::vector<float>& g = grads_[grad_slot(batch)];
   const int p = tx_.stages();
   // Reduction vector: per-parameter sums of squares at whole-model positions, the loss, per-stage busy time.
-  std::vector<double> local(n_global_params_ + 1 + p, 0.0);
+  std::vector<double> local(n_global_params_ + 1 + 3 * p, 0.0);
   const int other = other_tied_end();
   const ParamInfo* tp = tied_param();
   if (st_.stage.spec().has_embedding && st_.stage.holds_tied_copy()) {
@@ -167,6 +168,14 @@ void StageRunner::post_step(int64_t batch) {
   }
   if (st_.stage.spec().has_head) local[n_global_params_] = loss_sum_[batch] / M_;
   local[n_global_params_ + 1 + tx_.stage()] = busy_[batch];
+  const double act_bytes = free_acts_.empty() && acts_.empty() ? 0.0
+                           : static_cast<double>(peak_acts_in_flight_) *
+                                 static_cast<double>((acts_.empty() ? free_acts_.front() : acts_.begin()->second)->bytes());
+  const double w_bytes = sizeof(float) * static_cast<double>(st_.weights.size()) *
+                         static_cast<double>(1 + history_.size() + grads_.size());
+  local[n_global_params_ + 1 + p + tx_.stage()] = act_bytes;
+  local[n_global_params_ + 1 + 2 * p + tx_.stage()] = w_bytes;
+  peak_acts_in_flight_ = acts_.size();
   loss_sum_.erase(batch), busy_.erase(batch);
   pending_.push_back({batch, tx_.start_sum(message_tag(MsgKind::weights, batch, 0), std::move(local))});
 }
@@ -191,7 +200,9 @@ void StageRunner::complete_step() {
   rec.batch = pend.batch;
   rec.loss = sums[n_global_params_];
   rec.grad_norm = std::sqrt(total);
-  rec.busy_s.assign(sums.begin() + n_global_params_ + 1, sums.end());
+  const int p = tx_.stages();
+  auto part = [&](int k) { return std::vector<double>(sums.begin() + n_global_params_ + 1 + k * p, sums.begin() + n_global_params_ + 1 + (k + 1) * p); };
+  rec.busy_s = part(0), rec.activation_bytes = part(1), rec.weight_bytes = part(2);
   steps_.push_back(rec);
   if (!std::isfinite(rec.loss) || !std::isfinite(rec.grad_norm))
     throw Error(ExitCode::diverged, "training diverged at step " + std::to_string(pend.batch) + ": loss " +

@@ -30,6 +30,9 @@ struct StepRecord {
   int64_t batch = 0;
   double loss = 0, grad_norm = 0;
   std::vector<double> busy_s;  // per stage: compute time spent on this batch's forwards and backwards
+  // Per stage, when the step was posted: bytes of activations held for micro-batches in flight (peak since the
+  // previous step) and of weight versions + gradient buffers alive.
+  std::vector<double> activation_bytes, weight_bytes;
 };
 
 class StageRunner {
@@ -86,6 +89,7 @@ class StageRunner {
   int n_global_params_ = 0;
   std::vector<int32_t> tokens_, targets_;
   std::vector<ExecutedAction> executed_;
+  size_t peak_acts_in_flight_ = 0;
   std::vector<StepRecord> steps_;
   double t0_;
 };
