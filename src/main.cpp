@@ -78,9 +78,19 @@ int main(int argc, char** argv) {
   sched->add_option("--microbatches", micro, "Micro-batches per optimizer step m")->required();
   sched->add_option("--steps", steps, "Optimizer steps (batches)")->capture_default_str();
   sched->add_option("--sync-start-steps", sync_steps, "K of sync_start")->capture_default_str();
-  sched->add_option("--format", format, "text, csv, or trace (Chrome trace JSON of the simulated timeline)")
+  sched->add_option("--format", format,
+                    "text, csv, trace (Chrome trace JSON of the simulated timeline) or summary (simulated step time, "
+                    "idle, memory as JSON)")
       ->capture_default_str();
-  sched->callback([&] { rc = cmd_schedule(sname, stages, micro, steps, sync_steps, format); });
+  ScheduleCosts costs;
+  sched->add_option("--forward-ms", costs.forward_ms, "Simulated forward cost per micro-batch (one, or one per stage)")
+      ->delimiter(',');
+  sched->add_option("--backward-ms", costs.backward_ms, "Simulated backward cost per micro-batch")->delimiter(',');
+  sched->add_option("--step-ms", costs.step_ms, "Simulated optimizer step cost")->delimiter(',');
+  sched->add_option("--link-latency-ms", costs.link_latency_ms, "Latency of one activation/gradient message");
+  sched->add_option("--link-gbps", costs.link_gbps, "Link bandwidth in Gbit/s (0: infinite)");
+  sched->add_option("--activation-bytes", costs.activation_bytes, "Bytes of one micro-batch's activation message");
+  sched->callback([&] { rc = cmd_schedule(sname, stages, micro, steps, sync_steps, format, costs); });
 
   try {
     app.parse(argc, argv);

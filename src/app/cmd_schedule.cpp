@@ -1,6 +1,7 @@
 // `onestep schedule`: a schedule's per-stage action lists, validated, as text, CSV, or a Chrome trace of
 // its simulated timeline (unit costs: forward 1 ms, backward 2 ms), with the bubble model beside it.
 #include <cstdio>
+#include <nlohmann/json.hpp>
 
 #include "app/commands.h"
 #include "core/error.h"
@@ -10,9 +11,9 @@
 namespace onestep {
 
 int cmd_schedule(const std::string& name, int stages, int micro, int64_t steps, int64_t sync_start_steps,
-                 const std::string& format) {
-  if (format != "text" && format != "csv" && format != "trace")
-    bad_input("--format", "expected text, csv or trace; got '" + format + "'");
+                 const std::string& format, const ScheduleCosts& costs) {
+  if (format != "text" && format != "csv" && format != "trace" && format != "summary")
+    bad_input("--format", "expected text, csv, trace or summary; got '" + format + "'");
   if (stages < 1) bad_input("--stages", "expected at least 1");
   if (micro < 1) bad_input("--microbatches", "expected at least 1");
   if (steps < 1) bad_input("--steps", "expected at least 1");
@@ -22,7 +23,27 @@ int cmd_schedule(const std::string& name, int stages, int micro, int64_t steps, 
     std::printf("%s", pipeline::to_csv(s).c_str());
     return 0;
   }
-  const pipeline::SimResult r = pipeline::simulate(s, pipeline::uniform_costs(1e-3, 2e-3));
+  pipeline::Costs sim = pipeline::uniform_costs(1e-3, 2e-3);
+  auto to_s = [](const std::vector<double>& ms) {
+    std::vector<double> out;
+    for (double v : ms) out.push_back(v * 1e-3);
+    return out;
+  };
+  if (!costs.forward_ms.empty()) sim.forward = to_s(costs.forward_ms);
+  if (!costs.backward_ms.empty()) sim.backward = to_s(costs.backward_ms);
+  if (!costs.step_ms.empty()) sim.step = to_s(costs.step_ms);
+  sim.latency_s = costs.link_latency_ms * 1e-3;
+  if (costs.link_gbps > 0) sim.bandwidth_Bps = costs.link_gbps * 1e9 / 8;
+  sim.act_bytes = costs.activation_bytes;
+  const pipeline::SimResult r = pipeline::simulate(s, sim);
+  if (format == "summary") {
+    nlohmann::json j = {{"schedule", name}, {"stages", stages}, {"micro_batches", micro}, {"steps", steps},
+                        {"makespan_s", r.makespan}, {"step_s", r.makespan / static_cast<double>(steps)},
+                        {"busy_s", r.busy}, {"idle_s", r.idle}, {"peak_activations", r.peak_activations},
+                        {"peak_versions", r.peak_versions}};
+    std::printf("%s\n", j.dump().c_str());
+    return 0;
+  }
   if (format == "trace") {
     std::printf("%s\n", pipeline::to_chrome_trace(s, r).c_str());
     return 0;

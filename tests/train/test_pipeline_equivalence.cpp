@@ -10,7 +10,11 @@
 #include <map>
 #include <random>
 
+#include <fstream>
+#include <nlohmann/json.hpp>
+
 #include "data/shards.h"
+#include "pipeline/schedule.h"
 #include "io/safetensors.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
@@ -141,4 +145,34 @@ TEST_F(PipelineEquivalence, SyncStartEqualsSyncThenOneStep) {
   twobw.back() = "pipeline.sync_start_steps=0";
   twobw.push_back("delay.emulate=one_step");
   EXPECT_NE(sync_emu.at("weights.model.norm.weight"), train("emu_2bw", twobw).at("weights.model.norm.weight"));
+}
+
+// Every forward and backward of a real run read the weight version its schedule's rule names (the trace
+// records the version each action read; the executor refuses a version that is not alive), and a micro-batch's
+// forward and backward on a stage read the same one.
+TEST_F(PipelineEquivalence, EveryActionReadsTheRulesVersion) {
+  for (const std::string sched : {"gpipe", "1f1b", "2bw", "pipedream", "sync_start"}) {
+    const int p = 3;
+    std::vector<std::string> sets = {"pipeline.schedule=" + sched, "pipeline.stages=3", "train.micro_batches=3",
+                                     "train.steps=5", "pipeline.trace=true", "train.ckpt_every=2"};
+    if (sched == "sync_start") sets.push_back("pipeline.sync_start_steps=2");
+    train("trace_" + sched, sets);
+    std::ifstream in((dir_ / ("trace_" + sched) / "trace.json").string());
+    const nlohmann::json trace = nlohmann::json::parse(in);
+    std::map<std::tuple<int, int64_t, int>, int64_t> fwd;
+    int checked = 0;
+    for (const auto& e : trace["traceEvents"]) {
+      if (e["ph"] != "X") continue;
+      const std::string cat = e["cat"];
+      if (cat != "forward" && cat != "backward") continue;
+      const int s = e["tid"];
+      const int64_t g = e["args"]["batch"], v = e["args"]["version"];
+      const int mb = e["args"]["micro"];
+      EXPECT_EQ(v, pipeline::version_for(sched, g, s, p, sched == "sync_start" ? 2 : 0)) << sched << " " << e["name"];
+      if (cat == "forward") fwd[{s, g, mb}] = v;
+      else EXPECT_EQ(fwd.at({s, g, mb}), v) << sched << " backward " << e["name"];
+      ++checked;
+    }
+    EXPECT_EQ(checked, 2 * p * 5 * 3) << sched;  // every forward and backward of every stage, batch, micro-batch
+  }
 }
