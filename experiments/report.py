@@ -1,0 +1,574 @@
+#!/usr/bin/env python3
+"""Writes experiments/RESULTS.md (and loss-curve PNGs in experiments/plots/) from the runs of run_comparison.py.
+
+Reads RUNS/<group>/grid.json and RUNS/<group>/<cell>/metrics.jsonl for every group (or those named with
+--groups), and PAPER.md's Table 1-2 (looked for in ../shared/PAPER.md and shared/PAPER.md beside the repo, or
+--paper). Every number and every sentence comparing with the paper is generated from those files.
+Python 3 standard library only; the plots need gnuplot (with the pngcairo terminal) and are skipped without it.
+
+    experiments/report.py [--runs-dir experiments/runs] [--groups G1,G2] [--out experiments/RESULTS.md]
+                          [--plots experiments/plots] [--paper PATH]
+"""
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_comparison import ALL_OPTIMIZERS, read_metrics, compute_seconds  # noqa: E402
+
+NAMES = {"adamw": "AdamW", "muon": "Muon", "normuon": "NorMuon", "adan": "Adan", "lion": "Lion", "mars": "MARS",
+         "soap": "SOAP", "sgd": "SGD"}
+MODE_LABEL = {"sync": "sync", "async": "async (2BW, 1-step delay)", "async_ef": "async + EF",
+              "async_ps": "async per-stage (PipeDream)"}
+CELL_RE = re.compile(r"^([a-z]+)-(sync|async|async_ef|async_ps)-lr([0-9.e+-]+)-s(\d+)$")
+
+
+# ---------------------------------------------------------------- small helpers
+def mean(xs):
+    return sum(xs) / len(xs) if xs else None
+
+
+def std(xs):
+    if len(xs) < 2:
+        return None
+    m = mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def f4(x, sign=False):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:+.4f}" if sign else f"{x:.4f}"
+
+
+def pm(xs, sign=False):
+    """'mean ± sample std (n)' of a list of values."""
+    if not xs:
+        return "–"
+    s = std(xs)
+    return f4(mean(xs), sign) + (f" ± {s:.4f}" if s is not None else "")
+
+
+def pct(x):
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def fmt_time(s):
+    return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
+
+
+def times(x):
+    return f"{x:.1f}" if x < 10 else f"{x:.0f}"
+
+
+# ---------------------------------------------------------------- inputs
+def find_paper(path):
+    cands = [path] if path else [os.path.join(REPO, "..", "shared", "PAPER.md"), os.path.join(REPO, "shared", "PAPER.md"),
+                                 os.path.join(REPO, "PAPER.md")]
+    for c in cands:
+        if c and os.path.exists(c):
+            return c
+    return None
+
+
+def parse_paper(path):
+    """PAPER.md §5's Table 1-2: {optimizer: {sync, async, gap, ef, share}} (None where the paper has '–')."""
+    table, in_table = {}, False
+    if not path:
+        return table
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if "Table 1" in line:
+                in_table = True
+                continue
+            if not in_table:
+                continue
+            if not line.startswith("|"):
+                if table:
+                    break
+                continue
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            key = cells[0].lower()
+            if key not in ALL_OPTIMIZERS or len(cells) < 6:
+                continue
+            def num(c):
+                c = c.replace("%", "").replace("+", "")
+                try:
+                    return float(c)
+                except ValueError:
+                    return None
+            share = num(cells[5])
+            table[key] = {"sync": num(cells[1]), "async": num(cells[2]), "gap": num(cells[3]), "ef": num(cells[4]),
+                          "share": share / 100 if share is not None else None}
+    return table
+
+
+def model_params(cfg):
+    m = cfg.get("model", {})
+    V, d, L = m.get("vocab_size", 0), m.get("d_model", 0), m.get("n_layers", 0)
+    h, kv, ffn = m.get("n_heads", 1), m.get("n_kv_heads", 1), m.get("ffn_hidden", 0)
+    kv_dim = d * kv // h
+    per_layer = 2 * d * d + 2 * d * kv_dim + 3 * d * ffn + 2 * d
+    n = V * d + L * per_layer + d
+    if not m.get("tie_embeddings", True):
+        n += V * d
+    return n
+
+
+def read_simple_toml(path):
+    """Enough TOML for onestep's resolved config.toml: sections of scalar keys."""
+    out, sec = {}, None
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        for line in f:
+            s = line.split("#", 1)[0].strip()
+            m = re.match(r"^\[(.+)\]$", s)
+            if m:
+                sec = out.setdefault(m.group(1).strip(), {})
+                continue
+            m = re.match(r"^([A-Za-z0-9_]+)\s*=\s*(.+)$", s)
+            if m and sec is not None:
+                v = m.group(2).strip()
+                if v[:1] in "'\"":
+                    val = v[1:-1]
+                elif v in ("true", "false"):
+                    val = v == "true"
+                else:
+                    try:
+                        val = int(v)
+                    except ValueError:
+                        try:
+                            val = float(v)
+                        except ValueError:
+                            val = v
+                sec[m.group(1)] = val
+    return out
+
+
+class Run:
+    def __init__(self, group_dir, name, steps):
+        m = CELL_RE.match(name)
+        self.name, self.opt, self.mode, self.lr, self.seed = name, m.group(1), m.group(2), float(m.group(3)), int(m.group(4))
+        self.dir = os.path.join(group_dir, name)
+        self.rows = read_metrics(os.path.join(self.dir, "metrics.jsonl"))
+        self.diverged = os.path.exists(os.path.join(self.dir, "DIVERGED"))
+        self.final = None
+        for r in reversed(self.rows):
+            if r.get("step") == steps and r.get("val_loss") is not None:
+                self.final = float(r["val_loss"])
+                break
+        self.done = self.final is not None
+        self.seconds = compute_seconds(self.rows)
+        self.tokens = max((r.get("tokens") or 0 for r in self.rows), default=0)
+        self.cfg = read_simple_toml(os.path.join(self.dir, "config.toml"))
+
+
+class Group:
+    def __init__(self, runs_dir, name):
+        self.name, self.dir = name, os.path.join(runs_dir, name)
+        with open(os.path.join(self.dir, "grid.json")) as f:
+            self.grid = json.load(f)
+        self.steps = self.grid["steps"]
+        self.runs = [Run(self.dir, n, self.steps) for n in sorted(os.listdir(self.dir))
+                     if CELL_RE.match(n) and os.path.isdir(os.path.join(self.dir, n))]
+        self.optimizers = [o for o in ALL_OPTIMIZERS if o in self.grid.get("optimizers", [])
+                           or any(r.opt == o for r in self.runs)]
+
+    def chosen_lr(self, opt):
+        return self.grid.get("chosen_lr", {}).get(opt)
+
+    def cells(self, opt, mode):
+        lr = self.chosen_lr(opt)
+        return [r for r in self.runs if r.opt == opt and r.mode == mode and lr is not None
+                and math.isclose(r.lr, lr, rel_tol=1e-6)]
+
+
+# ---------------------------------------------------------------- analysis
+def analyse(g, opt):
+    """Seed-paired numbers for one optimizer in one group."""
+    by = {m: {r.seed: r for r in g.cells(opt, m)} for m in ("sync", "async", "async_ef", "async_ps")}
+    fin = {m: {s: r.final for s, r in by[m].items() if r.done} for m in by}
+    div = {m: sorted(s for s, r in by[m].items() if r.diverged) for m in by}
+    a = {"fin": fin, "div": div, "lr": g.chosen_lr(opt)}
+    seeds = sorted(set(fin["sync"]) & set(fin["async"]))
+    a["gaps"] = [fin["async"][s] - fin["sync"][s] for s in seeds]
+    seeds_ef = sorted(set(fin["sync"]) & set(fin["async"]) & set(fin["async_ef"]))
+    a["ef_gaps"] = [fin["async_ef"][s] - fin["sync"][s] for s in seeds_ef]
+    a["ef_gain"] = [fin["async"][s] - fin["async_ef"][s] for s in seeds_ef]
+    ms = {m: mean(list(fin[m].values())) for m in fin}
+    a["mean"] = ms
+    a["gap"] = mean(a["gaps"])
+    a["share"] = None
+    if ms["sync"] is not None and ms["async"] is not None and ms["async_ef"] is not None and ms["async"] > ms["sync"]:
+        a["share"] = (ms["async"] - ms["async_ef"]) / (ms["async"] - ms["sync"])
+    # Is the gap beyond seed noise? The paired gaps' standard error (needs >= 2 seeds).
+    sd = std(a["gaps"])
+    a["gap_sem"] = sd / math.sqrt(len(a["gaps"])) if sd is not None else None
+    a["gap_clear"] = (a["gap"] is not None and a["gap_sem"] is not None and a["gap"] > 0
+                      and a["gap"] > 2 * a["gap_sem"])
+    sd_sync = std(list(fin["sync"].values()))
+    a["sync_sd"] = sd_sync
+    return a
+
+
+def judge_gap(a):
+    if a["gap"] is None:
+        return "not measured"
+    n = len(a["gaps"])
+    if a["gap_sem"] is None:
+        return f"{f4(a['gap'], True)} (1 seed: no noise estimate)"
+    if a["gap"] <= 0:
+        return f"none: async is not worse than sync ({f4(a['gap'], True)} ± {a['gap_sem']:.4f} s.e., {n} seeds)"
+    if a["gap_clear"]:
+        return (f"{f4(a['gap'], True)}, {times(a['gap'] / a['gap_sem']) if a['gap_sem'] > 0 else 'many'} standard "
+                f"errors above zero ({n} seeds): a clear delay penalty")
+    return f"{f4(a['gap'], True)} ± {a['gap_sem']:.4f} s.e. ({n} seeds): within seed noise"
+
+
+# ---------------------------------------------------------------- plots
+def gnuplot_ok():
+    exe = shutil.which("gnuplot")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "-e", "set terminal"], capture_output=True, text=True, timeout=30)
+        if "pngcairo" not in (out.stdout + out.stderr):
+            return None
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return exe
+
+
+def smooth(xs, k):
+    out, acc, q = [], 0.0, []
+    for x in xs:
+        q.append(x)
+        acc += x
+        if len(q) > k:
+            acc -= q.pop(0)
+        out.append(acc / len(q))
+    return out
+
+
+def plot_group(g, plots_dir, exe):
+    """One PNG per optimizer: seed-mean train loss (smoothed) and val loss for each mode; full run and the
+    second half zoomed. Returns {opt: path}."""
+    made = {}
+    if not exe:
+        return made
+    os.makedirs(plots_dir, exist_ok=True)
+    colors = {"sync": "#1f77b4", "async": "#d62728", "async_ef": "#2ca02c", "async_ps": "#9467bd"}
+    with tempfile.TemporaryDirectory() as tmp:
+        for opt in g.optimizers:
+            series = []
+            for mode in ("sync", "async", "async_ef", "async_ps"):
+                runs = [r for r in g.cells(opt, mode) if r.done]
+                if not runs:
+                    continue
+                steps = sorted(set.intersection(*[{r["step"] for r in run.rows if r.get("train_loss") is not None}
+                                                  for run in runs]))
+                tl = {s: mean([next(x["train_loss"] for x in run.rows if x["step"] == s) for run in runs]) for s in steps}
+                vsteps = sorted(set.intersection(*[{r["step"] for r in run.rows if r.get("val_loss") is not None}
+                                                   for run in runs]))
+                vl = {s: mean([next(x["val_loss"] for x in run.rows if x["step"] == s and x.get("val_loss") is not None)
+                               for run in runs]) for s in vsteps}
+                k = max(1, g.steps // 30)
+                sm = dict(zip(steps, smooth([tl[s] for s in steps], k)))
+                path = os.path.join(tmp, f"{opt}_{mode}.dat")
+                with open(path, "w") as f:
+                    for s in sorted(set(steps) | set(vsteps)):
+                        f.write(f"{s} {sm.get(s, 'NaN')} {vl.get(s, 'NaN')}\n")
+                label = f"{MODE_LABEL[mode]} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+                series.append((path, label, colors[mode]))
+            if not series:
+                continue
+            png = os.path.join(plots_dir, f"{g.name}_{opt}.png")
+            half = g.steps // 2
+            plots_full = ", ".join(
+                f"'{p}' using 1:2 with lines lw 1.5 lc rgb '{c}' title '{l} train', "
+                f"'{p}' using 1:3 with linespoints pt 7 ps 0.8 lw 1 dt 2 lc rgb '{c}' title 'val'"
+                for p, l, c in series)
+            plots_zoom = ", ".join(
+                f"'{p}' using 1:2 with lines lw 1.5 lc rgb '{c}' notitle, "
+                f"'{p}' using 1:3 with linespoints pt 7 ps 0.8 lw 1 dt 2 lc rgb '{c}' notitle"
+                for p, l, c in series)
+            script = f"""
+set terminal pngcairo size 1200,480 font 'sans,10'
+set output '{png}'
+set datafile missing 'NaN'
+set multiplot layout 1,2 title '{NAMES[opt]} (lr {g.chosen_lr(opt):g}), {g.name}: seed-mean loss (train smoothed over {max(1, g.steps // 30)} steps)'
+set xlabel 'step'; set ylabel 'loss'; set grid; set key top right
+plot {plots_full}
+set title 'second half (zoom)'; set xrange [{half}:{g.steps}]; set autoscale y
+plot {plots_zoom}
+unset multiplot
+"""
+            sp = os.path.join(tmp, f"{opt}.gp")
+            with open(sp, "w") as f:
+                f.write(script)
+            r = subprocess.run([exe, sp], capture_output=True, text=True)
+            if r.returncode == 0 and os.path.exists(png):
+                made[opt] = png
+            else:
+                print(f"report: gnuplot failed for {png}: {r.stderr.strip()[:300]}", file=sys.stderr)
+    return made
+
+
+# ---------------------------------------------------------------- the document
+def group_section(g, paper, plots, out_dir, lines, per_stage_note):
+    grid = g.grid
+    done = [r for r in g.runs if r.done]
+    cfg = (done[0] if done else (g.runs[0] if g.runs else None))
+    cfg = cfg.cfg if cfg else {}
+    model, train = cfg.get("model", {}), cfg.get("train", {})
+    batch = train.get("micro_batch_size", 0) * train.get("micro_batches", 0) * model.get("seq_len", 0)
+    tokens = max((r.tokens for r in done), default=0)
+    total_s = sum(r.seconds for r in g.runs)
+    lines.append(f"## Group `{g.name}`\n")
+    seeds = grid.get("seeds", [])
+    lines.append(f"- Model: preset `{model.get('preset', grid.get('preset'))}`, {model_params(cfg) / 1e6:.2f}M parameters "
+                 f"(d_model {model.get('d_model')}, {model.get('n_layers')} layers, {model.get('n_heads')} heads, "
+                 f"ffn {model.get('ffn_hidden')}, vocab {model.get('vocab_size')}, seq {model.get('seq_len')}, "
+                 f"tied embeddings: {str(model.get('tie_embeddings', True)).lower()}).")
+    lines.append(f"- Data: corpus `{grid.get('corpus')}` (train `{cfg.get('data', {}).get('train')}`, "
+                 f"val `{cfg.get('data', {}).get('val')}`).")
+    lines.append(f"- Batch: {train.get('micro_batches')} micro-batches x {train.get('micro_batch_size')} sequences "
+                 f"x {model.get('seq_len')} tokens = {batch} tokens per optimizer step; {g.steps} steps; "
+                 f"{tokens} tokens seen per run; val_loss on {train.get('eval_tokens')} validation tokens.")
+    extra = {k: v for k, v in grid.get("extra_sets", {}).items()}
+    lines.append(f"- Schedule: cosine, warm-up {cfg.get('optim', {}).get('warmup_frac')} of the steps, decay to "
+                 f"{cfg.get('optim', {}).get('min_lr_frac')} of peak; weight decay {cfg.get('optim', {}).get('weight_decay')}, "
+                 f"clip {cfg.get('optim', {}).get('clip')}. Async = "
+                 f"{'the one-device 2BW delay emulator (delay.emulate=one_step)' if grid.get('async_impl') == 'emulate' else 'a real 2-stage in-process PipeDream-2BW pipeline'}"
+                 f"; EF coefficient 1.0. Seeds: {', '.join(str(s) for s in seeds)}. "
+                 f"{train.get('threads')} thread(s) per run." + (f" Extra settings: `{extra}`." if extra else ""))
+    lines.append(f"- Compute: {len(done)} finished run(s) of {len(g.runs)}, {fmt_time(total_s)} of training in all "
+                 f"(from elapsed_s).\n")
+
+    # main table
+    lines.append("| optimizer | lr | sync | async | gap (async − sync) | async + EF | share of the gap closed | "
+                 "seeds | compute per run |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    analyses = {}
+    for opt in g.optimizers:
+        a = analyse(g, opt)
+        analyses[opt] = a
+        per_run = [r.seconds for r in g.runs if r.opt == opt and r.done]
+        n = max((len(a["fin"][m]) for m in ("sync", "async", "async_ef")), default=0)
+        def cell(m):
+            s = pm(list(a["fin"][m].values()))
+            if a["div"][m]:
+                s += f" (diverged: seed {', '.join(map(str, a['div'][m]))})"
+            return s
+        lines.append(f"| {NAMES[opt]} | {a['lr']:g} | {cell('sync')} | {cell('async')} | {pm(a['gaps'], True)} | "
+                     f"{cell('async_ef')} | {pct(a['share'])} | {n} | "
+                     f"{fmt_time(mean(per_run)) if per_run else '–'} |" if a["lr"] is not None else
+                     f"| {NAMES[opt]} | – | not run | not run | – | not run | – | 0 | – |")
+    lines.append("")
+    lines.append("Values are final validation losses, mean ± sample standard deviation over seeds; the gap is paired by "
+                 "seed; the share closed is (async − async+EF) / (async − sync) of the seed means (– where there is "
+                 "no positive gap).")
+    if any(analyses[o]["fin"]["async_ps"] for o in analyses):
+        lines.append("Per-stage delay (original PipeDream): " + "; ".join(
+            f"{NAMES[o]} {pm(list(analyses[o]['fin']['async_ps'].values()))}" for o in analyses
+            if analyses[o]["fin"]["async_ps"]) + ".")
+    else:
+        lines.append(f"Per-stage delay (original PipeDream, `delay.emulate=per_stage`): {per_stage_note}.")
+    lines.append("")
+
+    # sweep
+    sweep = grid.get("sweep", {})
+    if sweep or grid.get("fixed_lr"):
+        lines.append("Learning-rate choice (sync, seed " + str(seeds[0] if seeds else "?") + ", final val_loss):\n")
+        for opt in g.optimizers:
+            if opt in grid.get("fixed_lr", {}):
+                lines.append(f"- {NAMES[opt]}: lr {grid['fixed_lr'][opt]:g} given (no sweep).")
+                continue
+            sw = sweep.get(opt)
+            if not sw:
+                continue
+            pts = sorted(((float(k), v) for k, v in sw.items()), key=lambda t: t[0])
+            edge = grid.get("chosen_at_edge", {}).get(opt)
+            lines.append(f"- {NAMES[opt]}: " + ", ".join(f"{k:g} → {f4(v) if v is not None else 'diverged'}" for k, v in pts)
+                         + f"; chosen {g.chosen_lr(opt):g}"
+                         + (" (at the edge of the sweep: the optimum may lie beyond it)" if edge else "") + ".")
+        lines.append("")
+
+    # plots
+    for opt in g.optimizers:
+        if opt in plots:
+            rel = os.path.relpath(plots[opt], out_dir)
+            lines.append(f"![{NAMES[opt]} loss curves, {g.name}]({rel})")
+    if plots:
+        lines.append("")
+    return analyses
+
+
+def findings(g, analyses, paper, lines):
+    """The generated comparison with the paper for one group."""
+    out = []
+    for opt, a in analyses.items():
+        if a["gap"] is None:
+            continue
+        p = paper.get(opt)
+        s = f"{NAMES[opt]}: the delay gap is {judge_gap(a)}"
+        if p and p.get("gap") is not None:
+            s += f"; the paper's is +{p['gap']:.3f} at 360M"
+        out.append(s + ".")
+    # AdamW vs Muon (and any other pair with the paper's numbers)
+    A, M = analyses.get("adamw"), analyses.get("muon")
+    if A and M and A["gap"] is not None and M["gap"] is not None:
+        pa, pmu = paper.get("adamw", {}), paper.get("muon", {})
+        pr = (pa.get("gap") / pmu.get("gap")) if pa.get("gap") and pmu.get("gap") else None
+        paper_txt = f" (paper: {times(pr)} times)" if pr else ""
+        if M["gap"] > 0 and A["gap"] > 0:
+            r = A["gap"] / M["gap"]
+            s = f"The AdamW gap is {times(r)} times the Muon gap{paper_txt}"
+            if pr:
+                if r >= 2 and A["gap_clear"]:
+                    s += ": agrees with the paper that AdamW suffers far more from the one-step delay than Muon"
+                    if r < pr / 3:
+                        s += ", though the ratio is smaller than the paper's"
+                elif r > 1:
+                    s += ": same direction as the paper (AdamW hurt more), but much less pronounced"
+                else:
+                    s += ": disagrees with the paper (AdamW is not hurt more than Muon here)"
+            out.append(s + ".")
+        elif A["gap"] > 0 >= M["gap"]:
+            s = (f"Muon shows no delay penalty ({f4(M['gap'], True)}) while AdamW's gap is {f4(A['gap'], True)}"
+                 + (" (beyond seed noise)" if A["gap_clear"] else " (within seed noise)"))
+            s += (": agrees with the paper's finding that Muon is robust to the delay and AdamW is not" if A["gap_clear"]
+                  else ": the direction matches the paper, but AdamW's gap is not clearly above noise")
+            out.append(s + ".")
+        elif M["gap"] > 0 >= A["gap"]:
+            out.append(f"AdamW shows no delay penalty ({f4(A['gap'], True)}) while Muon's gap is {f4(M['gap'], True)}: "
+                       "the opposite of the paper's ordering.")
+        else:
+            out.append(f"Neither AdamW ({f4(A['gap'], True)}) nor Muon ({f4(M['gap'], True)}) is hurt by the one-step "
+                       f"delay at this scale{paper_txt.replace(' times)', ' times the Muon gap)') if pr else ''}: "
+                       "the delay effect the paper reports does not show here.")
+    # EF
+    for opt, a in analyses.items():
+        if not a["ef_gain"]:
+            continue
+        p = paper.get(opt, {})
+        ptxt = f" (paper: {pct(p['share'])})" if p.get("share") is not None else ""
+        gain = mean(a["ef_gain"])
+        if a["share"] is not None and a["gap_clear"]:
+            s = f"EF closes {pct(a['share'])} of the {NAMES[opt]} gap{ptxt}"
+            if p.get("share") is not None:
+                if 0.5 <= a["share"] <= 1.2 or abs(a["share"] - p["share"]) <= 0.25:
+                    s += ", in line with the paper's 50–90% range" if 0.5 <= a["share"] <= 0.9 else ", close to the paper"
+                elif a["share"] > 1.2:
+                    s += ": more than the whole gap (EF beats sync here)"
+                elif a["share"] < 0:
+                    s += ": EF makes the delayed run worse, unlike the paper"
+                else:
+                    s += ": less than the paper's share"
+            out.append(s + ".")
+        else:
+            verdict = "improves on" if gain > 0 else "does not improve on"
+            out.append(f"{NAMES[opt]}: EF {verdict} plain async by {f4(gain, True)} on average (async − async+EF)"
+                       f"; with no clear gap to close, its share{ptxt} is not measurable here.")
+    lines.append("What agrees with the paper and what does not (generated from the numbers above):\n")
+    lines.extend(f"- {s}" for s in out)
+    lines.append("")
+    return out
+
+
+def paper_section(paper, groups_analyses, lines, paper_path):
+    lines.append("## Side by side with the paper (Table 1–2, SmolLM2-360M, final validation loss)\n")
+    if not paper:
+        lines.append("PAPER.md was not found, so the paper's numbers are not shown.\n")
+        return
+    lines.append(f"Paper numbers read from `{os.path.relpath(paper_path, REPO) if paper_path.startswith(REPO) else os.path.basename(paper_path)}`; "
+                 "ours are the seed means of each group. Absolute losses are not comparable (a 360M model on FineWeb-Edu "
+                 "at 20 tokens per parameter against a ~1M model on a few MB of books); the gaps and shares are.\n")
+    lines.append("| optimizer | source | sync | async | gap | async + EF | share closed |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for opt in ALL_OPTIMIZERS:
+        ours = [(gname, a[opt]) for gname, a in groups_analyses if opt in a and a[opt]["gap"] is not None]
+        p = paper.get(opt)
+        if not p and not ours:
+            continue
+        if p:
+            lines.append(f"| {NAMES[opt]} | paper, 360M | {f4(p['sync'])[:-1]} | {f4(p['async'])[:-1]} | "
+                         f"{'+%.3f' % p['gap'] if p['gap'] is not None else '–'} | "
+                         f"{f4(p['ef'])[:-1] if p['ef'] is not None else '–'} | {pct(p['share'])} |")
+        for gname, a in ours:
+            m = a["mean"]
+            lines.append(f"| {NAMES[opt]} | ours, `{gname}` | {f4(m['sync'])} | {f4(m['async'])} | {f4(a['gap'], True)} | "
+                         f"{f4(m['async_ef'])} | {pct(a['share'])} |")
+    lines.append("")
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs-dir", default=os.path.join(REPO, "experiments", "runs"))
+    ap.add_argument("--groups", default="", help="comma list of group names (default: all with a grid.json)")
+    ap.add_argument("--out", default=os.path.join(REPO, "experiments", "RESULTS.md"))
+    ap.add_argument("--plots", default=None, help="folder for the PNGs (default: plots/ beside --out)")
+    ap.add_argument("--paper", default=None, help="PAPER.md (default: ../shared/PAPER.md or shared/PAPER.md)")
+    a = ap.parse_args(argv)
+    out_dir = os.path.dirname(os.path.abspath(a.out))
+    plots_dir = a.plots or os.path.join(out_dir, "plots")
+    if a.groups:
+        names = [x for x in a.groups.split(",") if x]
+    else:
+        names = sorted(n for n in os.listdir(a.runs_dir) if os.path.exists(os.path.join(a.runs_dir, n, "grid.json"))) \
+            if os.path.isdir(a.runs_dir) else []
+    if not names:
+        raise SystemExit(f"report: no run groups (grid.json) in {a.runs_dir}")
+    groups = [Group(a.runs_dir, n) for n in names]
+    # the group with the most finished runs first (the headline), the rest in name order
+    groups.sort(key=lambda g: (-sum(r.done for r in g.runs), g.name))
+    paper_path = find_paper(a.paper)
+    paper = parse_paper(paper_path)
+    exe = gnuplot_ok()
+    per_stage_note = "not run (per_stage emulator missing)"
+
+    lines = ["# onestep: sync vs async (PipeDream-2BW) vs async + EF at small scale", "",
+             "Generated by `experiments/report.py` from the runs of `experiments/run_comparison.py`; do not edit by hand "
+             "(rerun the report instead). Every number and every comparison sentence below comes from the runs' "
+             "metrics.jsonl and PAPER.md.", ""]
+    all_s = sum(r.seconds for g in groups for r in g.runs)
+    n_done = sum(r.done for g in groups for r in g.runs)
+    lines.append(f"Total: {n_done} finished runs in {len(groups)} group(s), {fmt_time(all_s)} of training compute "
+                 "(sum of the runs' elapsed_s; one thread each, one run at a time, on a shared 2-core machine).\n")
+    groups_analyses, summary = [], []
+    body = []
+    for g in groups:
+        plots = plot_group(g, plots_dir, exe)
+        an = group_section(g, paper, plots, out_dir, body, per_stage_note)
+        summary.append((g.name, findings(g, an, paper, body)))
+        groups_analyses.append((g.name, an))
+    if not exe:
+        body.append("(gnuplot with pngcairo was not found: no loss-curve plots.)\n")
+    lines += body
+    paper_section(paper, groups_analyses, lines, paper_path or "")
+    lines.append("## Notes\n")
+    lines.append("- sync = plain single-device training; async = `delay.emulate=one_step` (the gradient of W(t-1) applied "
+                 "to W(t), PipeDream-2BW's update, bit-identical to the 2-stage pipeline); async + EF = the same plus "
+                 "`delay.correction=ef`, `ef_coef=1`.")
+    lines.append("- The learning rate is tuned per optimizer in sync mode only (a 3-point sweep) and reused unchanged for "
+                 "the delayed runs, as in the paper. For Muon the sweep scales the Muon-group lr and the AdamW-group lr "
+                 "together.")
+    lines.append("- Reproduce: `experiments/run_comparison.py --only-headline ...` (see each group's grid.json for its "
+                 "exact settings), then `experiments/report.py`.")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(a.out, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines).rstrip() + "\n")
+    print(f"report: wrote {a.out}" + (f" and {sum(1 for g in groups for _ in [0])} group(s) of plots in {plots_dir}" if exe else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
