@@ -24,6 +24,7 @@ Python 3 standard library only. Examples:
     experiments/run_comparison.py --ci --runs-dir /tmp/ci-runs
 """
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -37,6 +38,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_OPTIMIZERS = ["adamw", "muon", "normuon", "adan", "lion", "mars", "soap", "sgd"]
 MUON_FAMILY = {"muon", "normuon"}
 MODES = ["sync", "async", "async_ef"]
+EXTRA_MODES = ["async_ps"]  # original PipeDream's per-stage delay (p-1-s steps on stage s); not in the default grid
 # Starting learning rates (the binary's defaults, src/optim/optim_config.cpp; Muon's AdamW group as in
 # configs/tiny.toml). The sweep multiplies them by --lr-factors.
 DEFAULT_LR = {"adamw": 3e-3, "muon": 0.02, "normuon": 0.02, "adan": 3e-3, "lion": 3e-4, "mars": 3e-3,
@@ -67,6 +69,7 @@ MODE_SETS = {
                   "delay.correction": "none"},
         "async_ef": {"pipeline.schedule": "none", "pipeline.stages": "1", "delay.emulate": "one_step",
                      "delay.correction": "ef", "delay.ef_coef": "1.0"},
+        "async_ps": {"pipeline.schedule": "none", "delay.emulate": "per_stage", "delay.correction": "none"},
     },
     "2bw": {
         "sync": {"pipeline.schedule": "none", "pipeline.stages": "1", "delay.emulate": "none",
@@ -75,13 +78,14 @@ MODE_SETS = {
                   "delay.correction": "none"},
         "async_ef": {"pipeline.schedule": "2bw", "pipeline.stages": "2", "delay.emulate": "none",
                      "delay.correction": "ef", "delay.ef_coef": "1.0"},
+        "async_ps": {"pipeline.schedule": "pipedream", "delay.emulate": "none", "delay.correction": "none"},
     },
 }
 # Seconds per optimizer step of the tiny preset on the default corpus, 2048 tokens a step, one thread of a
 # 2-core machine (measured; used until the group's own finished runs give better numbers).
 SEC_PER_STEP_TINY = {"adamw": 0.30, "muon": 0.36, "normuon": 0.38, "adan": 0.32, "lion": 0.30, "mars": 0.32,
                      "soap": 0.60, "sgd": 0.29}
-MODE_COST = {"sync": 1.0, "async": 1.06, "async_ef": 1.08}
+MODE_COST = {"sync": 1.0, "async": 1.06, "async_ef": 1.08, "async_ps": 1.2}
 START_S = 2.0  # process start, data loading, checkpoint
 
 
@@ -181,7 +185,10 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--optimizers", default=",".join(ALL_OPTIMIZERS), help="comma list (default: all eight)")
     ap.add_argument("--seeds", default="1,2", help="comma list of train.seed values (default 1,2)")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma list of sync,async,async_ef")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help="comma list of sync,async,async_ef and, optionally, async_ps (original PipeDream's "
+                         "per-stage delay, delay.emulate=per_stage with --ps-stages stages)")
+    ap.add_argument("--ps-stages", type=int, default=4, help="pipeline.stages of async_ps runs (default 4)")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 300; --ci: 3)")
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model preset (default tiny)")
     ap.add_argument("--config", default=None, help="a TOML config to use instead of the preset's")
@@ -199,7 +206,11 @@ def parse_args(argv):
     ap.add_argument("--eval-every", type=int, default=None, help="default: steps/6")
     ap.add_argument("--eval-tokens", type=int, default=None, help="default: the config's (--ci: 4096)")
     ap.add_argument("--runs-dir", default=os.path.join(REPO, "experiments", "runs"))
-    ap.add_argument("--onestep", default=os.path.join(REPO, "build", "onestep"))
+    ap.add_argument("--onestep", default=os.path.join(REPO, "build", "onestep"),
+                    help="the binary; a group runs from a snapshot of it (RUNS/<group>/.bin/) so that a rebuild "
+                         "in the middle of a comparison cannot mix two versions")
+    ap.add_argument("--fresh-binary", action="store_true",
+                    help="replace the group's binary snapshot with the current --onestep")
     ap.add_argument("--budget", type=float, default=None, metavar="MINUTES",
                     help="refuse to start when the estimate exceeds it (unless --force); start no new run once "
                          "this much compute has been spent in this invocation")
@@ -228,7 +239,7 @@ def parse_args(argv):
     s.seeds = [int(x) for x in a.seeds.split(",") if x]
     s.modes = [m for m in a.modes.split(",") if m]
     for m in s.modes:
-        if m not in MODES:
+        if m not in MODES + EXTRA_MODES:
             ap.error(f"--modes: unknown mode '{m}'")
     s.steps = a.steps or 300
     s.factors = [float(x) for x in a.lr_factors.split(",") if x]
@@ -298,6 +309,8 @@ def base_lr(opt, s):
 def cell_sets(s, opt, mode, lr, seed):
     sets = dict(s.extra)
     sets.update(MODE_SETS[s.args.async_impl][mode])
+    if mode == "async_ps":
+        sets["pipeline.stages"] = str(s.args.ps_stages)
     sets.update({"optim.name": opt, "optim.lr": repr(lr), "train.steps": str(s.steps), "train.seed": str(seed),
                  "train.threads": str(s.args.threads), "train.eval_every": str(s.eval_every),
                  "train.ckpt_every": str(max(1, s.steps // 3)) if s.steps >= 30 else "0",
@@ -327,7 +340,7 @@ def measured_sec_per_step(s):
     if not os.path.isdir(s.group_dir):
         return {}
     for name in os.listdir(s.group_dir):
-        m = re.match(r"^([a-z]+)-(sync|async|async_ef)-lr", name)
+        m = re.match(r"^([a-z]+)-(sync|async|async_ef|async_ps)-lr", name)
         if not m:
             continue
         rows = read_metrics(os.path.join(s.group_dir, name, "metrics.jsonl"))
@@ -403,7 +416,7 @@ def run_cell(s, kind, opt, mode, lr, seed, dry):
         log(f"{name}: diverged earlier, skipped")
         return math.inf, 0.0
     base = os.path.join(s.group_dir, "base.toml")
-    cmd = [s.args.onestep, "train", "--config", base]
+    cmd = [s.binary, "train", "--config", base]
     for k, v in cell_sets(s, opt, mode, lr, seed).items():
         cmd += ["--set", f"{k}={v}"]
     cmd += ["--out", d]
@@ -438,6 +451,47 @@ def run_cell(s, kind, opt, mode, lr, seed, dry):
     return v, spent
 
 
+def snapshot_binary(s, grid, dry):
+    """The group's private copy of the binary (see --onestep); records its sha256 in grid.json."""
+    with open(s.args.onestep, "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+    have = grid.get("binary_sha256")
+    path = os.path.join(s.group_dir, ".bin", f"onestep-{have[:12]}") if have else None
+    if have and os.path.exists(path) and not s.args.fresh_binary:
+        if have != sha:
+            log(f"build/onestep changed since this group started; the group keeps its snapshot {path} "
+                "(--fresh-binary to switch)")
+        s.binary = path
+        return
+    path = os.path.join(s.group_dir, ".bin", f"onestep-{sha[:12]}")
+    if dry:
+        s.binary = s.args.onestep
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not os.path.exists(path):
+        shutil.copy2(s.args.onestep, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    grid["binary_sha256"] = sha
+    s.binary = path
+
+
+def probe_per_stage(s):
+    """Whether this binary runs delay.emulate=per_stage (one step of a 2-stage tiny run on the group's data)."""
+    tmp = os.path.join(s.group_dir, ".probe")
+    shutil.rmtree(tmp, ignore_errors=True)
+    sets = dict(s.extra)
+    sets.update(MODE_SETS["emulate"]["async_ps"])
+    sets.update({"pipeline.stages": "2", "train.steps": "1", "train.eval_tokens": "256", "train.eval_every": "0",
+                 "train.ckpt_every": "0", "train.threads": str(s.args.threads), "optim.name": "adamw",
+                 "optim.lr": "0.001"})
+    cmd = [s.binary, "train", "--config", os.path.join(s.group_dir, "base.toml")]
+    for k, v in sets.items():
+        cmd += ["--set", f"{k}={v}"]
+    r = subprocess.run(cmd + ["--out", tmp], capture_output=True, text=True, cwd=REPO)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return r.returncode == 0
+
+
 def main(argv):
     s = parse_args(argv)
     a = s.args
@@ -466,11 +520,15 @@ def main(argv):
         raise SystemExit(f"[comparison] the estimate ({total / 60:.1f} min) exceeds --budget {a.budget:g} min: "
                          "use fewer --steps, optimizers or seeds, or --force")
     if a.dry_run:
+        snapshot_binary(s, grid, dry=True)
         for kind, opt, mode, lr, seed in plan(s, grid):
             run_cell(s, kind, opt, mode, lr, seed, dry=True)
         return 0
     os.makedirs(s.group_dir, exist_ok=True)
     write_base_config(s.config, os.path.join(s.group_dir, "base.toml"))
+    snapshot_binary(s, grid, dry=False)
+    if "per_stage_supported" not in grid or a.fresh_binary:
+        grid["per_stage_supported"] = probe_per_stage(s)
     save_grid(s, grid)
 
     spent = 0.0

@@ -54,7 +54,7 @@ std::vector<Field> fields_of(RunConfig& c) {
       {"pipeline", "sync_start_steps", &c.pipeline.sync_start_steps},
       {"pipeline", "transport", &c.pipeline.transport}, {"pipeline", "trace", &c.pipeline.trace},
       {"delay", "emulate", &c.delay.emulate},   {"delay", "correction", &c.delay.correction},
-      {"delay", "ef_coef", &c.delay.ef_coef},
+      {"delay", "ef_coef", &c.delay.ef_coef},   {"delay", "dc_lambda", &c.delay.dc_lambda},
   };
 }
 
@@ -264,7 +264,9 @@ void validate_run_config(const RunConfig& c, const std::string& where) {
   const DelayConfig& d = c.delay;
   need(d.emulate == "none" || d.emulate == "one_step" || d.emulate == "per_stage", "delay.emulate",
        "none, one_step or per_stage; got '" + d.emulate + "'");
-  need(d.correction == "none" || d.correction == "ef", "delay.correction", "none or ef; got '" + d.correction + "'");
+  need(d.correction == "none" || d.correction == "ef" || d.correction == "dc_asgd" || d.correction == "weight_prediction",
+       "delay.correction", "none, ef, dc_asgd or weight_prediction; got '" + d.correction + "'");
+  need(std::isfinite(d.dc_lambda) && d.dc_lambda >= 0, "delay.dc_lambda", "a finite number >= 0");
   need(std::isfinite(d.ef_coef), "delay.ef_coef", "a finite number");
 }
 

@@ -40,8 +40,12 @@ struct PipelineConfig {
 
 struct DelayConfig {
   std::string emulate = "none";     // none one_step per_stage
-  std::string correction = "none";  // none ef
+  // none; ef (error feedback on the update, PAPER.md §2); dc_asgd (g + lambda g*g*(w_now - w_stale), after
+  // clipping); weight_prediction (gradients computed on W(v) + lag (W(v) - W(v-1)), SpecTrain-style; delay
+  // emulators only)
+  std::string correction = "none";
   double ef_coef = 1.0;
+  double dc_lambda = 0.1;
 };
 
 struct RunConfig {

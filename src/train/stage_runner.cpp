@@ -211,14 +211,18 @@ void StageRunner::complete_step() {
                                ? static_cast<float>(c_.optim.clip / rec.grad_norm) : 1.0f;
   if (max_versions_ > 1) history_[newest_] = st_.weights;  // W(newest) stays readable
   st_.grad.swap(g);
+  // The version this batch's gradients were computed on (DC-ASGD compensates towards W(newest)).
+  const float* computed_on =
+      version(pipeline::version_for(schedule_, pend.batch, tx_.stage(), tx_.stages(), c_.pipeline.sync_start_steps));
   optimizer_step(st_, lr_scale_at(pend.batch, c_.train.steps, c_.optim.warmup_frac, c_.optim.min_lr_frac),
-                 clip_scale, c_.delay);
+                 clip_scale, c_.delay, computed_on);
   st_.grad.swap(g);
   ++newest_;
   while (!history_.empty() && history_.begin()->first <= newest_ - max_versions_) history_.erase(history_.begin());
 }
 
 void StageRunner::run(const std::vector<Action>& actions, const std::string& schedule_name) {
+  schedule_ = schedule_name;
   max_versions_ = pipeline::max_versions_alive(schedule_name, tx_.stages());
   // One gradient buffer per batch whose step may still be pending, plus the one accumulating.
   if (grads_.size() != static_cast<size_t>(max_versions_ + 1)) {

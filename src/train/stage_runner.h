@@ -75,6 +75,7 @@ class StageRunner {
   int64_t newest_;
   std::map<int64_t, std::vector<float>> history_;  // older versions still read by pending work
   int max_versions_ = 2;
+  std::string schedule_;
   // Gradient buffers by batch: a step completes lazily, so up to max_versions_ batches' gradients are alive.
   std::vector<std::vector<float>> grads_;
   std::vector<int64_t> grad_batch_;

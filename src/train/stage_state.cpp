@@ -53,9 +53,16 @@ double unique_grad_sum_squares(const StageState& s) {
   return total;
 }
 
-void optimizer_step(StageState& s, double lr_scale, float grad_scale, const DelayConfig& delay) {
+void optimizer_step(StageState& s, double lr_scale, float grad_scale, const DelayConfig& delay, const float* stale) {
   const int64_t n = static_cast<int64_t>(s.weights.size());
   if (grad_scale != 1.0f) cpu::scale_inplace(s.grad.data(), grad_scale, n);
+  if (delay.correction == "dc_asgd" && stale) {
+    const float lambda = static_cast<float>(delay.dc_lambda);
+    float* g = s.grad.data();
+    const float* w = s.weights.data();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) g[i] += lambda * g[i] * g[i] * (w[i] - stale[i]);
+  }
   s.optimizer->compute_update(s.update.data(), s.weights.data(), s.grad.data(), lr_scale);
   if (!s.older.empty()) {
     std::rotate(s.older.rbegin(), s.older.rbegin() + 1, s.older.rend());  // the oldest buffer is reused

@@ -45,6 +45,9 @@ double unique_grad_sum_squares(const StageState& s);
 // stages where needed). PAPER.md §2 order: clip (grad *= grad_scale) -> optimizer computes u ->
 // correction -> apply. EF: x <- x - u - c (u - u_prev), u_prev <- u; the first step is ordinary.
 // When older versions are kept, W(t) is first pushed onto them (the oldest drops off).
-void optimizer_step(StageState& s, double lr_scale, float grad_scale, const DelayConfig& delay);
+// DC-ASGD (delay.correction = dc_asgd) compensates the clipped gradient first, with `stale` the weights it was
+// computed on: g <- g + lambda g*g*(x - stale).
+void optimizer_step(StageState& s, double lr_scale, float grad_scale, const DelayConfig& delay,
+                    const float* stale = nullptr);
 
 }  // namespace onestep

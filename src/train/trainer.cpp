@@ -53,6 +53,9 @@ void check_supported(const RunConfig& c) {
     bad_input(c.source, "delay.correction: '" + c.delay.correction +
                             "' corrects a delayed gradient, but this run has none (set delay.emulate or a "
                             "delayed pipeline.schedule)");
+  if (c.delay.correction == "weight_prediction" && pipelined)
+    bad_input(c.source, "delay.correction: 'weight_prediction' is implemented in the delay emulators "
+                            "(delay.emulate = one_step or per_stage), not yet in pipeline schedules");
   if ((sched == "2bw" || sched == "sync_start") && c.train.micro_batches < c.pipeline.stages)
     bad_input(c.source, "train.micro_batches: " + sched + " needs micro_batches (m = " +
                             std::to_string(c.train.micro_batches) + ") >= pipeline.stages (p = " +
@@ -179,7 +182,8 @@ void run_single_device(const RunConfig& c, RunIO& io) {
   const int p = rule == "pipedream" ? c.pipeline.stages : 1;
   const int64_t K = c.pipeline.sync_start_steps;
   const int max_lag = rule == "gpipe" ? 0 : rule == "pipedream" ? p - 1 : 1;
-  StageState state(c.model, whole_model(c.model), c.optim, max_lag, c.delay.correction == "ef");
+  const bool predict = c.delay.correction == "weight_prediction";  // also needs the version below the oldest read
+  StageState state(c.model, whole_model(c.model), c.optim, max_lag + (predict ? 1 : 0), c.delay.correction == "ef");
   // Which emulated stage holds each parameter (per-stage delays differ between them).
   std::vector<int> stage_of(state.stage.params().size(), 0);
   const std::vector<StageSpec> specs = partition_model(c.model, p);
@@ -216,11 +220,21 @@ void run_single_device(const RunConfig& c, RunIO& io) {
     std::vector<int64_t> lag(p);
     for (int s = 0; s < p; ++s) lag[s] = t - pipeline::version_for(rule, t, s, p, K);
     const float* w = state.version_at_lag(lag[0]);
-    if (std::any_of(lag.begin(), lag.end(), [&](int64_t l) { return l != lag[0]; })) {
+    if (predict || std::any_of(lag.begin(), lag.end(), [&](int64_t l) { return l != lag[0]; })) {
       mixed.resize(state.weights.size());
       for (size_t i = 0; i < stage_of.size(); ++i) {
         const ParamInfo& prm = state.stage.params().all()[i];
-        std::copy_n(state.version_at_lag(lag[stage_of[i]]) + prm.offset, prm.numel, mixed.data() + prm.offset);
+        const int64_t l = lag[stage_of[i]];
+        const float* v = state.version_at_lag(l) + prm.offset;
+        float* out = mixed.data() + prm.offset;
+        if (predict && l > 0) {
+          // Weight prediction: extrapolate the last known weight change over the delay,
+          // W(v) + lag (W(v) - W(v-1)): what the stage could compute when the forward starts.
+          const float* prev = state.version_at_lag(l + 1) + prm.offset;
+          for (int64_t k = 0; k < prm.numel; ++k) out[k] = v[k] + static_cast<float>(l) * (v[k] - prev[k]);
+        } else {
+          std::copy_n(v, prm.numel, out);
+        }
       }
       w = mixed.data();
     }
@@ -243,7 +257,7 @@ void run_single_device(const RunConfig& c, RunIO& io) {
     }
     const float clip_scale =
         (c.optim.clip > 0 && grad_norm > c.optim.clip) ? static_cast<float>(c.optim.clip / grad_norm) : 1.0f;
-    optimizer_step(state, lr_scale, clip_scale, c.delay);
+    optimizer_step(state, lr_scale, clip_scale, c.delay, w);
 
     const int64_t step = t + 1;
     nlohmann::json line = io.step_line(step, loss, grad_norm, c.optim.lr * lr_scale, step_clock.seconds());

@@ -100,7 +100,7 @@ TEST_F(PipelineEquivalence, FlushedSchedulesEqualGradientAccumulation) {
 
 TEST_F(PipelineEquivalence, TwoBWEqualsTheOneStepEmulator) {
   for (const std::string opt : {"adamw", "muon"})
-    for (const std::string corr : {"none", "ef"})
+    for (const std::string corr : {"none", "ef", "dc_asgd"})
       for (int p : {2, 3}) {
         const std::vector<std::string> common = {"optim.name=" + opt, "delay.correction=" + corr,
                                                  "train.micro_batches=4"};

@@ -75,6 +75,7 @@ class TrainerTest : public ::testing::Test {
     return out;
   }
   std::string run(const std::string& name) const { return (dir_ / name).string(); }
+  void check_rule(bool predict);
   fs::path dir_;
 };
 
@@ -108,9 +109,16 @@ TEST_F(TrainerTest, LossDecreases) {
 
 // PAPER.md §1: under 2BW's rule batches 0 and 1 are both computed on W(0), batch 2 on W(1). Reproduced here by
 // hand from the model and optimizer, independently of the trainer's stale-copy bookkeeping.
-TEST_F(TrainerTest, OneStepDelayFollowsThePapersRule) {
-  const RunConfig c = config({"delay.emulate=one_step", "train.steps=3", "optim.clip=0"});
-  run_training(c, {run("d"), false, -1});
+TEST_F(TrainerTest, OneStepDelayFollowsThePapersRule) { check_rule(false); }
+// Weight prediction: the gradient of step t is computed on W(t-1) + (W(t-1) - W(t-2)) (versions below 0 are W(0)).
+TEST_F(TrainerTest, WeightPredictionExtrapolatesTheLastChange) { check_rule(true); }
+
+void TrainerTest::check_rule(bool predict) {
+  std::vector<std::string> sets = {"delay.emulate=one_step", "train.steps=3", "optim.clip=0"};
+  if (predict) sets.push_back("delay.correction=weight_prediction");
+  const RunConfig c = config(sets);
+  const std::string out = run(predict ? "wp" : "d");
+  run_training(c, {out, false, -1});
 
   StageState s(c.model, whole_model(c.model), c.optim, false, false);
   s.stage.init_weights(s.weights.data(), static_cast<uint64_t>(c.train.seed));
@@ -130,14 +138,18 @@ TEST_F(TrainerTest, OneStepDelayFollowsThePapersRule) {
   };
   std::vector<std::vector<float>> W = {s.weights};
   for (int64_t t = 0; t < 3; ++t) {
-    const std::vector<float>& stale = W[std::max<int64_t>(t - 1, 0)];
+    std::vector<float> stale = W[std::max<int64_t>(t - 1, 0)];
+    if (predict) {
+      const std::vector<float>& before = W[std::max<int64_t>(t - 2, 0)];
+      for (size_t i = 0; i < stale.size(); ++i) stale[i] = stale[i] + (stale[i] - before[i]);
+    }
     s.grad = grad_at(stale, t);
     reduce_tied_embedding_local(s);
     s.weights = W[t];
     optimizer_step(s, lr_scale_at(t, 3, c.optim.warmup_frac, c.optim.min_lr_frac), 1.0f, c.delay);
     W.push_back(s.weights);
   }
-  EXPECT_EQ(final_weights(run("d")), [&] {
+  EXPECT_EQ(final_weights(out), [&] {
     // Same order as the checkpoint: parameters in table order without the padding.
     std::vector<float> out;
     for (const auto& p : s.stage.params().all()) out.insert(out.end(), W[3].begin() + p.offset, W[3].begin() + p.offset + p.numel);
