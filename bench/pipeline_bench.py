@@ -18,9 +18,10 @@ p.add_argument("--micro-batch-size", type=int, default=2)
 p.add_argument("--steps", type=int, default=6)
 p.add_argument("--reps", type=int, default=2)
 p.add_argument("--transport", default="inproc")
+p.add_argument("--stages", type=int, default=2)
 p.add_argument("--out", default="bench/pipeline_bench.md")
 args = p.parse_args()
-P = 2
+P = args.stages
 
 
 def run(schedule, m, workdir):
@@ -32,9 +33,9 @@ def run(schedule, m, workdir):
            "--set", "train.ckpt_every=0", "--set", "pipeline.trace=true", "--set", "optim.name=adamw",
            "--set", "delay.correction=none", "--set", f"pipeline.transport={args.transport}"]
     if args.transport == "mpi":
-        cmd = ["mpirun", "--allow-run-as-root", "-np", str(P)] + cmd + ["--set", "train.threads=1"]
+        cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(P)] + cmd + ["--set", "train.threads=1"]
     else:
-        cmd += ["--set", "train.threads=2"]
+        cmd += ["--set", f"train.threads={max(2, P)}"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     with open(os.path.join(out, "trace.json")) as f:
         events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]

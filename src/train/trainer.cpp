@@ -84,7 +84,12 @@ std::string prepare_run_dir(const RunConfig& config, const TrainOptions& options
       ss << in.rdbuf();
       return ss.str();
     }(), cfg.string());
-    if (to_toml(RunConfig{old.model}) != to_toml(RunConfig{config.model}))
+    auto model_only = [](const ModelConfig& m) {
+      RunConfig r;
+      r.model = m;
+      return to_toml(r);
+    };
+    if (model_only(old.model) != model_only(config.model))
       bad_input(cfg.string(), "[model]: the run in this folder has another model shape than " + config.source);
   }
   return latest_checkpoint(options.out_dir);

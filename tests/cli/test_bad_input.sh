@@ -39,4 +39,13 @@ expect_error 2 "not a checkpoint" -- "$BIN" eval --checkpoint "$WORK"
 expect_error 2 "--out" safetensors -- "$BIN" export --checkpoint run --out model.bin
 expect_error 2 "--set" "section.key=value" -- "$BIN" train --config micro.toml --set nonsense --out r2
 expect_error 2 "missing.tok" -- "$BIN" tokenize --tokenizer "$WORK/missing.tok" --input a.txt --out x
+# Pipelines: 2BW with m < p, more stages than layers, a schedule that does not exist.
+expect_error 2 train.micro_batches "m = 2" "p = 3" -- "$BIN" train --config micro.toml --set model.n_layers=3 --set pipeline.schedule=2bw --set pipeline.stages=3 --out r3
+expect_error 2 pipeline.stages n_layers -- "$BIN" train --config micro.toml --set pipeline.schedule=1f1b --set pipeline.stages=3 --out r3
+expect_error 2 pipeline.schedule zigzag -- "$BIN" train --config micro.toml --set pipeline.schedule=zigzag --out r3
+expect_error 2 "unknown schedule 'zigzag'" -- "$BIN" schedule --schedule zigzag --stages 2 --microbatches 4
+expect_error 2 delay.correction "has none" -- "$BIN" train --config micro.toml --set delay.correction=ef --out r3
+expect_error 2 delay.ef_coef -- "$BIN" train --config micro.toml --set delay.ef_coef=inf --out r3
+expect_error 2 optim.name "adamw" -- "$BIN" train --config micro.toml --set optim.name=adamax --out r3
+[ ! -e r3 ] && ok "no run folder left behind" || fail "r3 created"
 finish
