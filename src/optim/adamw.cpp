@@ -2,19 +2,14 @@
 
 #include <cmath>
 
+#include "optim/elementwise.h"
+
 namespace onestep {
 
 bool decays(const ParamInfo& p) { return p.role != ParamRole::norm && p.shape.size() >= 2; }
 
-AdamWGroup::AdamWGroup(std::vector<ParamInfo> params, AdamWHyper h) : params_(std::move(params)), h_(h) {
-  int64_t total = 0;
-  for (const auto& p : params_) {
-    state_off_.push_back(total);
-    total += (p.numel + 15) / 16 * 16;
-  }
-  m_.assign(total, 0.0f);
-  v_.assign(total, 0.0f);
-}
+AdamWGroup::AdamWGroup(std::vector<ParamInfo> params, AdamWHyper h)
+    : h_(h), state_(std::move(params), {"adamw.m.", "adamw.v."}) {}
 
 void AdamWGroup::update(float* u, const float* x, const float* g, double lr_scale, int64_t t) {
   const double lr = h_.lr * lr_scale;
@@ -24,36 +19,23 @@ void AdamWGroup::update(float* u, const float* x, const float* g, double lr_scal
   const float b2 = static_cast<float>(h_.beta2), omb2 = static_cast<float>(1.0 - h_.beta2);
   const float inv_bc1 = static_cast<float>(1.0 / bc1), inv_bc2 = static_cast<float>(1.0 / bc2);
   const float eps = static_cast<float>(h_.eps), lrf = static_cast<float>(lr);
-  for (size_t k = 0; k < params_.size(); ++k) {
-    const ParamInfo& p = params_[k];
+  optim_detail::for_each_param(state_.params(), u, x, g, [&](size_t k, const ParamInfo& p, auto view) {
     const float wd = decays(p) ? static_cast<float>(h_.weight_decay) : 0.0f;
-    float* m = m_.data() + state_off_[k];
-    float* v = v_.data() + state_off_[k];
-    const float* xp = x + p.offset;
-    const float* gp = g + p.offset;
-    float* up = u + p.offset;
-    const int64_t n = p.numel;
-#pragma omp parallel for schedule(static) if (n >= 32768)
-    for (int64_t i = 0; i < n; ++i) {
-      const float gi = gp[i];
+    const auto [m, v] = state_.slices<2>(k);
+    optim_detail::for_each_element(view.n, [&](int64_t i) {
+      const float gi = view.g[i];
       const float mi = b1 * m[i] + omb1 * gi;
       const float vi = b2 * v[i] + omb2 * (gi * gi);
       m[i] = mi;
       v[i] = vi;
       const float mhat = mi * inv_bc1;
       const float vhat = vi * inv_bc2;
-      up[i] = lrf * (mhat / (std::sqrt(vhat) + eps) + wd * xp[i]);
-    }
-  }
+      view.u[i] = lrf * (mhat / (std::sqrt(vhat) + eps) + wd * view.x[i]);
+    });
+  });
 }
 
-void AdamWGroup::append_state(std::vector<StateBuffer>& out) {
-  for (size_t k = 0; k < params_.size(); ++k) {
-    const ParamInfo& p = params_[k];
-    out.push_back({"adamw.m." + p.name, m_.data() + state_off_[k], p.shape});
-    out.push_back({"adamw.v." + p.name, v_.data() + state_off_[k], p.shape});
-  }
-}
+void AdamWGroup::append_state(std::vector<StateBuffer>& out) { state_.append(out); }
 
 AdamW::AdamW(const ParamTable& table, AdamWHyper h) : group_(table.all(), h) {}
 

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "model/params.h"
+#include "optim/layout.h"
 #include "optim/optimizer.h"
 
 namespace onestep {
@@ -22,13 +23,11 @@ class AdamWGroup {
   void update(float* u, const float* x, const float* g, double lr_scale, int64_t t);
   // Appends "adamw.m.<name>" and "adamw.v.<name>" for every parameter of the group.
   void append_state(std::vector<StateBuffer>& out);
-  const std::vector<ParamInfo>& params() const { return params_; }
+  const std::vector<ParamInfo>& params() const { return state_.params(); }
 
  private:
-  std::vector<ParamInfo> params_;
-  std::vector<int64_t> state_off_;
   AdamWHyper h_;
-  std::vector<float> m_, v_;
+  optim_detail::PerParamState state_;  // m, v
 };
 
 // Weight decay applies to 2-D weights (matrices, embedding, head) but not to norm gains or any other 1-D

@@ -3,19 +3,12 @@
 #include <cmath>
 
 #include "optim/adamw.h"
-#include "optim/layout.h"
+#include "optim/elementwise.h"
 
 namespace onestep {
 
-Adan::Adan(const ParamTable& table, AdanHyper h) : h_(h), params_(table.all()) {
-  std::vector<int64_t> sizes;
-  for (const auto& p : params_) sizes.push_back(p.numel);
-  const int64_t total = optim_detail::pack(sizes, off_);
-  m_.assign(total, 0.0f);
-  md_.assign(total, 0.0f);
-  n_.assign(total, 0.0f);
-  prev_.assign(total, 0.0f);
-}
+Adan::Adan(const ParamTable& table, AdanHyper h)
+    : PerParamStateOptimizer({table.all(), {"adan.m.", "adan.m_diff.", "adan.n.", "adan.prev_grad."}}), h_(h) {}
 
 void Adan::compute_update(float* u, const float* x, const float* g, double lr_scale) {
   ++t_;
@@ -29,21 +22,12 @@ void Adan::compute_update(float* u, const float* x, const float* g, double lr_sc
   const float inv_bc3 = static_cast<float>(1.0 / (1.0 - std::pow(h_.beta3, t)));
   const float eps = static_cast<float>(h_.eps), lrf = static_cast<float>(lr);
   const bool first = t_ == 1;
-  for (size_t k = 0; k < params_.size(); ++k) {
-    const ParamInfo& p = params_[k];
+  optim_detail::for_each_param(state_.params(), u, x, g, [&](size_t k, const ParamInfo& p, auto view) {
     const double lwd = decays(p) ? lr * h_.weight_decay : 0.0;
     const float lwdf = static_cast<float>(lwd), inv_1p = static_cast<float>(1.0 / (1.0 + lwd));
-    float* m = m_.data() + off_[k];
-    float* md = md_.data() + off_[k];
-    float* nn = n_.data() + off_[k];
-    float* prev = prev_.data() + off_[k];
-    const float* xp = x + p.offset;
-    const float* gp = g + p.offset;
-    float* up = u + p.offset;
-    const int64_t n = p.numel;
-#pragma omp parallel for schedule(static) if (n >= 32768)
-    for (int64_t i = 0; i < n; ++i) {
-      const float gi = gp[i];
+    const auto [m, md, nn, prev] = state_.slices<4>(k);
+    optim_detail::for_each_element(view.n, [&](int64_t i) {
+      const float gi = view.g[i];
       const float d = first ? 0.0f : gi - prev[i];
       const float mi = b1 * m[i] + omb1 * gi;
       const float mdi = b2 * md[i] + omb2 * d;
@@ -54,21 +38,9 @@ void Adan::compute_update(float* u, const float* x, const float* g, double lr_sc
       nn[i] = ni;
       prev[i] = gi;
       const float s = lrf * (mi * inv_bc1 + b2_bc2 * mdi) / (std::sqrt(ni * inv_bc3) + eps);
-      up[i] = (s + lwdf * xp[i]) * inv_1p;
-    }
-  }
-}
-
-std::vector<StateBuffer> Adan::state_buffers() {
-  std::vector<StateBuffer> out;
-  for (size_t k = 0; k < params_.size(); ++k) {
-    const ParamInfo& p = params_[k];
-    out.push_back({"adan.m." + p.name, m_.data() + off_[k], p.shape});
-    out.push_back({"adan.m_diff." + p.name, md_.data() + off_[k], p.shape});
-    out.push_back({"adan.n." + p.name, n_.data() + off_[k], p.shape});
-    out.push_back({"adan.prev_grad." + p.name, prev_.data() + off_[k], p.shape});
-  }
-  return out;
+      view.u[i] = (s + lwdf * view.x[i]) * inv_1p;
+    });
+  });
 }
 
 }  // namespace onestep

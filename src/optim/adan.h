@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "model/params.h"
+#include "optim/layout.h"
 #include "optim/optimizer.h"
 
 namespace onestep {
@@ -23,18 +24,14 @@ struct AdanHyper {
   double weight_decay = 0.1;
 };
 
-class Adan final : public Optimizer {
+// State: "adan.m.<name>", "adan.m_diff.<name>", "adan.n.<name>", "adan.prev_grad.<name>" per parameter.
+class Adan final : public optim_detail::PerParamStateOptimizer {
  public:
   Adan(const ParamTable& table, AdanHyper h);
   void compute_update(float* u, const float* x, const float* g, double lr_scale) override;
-  // "adan.m.<name>", "adan.m_diff.<name>", "adan.n.<name>", "adan.prev_grad.<name>" per parameter.
-  std::vector<StateBuffer> state_buffers() override;
 
  private:
   AdanHyper h_;
-  std::vector<ParamInfo> params_;
-  std::vector<int64_t> off_;
-  std::vector<float> m_, md_, n_, prev_;
 };
 
 }  // namespace onestep

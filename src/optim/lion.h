@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "model/params.h"
+#include "optim/layout.h"
 #include "optim/optimizer.h"
 
 namespace onestep {
@@ -14,18 +15,14 @@ struct LionHyper {
   double weight_decay = 0.1;
 };
 
-class Lion final : public Optimizer {
+// State: "lion.m.<name>" per parameter.
+class Lion final : public optim_detail::PerParamStateOptimizer {
  public:
   Lion(const ParamTable& table, LionHyper h);
   void compute_update(float* u, const float* x, const float* g, double lr_scale) override;
-  // "lion.m.<name>" per parameter.
-  std::vector<StateBuffer> state_buffers() override;
 
  private:
   LionHyper h_;
-  std::vector<ParamInfo> params_;
-  std::vector<int64_t> off_;
-  std::vector<float> m_;
 };
 
 }  // namespace onestep

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "optim/adamw.h"
+#include "optim/layout.h"
 #include "optim/optimizer.h"
 
 namespace onestep {
@@ -31,9 +32,7 @@ class Mars final : public Optimizer {
 
  private:
   MarsHyper h_;
-  std::vector<ParamInfo> params_;
-  std::vector<int64_t> off_;
-  std::vector<float> m_, v_, prev_;
+  optim_detail::PerParamState state_;  // m, v, prev_grad of the 2-D parameters
   AdamWGroup adamw_;
 };
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "optim/elementwise.h"
+
 namespace onestep {
 
 bool muon_takes(const ParamInfo& p) { return p.role == ParamRole::matrix && p.shape.size() == 2; }
@@ -12,59 +14,65 @@ double muon_scale(int64_t rows, int64_t cols, bool adamw_rms) {
   return std::sqrt(std::max(1.0, static_cast<double>(rows) / static_cast<double>(cols)));
 }
 
-static std::vector<ParamInfo> select(const ParamTable& t, bool want_muon) {
-  std::vector<ParamInfo> out;
-  for (const auto& p : t.all())
-    if (muon_takes(p) == want_muon) out.push_back(p);
-  return out;
-}
+namespace {
+// Below this many elements the Muon-family loops run on the calling thread alone.
+constexpr int64_t kMuonParallelMin = 65536;
+}  // namespace
 
-Muon::Muon(const ParamTable& table, MuonHyper h, AdamWHyper adamw)
-    : h_(h), mats_(select(table, true)), adamw_(select(table, false), adamw) {
-  int64_t total = 0, max_numel = 0;
-  for (const auto& p : mats_) {
-    mom_off_.push_back(total);
-    total += (p.numel + 15) / 16 * 16;
+MuonMatrices::MuonMatrices(const ParamTable& table, const char* momentum_name)
+    : mom_(optim_detail::select_params(table, muon_takes, true), {momentum_name}) {
+  int64_t max_numel = 0;
+  for (const auto& p : params()) {
     max_numel = std::max(max_numel, p.numel);
     ws_.reserve(p.rows(), p.cols());
   }
-  mom_.assign(total, 0.0f);
   q_.assign(max_numel, 0.0f);
 }
+
+float* MuonMatrices::orthogonalized_momentum(size_t k, float* u, const float* g, const MuonHyper& h) {
+  const ParamInfo& p = params()[k];
+  const float mu = static_cast<float>(h.momentum);
+  const bool nest = h.nesterov;
+  const auto [B] = mom_.slices<1>(k);
+  const float* gp = g + p.offset;
+  float* q = q_.data();
+  optim_detail::for_each_element(p.numel, [&](int64_t i) {
+    const float b = mu * B[i] + gp[i];
+    B[i] = b;
+    q[i] = nest ? gp[i] + mu * b : b;
+  }, kMuonParallelMin);
+  float* X = u + p.offset;
+  newton_schulz(X, q, static_cast<int>(p.rows()), static_cast<int>(p.cols()), h.ns_steps, static_cast<float>(h.eps),
+                ws_);
+  return X;
+}
+
+void MuonMatrices::finish_update(size_t k, float* u, const float* x, const MuonHyper& h, double lr,
+                                 double extra_scale) const {
+  const ParamInfo& p = params()[k];
+  const float a = static_cast<float>(lr * muon_scale(p.rows(), p.cols(), h.adamw_rms_scale) * extra_scale);
+  const float d = static_cast<float>(lr * h.weight_decay);
+  float* X = u + p.offset;
+  const float* xp = x + p.offset;
+  optim_detail::for_each_element(p.numel, [&](int64_t i) { X[i] = a * X[i] + d * xp[i]; }, kMuonParallelMin);
+}
+
+Muon::Muon(const ParamTable& table, MuonHyper h, AdamWHyper adamw)
+    : h_(h), mats_(table, "muon.momentum."), adamw_(optim_detail::select_params(table, muon_takes, false), adamw) {}
 
 void Muon::compute_update(float* u, const float* x, const float* g, double lr_scale) {
   ++t_;
   const double lr = h_.lr * lr_scale;
-  const float mu = static_cast<float>(h_.momentum);
-  for (size_t k = 0; k < mats_.size(); ++k) {
-    const ParamInfo& p = mats_[k];
-    const int64_t n = p.numel;
-    float* B = mom_.data() + mom_off_[k];
-    const float* gp = g + p.offset;
-    float* q = q_.data();
-    const bool nest = h_.nesterov;
-#pragma omp parallel for schedule(static) if (n >= 65536)
-    for (int64_t i = 0; i < n; ++i) {
-      const float b = mu * B[i] + gp[i];
-      B[i] = b;
-      q[i] = nest ? gp[i] + mu * b : b;
-    }
-    float* up = u + p.offset;
-    newton_schulz(up, q, static_cast<int>(p.rows()), static_cast<int>(p.cols()), h_.ns_steps,
-                  static_cast<float>(h_.eps), ws_);
-    const float a = static_cast<float>(lr * muon_scale(p.rows(), p.cols(), h_.adamw_rms_scale));
-    const float d = static_cast<float>(lr * h_.weight_decay);
-    const float* xp = x + p.offset;
-#pragma omp parallel for schedule(static) if (n >= 65536)
-    for (int64_t i = 0; i < n; ++i) up[i] = a * up[i] + d * xp[i];
+  for (size_t k = 0; k < mats_.params().size(); ++k) {
+    mats_.orthogonalized_momentum(k, u, g, h_);
+    mats_.finish_update(k, u, x, h_, lr);
   }
   adamw_.update(u, x, g, lr_scale, t_);
 }
 
 std::vector<StateBuffer> Muon::state_buffers() {
   std::vector<StateBuffer> out;
-  for (size_t k = 0; k < mats_.size(); ++k)
-    out.push_back({"muon.momentum." + mats_[k].name, mom_.data() + mom_off_[k], mats_[k].shape});
+  mats_.append_state(out);
   adamw_.append_state(out);
   return out;
 }

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "optim/adamw.h"
+#include "optim/layout.h"
 #include "optim/newton_schulz.h"
 #include "optim/optimizer.h"
 
@@ -24,6 +25,26 @@ bool muon_takes(const ParamInfo& p);
 // The shape scale s of u = lr * s * X + lr * wd * x.
 double muon_scale(int64_t rows, int64_t cols, bool adamw_rms);
 
+// What Muon and NorMuon share: the matrices Muon takes, their momentum buffers B (checkpointed as
+// "<momentum_name><name>"), and the Newton–Schulz step with its scratch.
+class MuonMatrices {
+ public:
+  MuonMatrices(const ParamTable& table, const char* momentum_name);
+  const std::vector<ParamInfo>& params() const { return mom_.params(); }
+  // Matrix k: B = mu B + g, q = g + mu B (Nesterov) or B, then X = NS(q) written on u's slice of the
+  // matrix; returns that slice. u, g: the flat buffers.
+  float* orthogonalized_momentum(size_t k, float* u, const float* g, const MuonHyper& h);
+  // On matrix k's slice of u, which holds X: u = lr s extra_scale X + lr wd x (s: muon_scale).
+  void finish_update(size_t k, float* u, const float* x, const MuonHyper& h, double lr, double extra_scale = 1.0) const;
+  void append_state(std::vector<StateBuffer>& out, size_t k) { mom_.append(out, k); }  // matrix k's B
+  void append_state(std::vector<StateBuffer>& out) { mom_.append(out); }               // every B
+
+ private:
+  optim_detail::PerParamState mom_;
+  std::vector<float> q_;  // scratch: the (Nesterov) momentum direction of one matrix
+  NewtonSchulzWorkspace ws_;
+};
+
 class Muon final : public Optimizer {
  public:
   Muon(const ParamTable& table, MuonHyper h, AdamWHyper adamw);
@@ -32,11 +53,7 @@ class Muon final : public Optimizer {
 
  private:
   MuonHyper h_;
-  std::vector<ParamInfo> mats_;
-  std::vector<int64_t> mom_off_;
-  std::vector<float> mom_;  // momentum buffers B
-  std::vector<float> q_;    // scratch: the (Nesterov) momentum direction of one matrix
-  NewtonSchulzWorkspace ws_;
+  MuonMatrices mats_;  // "muon.momentum.<name>"
   AdamWGroup adamw_;
 };
 

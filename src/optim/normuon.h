@@ -9,7 +9,6 @@
 
 #include "optim/adamw.h"
 #include "optim/muon.h"
-#include "optim/newton_schulz.h"
 #include "optim/optimizer.h"
 
 namespace onestep {
@@ -29,11 +28,9 @@ class NorMuon final : public Optimizer {
 
  private:
   NorMuonHyper h_;
-  std::vector<ParamInfo> mats_;
-  std::vector<int64_t> mom_off_, v_off_;
-  std::vector<float> mom_, v_;
-  std::vector<float> q_;  // scratch: the momentum direction of one matrix
-  NewtonSchulzWorkspace ws_;
+  MuonMatrices mats_;  // "normuon.momentum.<name>"
+  std::vector<int64_t> v_off_;
+  std::vector<float> v_;
   AdamWGroup adamw_;
 };
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "model/params.h"
+#include "optim/layout.h"
 #include "optim/optimizer.h"
 
 namespace onestep {
@@ -16,18 +17,14 @@ struct SgdHyper {
   double weight_decay = 0.1;
 };
 
-class Sgd final : public Optimizer {
+// State: "sgd.momentum.<name>" per parameter.
+class Sgd final : public optim_detail::PerParamStateOptimizer {
  public:
   Sgd(const ParamTable& table, SgdHyper h);
   void compute_update(float* u, const float* x, const float* g, double lr_scale) override;
-  // "sgd.momentum.<name>" per parameter.
-  std::vector<StateBuffer> state_buffers() override;
 
  private:
   SgdHyper h_;
-  std::vector<ParamInfo> params_;
-  std::vector<int64_t> off_;
-  std::vector<float> buf_;
 };
 
 }  // namespace onestep

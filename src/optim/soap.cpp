@@ -19,13 +19,6 @@ bool soap_takes(const ParamInfo& p) {
 
 namespace {
 
-std::vector<ParamInfo> select(const ParamTable& t, bool want_soap) {
-  std::vector<ParamInfo> out;
-  for (const auto& p : t.all())
-    if (soap_takes(p) == want_soap) out.push_back(p);
-  return out;
-}
-
 // C[r, c] = op(A) op(B), row-major, fp32 OpenBLAS.
 void gemm(bool ta, bool tb, int r, int c, int k, float alpha, const float* A, const float* B, float beta, float* C) {
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, r, c, k, alpha, A,
@@ -35,7 +28,9 @@ void gemm(bool ta, bool tb, int r, int c, int k, float alpha, const float* A, co
 }  // namespace
 
 Soap::Soap(const ParamTable& table, SoapHyper h)
-    : h_(h), mats_(select(table, true)), adamw_(select(table, false), {h.lr, h.beta1, h.beta2, h.eps, h.weight_decay}) {
+    : h_(h),
+      mats_(optim_detail::select_params(table, soap_takes, true)),
+      adamw_(optim_detail::select_params(table, soap_takes, false), {h.lr, h.beta1, h.beta2, h.eps, h.weight_decay}) {
   std::vector<int64_t> mn, mm, nn;
   int64_t max_mn = 0;
   for (const auto& p : mats_) {
