@@ -387,7 +387,7 @@ def group_section(g, paper, plots, out_dir, lines, per_stage_note):
     # sweep
     sweep = grid.get("sweep", {})
     if sweep or grid.get("fixed_lr"):
-        lines.append("Learning-rate choice (sync, seed " + str(seeds[0] if seeds else "?") + ", final val_loss):\n")
+        lines.append("Learning-rate choice (sync, seed " + str(grid.get("sweep_seed", seeds[0] if seeds else "?")) + ", final val_loss):\n")
         for opt in g.optimizers:
             if opt in grid.get("fixed_lr", {}):
                 lines.append(f"- {NAMES[opt]}: lr {grid['fixed_lr'][opt]:g} given (no sweep).")

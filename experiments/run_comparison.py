@@ -369,11 +369,11 @@ def plan(s, grid):
             chosen = s.fixed_lr[opt]
         sweep = [] if opt in s.fixed_lr else [base_lr(opt, s) * f for f in s.factors]
         for lr in sweep:
-            cells.append(("sweep", opt, "sync", lr, s.seeds[0]))
+            cells.append(("sweep", opt, "sync", lr, s.sweep_seed))
         lr = chosen if chosen is not None else base_lr(opt, s)
         for seed in s.seeds:
             for mode in s.modes:
-                if mode == "sync" and seed == s.seeds[0] and chosen is None and sweep:
+                if mode == "sync" and seed == s.sweep_seed and chosen is None and sweep:
                     continue  # will be one of the sweep cells
                 cells.append(("main", opt, mode, lr, seed))
     seen, out = set(), []
@@ -503,9 +503,13 @@ def main(argv):
     if grid and grid.get("steps") not in (None, s.steps):
         raise SystemExit(f"[comparison] {s.group_dir}/grid.json is for {grid.get('steps')} steps")
     tokens, _ = model_numbers(s)
+    s.sweep_seed = grid.get("sweep_seed", s.seeds[0])  # a group keeps the seed its sweep was run with
+    grid["sweep_seed"] = s.sweep_seed
     grid.update({"group": s.group, "config": os.path.relpath(s.config, REPO), "preset": a.preset,
-                 "corpus": a.corpus, "steps": s.steps, "tokens_per_step": tokens, "seeds": s.seeds,
-                 "modes": s.modes, "lr_factors": s.factors, "async_impl": a.async_impl, "threads": a.threads,
+                 "corpus": a.corpus, "steps": s.steps, "tokens_per_step": tokens,
+                 "seeds": list(dict.fromkeys(grid.get("seeds", []) + s.seeds)),
+                 "modes": [m for m in MODES + EXTRA_MODES if m in grid.get("modes", []) + s.modes],
+                 "lr_factors": s.factors, "async_impl": a.async_impl, "threads": a.threads,
                  "extra_sets": s.extra, "eval_every": s.eval_every, "tag": a.tag})
     grid["optimizers"] = sorted(set(grid.get("optimizers", [])) | set(s.optimizers),
                                 key=ALL_OPTIMIZERS.index)
@@ -542,10 +546,10 @@ def main(argv):
             results = {}
             for f in s.factors:
                 lr = base_lr(opt, s) * f
-                if over_budget() and cell_status(s, cell_name(opt, "sync", lr, s.seeds[0]))[0] != "done":
+                if over_budget() and cell_status(s, cell_name(opt, "sync", lr, s.sweep_seed))[0] != "done":
                     stopped = True
                     break
-                v, dt = run_cell(s, "sweep", opt, "sync", lr, s.seeds[0], dry=False)
+                v, dt = run_cell(s, "sweep", opt, "sync", lr, s.sweep_seed, dry=False)
                 spent += dt
                 results[fmt_lr(lr)] = v
             grid["sweep"][opt] = {k: (None if v is None or math.isinf(v) else v) for k, v in results.items()}

@@ -22,7 +22,7 @@ void AdamWGroup::update(float* u, const float* x, const float* g, double lr_scal
   optim_detail::for_each_param(state_.params(), u, x, g, [&](size_t k, const ParamInfo& p, auto view) {
     const float wd = decays(p) ? static_cast<float>(h_.weight_decay) : 0.0f;
     const auto [m, v] = state_.slices<2>(k);
-    optim_detail::for_each_element(view.n, [&](int64_t i) {
+    optim_detail::for_each_element(view.n, [=](int64_t i) {
       const float gi = view.g[i];
       const float mi = b1 * m[i] + omb1 * gi;
       const float vi = b2 * v[i] + omb2 * (gi * gi);

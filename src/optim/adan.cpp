@@ -26,7 +26,7 @@ void Adan::compute_update(float* u, const float* x, const float* g, double lr_sc
     const double lwd = decays(p) ? lr * h_.weight_decay : 0.0;
     const float lwdf = static_cast<float>(lwd), inv_1p = static_cast<float>(1.0 / (1.0 + lwd));
     const auto [m, md, nn, prev] = state_.slices<4>(k);
-    optim_detail::for_each_element(view.n, [&](int64_t i) {
+    optim_detail::for_each_element(view.n, [=](int64_t i) {
       const float gi = view.g[i];
       const float d = first ? 0.0f : gi - prev[i];
       const float mi = b1 * m[i] + omb1 * gi;

@@ -16,7 +16,7 @@ void Lion::compute_update(float* u, const float* x, const float* g, double lr_sc
   optim_detail::for_each_param(state_.params(), u, x, g, [&](size_t k, const ParamInfo& p, auto view) {
     const float wd = decays(p) ? static_cast<float>(h_.weight_decay) : 0.0f;
     const auto [m] = state_.slices<1>(k);
-    optim_detail::for_each_element(view.n, [&](int64_t i) {
+    optim_detail::for_each_element(view.n, [=](int64_t i) {
       const float gi = view.g[i];
       const float c = b1 * m[i] + omb1 * gi;
       const float s = static_cast<float>((c > 0.0f) - (c < 0.0f));

@@ -28,14 +28,14 @@ void Mars::compute_update(float* u, const float* x, const float* g, double lr_sc
     const float wd = decays(p) ? static_cast<float>(h_.weight_decay) : 0.0f;
     const auto [m, v, prev] = state_.slices<3>(k);
     float* up = view.u;  // holds c first
-    optim_detail::for_each_element(view.n, [&](int64_t i) {
+    optim_detail::for_each_element(view.n, [=](int64_t i) {
       const float gi = view.g[i];
       up[i] = gi + corr * (gi - prev[i]);
       prev[i] = gi;
     });
     const double norm = std::sqrt(optim_detail::sum_squares(up, view.n));
     const float cs = norm > 1.0 ? static_cast<float>(1.0 / norm) : 1.0f;
-    optim_detail::for_each_element(view.n, [&](int64_t i) {
+    optim_detail::for_each_element(view.n, [=](int64_t i) {
       const float c = up[i] * cs;
       const float mi = b1 * m[i] + omb1 * c;
       const float vi = b2 * v[i] + omb2 * (c * c);

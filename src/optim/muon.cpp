@@ -36,7 +36,7 @@ float* MuonMatrices::orthogonalized_momentum(size_t k, float* u, const float* g,
   const auto [B] = mom_.slices<1>(k);
   const float* gp = g + p.offset;
   float* q = q_.data();
-  optim_detail::for_each_element(p.numel, [&](int64_t i) {
+  optim_detail::for_each_element(p.numel, [=](int64_t i) {
     const float b = mu * B[i] + gp[i];
     B[i] = b;
     q[i] = nest ? gp[i] + mu * b : b;
@@ -54,7 +54,7 @@ void MuonMatrices::finish_update(size_t k, float* u, const float* x, const MuonH
   const float d = static_cast<float>(lr * h.weight_decay);
   float* X = u + p.offset;
   const float* xp = x + p.offset;
-  optim_detail::for_each_element(p.numel, [&](int64_t i) { X[i] = a * X[i] + d * xp[i]; }, kMuonParallelMin);
+  optim_detail::for_each_element(p.numel, [=](int64_t i) { X[i] = a * X[i] + d * xp[i]; }, kMuonParallelMin);
 }
 
 Muon::Muon(const ParamTable& table, MuonHyper h, AdamWHyper adamw)

@@ -35,7 +35,8 @@ class MuonMatrices {
   // matrix; returns that slice. u, g: the flat buffers.
   float* orthogonalized_momentum(size_t k, float* u, const float* g, const MuonHyper& h);
   // On matrix k's slice of u, which holds X: u = lr s extra_scale X + lr wd x (s: muon_scale).
-  void finish_update(size_t k, float* u, const float* x, const MuonHyper& h, double lr, double extra_scale = 1.0) const;
+  void finish_update(size_t k, float* u, const float* x, const MuonHyper& h, double lr,
+                     double extra_scale = 1.0) const;
   void append_state(std::vector<StateBuffer>& out, size_t k) { mom_.append(out, k); }  // matrix k's B
   void append_state(std::vector<StateBuffer>& out) { mom_.append(out); }               // every B
 

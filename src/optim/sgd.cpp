@@ -15,7 +15,7 @@ void Sgd::compute_update(float* u, const float* x, const float* g, double lr_sca
   optim_detail::for_each_param(state_.params(), u, x, g, [&](size_t k, const ParamInfo& p, auto view) {
     const float wd = decays(p) ? static_cast<float>(h_.weight_decay) : 0.0f;
     const auto [b] = state_.slices<1>(k);
-    optim_detail::for_each_element(view.n, [&](int64_t i) {
+    optim_detail::for_each_element(view.n, [=](int64_t i) {
       const float bi = mu * b[i] + view.g[i];
       b[i] = bi;
       const float d = nest ? view.g[i] + mu * bi : bi;
