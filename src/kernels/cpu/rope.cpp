@@ -42,7 +42,12 @@ std::shared_ptr<const RopeTable> rope_table(int T, int D, float theta) {
 }
 }  // namespace
 
-void rope_forward(float* out, const float* x, int B, int T, int H, int D, float theta) {
+namespace {
+// Rotates every head's pairs (i, i + D/2) of every position t by the angle t * theta^(-2i/D): forward writes
+// R(a) x (out may equal in: both halves are read before either is written); the backward accumulates the
+// transpose R(-a) dout.
+template <bool kTranspose>
+void rotate(float* out, const float* in, int B, int T, int H, int D, float theta) {
   const auto tab = rope_table(T, D, theta);
   const int half = D / 2;
   const int rows = B * T;
@@ -53,40 +58,30 @@ void rope_forward(float* out, const float* x, int B, int T, int H, int D, float 
     const float* sn = tab->sin.data() + static_cast<int64_t>(t) * half;
     for (int h = 0; h < H; ++h) {
       const int64_t off = (static_cast<int64_t>(r) * H + h) * D;
-      const float* xi = x + off;
-      float* o = out + off;  // may equal x: both halves are read before either is written
+      const float* a = in + off;
+      float* o = out + off;
 #pragma omp simd
       for (int i = 0; i < half; ++i) {
-        const float x1 = xi[i], x2 = xi[i + half];
-        o[i] = x1 * cs[i] - x2 * sn[i];
-        o[i + half] = x2 * cs[i] + x1 * sn[i];
+        const float a1 = a[i], a2 = a[i + half];
+        if constexpr (kTranspose) {
+          o[i] += a1 * cs[i] + a2 * sn[i];
+          o[i + half] += a2 * cs[i] - a1 * sn[i];
+        } else {
+          o[i] = a1 * cs[i] - a2 * sn[i];
+          o[i + half] = a2 * cs[i] + a1 * sn[i];
+        }
       }
     }
   }
 }
+}  // namespace
 
-// The transpose of the rotation is the rotation by -a.
+void rope_forward(float* out, const float* x, int B, int T, int H, int D, float theta) {
+  rotate<false>(out, x, B, T, H, D, theta);
+}
+
 void rope_backward(float* dx, const float* dout, int B, int T, int H, int D, float theta) {
-  const auto tab = rope_table(T, D, theta);
-  const int half = D / 2;
-  const int rows = B * T;
-#pragma omp parallel for schedule(static)
-  for (int r = 0; r < rows; ++r) {
-    const int t = r % T;
-    const float* cs = tab->cos.data() + static_cast<int64_t>(t) * half;
-    const float* sn = tab->sin.data() + static_cast<int64_t>(t) * half;
-    for (int h = 0; h < H; ++h) {
-      const int64_t off = (static_cast<int64_t>(r) * H + h) * D;
-      const float* g = dout + off;
-      float* d = dx + off;
-#pragma omp simd
-      for (int i = 0; i < half; ++i) {
-        const float g1 = g[i], g2 = g[i + half];
-        d[i] += g1 * cs[i] + g2 * sn[i];
-        d[i + half] += g2 * cs[i] - g1 * sn[i];
-      }
-    }
-  }
+  rotate<true>(dx, dout, B, T, H, D, theta);
 }
 
 }  // namespace onestep::cpu
