@@ -55,6 +55,7 @@ std::vector<Field> fields_of(RunConfig& c) {
       {"pipeline", "transport", &c.pipeline.transport}, {"pipeline", "trace", &c.pipeline.trace},
       {"delay", "emulate", &c.delay.emulate},   {"delay", "correction", &c.delay.correction},
       {"delay", "ef_coef", &c.delay.ef_coef},   {"delay", "dc_lambda", &c.delay.dc_lambda},
+      {"delay", "ef_adamw_params", &c.delay.ef_adamw_params},
   };
 }
 

@@ -46,6 +46,7 @@ struct DelayConfig {
   std::string correction = "none";
   double ef_coef = 1.0;
   double dc_lambda = 0.1;
+  bool ef_adamw_params = true;  // Muon-family runs: also correct the AdamW-handled parameters (PAPER.md §2)
 };
 
 struct RunConfig {

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kernels/cpu/ops.h"
+#include "optim/muon.h"
 
 namespace onestep {
 
@@ -16,6 +17,7 @@ StageState::StageState(const ModelConfig& model, StageSpec spec, const OptimConf
   update.assign(n, 0.f);
   if (use_ef) prev_update.assign(n, 0.f);
   optimizer = make_optimizer(optim, stage.params());
+  optimizer_name = optim.name;
 }
 
 const float* StageState::version_at_lag(int64_t lag) const {
@@ -71,19 +73,20 @@ void optimizer_step(StageState& s, double lr_scale, float grad_scale, const Dela
   float* x = s.weights.data();
   const float* u = s.update.data();
   if (delay.correction == "ef") {
-    const float c = static_cast<float>(delay.ef_coef);
     float* up = s.prev_update.data();
-    if (s.has_prev_update) {
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < n; ++i) {
-        x[i] -= u[i] + c * (u[i] - up[i]);
-        up[i] = u[i];
-      }
-    } else {
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < n; ++i) {
-        x[i] -= u[i];
-        up[i] = u[i];
+    // Per group: in a Muon-family run, delay.ef_adamw_params = false leaves the AdamW-handled parameters
+    // (embedding, head, norms) uncorrected. The first step is ordinary (no history).
+    const bool muon_family = s.optimizer_name == "muon" || s.optimizer_name == "normuon";
+    for (const auto& p : s.stage.params().all()) {
+      const bool corrected = s.has_prev_update && (delay.ef_adamw_params || !muon_family || muon_takes(p));
+      const float c = corrected ? static_cast<float>(delay.ef_coef) : 0.0f;
+      float* xp = x + p.offset;
+      const float* uq = u + p.offset;
+      float* upp = up + p.offset;
+#pragma omp parallel for schedule(static) if (p.numel >= 32768)
+      for (int64_t i = 0; i < p.numel; ++i) {
+        xp[i] -= uq[i] + c * (uq[i] - upp[i]);
+        upp[i] = uq[i];
       }
     }
     s.has_prev_update = true;

@@ -24,6 +24,7 @@ struct StageState {
   std::vector<float> prev_update;  // u(t-1), uncorrected (EF correction)
   std::unique_ptr<Optimizer> optimizer;
   bool has_prev_update = false;
+  std::string optimizer_name;
 
   // Weights of version newest - lag (lag 0: W(t); lags beyond the kept history read the oldest kept, which at
   // the start of training is W(0): the paper's startup convention).

@@ -69,3 +69,38 @@ TEST(DcAsgd, CompensatesTheGradientTowardsTheCurrentWeights) {
   EXPECT_NEAR(s.update[i0], 0.1 * expected_g, 1e-7);
   EXPECT_NEAR(s.weights[i0], 2.0 - 0.1 * expected_g, 1e-6);
 }
+
+// delay.ef_adamw_params = false: in a Muon run the AdamW-handled parameters (norms, embedding, head) take plain
+// steps while the matrices are corrected.
+TEST(EfCorrection, PerGroupSwitchForTheAdamWParametersOfAMuonRun) {
+  ModelConfig m;
+  m.vocab_size = 8, m.d_model = 8, m.n_layers = 1, m.n_heads = 2, m.n_kv_heads = 2, m.ffn_hidden = 8, m.seq_len = 4;
+  OptimConfig o;
+  o.name = "muon";
+  resolve_optim_defaults(o, "test");
+  for (bool adamw_too : {true, false}) {
+    StageState s(m, whole_model(m), o, 0, true);
+    s.stage.init_weights(s.weights.data(), 3);
+    DelayConfig d;
+    d.correction = "ef", d.ef_coef = 1.0, d.ef_adamw_params = adamw_too;
+    const ParamInfo& norm = s.stage.params().at("model.norm.weight");
+    const ParamInfo& mat = s.stage.params().at("model.layers.0.mlp.up_proj.weight");
+    const std::vector<float> x0 = s.weights;
+    std::vector<std::vector<float>> u;
+    for (int t = 0; t < 3; ++t) {
+      for (size_t i = 0; i < s.grad.size(); ++i) s.grad[i] = 0.01f * static_cast<float>((i * 7 + t * 3) % 11) - 0.05f;
+      optimizer_step(s, 1.0, 1.0f, d);
+      u.push_back(s.update);
+    }
+    auto expect_trajectory = [&](const ParamInfo& p, bool corrected) {
+      for (int64_t i = 0; i < p.numel; ++i) {
+        const size_t k = static_cast<size_t>(p.offset + i);
+        double x = x0[k] - u[0][k];
+        for (int t = 1; t < 3; ++t) x -= u[t][k] + (corrected ? 1.0 : 0.0) * (u[t][k] - u[t - 1][k]);
+        ASSERT_NEAR(s.weights[k], x, 1e-6) << p.name << (corrected ? " corrected" : " plain");
+      }
+    };
+    expect_trajectory(mat, true);
+    expect_trajectory(norm, adamw_too);
+  }
+}

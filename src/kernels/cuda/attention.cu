@@ -1,0 +1,360 @@
+// Causal grouped-query attention, fused flash-attention style, fp32 on the CUDA cores. Correctness first:
+// tiles live in shared memory, every product is a plain FMA chain in a fixed order (deterministic).
+//
+// Layouts: q, out, dq [B,T,H,D]; k, v, dk, dv [B,T,KV,D]; lse [B,H,T]. Head h reads kv head h / (H/KV).
+// Tiles are kTile = 32 rows: a warp's 32 lanes are the 32 keys of a score row in the softmax steps.
+//
+// Forward: one block per (b, h, query tile); key tiles 0..qt stream through shared memory; online softmax
+//   (running max m and sum l per row), the unnormalised output O in shared memory, out = O / l and
+//   lse = m + log(l) at the end. No T x T matrix in global memory.
+// Backward (recomputes P = exp(S * scale - lse), delta = rowsum(dout * out)):
+//   dq kernel:   one block per (b, h, query tile), key tiles 0..qt in order;  dq += sum dS K
+//   dkv kernel:  one block per (b, kv head, key tile), heads of the group then query tiles qt >= kt in order;
+//                dk += sum dS^T Q, dv += sum P^T dO.
+//   Every output element is written by one block and summed in a fixed order: no atomics.
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops_cuda.h"
+
+namespace onestep::cuda {
+
+namespace {
+
+constexpr int kTile = 32;        // query rows and keys per tile (= warp size, see above)
+constexpr int kAttnThreads = 256;  // 8 warps
+constexpr int kLdS = kTile + 1;  // padded row stride of the score tiles
+
+struct Dims {
+  int B, T, H, KV, D, G, ntiles, ld;  // ld = D + 1: padded row stride of the [kTile, D] tiles in shared memory
+  int64_t ldq, ldk;                   // global row strides: H*D and KV*D
+  float scale;
+  __device__ int64_t qoff(int b, int t, int h) const {
+    return (static_cast<int64_t>(b) * T + t) * ldq + static_cast<int64_t>(h) * D;
+  }
+  __device__ int64_t koff(int b, int t, int kvh) const {
+    return (static_cast<int64_t>(b) * T + t) * ldk + static_cast<int64_t>(kvh) * D;
+  }
+  __device__ int64_t loff(int b, int h, int t) const { return (static_cast<int64_t>(b) * H + h) * T + t; }
+  __device__ int rows(int tile) const { return min(kTile, T - tile * kTile); }
+};
+
+Dims make_dims(int B, int T, int H, int KV, int D) {
+  Dims d;
+  d.B = B;
+  d.T = T;
+  d.H = H;
+  d.KV = KV;
+  d.D = D;
+  d.G = H / KV;
+  d.ntiles = (T + kTile - 1) / kTile;
+  d.ld = D + 1;
+  d.ldq = static_cast<int64_t>(H) * D;
+  d.ldk = static_cast<int64_t>(KV) * D;
+  d.scale = 1.0f / std::sqrt(static_cast<float>(D));
+  return d;
+}
+
+// dst[r, c] (row stride ld) = src[r * lds + c] for r < valid, 0 for valid <= r < kTile.
+__device__ inline void load_tile(float* dst, int ld, const float* src, int64_t lds, int valid, int D) {
+  for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {
+    const int r = idx / D, c = idx - r * D;
+    dst[r * ld + c] = r < valid ? src[r * lds + c] : 0.0f;
+  }
+}
+
+// Raw dot product of row i of A and row j of B (both [kTile, D] with stride ld), k in order.
+__device__ inline float dot_rows(const float* A, const float* B, int i, int j, int ld, int D) {
+  const float* a = A + i * ld;
+  const float* b = B + j * ld;
+  float s = 0.0f;
+  for (int c = 0; c < D; ++c) s = fmaf(a[c], b[c], s);
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------------
+__global__ void __launch_bounds__(kAttnThreads)
+    attn_fwd_kernel(float* out, float* lse, const float* q, const float* k, const float* v, Dims d) {
+  extern __shared__ float smem[];
+  const int ld = d.ld, D = d.D;
+  float* sQ = smem;
+  float* sK = sQ + kTile * ld;
+  float* sV = sK + kTile * ld;
+  float* sO = sV + kTile * ld;
+  float* sS = sO + kTile * ld;  // [kTile, kLdS]
+  float* sM = sS + kTile * kLdS;
+  float* sL = sM + kTile;
+  float* sA = sL + kTile;
+
+  // The longest rows (last query tiles) first.
+  const int task = blockIdx.x;
+  const int qt = d.ntiles - 1 - task % d.ntiles, bh = task / d.ntiles, h = bh % d.H, b = bh / d.H;
+  const int kvh = h / d.G;
+  const int i0 = qt * kTile, m = d.rows(qt);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+
+  load_tile(sQ, ld, q + d.qoff(b, i0, h), d.ldq, m, D);
+  for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) sO[(idx / D) * ld + idx % D] = 0.0f;
+  for (int i = threadIdx.x; i < kTile; i += blockDim.x) {
+    sM[i] = -INFINITY;
+    sL[i] = 0.0f;
+  }
+
+  for (int kt = 0; kt <= qt; ++kt) {
+    const int j0 = kt * kTile, kn = d.rows(kt);
+    __syncthreads();  // the previous tile's readers of sK, sV, sS are done
+    load_tile(sK, ld, k + d.koff(b, j0, kvh), d.ldk, kn, D);
+    load_tile(sV, ld, v + d.koff(b, j0, kvh), d.ldk, kn, D);
+    __syncthreads();
+    // Scaled, masked scores.
+    for (int idx = threadIdx.x; idx < kTile * kTile; idx += blockDim.x) {
+      const int i = idx / kTile, j = idx % kTile;
+      const bool valid = j < kn && j0 + j <= i0 + i;
+      sS[i * kLdS + j] = valid ? dot_rows(sQ, sK, i, j, ld, D) * d.scale : -INFINITY;
+    }
+    __syncthreads();
+    // Online softmax: warp w takes rows w, w + nwarps, ...; lane j is key j.
+    for (int i = warp; i < kTile; i += nwarps) {
+      const float x = sS[i * kLdS + lane];
+      const float mx = detail::warp_max(x);
+      const float mold = sM[i], mnew = fmaxf(mold, mx);
+      const bool none = mnew == -INFINITY;  // nothing valid yet (only rows past T can get here)
+      const float p = none ? 0.0f : expf(x - mnew);
+      const float alpha = none ? 1.0f : expf(mold - mnew);  // 0 on the first tile (mold = -inf)
+      const float sum = detail::warp_sum(p);
+      sS[i * kLdS + lane] = p;
+      if (lane == 0) {
+        sM[i] = mnew;
+        sL[i] = sL[i] * alpha + sum;
+        sA[i] = alpha;
+      }
+    }
+    __syncthreads();
+    // O = O * alpha + P V
+    for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {
+      const int i = idx / D, c = idx - i * D;
+      float acc = sO[i * ld + c] * sA[i];
+      for (int j = 0; j < kn; ++j) acc = fmaf(sS[i * kLdS + j], sV[j * ld + c], acc);
+      sO[i * ld + c] = acc;
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < m * D; idx += blockDim.x) {
+    const int i = idx / D, c = idx - i * D;
+    out[d.qoff(b, i0 + i, h) + c] = sO[i * ld + c] * (1.0f / sL[i]);
+  }
+  for (int i = threadIdx.x; i < m; i += blockDim.x) lse[d.loff(b, h, i0 + i)] = sM[i] + logf(sL[i]);
+}
+
+// delta[b, h, t] = sum_c dout * out, one thread per (b, t, h) row.
+__global__ void attn_delta_kernel(float* delta, const float* dout, const float* out, Dims d) {
+  const int64_t rows = static_cast<int64_t>(d.B) * d.T * d.H;
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int h = static_cast<int>(r % d.H);
+    const int64_t bt = r / d.H;
+    const int t = static_cast<int>(bt % d.T), b = static_cast<int>(bt / d.T);
+    const float* g = dout + r * d.D;
+    const float* o = out + r * d.D;
+    float s = 0.0f;
+    for (int c = 0; c < d.D; ++c) s = fmaf(g[c], o[c], s);
+    delta[d.loff(b, h, t)] = s;
+  }
+}
+
+// P and dS of one (query tile, key tile) pair into sP, sdS: rows i < m, keys j < kn, causal.
+//   P = exp(S * scale - lse), dS = P * (dP - delta) * scale with dP = dO V^T; 0 where masked.
+__device__ inline void attn_probs_bwd(float* sP, float* sdS, const float* sQ, const float* sdO, const float* sK,
+                                      const float* sV, const float* sLse, const float* sDelta, int i0, int m, int j0,
+                                      int kn, int ld, int D, float scale) {
+  for (int idx = threadIdx.x; idx < kTile * kTile; idx += blockDim.x) {
+    const int i = idx / kTile, j = idx % kTile;
+    float p = 0.0f, ds = 0.0f;
+    if (i < m && j < kn && j0 + j <= i0 + i) {
+      const float s = dot_rows(sQ, sK, i, j, ld, D);
+      const float dp = dot_rows(sdO, sV, i, j, ld, D);
+      p = expf(s * scale - sLse[i]);
+      ds = p * (dp - sDelta[i]) * scale;
+    }
+    sP[i * kLdS + j] = p;
+    sdS[i * kLdS + j] = ds;
+  }
+}
+
+__global__ void __launch_bounds__(kAttnThreads)
+    attn_bwd_dq_kernel(float* dq, const float* dout, const float* q, const float* k, const float* v,
+                       const float* lse, const float* delta, Dims d) {
+  extern __shared__ float smem[];
+  const int ld = d.ld, D = d.D;
+  float* sQ = smem;
+  float* sdO = sQ + kTile * ld;
+  float* sK = sdO + kTile * ld;
+  float* sV = sK + kTile * ld;
+  float* sdQ = sV + kTile * ld;
+  float* sP = sdQ + kTile * ld;
+  float* sdS = sP + kTile * kLdS;
+  float* sLse = sdS + kTile * kLdS;
+  float* sDelta = sLse + kTile;
+
+  const int task = blockIdx.x;
+  const int qt = d.ntiles - 1 - task % d.ntiles, bh = task / d.ntiles, h = bh % d.H, b = bh / d.H;
+  const int kvh = h / d.G;
+  const int i0 = qt * kTile, m = d.rows(qt);
+
+  load_tile(sQ, ld, q + d.qoff(b, i0, h), d.ldq, m, D);
+  load_tile(sdO, ld, dout + d.qoff(b, i0, h), d.ldq, m, D);
+  for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) sdQ[(idx / D) * ld + idx % D] = 0.0f;
+  for (int i = threadIdx.x; i < kTile; i += blockDim.x) {
+    sLse[i] = i < m ? lse[d.loff(b, h, i0 + i)] : 0.0f;
+    sDelta[i] = i < m ? delta[d.loff(b, h, i0 + i)] : 0.0f;
+  }
+  for (int kt = 0; kt <= qt; ++kt) {
+    const int j0 = kt * kTile, kn = d.rows(kt);
+    __syncthreads();
+    load_tile(sK, ld, k + d.koff(b, j0, kvh), d.ldk, kn, D);
+    load_tile(sV, ld, v + d.koff(b, j0, kvh), d.ldk, kn, D);
+    __syncthreads();
+    attn_probs_bwd(sP, sdS, sQ, sdO, sK, sV, sLse, sDelta, i0, m, j0, kn, ld, D, d.scale);
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {  // dQ += dS K
+      const int i = idx / D, c = idx - i * D;
+      float acc = sdQ[i * ld + c];
+      for (int j = 0; j < kn; ++j) acc = fmaf(sdS[i * kLdS + j], sK[j * ld + c], acc);
+      sdQ[i * ld + c] = acc;
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < m * D; idx += blockDim.x) {
+    const int i = idx / D, c = idx - i * D;
+    dq[d.qoff(b, i0 + i, h) + c] += sdQ[i * ld + c];
+  }
+}
+
+__global__ void __launch_bounds__(kAttnThreads)
+    attn_bwd_dkv_kernel(float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v,
+                        const float* lse, const float* delta, Dims d) {
+  extern __shared__ float smem[];
+  const int ld = d.ld, D = d.D;
+  float* sK = smem;
+  float* sV = sK + kTile * ld;
+  float* sQ = sV + kTile * ld;
+  float* sdO = sQ + kTile * ld;
+  float* sdK = sdO + kTile * ld;
+  float* sdV = sdK + kTile * ld;
+  float* sP = sdV + kTile * ld;
+  float* sdS = sP + kTile * kLdS;
+  float* sLse = sdS + kTile * kLdS;
+  float* sDelta = sLse + kTile;
+
+  // The first key tiles see the most query tiles: they go first.
+  const int task = blockIdx.x;
+  const int kt = task % d.ntiles, bk = task / d.ntiles, kvh = bk % d.KV, b = bk / d.KV;
+  const int j0 = kt * kTile, kn = d.rows(kt);
+
+  load_tile(sK, ld, k + d.koff(b, j0, kvh), d.ldk, kn, D);
+  load_tile(sV, ld, v + d.koff(b, j0, kvh), d.ldk, kn, D);
+  for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {
+    sdK[(idx / D) * ld + idx % D] = 0.0f;
+    sdV[(idx / D) * ld + idx % D] = 0.0f;
+  }
+  for (int g = 0; g < d.G; ++g) {
+    const int h = kvh * d.G + g;
+    for (int qt = kt; qt < d.ntiles; ++qt) {
+      const int i0 = qt * kTile, m = d.rows(qt);
+      __syncthreads();  // readers of sQ, sdO, sP, sdS, sLse, sDelta from the previous step are done
+      load_tile(sQ, ld, q + d.qoff(b, i0, h), d.ldq, m, D);
+      load_tile(sdO, ld, dout + d.qoff(b, i0, h), d.ldq, m, D);
+      for (int i = threadIdx.x; i < kTile; i += blockDim.x) {
+        sLse[i] = i < m ? lse[d.loff(b, h, i0 + i)] : 0.0f;
+        sDelta[i] = i < m ? delta[d.loff(b, h, i0 + i)] : 0.0f;
+      }
+      __syncthreads();
+      attn_probs_bwd(sP, sdS, sQ, sdO, sK, sV, sLse, sDelta, i0, m, j0, kn, ld, D, d.scale);
+      __syncthreads();
+      for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {  // dV += P^T dO ; dK += dS^T Q
+        const int j = idx / D, c = idx - j * D;
+        float av = sdV[j * ld + c], ak = sdK[j * ld + c];
+        for (int i = 0; i < m; ++i) {
+          av = fmaf(sP[i * kLdS + j], sdO[i * ld + c], av);
+          ak = fmaf(sdS[i * kLdS + j], sQ[i * ld + c], ak);
+        }
+        sdV[j * ld + c] = av;
+        sdK[j * ld + c] = ak;
+      }
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < kn * D; idx += blockDim.x) {
+    const int j = idx / D, c = idx - j * D;
+    const int64_t o = d.koff(b, j0 + j, kvh) + c;
+    dk[o] += sdK[j * ld + c];
+    dv[o] += sdV[j * ld + c];
+  }
+}
+
+// Dynamic shared memory: `tiles` [kTile, D+1] tiles, `scores` [kTile, kTile+1] tiles, `vecs` [kTile] vectors.
+size_t smem_bytes(int D, int tiles, int scores, int vecs) {
+  return sizeof(float) * (static_cast<size_t>(tiles) * kTile * (D + 1) + static_cast<size_t>(scores) * kTile * kLdS +
+                          static_cast<size_t>(vecs) * kTile);
+}
+
+// Opts the kernel in to `bytes` of dynamic shared memory; throws if the device has less.
+template <class Kernel>
+void prepare_smem(Kernel kernel, size_t bytes, const char* name, int D) {
+  int dev = 0, optin = 0;
+  ONESTEP_CUDA_CHECK(cudaGetDevice(&dev));
+  ONESTEP_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (bytes > static_cast<size_t>(optin))
+    throw std::runtime_error(std::string(name) + ": head dim " + std::to_string(D) + " needs " +
+                             std::to_string(bytes) + " bytes of shared memory per block, the device offers " +
+                             std::to_string(optin));
+  ONESTEP_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+void check_dims(int H, int KV, const char* name) {
+  if (KV <= 0 || H % KV != 0)
+    throw std::runtime_error(std::string(name) + ": H must be a positive multiple of KV");
+}
+
+}  // namespace
+
+void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, int B, int T, int H,
+                       int KV, int D, cudaStream_t stream) {
+  if (B <= 0 || T <= 0 || H <= 0 || D <= 0) return;
+  check_dims(H, KV, "attention_forward");
+  const Dims d = make_dims(B, T, H, KV, D);
+  const size_t smem = smem_bytes(D, 4, 1, 3);
+  prepare_smem(attn_fwd_kernel, smem, "attention_forward", D);
+  const int64_t blocks = static_cast<int64_t>(B) * H * d.ntiles;
+  attn_fwd_kernel<<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(out, lse, q, k, v, d);
+  ONESTEP_CUDA_LAUNCHED("attention_forward");
+}
+
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                        const float* v, const float* out, const float* lse, int B, int T, int H, int KV, int D,
+                        cudaStream_t stream) {
+  if (B <= 0 || T <= 0 || H <= 0 || D <= 0) return;
+  check_dims(H, KV, "attention_backward");
+  const Dims d = make_dims(B, T, H, KV, D);
+  const size_t smem_dq = smem_bytes(D, 5, 2, 2), smem_dkv = smem_bytes(D, 6, 2, 2);
+  prepare_smem(attn_bwd_dq_kernel, smem_dq, "attention_backward", D);
+  prepare_smem(attn_bwd_dkv_kernel, smem_dkv, "attention_backward", D);
+
+  const int64_t rows = static_cast<int64_t>(B) * T * H;
+  detail::Scratch delta(sizeof(float) * static_cast<size_t>(rows), stream);
+  attn_delta_kernel<<<detail::grid_for(rows), detail::kThreads, 0, stream>>>(delta.as<float>(), dout, out, d);
+  ONESTEP_CUDA_LAUNCHED("attention_backward(delta)");
+
+  const int64_t nq = static_cast<int64_t>(B) * H * d.ntiles, nk = static_cast<int64_t>(B) * KV * d.ntiles;
+  attn_bwd_dq_kernel<<<static_cast<unsigned>(nq), kAttnThreads, smem_dq, stream>>>(dq, dout, q, k, v, lse,
+                                                                                   delta.as<float>(), d);
+  ONESTEP_CUDA_LAUNCHED("attention_backward(dq)");
+  attn_bwd_dkv_kernel<<<static_cast<unsigned>(nk), kAttnThreads, smem_dkv, stream>>>(dk, dv, dout, q, k, v, lse,
+                                                                                     delta.as<float>(), d);
+  ONESTEP_CUDA_LAUNCHED("attention_backward(dkv)");
+}
+
+}  // namespace onestep::cuda

@@ -1,0 +1,119 @@
+// Private to src/kernels/cuda: error checks, launch sizes, deterministic reductions, stream-ordered scratch.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace onestep::cuda::detail {
+
+[[noreturn]] inline void fail(cudaError_t e, const char* what, const char* file, int line) {
+  throw std::runtime_error(std::string("CUDA error in ") + what + " (" + file + ":" + std::to_string(line) +
+                           "): " + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+}
+inline void check(cudaError_t e, const char* what, const char* file, int line) {
+  if (e != cudaSuccess) fail(e, what, file, line);
+}
+#define ONESTEP_CUDA_CHECK(expr) ::onestep::cuda::detail::check((expr), #expr, __FILE__, __LINE__)
+// After a <<<...>>> launch: reports launch-configuration errors (asynchronous faults surface later).
+#define ONESTEP_CUDA_LAUNCHED(name) ::onestep::cuda::detail::check(cudaGetLastError(), name, __FILE__, __LINE__)
+
+inline constexpr int kThreads = 256;
+
+// Blocks for a grid-stride loop over n elements: a function of n only (never of the device), capped.
+inline unsigned grid_for(int64_t n, int threads = kThreads, int64_t max_blocks = 4096) {
+  int64_t b = (n + threads - 1) / threads;
+  if (b < 1) b = 1;
+  if (b > max_blocks) b = max_blocks;
+  return static_cast<unsigned>(b);
+}
+
+// Fixed-order reductions: a butterfly within each warp, then warp 0 combines the warp results in order.
+// The result (returned to every thread) depends only on blockDim, never on timing.
+template <class T>
+__device__ inline T warp_sum(T x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ inline float warp_max(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+// blockDim.x must be a multiple of 32 and at most 1024. All threads must call it.
+template <class T>
+__device__ inline T block_sum(T x) {
+  __shared__ T part[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  x = warp_sum(x);
+  __syncthreads();  // part[] may still be read by a previous call
+  if (lane == 0) part[warp] = x;
+  __syncthreads();
+  T y = lane < nwarps ? part[lane] : T(0);
+  if (warp == 0) y = warp_sum(y);
+  if (threadIdx.x == 0) part[0] = y;
+  __syncthreads();
+  return part[0];
+}
+
+// Online softmax state (max m, sum s of exp(x - m)); combine is exact up to rounding and safe for -inf.
+struct MaxSum {
+  float m, s;
+};
+__device__ inline MaxSum ms_combine(MaxSum a, MaxSum b) {
+  const float mn = fmaxf(a.m, b.m);
+  if (mn == -INFINITY) return {mn, 0.0f};
+  return {mn, a.s * expf(a.m - mn) + b.s * expf(b.m - mn)};
+}
+__device__ inline MaxSum warp_maxsum(MaxSum v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    MaxSum w{__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)};
+    v = ms_combine(v, w);
+  }
+  return v;
+}
+__device__ inline MaxSum block_maxsum(MaxSum v) {
+  __shared__ float pm[32], ps[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  v = warp_maxsum(v);
+  __syncthreads();
+  if (lane == 0) {
+    pm[warp] = v.m;
+    ps[warp] = v.s;
+  }
+  __syncthreads();
+  MaxSum w = lane < nwarps ? MaxSum{pm[lane], ps[lane]} : MaxSum{-INFINITY, 0.0f};
+  if (warp == 0) w = warp_maxsum(w);
+  if (threadIdx.x == 0) {
+    pm[0] = w.m;
+    ps[0] = w.s;
+  }
+  __syncthreads();
+  return {pm[0], ps[0]};
+}
+
+// Stream-ordered scratch memory (cudaMallocAsync / cudaFreeAsync on the same stream).
+class Scratch {
+ public:
+  Scratch(size_t bytes, cudaStream_t s) : stream_(s) {
+    if (bytes > 0) ONESTEP_CUDA_CHECK(cudaMallocAsync(&p_, bytes, s));
+  }
+  ~Scratch() {
+    if (p_) cudaFreeAsync(p_, stream_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(p_);
+  }
+
+ private:
+  void* p_ = nullptr;
+  cudaStream_t stream_;
+};
+
+}  // namespace onestep::cuda::detail

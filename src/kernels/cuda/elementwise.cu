@@ -1,0 +1,75 @@
+// Element-wise helpers. sum_squares is a deterministic two-pass reduction: a grid fixed by n alone writes
+// one double partial per block (fixed-order block reduction), then one block sums the partials.
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops_cuda.h"
+
+namespace onestep::cuda {
+
+namespace {
+constexpr int64_t kMaxPartials = 1024;
+constexpr int kFinalThreads = 1024;
+
+__global__ void add_kernel(float* y, const float* x, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] += x[i];
+}
+
+__global__ void scale_kernel(float* y, float s, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] *= s;
+}
+
+__global__ void sumsq_partial_kernel(double* partial, const float* x, int64_t n) {
+  double acc = 0.0;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const double v = x[i];
+    acc = fma(v, v, acc);
+  }
+  acc = detail::block_sum(acc);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+__global__ void sumsq_final_kernel(double* result, const double* partial, int nparts) {
+  double acc = 0.0;
+  for (int i = threadIdx.x; i < nparts; i += blockDim.x) acc += partial[i];
+  acc = detail::block_sum(acc);
+  if (threadIdx.x == 0) *result = acc;
+}
+}  // namespace
+
+void add_inplace(float* y, const float* x, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  add_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(y, x, n);
+  ONESTEP_CUDA_LAUNCHED("add_inplace");
+}
+
+void scale_inplace(float* y, float s, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  scale_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(y, s, n);
+  ONESTEP_CUDA_LAUNCHED("scale_inplace");
+}
+
+double sum_squares(const float* x, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return 0.0;
+  const unsigned nparts = detail::grid_for(n, detail::kThreads, kMaxPartials);
+  detail::Scratch partial(sizeof(double) * (nparts + 1), stream);  // partials, then the result
+  double* p = partial.as<double>();
+  sumsq_partial_kernel<<<nparts, detail::kThreads, 0, stream>>>(p, x, n);
+  ONESTEP_CUDA_LAUNCHED("sum_squares(partial)");
+  sumsq_final_kernel<<<1, kFinalThreads, 0, stream>>>(p + nparts, p, static_cast<int>(nparts));
+  ONESTEP_CUDA_LAUNCHED("sum_squares(final)");
+  double host = 0.0;
+  ONESTEP_CUDA_CHECK(cudaMemcpyAsync(&host, p + nparts, sizeof(double), cudaMemcpyDeviceToHost, stream));
+  ONESTEP_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return host;
+}
+
+void fill_zero(float* y, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  ONESTEP_CUDA_CHECK(cudaMemsetAsync(y, 0, sizeof(float) * static_cast<size_t>(n), stream));
+}
+
+}  // namespace onestep::cuda

@@ -1,0 +1,109 @@
+// CUDA training kernels: the counterparts of src/kernels/cpu/ops.h, fp32, row-major, same shapes and
+// conventions, but every pointer is a DEVICE pointer and each call takes the stream it is queued on.
+//
+//  - Weight matrices use the Hugging Face layout [out_features, in_features].
+//  - Every backward ACCUMULATES (+=) into its gradient outputs; cross_entropy_backward OVERWRITES
+//    dlogits, which may alias logits (the fused classifier).
+//  - Calls are asynchronous on `stream` except those that return a host value (cross_entropy_forward,
+//    sum_squares): they synchronise the stream.
+//  - Determinism: every kernel sums in a fixed order for given shapes (cuBLAS: for a given GPU and
+//    library version), EXCEPT embedding_backward, which scatters with float atomicAdd: repeated tokens
+//    are summed in an unspecified order, so dwte may differ in the last bits from run to run.
+//  - Errors (CUDA or cuBLAS) throw std::runtime_error.
+// This header is plain C++17 (it is included by host-only .cpp files compiled by the C++ compiler).
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace onestep::cuda {
+
+// True when the CUDA runtime loads and sees at least one device. Never throws.
+bool cuda_device_available();
+
+// out[N,OC] = inp[N,C] @ w[OC,C]^T            (cuBLAS sgemm, fp32, no TF32)
+void matmul_forward(float* out, const float* inp, const float* w, int N, int C, int OC, cudaStream_t stream = 0);
+// dinp[N,C] += dout @ w ; dw[OC,C] += dout^T @ inp. Either output may be null (skipped).
+void matmul_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w, int N, int C,
+                     int OC, cudaStream_t stream = 0);
+
+// out[N,C] = wte[tokens[n], :]
+void embedding_forward(float* out, const int32_t* tokens, const float* wte, int N, int C, cudaStream_t stream = 0);
+// dwte[tokens[n], :] += dout[n, :]   (float atomics: NOT deterministic for repeated tokens)
+void embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int N, int C,
+                        cudaStream_t stream = 0);
+
+// out = x * rstd * w, rstd[n] = 1 / sqrt(mean(x[n]^2) + eps); rstd may be null.
+void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int N, int C, float eps,
+                     cudaStream_t stream = 0);
+// dx and dw may each be null.
+void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w, const float* rstd,
+                      int N, int C, cudaStream_t stream = 0);
+
+// Rotary embedding, Hugging Face "rotate_half" convention (see ops.h); x is [B,T,H,D]; out may equal x.
+// The cos/sin table is computed on the host in double exactly as the CPU kernel does and cached on the
+// device per (device, T, D, theta).
+void rope_forward(float* out, const float* x, int B, int T, int H, int D, float theta, cudaStream_t stream = 0);
+// dx += R(-angle) dout ; dx may not alias dout.
+void rope_backward(float* dx, const float* dout, int B, int T, int H, int D, float theta, cudaStream_t stream = 0);
+
+// Causal grouped-query attention, fused (flash-attention style): one block per (batch, head, query tile)
+// streams the key tiles with an online softmax; no T x T matrix exists in global memory.
+// q [B,T,H,D], k and v [B,T,KV,D] (head h uses kv head h / (H/KV)), out [B,T,H,D], lse [B,H,T].
+// Scale = 1/sqrt(D). Throws if D needs more shared memory than the device offers (D <= 128 fits sm_80+).
+void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, int B, int T,
+                       int H, int KV, int D, cudaStream_t stream = 0);
+// Recomputes the probabilities from q, k and lse; dq in one kernel (per query tile), dk/dv in another (per
+// kv head and key tile, the heads of its group summed in order): deterministic, no atomics.
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                        const float* v, const float* out, const float* lse, int B, int T, int H, int KV, int D,
+                        cudaStream_t stream = 0);
+
+// out[N,F] = silu(gate) * up
+void swiglu_forward(float* out, const float* gate, const float* up, int N, int F, cudaStream_t stream = 0);
+// dgate and dup may each be null.
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int N, int F,
+                     cudaStream_t stream = 0);
+
+// losses[n] = logsumexp(logits[n]) - logits[n, targets[n]] (losses may be null). Returns the mean over the
+// targets >= 0 (double accumulation, fixed order); synchronises the stream.
+double cross_entropy_forward(float* losses, const float* logits, const int32_t* targets, int N, int V,
+                             cudaStream_t stream = 0);
+// dlogits[n] = (softmax(logits[n]) - onehot(targets[n])) * scale, OVERWRITTEN; may alias logits.
+void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets, int N, int V, float scale,
+                            cudaStream_t stream = 0);
+
+// Element-wise helpers.
+void add_inplace(float* y, const float* x, int64_t n, cudaStream_t stream = 0);  // y += x
+void scale_inplace(float* y, float s, int64_t n, cudaStream_t stream = 0);       // y *= s
+// sum x^2 in double: fixed grid for a given n, then one block sums the partials in order (deterministic).
+// Synchronises the stream.
+double sum_squares(const float* x, int64_t n, cudaStream_t stream = 0);
+void fill_zero(float* y, int64_t n, cudaStream_t stream = 0);
+
+// ---- Optimizer element-wise updates ----------------------------------------------------------------
+
+// The float scalars of one AdamW step, derived in double on the host exactly as AdamWGroup::update does
+// (src/optim/adamw.cpp), so that the device update matches the CPU one.
+struct AdamWScalars {
+  float lr, beta1, one_minus_beta1, beta2, one_minus_beta2, inv_bc1, inv_bc2, eps, weight_decay;
+};
+// lr already includes the schedule's scale; t >= 1 is the step count; weight_decay is the parameter's
+// own (0 for the parameters that do not decay).
+inline AdamWScalars adamw_scalars(double lr, double beta1, double beta2, double eps, double weight_decay,
+                                  int64_t t) {
+  const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(t));
+  const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(t));
+  return AdamWScalars{static_cast<float>(lr),          static_cast<float>(beta1),
+                      static_cast<float>(1.0 - beta1), static_cast<float>(beta2),
+                      static_cast<float>(1.0 - beta2), static_cast<float>(1.0 / bc1),
+                      static_cast<float>(1.0 / bc2),   static_cast<float>(eps),
+                      static_cast<float>(weight_decay)};
+}
+// m = b1 m + (1-b1) g ; v = b2 v + (1-b2) g^2 (both updated in place) ;
+// u = lr * ((m inv_bc1) / (sqrt(v inv_bc2) + eps) + wd x). u is OVERWRITTEN (the optimizer's update).
+void adamw_update(float* u, const float* x, const float* g, float* m, float* v, int64_t n, const AdamWScalars& s,
+                  cudaStream_t stream = 0);
+
+}  // namespace onestep::cuda
