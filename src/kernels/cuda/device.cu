@@ -9,7 +9,7 @@ bool cuda_device_available() {
     int n = 0;
     const cudaError_t e = cudaGetDeviceCount(&n);  // fails cleanly without a driver or a device
     if (e != cudaSuccess) {
-      cudaGetLastError();  // clear the sticky-free error state for later calls
+      cudaGetLastError();  // clear it, so that no later call reports it
       return false;
     }
     return n > 0;

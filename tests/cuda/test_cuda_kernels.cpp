@@ -1,0 +1,386 @@
+// Every CUDA kernel against its CPU counterpart (onestep::cpu) on random inputs, fp32. Backward
+// gradients start from random values, so the += accumulation is checked too. Without a GPU every
+// test skips with an explicit message.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/ops_cuda.h"
+
+namespace {
+
+namespace cpu = onestep::cpu;
+namespace gpu = onestep::cuda;
+
+#define REQUIRE_GPU()                                   \
+  if (!onestep::cuda::cuda_device_available()) GTEST_SKIP() \
+      << "no CUDA device: test skipped (needs an NVIDIA GPU)"
+
+void cuda_ok(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+// A device copy of a host vector; host() synchronises and copies back.
+template <class T>
+class Dev {
+ public:
+  explicit Dev(size_t n) : n_(n) {
+    cuda_ok(cudaMalloc(reinterpret_cast<void**>(&p_), sizeof(T) * std::max<size_t>(n, 1)), "cudaMalloc");
+    cuda_ok(cudaMemset(p_, 0, sizeof(T) * std::max<size_t>(n, 1)), "cudaMemset");
+  }
+  explicit Dev(const std::vector<T>& h) : Dev(h.size()) { upload(h); }
+  ~Dev() { cudaFree(p_); }
+  Dev(const Dev&) = delete;
+  Dev& operator=(const Dev&) = delete;
+  void upload(const std::vector<T>& h) {
+    cuda_ok(cudaMemcpy(p_, h.data(), sizeof(T) * h.size(), cudaMemcpyHostToDevice), "upload");
+  }
+  std::vector<T> host() const {
+    cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+    std::vector<T> h(n_);
+    cuda_ok(cudaMemcpy(h.data(), p_, sizeof(T) * n_, cudaMemcpyDeviceToHost), "download");
+    return h;
+  }
+  T* get() const { return p_; }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_;
+};
+
+std::vector<float> randn(size_t n, std::mt19937& rng, float stddev = 1.0f) {
+  std::normal_distribution<float> d(0.0f, stddev);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// |got - want| <= rtol * |want| + atol_rel * max|want|, element-wise.
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, double rtol, double atol_rel,
+                  const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double scale = 1e-30;
+  for (float w : want) scale = std::max(scale, static_cast<double>(std::fabs(w)));
+  int bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
+    if (!(err <= rtol * std::fabs(want[i]) + atol_rel * scale)) {
+      if (++bad <= 5)
+        ADD_FAILURE() << what << "[" << i << "]: gpu " << got[i] << " cpu " << want[i] << " (err " << err
+                      << ", scale " << scale << ")";
+    }
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size() << " elements out of tolerance";
+}
+
+void expect_bitwise_equal(const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), sizeof(float) * a.size()), 0) << what << ": not bit-identical";
+}
+
+constexpr double kTol = 1e-4;      // fp32 kernels: relative tolerance
+constexpr double kAtol = 1e-5;     // ... plus this fraction of the largest magnitude
+constexpr double kAttnTol = 1e-3;  // attention (longer reduction chains, exp of recomputed scores)
+constexpr double kAttnAtol = 1e-4;
+
+// ---------------------------------------------------------------------------------------------------
+TEST(CudaKernels, Matmul) {
+  REQUIRE_GPU();
+  std::mt19937 rng(1);
+  struct S {
+    int N, C, OC;
+  };
+  for (const S s : {S{1, 1, 1}, S{37, 64, 50}, S{128, 256, 96}, S{67, 129, 33}}) {
+    const std::string tag = " N=" + std::to_string(s.N) + " C=" + std::to_string(s.C) + " OC=" + std::to_string(s.OC);
+    const auto inp = randn(static_cast<size_t>(s.N) * s.C, rng), w = randn(static_cast<size_t>(s.OC) * s.C, rng);
+    const auto dout = randn(static_cast<size_t>(s.N) * s.OC, rng);
+    const auto dinp0 = randn(inp.size(), rng), dw0 = randn(w.size(), rng);
+    std::vector<float> out(static_cast<size_t>(s.N) * s.OC), dinp = dinp0, dw = dw0;
+    cpu::matmul_forward(out.data(), inp.data(), w.data(), s.N, s.C, s.OC);
+    cpu::matmul_backward(dinp.data(), dw.data(), dout.data(), inp.data(), w.data(), s.N, s.C, s.OC);
+
+    Dev<float> d_inp(inp), d_w(w), d_dout(dout), d_out(out.size()), d_dinp(dinp0), d_dw(dw0);
+    gpu::matmul_forward(d_out.get(), d_inp.get(), d_w.get(), s.N, s.C, s.OC);
+    gpu::matmul_backward(d_dinp.get(), d_dw.get(), d_dout.get(), d_inp.get(), d_w.get(), s.N, s.C, s.OC);
+    expect_close(d_out.host(), out, kTol, kAtol, "matmul out" + tag);
+    expect_close(d_dinp.host(), dinp, kTol, kAtol, "matmul dinp" + tag);
+    expect_close(d_dw.host(), dw, kTol, kAtol, "matmul dw" + tag);
+
+    // One output at a time (the other null).
+    Dev<float> d_dinp2(dinp0), d_dw2(dw0);
+    gpu::matmul_backward(d_dinp2.get(), nullptr, d_dout.get(), d_inp.get(), d_w.get(), s.N, s.C, s.OC);
+    gpu::matmul_backward(nullptr, d_dw2.get(), d_dout.get(), d_inp.get(), d_w.get(), s.N, s.C, s.OC);
+    expect_close(d_dinp2.host(), dinp, kTol, kAtol, "matmul dinp only" + tag);
+    expect_close(d_dw2.host(), dw, kTol, kAtol, "matmul dw only" + tag);
+  }
+  // Empty reduction: zeros.
+  Dev<float> d_out(std::vector<float>(12, 7.0f)), d_x(1), d_w(1);
+  gpu::matmul_forward(d_out.get(), d_x.get(), d_w.get(), 3, 0, 4);
+  expect_close(d_out.host(), std::vector<float>(12, 0.0f), 0.0, 0.0, "matmul C=0");
+}
+
+TEST(CudaKernels, Embedding) {
+  REQUIRE_GPU();
+  std::mt19937 rng(2);
+  const int V = 50, N = 300, C = 70;  // N > V: many repeated tokens
+  std::uniform_int_distribution<int32_t> tok(0, V - 1);
+  std::vector<int32_t> tokens(N);
+  for (auto& t : tokens) t = tok(rng);
+  const auto wte = randn(static_cast<size_t>(V) * C, rng), dout = randn(static_cast<size_t>(N) * C, rng);
+  const auto dwte0 = randn(wte.size(), rng);
+  std::vector<float> out(static_cast<size_t>(N) * C), dwte = dwte0;
+  cpu::embedding_forward(out.data(), tokens.data(), wte.data(), N, C);
+  cpu::embedding_backward(dwte.data(), dout.data(), tokens.data(), N, C);
+
+  Dev<int32_t> d_tok(tokens);
+  Dev<float> d_wte(wte), d_dout(dout), d_out(out.size()), d_dwte(dwte0);
+  gpu::embedding_forward(d_out.get(), d_tok.get(), d_wte.get(), N, C);
+  gpu::embedding_backward(d_dwte.get(), d_dout.get(), d_tok.get(), N, C);
+  expect_close(d_out.host(), out, 0.0, 0.0, "embedding out (a copy: exact)");
+  expect_close(d_dwte.host(), dwte, kTol, kAtol, "embedding dwte (atomics: order may differ)");
+}
+
+TEST(CudaKernels, RMSNorm) {
+  REQUIRE_GPU();
+  std::mt19937 rng(3);
+  struct S {
+    int N, C;
+  };
+  for (const S s : {S{1, 8}, S{33, 300}, S{200, 768}, S{5, 1000}}) {
+    const std::string tag = " N=" + std::to_string(s.N) + " C=" + std::to_string(s.C);
+    const float eps = 1e-5f;
+    const auto x = randn(static_cast<size_t>(s.N) * s.C, rng), w = randn(s.C, rng, 0.5f);
+    const auto dout = randn(x.size(), rng), dx0 = randn(x.size(), rng), dw0 = randn(w.size(), rng);
+    std::vector<float> out(x.size()), rstd(s.N), dx = dx0, dw = dw0;
+    cpu::rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), s.N, s.C, eps);
+    cpu::rmsnorm_backward(dx.data(), dw.data(), dout.data(), x.data(), w.data(), rstd.data(), s.N, s.C);
+
+    Dev<float> d_x(x), d_w(w), d_dout(dout), d_out(out.size()), d_rstd(s.N), d_dx(dx0), d_dw(dw0);
+    gpu::rmsnorm_forward(d_out.get(), d_rstd.get(), d_x.get(), d_w.get(), s.N, s.C, eps);
+    gpu::rmsnorm_backward(d_dx.get(), d_dw.get(), d_dout.get(), d_x.get(), d_w.get(), d_rstd.get(), s.N, s.C);
+    expect_close(d_out.host(), out, kTol, kAtol, "rmsnorm out" + tag);
+    expect_close(d_rstd.host(), rstd, kTol, 0.0, "rmsnorm rstd" + tag);
+    expect_close(d_dx.host(), dx, kTol, kAtol, "rmsnorm dx" + tag);
+    expect_close(d_dw.host(), dw, kTol, kAtol, "rmsnorm dw" + tag);
+
+    // Null rstd in the forward; one gradient at a time in the backward.
+    Dev<float> d_out2(out.size()), d_dx2(dx0), d_dw2(dw0);
+    gpu::rmsnorm_forward(d_out2.get(), nullptr, d_x.get(), d_w.get(), s.N, s.C, eps);
+    gpu::rmsnorm_backward(d_dx2.get(), nullptr, d_dout.get(), d_x.get(), d_w.get(), d_rstd.get(), s.N, s.C);
+    gpu::rmsnorm_backward(nullptr, d_dw2.get(), d_dout.get(), d_x.get(), d_w.get(), d_rstd.get(), s.N, s.C);
+    expect_close(d_out2.host(), out, kTol, kAtol, "rmsnorm out (rstd null)" + tag);
+    expect_close(d_dx2.host(), dx, kTol, kAtol, "rmsnorm dx only" + tag);
+    expect_close(d_dw2.host(), dw, kTol, kAtol, "rmsnorm dw only" + tag);
+  }
+}
+
+TEST(CudaKernels, RoPE) {
+  REQUIRE_GPU();
+  std::mt19937 rng(4);
+  struct S {
+    int B, T, H, D;
+    float theta;
+  };
+  for (const S s : {S{2, 17, 3, 32, 10000.0f}, S{1, 100, 2, 64, 500000.0f}, S{3, 5, 4, 6, 10000.0f}}) {
+    const std::string tag = " T=" + std::to_string(s.T) + " D=" + std::to_string(s.D);
+    const size_t n = static_cast<size_t>(s.B) * s.T * s.H * s.D;
+    const auto x = randn(n, rng), dout = randn(n, rng), dx0 = randn(n, rng);
+    std::vector<float> out(n), dx = dx0;
+    cpu::rope_forward(out.data(), x.data(), s.B, s.T, s.H, s.D, s.theta);
+    cpu::rope_backward(dx.data(), dout.data(), s.B, s.T, s.H, s.D, s.theta);
+
+    Dev<float> d_x(x), d_out(n), d_dout(dout), d_dx(dx0);
+    gpu::rope_forward(d_out.get(), d_x.get(), s.B, s.T, s.H, s.D, s.theta);
+    gpu::rope_backward(d_dx.get(), d_dout.get(), s.B, s.T, s.H, s.D, s.theta);
+    expect_close(d_out.host(), out, kTol, kAtol, "rope out" + tag);
+    expect_close(d_dx.host(), dx, kTol, kAtol, "rope dx" + tag);
+    gpu::rope_forward(d_x.get(), d_x.get(), s.B, s.T, s.H, s.D, s.theta);  // in place
+    expect_close(d_x.host(), out, kTol, kAtol, "rope in place" + tag);
+  }
+}
+
+struct AttnShape {
+  int B, T, H, KV, D;
+  size_t qn() const { return static_cast<size_t>(B) * T * H * D; }
+  size_t kn() const { return static_cast<size_t>(B) * T * KV * D; }
+  std::string tag() const {
+    return " B=" + std::to_string(B) + " T=" + std::to_string(T) + " H=" + std::to_string(H) +
+           " KV=" + std::to_string(KV) + " D=" + std::to_string(D);
+  }
+};
+
+TEST(CudaKernels, Attention) {
+  REQUIRE_GPU();
+  std::mt19937 rng(5);
+  // T around and across the 32-row tile, GQA groups, head dims that are and are not multiples of 32.
+  for (const AttnShape s : {AttnShape{1, 1, 1, 1, 16}, AttnShape{2, 33, 4, 2, 32}, AttnShape{1, 100, 4, 1, 64},
+                            AttnShape{2, 64, 2, 2, 128}, AttnShape{2, 70, 6, 3, 48}, AttnShape{1, 257, 2, 1, 64}}) {
+    const auto q = randn(s.qn(), rng), k = randn(s.kn(), rng), v = randn(s.kn(), rng);
+    const auto dout = randn(s.qn(), rng);
+    const auto dq0 = randn(s.qn(), rng), dk0 = randn(s.kn(), rng), dv0 = randn(s.kn(), rng);
+    const size_t ln = static_cast<size_t>(s.B) * s.H * s.T;
+    std::vector<float> out(s.qn()), lse(ln), dq = dq0, dk = dk0, dv = dv0;
+    cpu::attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.KV, s.D);
+    cpu::attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), out.data(),
+                            lse.data(), s.B, s.T, s.H, s.KV, s.D);
+
+    Dev<float> d_q(q), d_k(k), d_v(v), d_dout(dout), d_out(s.qn()), d_lse(ln), d_dq(dq0), d_dk(dk0), d_dv(dv0);
+    gpu::attention_forward(d_out.get(), d_lse.get(), d_q.get(), d_k.get(), d_v.get(), s.B, s.T, s.H, s.KV, s.D);
+    const auto g_out = d_out.host();
+    expect_close(g_out, out, kAttnTol, kAttnAtol, "attention out" + s.tag());
+    expect_close(d_lse.host(), lse, kAttnTol, kAttnAtol, "attention lse" + s.tag());
+    gpu::attention_backward(d_dq.get(), d_dk.get(), d_dv.get(), d_dout.get(), d_q.get(), d_k.get(), d_v.get(),
+                            d_out.get(), d_lse.get(), s.B, s.T, s.H, s.KV, s.D);
+    const auto g_dq = d_dq.host(), g_dk = d_dk.host(), g_dv = d_dv.host();
+    expect_close(g_dq, dq, kAttnTol, kAttnAtol, "attention dq" + s.tag());
+    expect_close(g_dk, dk, kAttnTol, kAttnAtol, "attention dk" + s.tag());
+    expect_close(g_dv, dv, kAttnTol, kAttnAtol, "attention dv" + s.tag());
+
+    // Deterministic: a second run gives the same bits.
+    Dev<float> d_out2(s.qn()), d_lse2(ln), d_dq2(dq0), d_dk2(dk0), d_dv2(dv0);
+    gpu::attention_forward(d_out2.get(), d_lse2.get(), d_q.get(), d_k.get(), d_v.get(), s.B, s.T, s.H, s.KV, s.D);
+    gpu::attention_backward(d_dq2.get(), d_dk2.get(), d_dv2.get(), d_dout.get(), d_q.get(), d_k.get(), d_v.get(),
+                            d_out2.get(), d_lse2.get(), s.B, s.T, s.H, s.KV, s.D);
+    expect_bitwise_equal(d_out2.host(), g_out, "attention out rerun" + s.tag());
+    expect_bitwise_equal(d_dq2.host(), g_dq, "attention dq rerun" + s.tag());
+    expect_bitwise_equal(d_dk2.host(), g_dk, "attention dk rerun" + s.tag());
+    expect_bitwise_equal(d_dv2.host(), g_dv, "attention dv rerun" + s.tag());
+  }
+}
+
+TEST(CudaKernels, SwiGLU) {
+  REQUIRE_GPU();
+  std::mt19937 rng(6);
+  const int N = 37, F = 123;
+  const size_t n = static_cast<size_t>(N) * F;
+  const auto gate = randn(n, rng, 3.0f), up = randn(n, rng), dout = randn(n, rng);
+  const auto dg0 = randn(n, rng), du0 = randn(n, rng);
+  std::vector<float> out(n), dg = dg0, du = du0;
+  cpu::swiglu_forward(out.data(), gate.data(), up.data(), N, F);
+  cpu::swiglu_backward(dg.data(), du.data(), dout.data(), gate.data(), up.data(), N, F);
+
+  Dev<float> d_gate(gate), d_up(up), d_dout(dout), d_out(n), d_dg(dg0), d_du(du0);
+  gpu::swiglu_forward(d_out.get(), d_gate.get(), d_up.get(), N, F);
+  gpu::swiglu_backward(d_dg.get(), d_du.get(), d_dout.get(), d_gate.get(), d_up.get(), N, F);
+  expect_close(d_out.host(), out, kTol, kAtol, "swiglu out");
+  expect_close(d_dg.host(), dg, kTol, kAtol, "swiglu dgate");
+  expect_close(d_du.host(), du, kTol, kAtol, "swiglu dup");
+
+  Dev<float> d_dg2(dg0), d_du2(du0);
+  gpu::swiglu_backward(d_dg2.get(), nullptr, d_dout.get(), d_gate.get(), d_up.get(), N, F);
+  gpu::swiglu_backward(nullptr, d_du2.get(), d_dout.get(), d_gate.get(), d_up.get(), N, F);
+  expect_close(d_dg2.host(), dg, kTol, kAtol, "swiglu dgate only");
+  expect_close(d_du2.host(), du, kTol, kAtol, "swiglu dup only");
+}
+
+TEST(CudaKernels, CrossEntropy) {
+  REQUIRE_GPU();
+  std::mt19937 rng(7);
+  struct S {
+    int N, V;
+  };
+  for (const S s : {S{45, 1000}, S{8, 50257}, S{3, 7}}) {
+    const std::string tag = " N=" + std::to_string(s.N) + " V=" + std::to_string(s.V);
+    const auto logits = randn(static_cast<size_t>(s.N) * s.V, rng, 3.0f);
+    std::uniform_int_distribution<int32_t> tok(0, s.V - 1);
+    std::vector<int32_t> targets(s.N);
+    int count = 0;
+    for (int n = 0; n < s.N; ++n) {
+      targets[n] = n % 5 == 3 ? -1 : tok(rng);  // some ignored rows
+      count += targets[n] >= 0;
+    }
+    const float scale = 1.0f / static_cast<float>(std::max(count, 1));
+    std::vector<float> losses(s.N), dlogits(logits.size());
+    const double mean = cpu::cross_entropy_forward(losses.data(), logits.data(), targets.data(), s.N, s.V);
+    cpu::cross_entropy_backward(dlogits.data(), logits.data(), targets.data(), s.N, s.V, scale);
+
+    Dev<int32_t> d_t(targets);
+    Dev<float> d_logits(logits), d_losses(s.N), d_dlogits(logits.size());
+    const double g_mean = gpu::cross_entropy_forward(d_losses.get(), d_logits.get(), d_t.get(), s.N, s.V);
+    EXPECT_NEAR(g_mean, mean, 1e-5 * std::max(1.0, std::fabs(mean))) << "cross-entropy mean" << tag;
+    expect_close(d_losses.host(), losses, kTol, kAtol, "cross-entropy losses" + tag);
+    const double g_mean2 = gpu::cross_entropy_forward(nullptr, d_logits.get(), d_t.get(), s.N, s.V);
+    EXPECT_EQ(g_mean2, g_mean) << "cross-entropy mean with losses null" << tag;
+
+    gpu::cross_entropy_backward(d_dlogits.get(), d_logits.get(), d_t.get(), s.N, s.V, scale);
+    expect_close(d_dlogits.host(), dlogits, kTol, kAtol, "cross-entropy dlogits" + tag);
+    // Fused classifier: the logits buffer becomes its own gradient.
+    gpu::cross_entropy_backward(d_logits.get(), d_logits.get(), d_t.get(), s.N, s.V, scale);
+    expect_close(d_logits.host(), dlogits, kTol, kAtol, "cross-entropy dlogits in place" + tag);
+  }
+}
+
+TEST(CudaKernels, Elementwise) {
+  REQUIRE_GPU();
+  std::mt19937 rng(8);
+  for (const int64_t n : {int64_t{1}, int64_t{1000}, int64_t{100003}, int64_t{3000017}}) {
+    const std::string tag = " n=" + std::to_string(n);
+    const auto x = randn(static_cast<size_t>(n), rng), y0 = randn(static_cast<size_t>(n), rng);
+    std::vector<float> y = y0;
+    cpu::add_inplace(y.data(), x.data(), n);
+    Dev<float> d_x(x), d_y(y0);
+    gpu::add_inplace(d_y.get(), d_x.get(), n);
+    expect_close(d_y.host(), y, 0.0, 0.0, "add_inplace (exact)" + tag);
+
+    cpu::scale_inplace(y.data(), 0.37f, n);
+    gpu::scale_inplace(d_y.get(), 0.37f, n);
+    expect_close(d_y.host(), y, 0.0, 0.0, "scale_inplace (exact)" + tag);
+
+    const double want = cpu::sum_squares(x.data(), n);
+    const double got = gpu::sum_squares(d_x.get(), n);
+    EXPECT_NEAR(got, want, 1e-10 * want) << "sum_squares" << tag;
+    EXPECT_EQ(gpu::sum_squares(d_x.get(), n), got) << "sum_squares is deterministic" << tag;
+
+    gpu::fill_zero(d_y.get(), n);
+    expect_close(d_y.host(), std::vector<float>(static_cast<size_t>(n), 0.0f), 0.0, 0.0, "fill_zero" + tag);
+  }
+  EXPECT_EQ(gpu::sum_squares(nullptr, 0), 0.0);
+}
+
+// The CPU reference is the per-element formula of AdamWGroup::update (src/optim/adamw.cpp).
+TEST(CudaKernels, AdamW) {
+  REQUIRE_GPU();
+  std::mt19937 rng(9);
+  const int64_t n = 10007;
+  const double lr = 3e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  auto x = randn(n, rng), m = std::vector<float>(n, 0.0f), v = std::vector<float>(n, 0.0f);
+  std::vector<float> u(n);
+  Dev<float> d_x(x), d_g(n), d_m(m), d_v(v), d_u(n);
+  for (int64_t t = 1; t <= 4; ++t) {
+    const double wd = t % 2 ? 0.1 : 0.0;  // decaying and non-decaying parameters
+    const auto g = randn(n, rng, 0.1f);
+    const gpu::AdamWScalars s = gpu::adamw_scalars(lr, beta1, beta2, eps, wd, t);
+    // CPU reference, as in adamw.cpp.
+    const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(t));
+    const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(t));
+    const float b1 = static_cast<float>(beta1), omb1 = static_cast<float>(1.0 - beta1);
+    const float b2 = static_cast<float>(beta2), omb2 = static_cast<float>(1.0 - beta2);
+    const float inv_bc1 = static_cast<float>(1.0 / bc1), inv_bc2 = static_cast<float>(1.0 / bc2);
+    const float epsf = static_cast<float>(eps), lrf = static_cast<float>(lr), wdf = static_cast<float>(wd);
+    for (int64_t i = 0; i < n; ++i) {
+      const float gi = g[i];
+      const float mi = b1 * m[i] + omb1 * gi;
+      const float vi = b2 * v[i] + omb2 * (gi * gi);
+      m[i] = mi;
+      v[i] = vi;
+      u[i] = lrf * ((mi * inv_bc1) / (std::sqrt(vi * inv_bc2) + epsf) + wdf * x[i]);
+    }
+    d_g.upload(g);
+    gpu::adamw_update(d_u.get(), d_x.get(), d_g.get(), d_m.get(), d_v.get(), n, s);
+    const std::string tag = " t=" + std::to_string(t);
+    expect_close(d_u.host(), u, kTol, kAtol, "adamw u" + tag);
+    expect_close(d_m.host(), m, kTol, kAtol, "adamw m" + tag);
+    expect_close(d_v.host(), v, kTol, kAtol, "adamw v" + tag);
+  }
+}
+
+}  // namespace
