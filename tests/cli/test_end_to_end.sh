@@ -37,4 +37,18 @@ assert h['model.layers.0.mlp.down_proj.weight']['shape'] == [32, 64]
 assert 'lm_head.weight' not in h                                          # tied
 assert h['model.norm.weight']['shape'] == [32]
 PY
+# Schedules: text, CSV and a Chrome trace that parses; the simulator summary reproduces the bubble model.
+"$BIN" schedule --schedule 2bw --stages 2 --microbatches 4 --steps 2 --format trace > trace.json || fail "schedule trace"
+python3 -c "import json; d = json.load(open('trace.json')); assert sum(e['ph'] == 'X' for e in d['traceEvents']) > 0" \
+  && ok "schedule trace is Chrome trace JSON" || fail "schedule trace does not parse"
+"$BIN" schedule --schedule 1f1b --stages 4 --microbatches 8 --format csv | grep -q "^0,0,forward" && ok "schedule csv" || fail "schedule csv"
+"$BIN" schedule --schedule 1f1b --stages 4 --microbatches 8 --format summary --forward-ms 1 --backward-ms 1 \
+  | python3 -c "import json, sys; d = json.load(sys.stdin); idle = sum(d['idle_s']) / (4 * d['makespan_s']); assert abs(idle - 3 / 11) < 1e-9, idle" \
+  && ok "simulated 1f1b bubble = (p-1)/(m+p-1)" || fail "simulated bubble"
+# A pipeline run with tracing on writes the real timeline.
+"$BIN" train --config micro.toml --set pipeline.schedule=2bw --set pipeline.stages=2 --set pipeline.trace=true --out traced > /dev/null 2>&1 || fail "traced run"
+python3 -c "import json; d = json.load(open('traced/trace.json')); assert any(e.get('cat') == 'backward' for e in d['traceEvents'])" \
+  && ok "real-run trace.json" || fail "real-run trace.json"
+grep -q '"stage_idle_frac"' traced/metrics.jsonl && grep -q '"stage_activation_mib"' traced/metrics.jsonl \
+  && ok "pipeline telemetry in metrics.jsonl" || fail "pipeline telemetry"
 finish
