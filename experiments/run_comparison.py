@@ -513,6 +513,8 @@ def main(argv):
                  "extra_sets": s.extra, "eval_every": s.eval_every, "tag": a.tag})
     grid["optimizers"] = sorted(set(grid.get("optimizers", [])) | set(s.optimizers),
                                 key=ALL_OPTIMIZERS.index)
+    if "async_ps" in s.modes:
+        grid["ps_stages"] = a.ps_stages
     grid.setdefault("sweep", {})
     grid.setdefault("chosen_lr", {})
     for opt, lr in s.fixed_lr.items():
