@@ -26,8 +26,11 @@ from run_comparison import ALL_OPTIMIZERS, read_metrics, compute_seconds  # noqa
 NAMES = {"adamw": "AdamW", "muon": "Muon", "normuon": "NorMuon", "adan": "Adan", "lion": "Lion", "mars": "MARS",
          "soap": "SOAP", "sgd": "SGD"}
 MODE_LABEL = {"sync": "sync", "async": "async (2BW, 1-step delay)", "async_ef": "async + EF",
-              "async_ps": "async per-stage (PipeDream)"}
-CELL_RE = re.compile(r"^([a-z]+)-(sync|async|async_ef|async_ps)-lr([0-9.e+-]+)-s(\d+)$")
+              "async_ps": "async per-stage (PipeDream)", "async_wp": "async + weight prediction",
+              "async_dc": "async + DC-ASGD"}
+ALL_MODES = ("sync", "async", "async_ef", "async_ps", "async_wp", "async_dc")
+CORRECTIONS = (("async_ef", "+ EF"), ("async_wp", "+ weight prediction"), ("async_dc", "+ DC-ASGD"))
+CELL_RE = re.compile(r"^([a-z]+)-(sync|async|async_ef|async_ps|async_wp|async_dc)-lr([0-9.e+-]+)-s(\d+)$")
 
 
 # ---------------------------------------------------------------- small helpers
@@ -169,6 +172,14 @@ class Run:
         self.seconds = compute_seconds(self.rows)
         self.tokens = max((r.get("tokens") or 0 for r in self.rows), default=0)
         self.cfg = read_simple_toml(os.path.join(self.dir, "config.toml"))
+        self.binary = None  # the binary that ran it: the first line of train.log is the runner's command
+        try:
+            with open(os.path.join(self.dir, "train.log"), errors="replace") as f:
+                first = f.readline().split()
+            if len(first) > 1 and first[0] == "$":
+                self.binary = os.path.basename(first[1])
+        except OSError:
+            pass
 
 
 class Group:
@@ -194,7 +205,7 @@ class Group:
 # ---------------------------------------------------------------- analysis
 def analyse(g, opt):
     """Seed-paired numbers for one optimizer in one group."""
-    by = {m: {r.seed: r for r in g.cells(opt, m)} for m in ("sync", "async", "async_ef", "async_ps")}
+    by = {m: {r.seed: r for r in g.cells(opt, m)} for m in ALL_MODES}
     fin = {m: {s: r.final for s, r in by[m].items() if r.done} for m in by}
     div = {m: sorted(s for s, r in by[m].items() if r.diverged) for m in by}
     a = {"fin": fin, "div": div, "lr": g.chosen_lr(opt)}
@@ -216,6 +227,20 @@ def analyse(g, opt):
                       and a["gap"] > 2 * a["gap_sem"])
     sd_sync = std(list(fin["sync"].values()))
     a["sync_sd"] = sd_sync
+    # every correction against the same seeds' sync and async: share = (async - corrected) / (async - sync)
+    a["corr"] = {}
+    for m, _ in CORRECTIONS:
+        sd = sorted(set(fin["sync"]) & set(fin["async"]) & set(fin[m]))
+        c = {"seeds": sd, "sync": mean([fin["sync"][x] for x in sd]), "async": mean([fin["async"][x] for x in sd]),
+             "val": mean([fin[m][x] for x in sd]), "share": None}
+        if sd and c["async"] > c["sync"]:
+            c["share"] = (c["async"] - c["val"]) / (c["async"] - c["sync"])
+        a["corr"][m] = c
+    # broken: a finished run whose final val_loss is above the loss of a uniform guess, ln(vocab)
+    vocab = next((r.cfg.get("model", {}).get("vocab_size") for r in g.runs if r.opt == opt and r.cfg), None)
+    a["ln_vocab"] = math.log(vocab) if vocab else None
+    a["broken"] = {m: sorted(x for x, v in fin[m].items() if a["ln_vocab"] and v > a["ln_vocab"]) for m in fin}
+    a["untuned"] = opt in g.grid.get("untuned_lr", [])
     return a
 
 
@@ -265,11 +290,12 @@ def plot_group(g, plots_dir, exe):
     if not exe:
         return made
     os.makedirs(plots_dir, exist_ok=True)
-    colors = {"sync": "#1f77b4", "async": "#d62728", "async_ef": "#2ca02c", "async_ps": "#9467bd"}
+    colors = {"sync": "#1f77b4", "async": "#d62728", "async_ef": "#2ca02c", "async_ps": "#9467bd",
+              "async_wp": "#ff7f0e", "async_dc": "#8c564b"}
     with tempfile.TemporaryDirectory() as tmp:
         for opt in g.optimizers:
             series = []
-            for mode in ("sync", "async", "async_ef", "async_ps"):
+            for mode in ALL_MODES:
                 runs = [r for r in g.cells(opt, mode) if r.done]
                 if not runs:
                     continue
@@ -304,7 +330,7 @@ def plot_group(g, plots_dir, exe):
 set terminal pngcairo size 1200,480 font 'sans,10'
 set output '{png}'
 set datafile missing 'NaN'
-set multiplot layout 1,2 title '{NAMES[opt]} (lr {g.chosen_lr(opt):g}), {g.name}: seed-mean loss (train smoothed over {max(1, g.steps // 30)} steps)'
+set multiplot layout 1,2 title '{NAMES[opt]} (lr {g.chosen_lr(opt):g}{", default, not tuned" if opt in g.grid.get("untuned_lr", []) else ""}), {g.name}: seed-mean loss (train smoothed over {max(1, g.steps // 30)} steps)'
 set xlabel 'step'; set ylabel 'loss'; set grid; set key top right
 plot {plots_full}
 set title 'second half (zoom)'; set xrange [{half}:{g.steps}]; set autoscale y
@@ -350,8 +376,16 @@ def group_section(g, paper, plots, out_dir, lines, per_stage_note):
                  f"{'the one-device 2BW delay emulator (delay.emulate=one_step)' if grid.get('async_impl') == 'emulate' else 'a real 2-stage in-process PipeDream-2BW pipeline'}"
                  f"; EF coefficient 1.0. Seeds: {', '.join(str(s) for s in seeds)}. "
                  f"{train.get('threads')} thread(s) per run." + (f" Extra settings: `{extra}`." if extra else ""))
+    bins = {}
+    for r in done:
+        bins.setdefault(r.binary or "unknown", []).append(r)
+    bin_txt = ""
+    if len(bins) > 1:
+        bin_txt = " Binaries (from each run's train.log): " + "; ".join(
+            f"`{b}` {len(rs)} run(s) (" + ", ".join(sorted({f'{NAMES[r.opt]} {r.mode}' for r in rs})) + ")"
+            for b, rs in sorted(bins.items())) + "."
     lines.append(f"- Compute: {len(done)} finished run(s) of {len(g.runs)}, {fmt_time(total_s)} of training in all "
-                 f"(from elapsed_s).\n")
+                 f"(from elapsed_s).{bin_txt}\n")
 
     # main table
     lines.append("| optimizer | lr | sync | async | gap (async − sync) | async + EF | share of the gap closed | "
@@ -364,18 +398,24 @@ def group_section(g, paper, plots, out_dir, lines, per_stage_note):
         per_run = [r.seconds for r in g.runs if r.opt == opt and r.done]
         n = max((len(a["fin"][m]) for m in ("sync", "async", "async_ef")), default=0)
         def cell(m):
-            s = pm(list(a["fin"][m].values()))
+            s = pm(list(a["fin"][m].values())) if a["fin"][m] or not a["div"][m] else "diverged"
             if a["div"][m]:
                 s += f" (diverged: seed {', '.join(map(str, a['div'][m]))})"
+            if a["broken"][m]:
+                s += f" (broken: above ln {round(math.exp(a['ln_vocab']))} = {a['ln_vocab']:.3f})"
+            if not a["fin"][m] and not a["div"][m]:
+                s = "not run"
             return s
-        lines.append(f"| {NAMES[opt]} | {a['lr']:g} | {cell('sync')} | {cell('async')} | {pm(a['gaps'], True)} | "
-                     f"{cell('async_ef')} | {pct(a['share'])} | {n} | "
+        lr_txt = f"{a['lr']:g}" + (" (lr not tuned (default))" if a["untuned"] else "") if a["lr"] is not None else "–"
+        n_txt = f"{n}" + (" (1 seed: no noise estimate)" if n == 1 else "")
+        lines.append(f"| {NAMES[opt]} | {lr_txt} | {cell('sync')} | {cell('async')} | {pm(a['gaps'], True)} | "
+                     f"{cell('async_ef')} | {pct(a['share'])} | {n_txt} | "
                      f"{fmt_time(mean(per_run)) if per_run else '–'} |" if a["lr"] is not None else
                      f"| {NAMES[opt]} | – | not run | not run | – | not run | – | 0 | – |")
     lines.append("")
     lines.append("Values are final validation losses, mean ± sample standard deviation over seeds; the gap is paired by "
                  "seed; the share closed is (async − async+EF) / (async − sync) of the seed means (– where there is "
-                 "no positive gap).")
+                 "no positive gap). Rows marked \"1 seed\" have a single run per cell (no seed spread); \"lr not tuned (default)\" = the optimizer's default lr, no sweep.")
     if any(analyses[o]["fin"]["async_ps"] for o in analyses):
         P = grid.get("ps_stages")
         parts = []
@@ -396,11 +436,53 @@ def group_section(g, paper, plots, out_dir, lines, per_stage_note):
         lines.append(f"Per-stage delay (original PipeDream, `delay.emulate=per_stage`): {per_stage_note}.")
     lines.append("")
 
+    # corrections table: every optimizer with a weight-prediction or DC-ASGD run
+    corr_opts = [o for o in analyses if analyses[o]["fin"]["async_wp"] or analyses[o]["fin"]["async_dc"]
+                 or analyses[o]["div"]["async_wp"] or analyses[o]["div"]["async_dc"]]
+    if corr_opts:
+        lines.append("Delay corrections (one-step delay; `delay.correction=ef` with c = 1, `weight_prediction`, "
+                     f"`dc_asgd` with dc_lambda {cfg.get('delay', {}).get('dc_lambda', 0.1)}; same lr as sync):\n")
+        lines.append("| optimizer | lr | sync | async | async + EF | async + weight prediction | async + DC-ASGD | "
+                     "share closed: EF | share closed: weight prediction | share closed: DC-ASGD | seeds |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for o in corr_opts:
+            a = analyses[o]
+            def v(m):
+                if a["div"][m] and not a["fin"][m]:
+                    return "diverged"
+                return pm(list(a["fin"][m].values())) if a["fin"][m] else "not run"
+            # shares on the seeds every correction that ran has (so the three are comparable), else on each one's own
+            ran = [set(a["corr"][m]["seeds"]) for m, _ in CORRECTIONS if a["corr"][m]["seeds"]]
+            common = sorted(set.intersection(*ran)) if ran else []
+            def sh(m):
+                c = a["corr"][m]
+                sd = common if common else c["seeds"]
+                if not c["seeds"]:
+                    return "–"
+                f = a["fin"]
+                y, x0 = mean([f["async"][x] for x in sd]), mean([f["sync"][x] for x in sd])
+                share = (y - mean([f[m][x] for x in sd])) / (y - x0) if y > x0 else None
+                return pct(share) + f" (seed{'s' if len(sd) > 1 else ''} {', '.join(map(str, sd))})"
+            seeds_txt = "; ".join(f"{lbl.strip('+ ')}: {len(a['fin'][m])}" for m, lbl in CORRECTIONS)
+            lines.append(f"| {NAMES[o]} | {a['lr']:g} | {v('sync')} | {v('async')} | {v('async_ef')} | {v('async_wp')} | "
+                         f"{v('async_dc')} | {sh('async_ef')} | {sh('async_wp')} | {sh('async_dc')} | "
+                         f"sync {len(a['fin']['sync'])}, async {len(a['fin']['async'])}, {seeds_txt} |")
+        lines.append("")
+        lines.append("Each share is (async − corrected) / (async − sync), computed on the seeds that every correction "
+                     "that ran has (named in the cell; so the shares of one row are comparable), against the same seeds' sync and async runs; above 100% = better than "
+                     "sync, below 0% = worse than uncorrected async. Loss values are means ± sample std over the seeds "
+                     "each cell ran.\n")
+
     # sweep
     sweep = grid.get("sweep", {})
     if sweep or grid.get("fixed_lr"):
         lines.append("Learning-rate choice (sync, seed " + str(grid.get("sweep_seed", seeds[0] if seeds else "?")) + ", final val_loss):\n")
         for opt in g.optimizers:
+            if opt in grid.get("untuned_lr", []):
+                ulr = grid.get("fixed_lr", {}).get(opt, g.chosen_lr(opt))
+                if ulr is not None:
+                    lines.append(f"- {NAMES[opt]}: lr {ulr:g}, the optimizer's default: lr not tuned (default), no sweep.")
+                continue
             if opt in grid.get("fixed_lr", {}):
                 lines.append(f"- {NAMES[opt]}: lr {grid['fixed_lr'][opt]:g} given (no sweep).")
                 continue
@@ -502,6 +584,11 @@ def findings(g, analyses, paper, lines):
         p = paper.get(opt, {})
         ptxt = f" (paper: {pct(p['share'])})" if p.get("share") is not None else ""
         gain = mean(a["ef_gain"])
+        if a["share"] is not None and len(a["ef_gain"]) == 1:
+            out.append(f"EF closes {pct(a['share'])} of the {NAMES[opt]} gap{ptxt} (1 seed, lr not tuned: "
+                       "indicative only)." if a["untuned"] else
+                       f"EF closes {pct(a['share'])} of the {NAMES[opt]} gap{ptxt} (1 seed: indicative only).")
+            continue
         if a["share"] is not None and a["gap_clear"]:
             s = f"EF closes {pct(a['share'])} of the {NAMES[opt]} gap{ptxt}"
             if p.get("share") is not None:
@@ -545,7 +632,9 @@ def paper_section(paper, groups_analyses, lines, paper_path):
                          f"{f4(p['ef'])[:-1] if p['ef'] is not None else '–'} | {pct(p['share'])} |")
         for gname, a in ours:
             m = a["mean"]
-            lines.append(f"| {NAMES[opt]} | ours, `{gname}` | {f4(m['sync'])} | {f4(m['async'])} | {f4(a['gap'], True)} | "
+            tag = (f", {len(a['gaps'])} seed" + ("s" if len(a["gaps"]) > 1 else "")
+                   + (", lr not tuned (default)" if a["untuned"] else ""))
+            lines.append(f"| {NAMES[opt]} | ours, `{gname}`{tag} | {f4(m['sync'])} | {f4(m['async'])} | {f4(a['gap'], True)} | "
                          f"{f4(m['async_ef'])} | {pct(a['share'])} |")
     lines.append("")
 
@@ -581,7 +670,7 @@ def main(argv):
     all_s = sum(r.seconds for g in groups for r in g.runs)
     n_done = sum(r.done for g in groups for r in g.runs)
     lines.append(f"Total: {n_done} finished runs in {len(groups)} group(s), {fmt_time(all_s)} of training compute "
-                 "(sum of the runs' elapsed_s; one thread each, one run at a time, on a shared 2-core machine).\n")
+                 "(sum of the runs' elapsed_s; one thread each, on a 2-core machine, at most two runs at a time).\n")
     groups_analyses, summary = [], []
     body = []
     for g in groups:
@@ -600,10 +689,12 @@ def main(argv):
     lines.append("## Notes\n")
     lines.append("- sync = plain single-device training; async = `delay.emulate=one_step` (the gradient of W(t-1) applied "
                  "to W(t), PipeDream-2BW's update, bit-identical to the 2-stage pipeline); async + EF = the same plus "
-                 "`delay.correction=ef`, `ef_coef=1`.")
+                 "`delay.correction=ef`, `ef_coef=1`; async + weight prediction / + DC-ASGD = the same delay with "
+                 "`delay.correction=weight_prediction` / `delay.correction=dc_asgd` (modes async_wp / async_dc of the runner).")
     lines.append("- The learning rate is tuned per optimizer in sync mode only (a 3-point sweep) and reused unchanged for "
                  "the delayed runs, as in the paper. For Muon the sweep scales the Muon-group lr and the AdamW-group lr "
-                 "together.")
+                 "together. Optimizers listed with \"lr not tuned (default)\" were run at the binary's default lr without a "
+                 "sweep (`run_comparison.py --default-lr OPTS`).")
     lines.append("- Reproduce: `experiments/run_comparison.py --only-headline ...` (see each group's grid.json for its "
                  "exact settings), then `experiments/report.py`.")
     os.makedirs(out_dir, exist_ok=True)

@@ -38,7 +38,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_OPTIMIZERS = ["adamw", "muon", "normuon", "adan", "lion", "mars", "soap", "sgd"]
 MUON_FAMILY = {"muon", "normuon"}
 MODES = ["sync", "async", "async_ef"]
-EXTRA_MODES = ["async_ps"]  # original PipeDream's per-stage delay (p-1-s steps on stage s); not in the default grid
+EXTRA_MODES = ["async_ps", "async_wp", "async_dc"]  # async_wp / async_dc: the one-step delay with weight
+# prediction / DC-ASGD instead of EF; original PipeDream's per-stage delay (p-1-s steps on stage s); not in the default grid
 # Starting learning rates (the binary's defaults, src/optim/optim_config.cpp; Muon's AdamW group as in
 # configs/tiny.toml). The sweep multiplies them by --lr-factors.
 DEFAULT_LR = {"adamw": 3e-3, "muon": 0.02, "normuon": 0.02, "adan": 3e-3, "lion": 3e-4, "mars": 3e-3,
@@ -70,6 +71,10 @@ MODE_SETS = {
         "async_ef": {"pipeline.schedule": "none", "pipeline.stages": "1", "delay.emulate": "one_step",
                      "delay.correction": "ef", "delay.ef_coef": "1.0"},
         "async_ps": {"pipeline.schedule": "none", "delay.emulate": "per_stage", "delay.correction": "none"},
+        "async_wp": {"pipeline.schedule": "none", "pipeline.stages": "1", "delay.emulate": "one_step",
+                     "delay.correction": "weight_prediction"},
+        "async_dc": {"pipeline.schedule": "none", "pipeline.stages": "1", "delay.emulate": "one_step",
+                     "delay.correction": "dc_asgd"},
     },
     "2bw": {
         "sync": {"pipeline.schedule": "none", "pipeline.stages": "1", "delay.emulate": "none",
@@ -79,13 +84,18 @@ MODE_SETS = {
         "async_ef": {"pipeline.schedule": "2bw", "pipeline.stages": "2", "delay.emulate": "none",
                      "delay.correction": "ef", "delay.ef_coef": "1.0"},
         "async_ps": {"pipeline.schedule": "pipedream", "delay.emulate": "none", "delay.correction": "none"},
+        # weight prediction is implemented in the delay emulators only (the trainer rejects it with a pipeline)
+        "async_wp": {"pipeline.schedule": "none", "pipeline.stages": "1", "delay.emulate": "one_step",
+                     "delay.correction": "weight_prediction"},
+        "async_dc": {"pipeline.schedule": "2bw", "pipeline.stages": "2", "delay.emulate": "none",
+                     "delay.correction": "dc_asgd"},
     },
 }
 # Seconds per optimizer step of the tiny preset on the default corpus, 2048 tokens a step, one thread of a
 # 2-core machine (measured; used until the group's own finished runs give better numbers).
 SEC_PER_STEP_TINY = {"adamw": 0.30, "muon": 0.36, "normuon": 0.38, "adan": 0.32, "lion": 0.30, "mars": 0.32,
                      "soap": 0.60, "sgd": 0.29}
-MODE_COST = {"sync": 1.0, "async": 1.06, "async_ef": 1.08, "async_ps": 1.2}
+MODE_COST = {"sync": 1.0, "async": 1.06, "async_ef": 1.08, "async_ps": 1.2, "async_wp": 1.1, "async_dc": 1.1}
 START_S = 2.0  # process start, data loading, checkpoint
 
 
@@ -187,7 +197,8 @@ def parse_args(argv):
     ap.add_argument("--seeds", default="1,2", help="comma list of train.seed values (default 1,2)")
     ap.add_argument("--modes", default=",".join(MODES),
                     help="comma list of sync,async,async_ef and, optionally, async_ps (original PipeDream's "
-                         "per-stage delay, delay.emulate=per_stage with --ps-stages stages)")
+                         "per-stage delay, delay.emulate=per_stage with --ps-stages stages), async_wp (one-step delay "
+                         "+ delay.correction=weight_prediction), async_dc (one-step delay + delay.correction=dc_asgd)")
     ap.add_argument("--ps-stages", type=int, default=4, help="pipeline.stages of async_ps runs (default 4)")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 300; --ci: 3)")
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model preset (default tiny)")
@@ -195,6 +206,8 @@ def parse_args(argv):
     ap.add_argument("--corpus", default="default", choices=sorted(CORPORA),
                     help="default (scripts/fetch-data.sh) or prose (experiments/build_prose.sh)")
     ap.add_argument("--lr-factors", default="0.5,1,2", help="sync lr sweep: multiples of the default lr")
+    ap.add_argument("--default-lr", default="", metavar="OPTS",
+                    help="comma list of optimizers to run at their default lr, no sweep (report: lr not tuned)")
     ap.add_argument("--lr", default="", help="OPT=LR,... : use this lr, no sweep, for these optimizers")
     ap.add_argument("--micro-batches", type=int, default=None, help="train.micro_batches (batch = m x mbs x seq)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -249,6 +262,11 @@ def parse_args(argv):
         if k not in ALL_OPTIMIZERS or not v:
             ap.error(f"--lr: expected OPT=LR, got '{item}'")
         s.fixed_lr[k] = float(v)
+    for o in [x for x in a.default_lr.split(",") if x]:
+        if o not in ALL_OPTIMIZERS:
+            ap.error(f"--default-lr: unknown optimizer '{o}'")
+        s.fixed_lr.setdefault(o, DEFAULT_LR[o])
+    s.untuned = [o for o in ALL_OPTIMIZERS if o in a.default_lr.split(",") and o in s.fixed_lr]
     s.config = a.config or PRESETS[a.preset][0]
     if not os.path.isabs(s.config):
         s.config = os.path.join(REPO, s.config)
@@ -340,7 +358,7 @@ def measured_sec_per_step(s):
     if not os.path.isdir(s.group_dir):
         return {}
     for name in os.listdir(s.group_dir):
-        m = re.match(r"^([a-z]+)-(sync|async|async_ef|async_ps)-lr", name)
+        m = re.match(r"^([a-z]+)-(sync|async|async_ef|async_ps|async_wp|async_dc)-lr", name)
         if not m:
             continue
         rows = read_metrics(os.path.join(s.group_dir, name, "metrics.jsonl"))
@@ -520,6 +538,8 @@ def main(argv):
     for opt, lr in s.fixed_lr.items():
         grid["chosen_lr"][opt] = lr
         grid.setdefault("fixed_lr", {})[opt] = lr
+    if s.untuned:  # optimizers run at the binary's default lr, no sweep (report.py marks them "lr not tuned")
+        grid["untuned_lr"] = sorted(set(grid.get("untuned_lr", [])) | set(s.untuned), key=ALL_OPTIMIZERS.index)
 
     total, todo = print_estimate(s, grid)
     if a.budget is not None and total > a.budget * 60 and not a.force:
