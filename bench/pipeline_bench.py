@@ -19,6 +19,7 @@ p.add_argument("--steps", type=int, default=6)
 p.add_argument("--reps", type=int, default=2)
 p.add_argument("--transport", default="inproc")
 p.add_argument("--stages", type=int, default=2)
+p.add_argument("--balance", default="params", help="pipeline.balance: params (default: the same split in every run) or measured")
 p.add_argument("--out", default="bench/pipeline_bench.md")
 args = p.parse_args()
 P = args.stages
@@ -31,12 +32,14 @@ def run(schedule, m, workdir):
            "--set", f"train.micro_batches={m}", "--set", f"train.micro_batch_size={args.micro_batch_size}",
            "--set", f"train.steps={args.steps}", "--set", "train.eval_every=0", "--set", "train.eval_tokens=256",
            "--set", "train.ckpt_every=0", "--set", "pipeline.trace=true", "--set", "optim.name=adamw",
-           "--set", "delay.correction=none", "--set", f"pipeline.transport={args.transport}"]
+           "--set", "delay.correction=none", "--set", f"pipeline.transport={args.transport}",
+           "--set", f"pipeline.balance={args.balance}"]
     if args.transport == "mpi":
         cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(P)] + cmd + ["--set", "train.threads=1"]
     else:
         cmd += ["--set", f"train.threads={max(2, P)}"]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    printed = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    partition.update({l.strip() for l in printed.splitlines() if l.strip().startswith("stage ")})
     with open(os.path.join(out, "trace.json")) as f:
         events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
     subprocess.run(["rm", "-rf", out])
@@ -70,7 +73,7 @@ def simulate(schedule, m, cost):
 
 
 rows = []
-tokens_per_micro = None
+partition = set()  # the split the runs printed
 with tempfile.TemporaryDirectory() as work:
     for m in [int(x) for x in args.m.split(",")]:
         res = {"1f1b": [], "2bw": []}
@@ -85,6 +88,8 @@ with tempfile.TemporaryDirectory() as work:
             row[sched + "_step"] = statistics.median(r[0] for r in res[sched])
             row[sched + "_idle"] = [statistics.median(r[1][s] for r in res[sched]) for s in range(P)]
             row[sched + "_sim"] = simulate(sched, m, res[sched][0][2])
+            # median forward + backward time of one micro-batch, summed over the stages
+            row[sched + "_op"] = statistics.median(sum(r[2]["forward"]) + sum(r[2]["backward"]) for r in res[sched])
         rows.append(row)
 
 with open(args.config) as f:
@@ -92,20 +97,25 @@ with open(args.config) as f:
 tok_micro = args.micro_batch_size * seq
 lines = [f"# 2BW vs 1F1B, p = {P}, {args.transport} transport", "",
          f"`bench/pipeline_bench.py --config {args.config} --m {args.m} --micro-batch-size {args.micro_batch_size} "
-         f"--steps {args.steps} --reps {args.reps} --transport {args.transport}`; medians of {args.reps} alternating runs; "
-         "steady state from the real run's trace.", "",
-         "| m | 1F1B tok/s | 2BW tok/s | speed-up | bubble model (m+p-1)/m | share of the model's speed-up | "
-         "2BW idle per stage | 1F1B idle per stage | simulated step 1F1B / 2BW (error) |",
-         "|---|---|---|---|---|---|---|---|---|"]
+         f"--steps {args.steps} --reps {args.reps} --transport {args.transport} --balance {args.balance}`; medians of "
+         f"{args.reps} alternating runs; steady state from the real run's trace. Partition (pipeline.balance = "
+         f"{args.balance}):", ""] + [f"- {l}" for l in sorted(partition)] + ["",
+         "| m | 1F1B tok/s | 2BW tok/s | speed-up | bubble model (m+p-1)/m | speed-up / model | share of the model's gain | "
+         "2BW idle per stage | 1F1B idle per stage | 2BW op time / 1F1B's | simulated step 1F1B / 2BW (error) |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
 for r in rows:
     m = r["m"]
     t1, t2 = m * tok_micro / r["1f1b_step"], m * tok_micro / r["2bw_step"]
     speed, model = t2 / t1, (m + P - 1) / m
     err1 = r["1f1b_sim"] / r["1f1b_step"] - 1
     err2 = r["2bw_sim"] / r["2bw_step"] - 1
-    lines.append(f"| {m} | {t1:.0f} | {t2:.0f} | {speed:.3f} | {model:.3f} | {(speed - 1) / (model - 1) * 100:.0f}% | "
-                 f"{', '.join(f'{x * 100:.1f}%' for x in r['2bw_idle'])} | {', '.join(f'{x * 100:.1f}%' for x in r['1f1b_idle'])} | "
+    lines.append(f"| {m} | {t1:.0f} | {t2:.0f} | {speed:.3f} | {model:.3f} | {speed / model * 100:.0f}% | {(speed - 1) / (model - 1) * 100:.0f}% | "
+                 f"{', '.join(f'{x * 100:.1f}%' for x in r['2bw_idle'])} | {', '.join(f'{x * 100:.1f}%' for x in r['1f1b_idle'])} | {r['2bw_op'] / r['1f1b_op']:.3f} | "
                  f"{r['1f1b_sim']:.3f} s ({err1 * 100:+.1f}%) / {r['2bw_sim']:.3f} s ({err2 * 100:+.1f}%) |")
+lines += ["", "speed-up / model: the issue's target is >= 90%. share of the model's gain: (speed-up - 1) / (model - 1). "
+          "2BW op time / 1F1B's: median forward + backward time of a micro-batch (summed over stages) under 2BW "
+          "divided by the same under 1F1B: above 1 when both cores computing at once slow each other down (shared "
+          "caches, memory bandwidth, clock), which the bubble model does not count."]
 text = "\n".join(lines) + "\n"
 print(text)
 with open(args.out, "w") as f:

@@ -53,6 +53,7 @@ std::vector<Field> fields_of(RunConfig& c) {
       {"pipeline", "stages", &c.pipeline.stages}, {"pipeline", "schedule", &c.pipeline.schedule},
       {"pipeline", "sync_start_steps", &c.pipeline.sync_start_steps},
       {"pipeline", "transport", &c.pipeline.transport}, {"pipeline", "trace", &c.pipeline.trace},
+      {"pipeline", "balance", &c.pipeline.balance},
       {"delay", "emulate", &c.delay.emulate},   {"delay", "correction", &c.delay.correction},
       {"delay", "ef_coef", &c.delay.ef_coef},   {"delay", "dc_lambda", &c.delay.dc_lambda},
       {"delay", "ef_adamw_params", &c.delay.ef_adamw_params},
@@ -262,6 +263,7 @@ void validate_run_config(const RunConfig& c, const std::string& where) {
        "at most model.n_layers (" + std::to_string(c.model.n_layers) + ")");
   need(p.transport == "inproc" || p.transport == "mpi", "pipeline.transport", "inproc or mpi; got '" + p.transport + "'");
   need(p.sync_start_steps >= 0, "pipeline.sync_start_steps", "at least 0");
+  need(p.balance == "params" || p.balance == "measured", "pipeline.balance", "params or measured; got '" + p.balance + "'");
   const DelayConfig& d = c.delay;
   need(d.emulate == "none" || d.emulate == "one_step" || d.emulate == "per_stage", "delay.emulate",
        "none, one_step or per_stage; got '" + d.emulate + "'");

@@ -36,6 +36,7 @@ struct PipelineConfig {
   int64_t sync_start_steps = 0;
   std::string transport = "inproc";  // inproc mpi
   bool trace = false;                // write DIR/trace.json: the real run's timeline (Chrome trace format)
+  std::string balance = "params";    // params measured: what the partition balances (train/partition.h)
 };
 
 struct DelayConfig {

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "model/model_config.h"
@@ -11,19 +12,30 @@
 
 namespace onestep {
 
+// The decoder's blocks as a sequence of half-block units: unit 2l is the attention half of block l (input norm,
+// q/k/v/o projections), unit 2l+1 its MLP half (post-attention norm, gate/up/down). A stage holds the units
+// [first_unit, end_unit); a cut may fall between the two halves of a block, where the residual stream is all
+// that crosses it, so a pipeline can balance its stages more finely than whole blocks allow.
 struct StageSpec {
-  int first_layer = 0;   // blocks [first_layer, end_layer)
-  int end_layer = 0;
+  int first_unit = 0;
+  int end_unit = 0;
   bool has_embedding = true;
   bool has_head = true;
+  // Whole blocks [first_layer, end_layer).
+  static StageSpec blocks(int first_layer, int end_layer, bool has_embedding, bool has_head) {
+    return StageSpec{2 * first_layer, 2 * end_layer, has_embedding, has_head};
+  }
 };
 StageSpec whole_model(const ModelConfig& c);
+std::string describe_units(int first_unit, int end_unit);  // "blocks [0, 4) + attention of block 4"
 
 // Activation memory of one micro-batch of B sequences of length T on one stage (explicit, like llm.c).
+// Buffers are per block slice of the stage (x) or per attention / MLP half it holds (the rest).
 struct Activations {
   int B = 0, T = 0;
-  std::vector<float> x;        // residual stream at each block input, (L+1) x [N, C]; the last is the block output
-  std::vector<float> ln1, rstd1, q, k, v, att, lse, x_mid, ln2, rstd2, gate, up, h;  // per block
+  std::vector<float> x;  // residual stream at each block slice's input, (slices+1) x [N, C]; the last is the output
+  std::vector<float> ln1, rstd1, q, k, v, att, lse, x_mid;  // per attention half (x_mid: the stream after it)
+  std::vector<float> ln2, rstd2, gate, up, h;               // per MLP half
   std::vector<float> lnf, rstdf, logits, losses;  // head (last stage only); logits become dlogits in backward
   std::vector<float> d_input;  // dLoss/d(input hidden) after backward (stages without the embedding)
   std::vector<int32_t> tokens, targets;  // copies kept for the backward (embedding / loss)
@@ -72,9 +84,13 @@ class Stage {
                 float loss_scale) const;
 
  private:
+  // One block's slice on this stage: both halves, or only one at a cut. Offsets into the weights are -1 for
+  // an absent half; attn / mlp index the per-half activation buffers (-1 when absent).
   struct BlockOffsets {
-    int64_t ln1, q, k, v, o, ln2, gate, up, down;
+    int64_t ln1 = -1, q = -1, k = -1, v = -1, o = -1, ln2 = -1, gate = -1, up = -1, down = -1;
+    int attn = -1, mlp = -1;
   };
+  int attn_halves_ = 0, mlp_halves_ = 0;
   ModelConfig cfg_;
   StageSpec spec_;
   ParamTable params_;

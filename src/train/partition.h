@@ -1,5 +1,7 @@
-// Splitting the model into p contiguous stages, balanced by compute: a block costs its parameter count
-// (~ its matmul FLOPs per token), the head costs vocab x d_model, the embedding (a lookup) nothing.
+// Splitting the model into p contiguous stages with the smallest possible maximum stage cost. The pieces are
+// the embedding, the 2L half-block units (attention half, MLP half of each block; model/stage.h) and the head;
+// a cut may fall between the two halves of a block. Costs come from parameter counts or from timing the pieces
+// on this machine (pipeline.balance).
 #pragma once
 #include <string>
 #include <vector>
@@ -8,7 +10,26 @@
 
 namespace onestep {
 
-std::vector<StageSpec> partition_model(const ModelConfig& c, int stages);
-std::string describe_partition(const ModelConfig& c, const std::vector<StageSpec>& specs);
+// Cost of each piece, in any unit: [embedding, unit 0, ..., unit 2L-1, head] (2L + 2 entries).
+struct ModelCosts {
+  std::vector<double> pieces;
+  double embedding() const { return pieces.front(); }
+  double unit(int u) const { return pieces[1 + u]; }
+  double head() const { return pieces.back(); }
+};
+
+// Parameter counts: ~ the matmul FLOPs per token; the embedding (a lookup) costs nothing.
+ModelCosts parameter_costs(const ModelConfig& c);
+// Seconds of one micro-batch's forward + backward of each piece on the calling thread's thread count
+// (median of `reps` after a warm-up). Blocks are alike, so one attention half and one MLP half are timed.
+ModelCosts measured_costs(const ModelConfig& c, int micro_batch_size, int reps = 3);
+
+// pipeline.balance: "params" -> parameter_costs, "measured" -> measured_costs.
+ModelCosts balance_costs(const ModelConfig& c, const std::string& balance, int micro_batch_size);
+
+// Errors (exit 2) when stages is not in 1..n_layers. Each stage gets at least one unit.
+std::vector<StageSpec> partition_model(const ModelConfig& c, int stages, const ModelCosts& costs);
+std::vector<StageSpec> partition_model(const ModelConfig& c, int stages);  // by parameter_costs
+std::string describe_partition(const ModelConfig& c, const std::vector<StageSpec>& specs, const ModelCosts& costs);
 
 }  // namespace onestep

@@ -73,6 +73,25 @@ void write_trace(const std::string& path, const std::vector<std::unique_ptr<Stag
   std::ofstream(path) << nlohmann::json{{"traceEvents", events}, {"displayTimeUnit", "ms"}}.dump() << "\n";
 }
 
+// What the partition balances. Measured costs are timed with one stage's thread count; under MPI every rank
+// must cut the model in the same place, so rank 0's timings are shared (a sum to which the others add zeros).
+ModelCosts pipeline_costs(const RunConfig& c, int rank, pipeline::Transport* mpi_transport, int threads_per_stage) {
+  if (c.pipeline.balance != "measured") return parameter_costs(c.model);
+  ModelCosts costs = parameter_costs(c.model);
+  if (rank == 0) {
+    const int before = num_threads();
+    set_num_threads(threads_per_stage);
+    costs = measured_costs(c.model, c.train.micro_batch_size);
+    set_num_threads(before);
+  }
+  if (mpi_transport) {
+    if (rank != 0) std::fill(costs.pieces.begin(), costs.pieces.end(), 0.0);
+    const uint32_t tag = pipeline::message_tag(pipeline::MsgKind::weights, 0, 2);
+    costs.pieces = mpi_transport->start_sum(tag, costs.pieces)->wait();
+  }
+  return costs;
+}
+
 }  // namespace
 
 int pipeline_rank(const RunConfig& c) {
@@ -93,7 +112,18 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
   const int p = c.pipeline.stages;
   const bool mpi = c.pipeline.transport == "mpi";
   const int rank = pipeline_rank(c);
-  const std::vector<StageSpec> specs = partition_model(c.model, p);
+  std::vector<std::unique_ptr<pipeline::Transport>> transports(p);
+  if (mpi) {
+#ifdef ONESTEP_HAVE_MPI
+    transports[rank] = pipeline::make_mpi_transport();
+#endif
+  } else {
+    transports = pipeline::make_inproc_transports(p);
+  }
+  const int threads_per_stage =
+      mpi ? std::max(1, c.train.threads) : std::max(1, (c.train.threads > 0 ? c.train.threads : num_threads()) / p);
+  const ModelCosts costs = pipeline_costs(c, rank, mpi ? transports[rank].get() : nullptr, threads_per_stage);
+  const std::vector<StageSpec> specs = partition_model(c.model, p, costs);
   // Versions below the newest each stage reads: 1 under 2BW's rule, p-1-s for PipeDream's stage s.
   auto lag_of = [&](int s) -> int {
     if (c.pipeline.schedule == "pipedream") return p - 1 - s;
@@ -122,16 +152,8 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
   if (io.writer)
     std::printf("pipeline: %s, %d stages, %d micro-batches per step, %s transport\n%s", c.pipeline.schedule.c_str(), p,
                 c.train.micro_batches, mpi ? "MPI (one rank per stage)" : "in-process (one thread per stage)",
-                describe_partition(c.model, specs).c_str());
+                describe_partition(c.model, specs, costs).c_str());
 
-  std::vector<std::unique_ptr<pipeline::Transport>> transports(p);
-  if (mpi) {
-#ifdef ONESTEP_HAVE_MPI
-    transports[rank] = pipeline::make_mpi_transport();
-#endif
-  } else {
-    transports = pipeline::make_inproc_transports(p);
-  }
   // The runners own the version history: the older versions move there (and back for checkpoints).
   std::vector<std::unique_ptr<StageRunner>> runners(p);
   for (int s : local) {
@@ -163,8 +185,6 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
     gather(0);
     if (io.writer) io.initial_eval(whole, whole_w.data());
   }
-  const int threads_per_stage =
-      mpi ? std::max(1, c.train.threads) : std::max(1, (c.train.threads > 0 ? c.train.threads : num_threads()) / p);
 
   int64_t first = start;
   while (first < c.train.steps) {

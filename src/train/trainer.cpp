@@ -191,19 +191,12 @@ void run_single_device(const RunConfig& c, RunIO& io) {
   StageState state(c.model, whole_model(c.model), c.optim, max_lag + (predict ? 1 : 0), c.delay.correction == "ef");
   // Which emulated stage holds each parameter (per-stage delays differ between them).
   std::vector<int> stage_of(state.stage.params().size(), 0);
-  const std::vector<StageSpec> specs = partition_model(c.model, p);
-  for (size_t i = 0; i < stage_of.size(); ++i) {
-    const std::string& n = state.stage.params().all()[i].name;
-    for (int s = 0; s < p; ++s) {
-      const StageSpec& sp = specs[s];
-      const bool in_block = n.rfind("model.layers.", 0) == 0 && [&] {
-        const int l = std::stoi(n.substr(13));
-        return l >= sp.first_layer && l < sp.end_layer;
-      }();
-      if (in_block || (sp.has_embedding && n == "model.embed_tokens.weight") ||
-          (sp.has_head && (n == "lm_head.weight" || n == "model.norm.weight")))
-        stage_of[i] = s;
-    }
+  const std::vector<StageSpec> specs = partition_model(c.model, p, balance_costs(c.model, c.pipeline.balance,
+                                                                                c.train.micro_batch_size));
+  for (int s = 0; s < p; ++s) {
+    const Stage emulated(c.model, specs[s]);
+    for (size_t i = 0; i < stage_of.size(); ++i)
+      if (emulated.params().find(state.stage.params().all()[i].name)) stage_of[i] = s;
   }
   std::vector<float> mixed;  // weights assembled from several versions (per-stage delays)
   int64_t start_step = 0;

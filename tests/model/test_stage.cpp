@@ -88,7 +88,7 @@ TEST(StageInit, InitialLossIsNearLogVocab) {
 TEST(StageInit, IndependentOfPartition) {
   ModelConfig c = micro_config();
   Stage whole(c, whole_model(c));
-  Stage tail(c, StageSpec{1, 2, false, true});
+  Stage tail(c, StageSpec{3, 4, false, true});  // the MLP half of block 1 + head
   std::vector<float> ww(whole.params().total()), wt(tail.params().total());
   whole.init_weights(ww.data(), 5);
   tail.init_weights(wt.data(), 5);
@@ -102,34 +102,54 @@ TEST(StageInit, IndependentOfPartition) {
   for (int64_t i = 0; i < e.numel; ++i) ASSERT_EQ(ww[e.offset + i], ww[h.offset + i]);
 }
 
-// Two stages chained by hand give the whole model's loss and every gradient bit for bit on one thread
-// (the tied embedding's two copies included: their sum is formed by the trainer's explicit reduction).
-TEST(StageSplit, TwoStagesEqualTheWholeModel) {
+// Two stages chained by hand give the whole model's loss and every gradient bit for bit on one thread, for
+// every cut: between blocks and between the two halves of a block (the tied embedding's two copies included:
+// their sum is formed by the trainer's explicit reduction).
+TEST(StageSplit, TwoStagesEqualTheWholeModelAtEveryCut) {
   set_num_threads(1);
   ModelConfig c = micro_config();
-  Stage whole(c, whole_model(c)), s0(c, StageSpec{0, 1, true, false}), s1(c, StageSpec{1, 2, false, true});
   const int B = 2, T = c.seq_len;
-  std::vector<float> ww(whole.params().total()), w0(s0.params().total()), w1(s1.params().total());
-  whole.init_weights(ww.data(), 9), s0.init_weights(w0.data(), 9), s1.init_weights(w1.data(), 9);
-  std::vector<float> gw(ww.size(), 0.f), g0(w0.size(), 0.f), g1(w1.size(), 0.f);
+  Stage whole(c, whole_model(c));
+  std::vector<float> ww(whole.params().total());
+  whole.init_weights(ww.data(), 9);
   Batch b = random_batch(c, B, T, 5);
-  auto aw = whole.make_activations(B, T), a0 = s0.make_activations(B, T), a1 = s1.make_activations(B, T);
-  auto sw = whole.make_scratch(B, T), ss0 = s0.make_scratch(B, T), ss1 = s1.make_scratch(B, T);
+  auto aw = whole.make_activations(B, T);
+  auto sw = whole.make_scratch(B, T);
+  std::vector<float> gw(ww.size(), 0.f);
   const double lw = whole.forward(ww.data(), *aw, b.tokens.data(), nullptr, b.targets.data());
-  s0.forward(w0.data(), *a0, b.tokens.data(), nullptr, nullptr);
-  const double l1 = s1.forward(w1.data(), *a1, nullptr, s0.output(*a0), b.targets.data());
-  EXPECT_EQ(lw, l1);
   whole.backward(ww.data(), gw.data(), *aw, *sw, nullptr, 1.f);
-  s1.backward(w1.data(), g1.data(), *a1, *ss1, nullptr, 1.f);
-  s0.backward(w0.data(), g0.data(), *a0, *ss0, a1->d_input.data(), 1.f);
-  int compared = 0;
-  for (const auto* st : {&s0, &s1}) {
-    const auto& g = st == &s0 ? g0 : g1;
-    for (const auto& p : st->params().all()) {
-      const ParamInfo& q = whole.params().at(p.name);
-      for (int64_t i = 0; i < p.numel; ++i) ASSERT_EQ(g[p.offset + i], gw[q.offset + i]) << p.name;
-      ++compared;
+  for (int cut = 1; cut < 2 * c.n_layers; ++cut) {
+    SCOPED_TRACE("cut after unit " + std::to_string(cut));
+    Stage s0(c, StageSpec{0, cut, true, false}), s1(c, StageSpec{cut, 2 * c.n_layers, false, true});
+    EXPECT_EQ(s0.params().size() + s1.params().size(), whole.params().size());
+    std::vector<float> w0(s0.params().total()), w1(s1.params().total());
+    s0.init_weights(w0.data(), 9), s1.init_weights(w1.data(), 9);
+    std::vector<float> g0(w0.size(), 0.f), g1(w1.size(), 0.f);
+    auto a0 = s0.make_activations(B, T), a1 = s1.make_activations(B, T);
+    auto ss0 = s0.make_scratch(B, T), ss1 = s1.make_scratch(B, T);
+    s0.forward(w0.data(), *a0, b.tokens.data(), nullptr, nullptr);
+    const double l1 = s1.forward(w1.data(), *a1, nullptr, s0.output(*a0), b.targets.data());
+    EXPECT_EQ(lw, l1);
+    s1.backward(w1.data(), g1.data(), *a1, *ss1, nullptr, 1.f);
+    s0.backward(w0.data(), g0.data(), *a0, *ss0, a1->d_input.data(), 1.f);
+    int compared = 0;
+    for (const auto* st : {&s0, &s1}) {
+      const auto& g = st == &s0 ? g0 : g1;
+      for (const auto& p : st->params().all()) {
+        const ParamInfo& q = whole.params().at(p.name);
+        for (int64_t i = 0; i < p.numel; ++i) ASSERT_EQ(g[p.offset + i], gw[q.offset + i]) << p.name;
+        ++compared;
+      }
     }
+    EXPECT_EQ(compared, static_cast<int>(whole.params().size()));
   }
-  EXPECT_EQ(compared, static_cast<int>(whole.params().size()));
+}
+
+TEST(StageSpec, DescribesHalfBlockCuts) {
+  EXPECT_EQ(describe_units(0, 8), "blocks [0, 4)");
+  EXPECT_EQ(describe_units(0, 9), "blocks [0, 4) + attention of block 4");
+  EXPECT_EQ(describe_units(9, 16), "MLP of block 4 + blocks [5, 8)");
+  EXPECT_EQ(describe_units(3, 4), "MLP of block 1");
+  EXPECT_EQ(describe_units(2, 3), "attention of block 1");
+  EXPECT_EQ(describe_units(4, 4), "no blocks");
 }

@@ -51,7 +51,9 @@ TEST(EfCorrection, MatchesTheClosedFormOnADelayedQuadratic) {
     for (double u : us) sum += u;
     const double closed = 1.0 - sum - c * (us.back() - us.front());
     EXPECT_NEAR(s.weights[i0], closed, 1e-6) << "c = " << c;
-    if (c == 0.0) EXPECT_NEAR(s.weights[i0], plain, 1e-6);
+    if (c == 0.0) {
+      EXPECT_NEAR(s.weights[i0], plain, 1e-6);
+    }
   }
 }
 
