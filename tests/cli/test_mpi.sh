@@ -35,6 +35,13 @@ done
   --set pipeline.schedule=2bw --set pipeline.stages=2 --set pipeline.transport=mpi --out mpi_resume --resume > /dev/null 2>&1 || fail "mpi resume"
 [ "$(grep -c "\"train_loss\":[0-9]" mpi_resume/metrics.jsonl)" = 5 ] && ok "resumed MPI run logged 5 steps" || fail "resumed metrics"
 
+# Measured balance: every rank must cut the model where rank 0's timings say (a disagreement would give
+# messages of the wrong length and a failed run); the printed split names a cut.
+"${MPIRUN[@]}" -np 3 "$BIN" train --config micro.toml "${common[@]}" --set train.micro_batches=3 --set pipeline.schedule=2bw \
+  --set pipeline.stages=3 --set pipeline.transport=mpi --set pipeline.balance=measured --out mpi_measured > mpi_measured.log 2>&1 \
+  && grep -q "stage 2: .*head, loss" mpi_measured.log && ok "measured balance under MPI: ranks agree on the split" \
+  || { cat mpi_measured.log; fail "measured balance under MPI"; }
+
 err="$("${MPIRUN[@]}" -np 3 "$BIN" train --config micro.toml --set pipeline.schedule=2bw --set pipeline.stages=2 \
   --set pipeline.transport=mpi --out bad 2>&1)"; rc=$?
 [ "$rc" != 0 ] && case "$err" in *"pipeline.stages"*"mpirun -np 2"*) true ;; *) false ;; esac \
