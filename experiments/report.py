@@ -4,6 +4,8 @@
 Reads RUNS/<group>/grid.json and RUNS/<group>/<cell>/metrics.jsonl for every group (or those named with
 --groups), and PAPER.md's Table 1-2 (looked for in ../shared/PAPER.md and shared/PAPER.md beside the repo, or
 --paper). Every number and every sentence comparing with the paper is generated from those files.
+Groups tagged `horizon` (run_comparison.py --tag horizon, same settings, different --steps) are not given sections of
+their own: they make the "Horizon study" section (gap and EF effect against tokens seen, plots/horizon_gap.png).
 Python 3 standard library only; the plots need gnuplot (with the pngcairo terminal) and are skipped without it.
 
     experiments/report.py [--runs-dir experiments/runs] [--groups G1,G2] [--out experiments/RESULTS.md]
@@ -21,7 +23,7 @@ import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run_comparison import ALL_OPTIMIZERS, read_metrics, compute_seconds  # noqa: E402
+from run_comparison import ALL_OPTIMIZERS, CORPORA, MODES, PRESETS, read_metrics, compute_seconds  # noqa: E402
 
 NAMES = {"adamw": "AdamW", "muon": "Muon", "normuon": "NorMuon", "adan": "Adan", "lion": "Lion", "mars": "MARS",
          "soap": "SOAP", "sgd": "SGD"}
@@ -71,6 +73,14 @@ def times(x):
     return f"{x:.1f}" if x < 10 else f"{x:.0f}"
 
 
+def fmt_count(n):
+    """204800 -> '205K', 3276800 -> '3.28M'."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:g}"
+
+
 # ---------------------------------------------------------------- inputs
 def find_paper(path):
     cands = [path] if path else [os.path.join(REPO, "..", "shared", "PAPER.md"), os.path.join(REPO, "shared", "PAPER.md"),
@@ -111,6 +121,15 @@ def parse_paper(path):
             table[key] = {"sync": num(cells[1]), "async": num(cells[2]), "gap": num(cells[3]), "ef": num(cells[4]),
                           "share": share / 100 if share is not None else None}
     return table
+
+
+def paper_tokens_per_param(path):
+    """The paper's training length in tokens per parameter (its setup line), or None."""
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        m = re.search(r"(\d+(?:\.\d+)?) tokens per parameter", f.read())
+    return float(m.group(1)) if m else None
 
 
 def model_params(cfg):
@@ -272,6 +291,25 @@ def gnuplot_ok():
     return exe
 
 
+MODE_COLORS = {"sync": "#1f77b4", "async": "#d62728", "async_ef": "#2ca02c", "async_ps": "#9467bd",
+               "async_wp": "#ff7f0e", "async_dc": "#8c564b"}
+OPT_COLORS = {"adamw": "#d62728", "muon": "#1f77b4", "normuon": "#17becf", "adan": "#9467bd", "lion": "#ff7f0e",
+              "mars": "#8c564b", "soap": "#2ca02c", "sgd": "#7f7f7f"}
+PNG_TERMINAL = "set terminal pngcairo size {w},{h} font 'sans,10'"
+
+
+def run_gnuplot(exe, script, png, tmp):
+    """Runs a gnuplot script (written to tmp) that draws png; True when the PNG was made."""
+    sp = os.path.join(tmp, os.path.splitext(os.path.basename(png))[0] + ".gp")
+    with open(sp, "w") as f:
+        f.write(script)
+    r = subprocess.run([exe, sp], capture_output=True, text=True)
+    if r.returncode == 0 and os.path.exists(png):
+        return True
+    print(f"report: gnuplot failed for {png}: {r.stderr.strip()[:300]}", file=sys.stderr)
+    return False
+
+
 def smooth(xs, k):
     out, acc, q = [], 0.0, []
     for x in xs:
@@ -290,8 +328,6 @@ def plot_group(g, plots_dir, exe):
     if not exe:
         return made
     os.makedirs(plots_dir, exist_ok=True)
-    colors = {"sync": "#1f77b4", "async": "#d62728", "async_ef": "#2ca02c", "async_ps": "#9467bd",
-              "async_wp": "#ff7f0e", "async_dc": "#8c564b"}
     with tempfile.TemporaryDirectory() as tmp:
         for opt in g.optimizers:
             series = []
@@ -313,7 +349,7 @@ def plot_group(g, plots_dir, exe):
                     for s in sorted(set(steps) | set(vsteps)):
                         f.write(f"{s} {sm.get(s, 'NaN')} {vl.get(s, 'NaN')}\n")
                 label = f"{MODE_LABEL[mode]} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
-                series.append((path, label, colors[mode]))
+                series.append((path, label, MODE_COLORS[mode]))
             if not series:
                 continue
             png = os.path.join(plots_dir, f"{g.name}_{opt}.png")
@@ -327,7 +363,7 @@ def plot_group(g, plots_dir, exe):
                 f"'{p}' using 1:3 with linespoints pt 7 ps 0.8 lw 1 dt 2 lc rgb '{c}' notitle"
                 for p, l, c in series)
             script = f"""
-set terminal pngcairo size 1200,480 font 'sans,10'
+{PNG_TERMINAL.format(w=1200, h=480)}
 set output '{png}'
 set datafile missing 'NaN'
 set multiplot layout 1,2 title '{NAMES[opt]} (lr {g.chosen_lr(opt):g}{", default, not tuned" if opt in g.grid.get("untuned_lr", []) else ""}), {g.name}: seed-mean loss (train smoothed over {max(1, g.steps // 30)} steps)'
@@ -337,18 +373,24 @@ set title 'second half (zoom)'; set xrange [{half}:{g.steps}]; set autoscale y
 plot {plots_zoom}
 unset multiplot
 """
-            sp = os.path.join(tmp, f"{opt}.gp")
-            with open(sp, "w") as f:
-                f.write(script)
-            r = subprocess.run([exe, sp], capture_output=True, text=True)
-            if r.returncode == 0 and os.path.exists(png):
+            if run_gnuplot(exe, script, png, tmp):
                 made[opt] = png
-            else:
-                print(f"report: gnuplot failed for {png}: {r.stderr.strip()[:300]}", file=sys.stderr)
     return made
 
 
 # ---------------------------------------------------------------- the document
+def mode_cell(a, m):
+    """A table cell for mode m of analyse()'s result: mean ± std over seeds, with diverged / broken marks."""
+    s = pm(list(a["fin"][m].values())) if a["fin"][m] or not a["div"][m] else "diverged"
+    if a["div"][m]:
+        s += f" (diverged: seed {', '.join(map(str, a['div'][m]))})"
+    if a["broken"][m]:
+        s += f" (broken: above ln {round(math.exp(a['ln_vocab']))} = {a['ln_vocab']:.3f})"
+    if not a["fin"][m] and not a["div"][m]:
+        s = "not run"
+    return s
+
+
 def group_section(g, paper, plots, out_dir, lines, per_stage_note):
     grid = g.grid
     done = [r for r in g.runs if r.done]
@@ -397,19 +439,10 @@ def group_section(g, paper, plots, out_dir, lines, per_stage_note):
         analyses[opt] = a
         per_run = [r.seconds for r in g.runs if r.opt == opt and r.done]
         n = max((len(a["fin"][m]) for m in ("sync", "async", "async_ef")), default=0)
-        def cell(m):
-            s = pm(list(a["fin"][m].values())) if a["fin"][m] or not a["div"][m] else "diverged"
-            if a["div"][m]:
-                s += f" (diverged: seed {', '.join(map(str, a['div'][m]))})"
-            if a["broken"][m]:
-                s += f" (broken: above ln {round(math.exp(a['ln_vocab']))} = {a['ln_vocab']:.3f})"
-            if not a["fin"][m] and not a["div"][m]:
-                s = "not run"
-            return s
         lr_txt = f"{a['lr']:g}" + (" (lr not tuned (default))" if a["untuned"] else "") if a["lr"] is not None else "–"
         n_txt = f"{n}" + (" (1 seed: no noise estimate)" if n == 1 else "")
-        lines.append(f"| {NAMES[opt]} | {lr_txt} | {cell('sync')} | {cell('async')} | {pm(a['gaps'], True)} | "
-                     f"{cell('async_ef')} | {pct(a['share'])} | {n_txt} | "
+        lines.append(f"| {NAMES[opt]} | {lr_txt} | {mode_cell(a, 'sync')} | {mode_cell(a, 'async')} | {pm(a['gaps'], True)} | "
+                     f"{mode_cell(a, 'async_ef')} | {pct(a['share'])} | {n_txt} | "
                      f"{fmt_time(mean(per_run)) if per_run else '–'} |" if a["lr"] is not None else
                      f"| {NAMES[opt]} | – | not run | not run | – | not run | – | 0 | – |")
     lines.append("")
@@ -611,6 +644,297 @@ def findings(g, analyses, paper, lines):
     return out
 
 
+# ---------------------------------------------------------------- horizon study (issue #4)
+# Groups made by run_comparison.py with --tag horizon that differ only in --steps: <preset>-<corpus>-<steps>st-horizon.
+HORIZON_RE = re.compile(r"^(.+)-(\d+)st-((?:.+-)?horizon)$")
+HORIZON_BUDGETS, HORIZON_FACTOR = 3, 4  # the study: three token budgets, each 4x the previous
+
+
+def horizon_family(name):
+    """('tiny-prose', 'horizon') for a horizon group such as tiny-prose-400st-horizon; None for any other group."""
+    m = HORIZON_RE.match(name)
+    return (m.group(1), m.group(3)) if m else None
+
+
+def horizon_missing(budgets):
+    """The study's ladder (HORIZON_BUDGETS budgets, each HORIZON_FACTOR x the previous, from the smallest present)
+    and the budgets of it not present; (None, None) when the present ones are not on such a ladder."""
+    b = sorted(set(budgets))
+    ladder = [b[0] * HORIZON_FACTOR ** i for i in range(HORIZON_BUDGETS)]
+    if not set(b) <= set(ladder):
+        return None, None
+    return ladder, [x for x in ladder if x not in b]
+
+
+def horizon_command(g, steps):
+    """The run_comparison.py command line that makes (or completes) this family's group at `steps`, from g's grid."""
+    gr = g.grid
+    cmd = ["experiments/run_comparison.py", "--optimizers", ",".join(g.optimizers),
+           "--seeds", ",".join(str(x) for x in gr.get("seeds", []))]
+    untuned = gr.get("untuned_lr", [])
+    given = {o: lr for o, lr in gr.get("fixed_lr", {}).items() if o not in untuned}
+    if given:
+        cmd += ["--lr", ",".join(f"{o}={lr:g}" for o, lr in given.items())]
+    if untuned:
+        cmd += ["--default-lr", ",".join(untuned)]
+    if gr.get("lr_factors") and gr["lr_factors"] != [0.5, 1.0, 2.0] and len(given) + len(untuned) < len(g.optimizers):
+        cmd += ["--lr-factors", ",".join(f"{x:g}" for x in gr["lr_factors"])]
+    if gr.get("preset", "tiny") != "tiny":
+        cmd += ["--preset", gr["preset"]]
+    if gr.get("config") and gr["config"] != PRESETS.get(gr.get("preset", "tiny"), ("",))[0]:
+        cmd += ["--config", gr["config"]]
+    cmd += ["--corpus", gr.get("corpus", "default"), "--steps", str(steps)]
+    if gr.get("modes") and gr["modes"] != MODES:
+        cmd += ["--modes", ",".join(gr["modes"])]
+    if "async_ps" in gr.get("modes", []) and gr.get("ps_stages", 4) != 4:
+        cmd += ["--ps-stages", str(gr["ps_stages"])]
+    if gr.get("async_impl", "emulate") != "emulate":
+        cmd += ["--async-impl", gr["async_impl"]]
+    if gr.get("threads", 1) != 1:
+        cmd += ["--threads", str(gr["threads"])]
+    implied = dict(PRESETS.get(gr.get("preset"), ("", {}))[1], **CORPORA.get(gr.get("corpus"), {}))
+    for k, v in gr.get("extra_sets", {}).items():
+        if implied.get(k) != v:
+            cmd += ["--set", f"{k}={v}"]
+    return " ".join(cmd + ["--tag", gr.get("tag") or horizon_family(g.name)[1]])
+
+
+def horizon_rows(gs, opt):
+    """One dict per budget (group, sorted by steps): analyse()'s numbers plus tokens seen and tokens per parameter,
+    both from the finished runs (metrics.jsonl's tokens, config.toml's model)."""
+    rows = []
+    for g in gs:
+        a = analyse(g, opt)
+        done = [r for r in g.runs if r.opt == opt and r.done]
+        tokens = max((r.tokens for r in done), default=0) or None
+        params = model_params(done[0].cfg) if done and done[0].cfg.get("model") else None
+        sync = a["mean"]["sync"]
+        rows.append({"g": g, "steps": g.steps, "a": a, "tokens": tokens, "params": params,
+                     "tpp": tokens / params if tokens and params else None,
+                     "rel": a["gap"] / sync if a["gap"] is not None and sync else None,
+                     "gap": a["gap"], "gap_sem": a["gap_sem"], "ef_gap": mean(a["ef_gaps"]),
+                     "ef_sem": std(a["ef_gaps"]) / math.sqrt(len(a["ef_gaps"])) if len(a["ef_gaps"]) > 1 else None})
+    return rows
+
+
+def trend(vals):
+    """How a sequence (at least two numbers, in budget order) moves: 'shrinks', 'grows' or 'is not monotone'."""
+    d = [y - x for x, y in zip(vals, vals[1:])]
+    if all(x < 0 for x in d):
+        return "shrinks"
+    if all(x > 0 for x in d):
+        return "grows"
+    return "is not monotone"
+
+
+def plot_horizon(family, rows_by_opt, png, exe):
+    """gap (async − sync, solid) and EF-corrected gap (async+EF − sync, dashed) against tokens seen (log x), one colour
+    per optimizer; a second x axis in tokens per parameter. True when the PNG was made."""
+    if not exe:
+        return False
+    os.makedirs(os.path.dirname(png), exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        series, all_rows = [], []
+        for opt, rows in rows_by_opt.items():
+            for key, sem, what, dt in (("gap", "gap_sem", "async − sync", 1), ("ef_gap", "ef_sem", "async+EF − sync", 2)):
+                pts = [r for r in rows if r["tokens"] and r[key] is not None]
+                if not pts:
+                    continue
+                path = os.path.join(tmp, f"{opt}_{key}.dat")
+                with open(path, "w") as f:
+                    for r in pts:
+                        f.write(f"{r['tokens']} {r[key]} {r[sem] if r[sem] is not None else 0}\n")
+                errs = all(r[sem] is not None for r in pts)
+                style = "yerrorlines" if errs else "linespoints"
+                series.append(f"'{path}' using 1:2{':3' if errs else ''} with {style} pt 7 ps 1 lw 2 dt {dt} "
+                              f"lc rgb '{OPT_COLORS.get(opt, '#000000')}' title '{NAMES[opt]}: {what}"
+                              f"{' (± s.e.)' if errs else ''}'")
+                all_rows += pts
+        if not series:
+            return False
+        lo, hi = min(r["tokens"] for r in all_rows), max(r["tokens"] for r in all_rows)
+        params = next((r["params"] for r in all_rows if r["params"]), None)
+        budgets = sorted({(r["tokens"], r["steps"]) for r in all_rows})
+        xtics = ", ".join(f'"{fmt_count(t)}\\n{st} steps" {t}' for t, st in budgets)  # in double quotes gnuplot breaks the line
+        x2tics = ", ".join(f"'{t / params:.3g}' {t / params}" for t, _ in budgets) if params else ""
+        x2 = (f"set logscale x2; set x2range [{lo / 1.6 / params}:{hi * 1.6 / params}]; set x2tics nomirror ({x2tics})\n"
+              f"set x2label 'tokens per parameter ({params / 1e6:.2f}M parameters)'\n" if params else "")
+        script = f"""
+{PNG_TERMINAL.format(w=900, h=560)}
+set output '{png}'
+set title 'Horizon study, {family[0]}-*st-{family[1]}: final val-loss gap against tokens seen'
+set logscale x; set xrange [{lo / 1.6}:{hi * 1.6}]; set xtics nomirror ({xtics})
+set xlabel 'tokens seen (log scale)' offset 0,-1; set bmargin 5; set ylabel 'final val-loss gap to sync'
+{x2}set grid; set key top right
+plot {", ".join(series)}, 0 with lines lc rgb '#808080' dt 3 notitle
+"""
+        return run_gnuplot(exe, script, png, tmp)
+
+
+def horizon_section(hgroups, paper_path, plots_dir, out_dir, exe, lines):
+    """'## Horizon study': per family of horizon groups (same preset, corpus and tag, different --steps), one table
+    per optimizer with a row per budget, the gap plot, and generated sentences."""
+    fams = {}
+    for g in sorted(hgroups, key=lambda g: g.steps):
+        fams.setdefault(horizon_family(g.name), []).append(g)
+    lines.append("## Horizon study\n")
+    lines.append(f"The sync/async gap and the EF effect at growing token budgets (issue #4: {HORIZON_BUDGETS} budgets, "
+                 f"each {HORIZON_FACTOR}× the previous). Each budget is a separate group that differs only in its "
+                 "`--steps`; these groups are reported only here, not as group sections of their own.\n")
+    paper_tpp = paper_tokens_per_param(paper_path)
+    for fam, gs in sorted(fams.items()):
+        label = f"{fam[0]}-<steps>st-{fam[1]}"
+        if len(fams) > 1:
+            lines.append(f"### `{label}`\n")
+        budgets = [g.steps for g in gs]
+        lines.append("Groups: " + "; ".join(
+            f"`{g.name}` ({sum(r.done for r in g.runs)} of {len(g.runs)} runs finished, "
+            f"{fmt_time(sum(r.seconds for r in g.runs))})" for g in gs) + ".")
+        ladder, missing = horizon_missing(budgets)
+        if ladder is None:
+            lines.append(f"The budgets present ({', '.join(map(str, budgets))} steps) are not {HORIZON_BUDGETS} budgets "
+                         f"each {HORIZON_FACTOR}× the previous; all are reported.")
+        elif missing:
+            lines.append(f"Budgets present: {', '.join(map(str, budgets))} steps; missing: "
+                         f"{', '.join(map(str, missing))} steps (not run yet; the ladder {' → '.join(map(str, ladder))} "
+                         f"is assumed to start at the smallest budget present). To run them: "
+                         + "; ".join(f"`{horizon_command(gs[-1], x)}`" for x in missing) + ".")
+        opts = [o for o in ALL_OPTIMIZERS if any(o in g.optimizers for g in gs)]
+        rows_by_opt = {o: horizon_rows(gs, o) for o in opts}
+        # set-up, from the runs' config.toml and grid.json
+        cfg = next((r.cfg for g in gs for r in g.runs if r.done and r.cfg.get("model")), {})
+        lr_txt = []
+        for o in opts:
+            lrs = sorted({g.chosen_lr(o) for g in gs if g.chosen_lr(o) is not None})
+            given = {o in g.grid.get("fixed_lr", {}) for g in gs if g.chosen_lr(o) is not None}
+            if lrs:
+                lr_txt.append(f"{NAMES[o]} {' / '.join(f'{x:g}' for x in lrs)}"
+                              + (" (differs between budgets!)" if len(lrs) > 1 else "")
+                              + (" (given, no sweep)" if given == {True} else " (from each budget's sync sweep)"
+                                 if given == {False} else " (given at some budgets, swept at others)"))
+        if cfg:
+            m, o_ = cfg.get("model", {}), cfg.get("optim", {})
+            lines.append(f"Set-up: preset `{m.get('preset', gs[0].grid.get('preset'))}`, {model_params(cfg) / 1e6:.2f}M "
+                         f"parameters (vocab {m.get('vocab_size')}), corpus `{gs[0].grid.get('corpus')}`, "
+                         f"{gs[0].grid.get('tokens_per_step')} tokens per step"
+                         + (f"; lr {', '.join(lr_txt)}" if lr_txt else "") + ". Each budget is "
+                         f"its own run with its own cosine schedule (warm-up {o_.get('warmup_frac')} of its steps, "
+                         f"decay to {o_.get('min_lr_frac')} of peak), so a longer budget also decays later.")
+        lines.append("")
+        # the tables
+        unfinished = []
+        for o in opts:
+            rows = rows_by_opt[o]
+            lines.append(f"**{NAMES[o]}**\n")
+            lines.append("| steps | tokens seen | tokens per parameter | sync | async | gap (async − sync) | gap / sync | "
+                         "async + EF | EF gap (async+EF − sync) | share of the gap closed | seeds |")
+            lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+            for r in rows:
+                a = r["a"]
+                n, n_ef = len(a["gaps"]), len(a["ef_gaps"])
+                seeds = (f"{n}" + (f" (EF {n_ef})" if n_ef != n else "") + (" (no noise estimate)" if n == 1 else "")
+                         if n else "0")
+                tpp = f"{r['tpp']:.3g}" if r["tpp"] else "–"
+                rel = f"{100 * r['rel']:+.2f}%" if r["rel"] is not None else "–"
+                lines.append(f"| {r['steps']} | {fmt_count(r['tokens']) if r['tokens'] else '–'} | {tpp} | "
+                             f"{mode_cell(a, 'sync')} | {mode_cell(a, 'async')} | {pm(a['gaps'], True)} | {rel} | "
+                             f"{mode_cell(a, 'async_ef')} | {pm(a['ef_gaps'], True)} | {pct(a['share'])} | {seeds} |")
+                todo = [MODE_LABEL[m] for m in ("sync", "async", "async_ef") if m in r["g"].grid.get("modes", [])
+                        and not a["fin"][m] and not a["div"][m]]
+                if todo:
+                    unfinished.append(f"{NAMES[o]} at {r['steps']} steps: {', '.join(todo)}")
+            lines.append("")
+        lines.append("Final validation losses, mean ± sample std over seeds; gaps paired by seed; gap / sync = the "
+                     "gap relative to the sync loss; share closed = (async − async+EF) / (async − sync) of the seed "
+                     "means (– where there is no positive gap). Tokens seen from the runs' metrics.jsonl.")
+        if unfinished:
+            lines.append("Not finished yet: " + "; ".join(unfinished) + ".")
+        lines.append("Reproduce one budget: `" + horizon_command(gs[0], "STEPS") + "` with STEPS = "
+                     + ", ".join(map(str, budgets)) + ".")
+        lines.append("")
+        # the plot
+        png = os.path.join(plots_dir, "horizon_gap.png" if len(fams) == 1 else f"horizon_gap_{fam[0]}-{fam[1]}.png")
+        if plot_horizon(fam, rows_by_opt, png, exe):
+            lines.append(f"![val-loss gap against tokens seen, {label}]({os.path.relpath(png, out_dir)})\n")
+        # generated sentences
+        out = []
+        for o in opts:
+            rows = [r for r in rows_by_opt[o] if r["a"]["gap"] is not None and r["tokens"]]
+            if not rows:
+                out.append(f"{NAMES[o]}: no budget has both a finished sync and async run yet.")
+                continue
+            at = " → ".join(f"{f4(r['a']['gap'], True)} ({100 * r['rel']:+.2f}% of sync) at {r['steps']} steps "
+                            f"({fmt_count(r['tokens'])} tokens" + (f", {r['tpp']:.3g} per parameter)" if r["tpp"] else ")")
+                            for r in rows)
+            if len(rows) == 1:
+                out.append(f"{NAMES[o]}: the delay gap is {at}; one budget only, so no trend yet.")
+                continue
+            first, last = rows[0], rows[-1]
+            g = [r["a"]["gap"] for r in rows]
+            s = f"{NAMES[o]}: the delay gap {trend(g)} with tokens: {at}"
+            if trend(g) == "is not monotone":
+                s += f"; from the first to the last budget it {trend([g[0], g[-1]])}"
+            if g[0] > 0 and g[-1] > 0 and last["tokens"] > first["tokens"]:
+                per = (g[-1] / g[0]) ** (math.log(HORIZON_FACTOR) / math.log(last["tokens"] / first["tokens"]))
+                s += f" (×{per:.2f} per {HORIZON_FACTOR}× tokens on average)"
+            nonpos = [str(r["steps"]) for r in rows if r["a"]["gap"] <= 0]
+            if nonpos:
+                s += f"; no delay penalty (gap ≤ 0) at {', '.join(nonpos)} steps"
+            rel = [r["rel"] for r in rows]
+            tr, tg = trend(rel), trend(g)
+            s += (f". Relative to the sync loss it {tr}" + (" too" if tr == tg and tr != "is not monotone" else "")
+                  + f" ({100 * rel[0]:+.2f}% → {100 * rel[-1]:+.2f}%)")
+            s1, s2 = first["a"]["gap_sem"], last["a"]["gap_sem"]
+            if s1 is not None and s2 is not None and (s1 > 0 or s2 > 0):
+                z = (g[-1] - g[0]) / math.sqrt(s1 ** 2 + s2 ** 2)
+                s += (f". The change from {first['steps']} to {last['steps']} steps is {abs(z):.1f} standard errors: "
+                      + ("beyond seed noise" if abs(z) > 2 else "within seed noise"))
+            else:
+                s += ". With 1 seed per budget there is no noise estimate: the trend is indicative only"
+            out.append(s + ".")
+        for o in opts:
+            rows = [r for r in rows_by_opt[o] if r["a"]["ef_gaps"] and r["tokens"]]
+            if not rows:
+                continue
+            shares = [(r["steps"], r["a"]["share"]) for r in rows]
+            meas = [x for _, x in shares if x is not None]
+            s = (f"{NAMES[o]}, EF: the share of the gap it closes is " + " → ".join(
+                f"{pct(x) if x is not None else '– (no positive gap)'} at {st} steps" for st, x in shares))
+            if len(meas) >= 2:
+                spread = max(meas) - min(meas)
+                if spread <= 0.15:
+                    s += f": it holds (within {100 * spread:.0f} percentage points)"
+                else:
+                    tr = trend(meas)
+                    s += (": it falls with tokens" if tr == "shrinks" else ": it rises with tokens"
+                          if tr == "grows" else ": it varies") + f" ({pct(min(meas))} to {pct(max(meas))})"
+            elif len(rows) > 1:
+                s += ": too few budgets with a positive gap to tell whether its share holds"
+            efg = [r["ef_gap"] for r in rows]
+            s += (f"; the EF-corrected gap goes {' → '.join(f4(x, True) for x in efg)} ({trend(efg).replace('is ', '')})"
+                  if len(efg) > 1 else f"; the EF-corrected gap is {f4(efg[0], True)}")
+            out.append(s + ".")
+        A, M = rows_by_opt.get("adamw"), rows_by_opt.get("muon")
+        if A and M:
+            ratios = [(ra["steps"], ra["a"]["gap"] / rm["a"]["gap"]) for ra, rm in zip(A, M)
+                      if ra["a"]["gap"] is not None and rm["a"]["gap"] is not None and ra["a"]["gap"] > 0
+                      and rm["a"]["gap"] > 0]
+            if ratios:
+                out.append("The AdamW gap is " + " / ".join(times(x) for _, x in ratios) + " times the Muon gap at "
+                           + " / ".join(str(st) for st, _ in ratios) + " steps"
+                           + (f" ({trend([x for _, x in ratios]).replace('is ', '')} with "
+                              "tokens)." if len(ratios) > 1 else "."))
+        tpp = [r["tpp"] for rows in rows_by_opt.values() for r in rows if r["tpp"]]
+        if paper_tpp and tpp:
+            out.append(f"The paper trains at {paper_tpp:g} tokens per parameter; the largest budget here reaches "
+                       f"{max(tpp):.3g}" + (" (beyond the paper's)." if max(tpp) >= paper_tpp else
+                                            f", {times(paper_tpp / max(tpp))} times less."))
+        if out:
+            lines.append("What the budgets show (generated from the numbers above):\n")
+            lines.extend(f"- {x}" for x in out)
+            lines.append("")
+
+
 def paper_section(paper, groups_analyses, lines, paper_path):
     lines.append("## Side by side with the paper (Table 1–2, SmolLM2-360M, final validation loss)\n")
     if not paper:
@@ -657,6 +981,8 @@ def main(argv):
     if not names:
         raise SystemExit(f"report: no run groups (grid.json) in {a.runs_dir}")
     groups = [Group(a.runs_dir, n) for n in names]
+    hgroups = [g for g in groups if horizon_family(g.name)]  # reported in the horizon study only
+    all_groups, groups = groups, [g for g in groups if not horizon_family(g.name)]
     # the group with the most finished runs first (the headline), the rest in name order
     groups.sort(key=lambda g: (-sum(r.done for r in g.runs), g.name))
     paper_path = find_paper(a.paper)
@@ -667,9 +993,9 @@ def main(argv):
              "Generated by `experiments/report.py` from the runs of `experiments/run_comparison.py`; do not edit by hand "
              "(rerun the report instead). Every number and every comparison sentence below comes from the runs' "
              "metrics.jsonl and PAPER.md.", ""]
-    all_s = sum(r.seconds for g in groups for r in g.runs)
-    n_done = sum(r.done for g in groups for r in g.runs)
-    lines.append(f"Total: {n_done} finished runs in {len(groups)} group(s), {fmt_time(all_s)} of training compute "
+    all_s = sum(r.seconds for g in all_groups for r in g.runs)
+    n_done = sum(r.done for g in all_groups for r in g.runs)
+    lines.append(f"Total: {n_done} finished runs in {len(all_groups)} group(s), {fmt_time(all_s)} of training compute "
                  "(sum of the runs' elapsed_s; one thread each, on a 2-core machine, at most two runs at a time).\n")
     groups_analyses, summary = [], []
     body = []
@@ -685,6 +1011,8 @@ def main(argv):
     if not exe:
         body.append("(gnuplot with pngcairo was not found: no loss-curve plots.)\n")
     lines += body
+    if hgroups:
+        horizon_section(hgroups, paper_path, plots_dir, out_dir, exe, lines)
     paper_section(paper, groups_analyses, lines, paper_path or "")
     lines.append("## Notes\n")
     lines.append("- sync = plain single-device training; async = `delay.emulate=one_step` (the gradient of W(t-1) applied "
