@@ -1,91 +1,26 @@
 // Every CUDA kernel against its CPU counterpart (onestep::cpu) on random inputs, fp32. Backward
 // gradients start from random values, so the += accumulation is checked too. Without a GPU every
 // test skips with an explicit message.
-#include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <random>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "cuda_test_util.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/cuda/optim_cuda.h"
 
 namespace {
 
 namespace cpu = onestep::cpu;
 namespace gpu = onestep::cuda;
 
-#define REQUIRE_GPU()                                   \
-  if (!onestep::cuda::cuda_device_available()) GTEST_SKIP() \
-      << "no CUDA device: test skipped (needs an NVIDIA GPU)"
-
-void cuda_ok(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-// A device copy of a host vector; host() synchronises and copies back.
-template <class T>
-class Dev {
- public:
-  explicit Dev(size_t n) : n_(n) {
-    cuda_ok(cudaMalloc(reinterpret_cast<void**>(&p_), sizeof(T) * std::max<size_t>(n, 1)), "cudaMalloc");
-    cuda_ok(cudaMemset(p_, 0, sizeof(T) * std::max<size_t>(n, 1)), "cudaMemset");
-  }
-  explicit Dev(const std::vector<T>& h) : Dev(h.size()) { upload(h); }
-  ~Dev() { cudaFree(p_); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  void upload(const std::vector<T>& h) {
-    cuda_ok(cudaMemcpy(p_, h.data(), sizeof(T) * h.size(), cudaMemcpyHostToDevice), "upload");
-  }
-  std::vector<T> host() const {
-    cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
-    std::vector<T> h(n_);
-    cuda_ok(cudaMemcpy(h.data(), p_, sizeof(T) * n_, cudaMemcpyDeviceToHost), "download");
-    return h;
-  }
-  T* get() const { return p_; }
-
- private:
-  T* p_ = nullptr;
-  size_t n_;
-};
-
-std::vector<float> randn(size_t n, std::mt19937& rng, float stddev = 1.0f) {
-  std::normal_distribution<float> d(0.0f, stddev);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-// |got - want| <= rtol * |want| + atol_rel * max|want|, element-wise.
-void expect_close(const std::vector<float>& got, const std::vector<float>& want, double rtol, double atol_rel,
-                  const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  double scale = 1e-30;
-  for (float w : want) scale = std::max(scale, static_cast<double>(std::fabs(w)));
-  int bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
-    if (!(err <= rtol * std::fabs(want[i]) + atol_rel * scale)) {
-      if (++bad <= 5)
-        ADD_FAILURE() << what << "[" << i << "]: gpu " << got[i] << " cpu " << want[i] << " (err " << err
-                      << ", scale " << scale << ")";
-    }
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size() << " elements out of tolerance";
-}
-
-void expect_bitwise_equal(const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
-  ASSERT_EQ(a.size(), b.size()) << what;
-  EXPECT_EQ(std::memcmp(a.data(), b.data(), sizeof(float) * a.size()), 0) << what << ": not bit-identical";
-}
+using namespace cuda_test;
 
 constexpr double kTol = 1e-4;      // fp32 kernels: relative tolerance
 constexpr double kAtol = 1e-5;     // ... plus this fraction of the largest magnitude
@@ -339,11 +274,17 @@ TEST(CudaKernels, Elementwise) {
     const double got = gpu::sum_squares(d_x.get(), n);
     EXPECT_NEAR(got, want, 1e-10 * want) << "sum_squares" << tag;
     EXPECT_EQ(gpu::sum_squares(d_x.get(), n), got) << "sum_squares is deterministic" << tag;
+    Dev<double> d_ss(1);
+    gpu::sum_squares_async(d_ss.get(), d_x.get(), n);
+    EXPECT_EQ(d_ss.host()[0], got) << "sum_squares_async: the same sum, left on the device" << tag;
 
     gpu::fill_zero(d_y.get(), n);
     expect_close(d_y.host(), std::vector<float>(static_cast<size_t>(n), 0.0f), 0.0, 0.0, "fill_zero" + tag);
   }
   EXPECT_EQ(gpu::sum_squares(nullptr, 0), 0.0);
+  Dev<double> d_ss(std::vector<double>{7.0});
+  gpu::sum_squares_async(d_ss.get(), nullptr, 0);
+  EXPECT_EQ(d_ss.host()[0], 0.0) << "sum_squares_async of nothing writes 0";
 }
 
 // The CPU reference is the per-element formula of AdamWGroup::update (src/optim/adamw.cpp).

@@ -29,6 +29,34 @@ inline unsigned grid_for(int64_t n, int threads = kThreads, int64_t max_blocks =
   return static_cast<unsigned>(b);
 }
 
+// The launch pattern of the element-wise kernels (add / scale, the optimizer updates, the delay
+// corrections): f(i) for i in [0, n) over a grid-stride loop, the grid fixed by n alone (grid_for). f is a __device__ lambda (nvcc --extended-lambda) capturing by value; each
+// element is computed by one thread with exactly f's expression, so the result does not depend on the grid.
+template <class F>
+__global__ void for_each_element_kernel(int64_t n, F f) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    f(i);
+}
+template <class F>
+void for_each_element(int64_t n, cudaStream_t stream, const char* name, F f) {
+  if (n <= 0) return;
+  for_each_element_kernel<<<grid_for(n), kThreads, 0, stream>>>(n, f);
+  check(cudaGetLastError(), name, __FILE__, __LINE__);
+}
+
+// f() once, on one device thread: scalars derived on the device (e.g. from a device-side norm) without a
+// round trip to the host.
+template <class F>
+__global__ void single_thread_kernel(F f) {
+  f();
+}
+template <class F>
+void run_single(cudaStream_t stream, const char* name, F f) {
+  single_thread_kernel<<<1, 1, 0, stream>>>(f);
+  check(cudaGetLastError(), name, __FILE__, __LINE__);
+}
+
 // Fixed-order reductions: a butterfly within each warp, then warp 0 combines the warp results in order.
 // The result (returned to every thread) depends only on blockDim, never on timing.
 template <class T>

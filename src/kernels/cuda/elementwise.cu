@@ -9,18 +9,6 @@ namespace {
 constexpr int64_t kMaxPartials = 1024;
 constexpr int kFinalThreads = 1024;
 
-__global__ void add_kernel(float* y, const float* x, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] += x[i];
-}
-
-__global__ void scale_kernel(float* y, float s, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] *= s;
-}
-
 __global__ void sumsq_partial_kernel(double* partial, const float* x, int64_t n) {
   double acc = 0.0;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -41,28 +29,33 @@ __global__ void sumsq_final_kernel(double* result, const double* partial, int np
 }  // namespace
 
 void add_inplace(float* y, const float* x, int64_t n, cudaStream_t stream) {
-  if (n <= 0) return;
-  add_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(y, x, n);
-  ONESTEP_CUDA_LAUNCHED("add_inplace");
+  detail::for_each_element(n, stream, "add_inplace", [=] __device__(int64_t i) { y[i] += x[i]; });
 }
 
 void scale_inplace(float* y, float s, int64_t n, cudaStream_t stream) {
-  if (n <= 0) return;
-  scale_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(y, s, n);
-  ONESTEP_CUDA_LAUNCHED("scale_inplace");
+  detail::for_each_element(n, stream, "scale_inplace", [=] __device__(int64_t i) { y[i] *= s; });
+}
+
+void sum_squares_async(double* result, const float* x, int64_t n, cudaStream_t stream) {
+  if (n <= 0) {
+    ONESTEP_CUDA_CHECK(cudaMemsetAsync(result, 0, sizeof(double), stream));
+    return;
+  }
+  const unsigned nparts = detail::grid_for(n, detail::kThreads, kMaxPartials);
+  detail::Scratch partial(sizeof(double) * nparts, stream);
+  double* p = partial.as<double>();
+  sumsq_partial_kernel<<<nparts, detail::kThreads, 0, stream>>>(p, x, n);
+  ONESTEP_CUDA_LAUNCHED("sum_squares(partial)");
+  sumsq_final_kernel<<<1, kFinalThreads, 0, stream>>>(result, p, static_cast<int>(nparts));
+  ONESTEP_CUDA_LAUNCHED("sum_squares(final)");
 }
 
 double sum_squares(const float* x, int64_t n, cudaStream_t stream) {
   if (n <= 0) return 0.0;
-  const unsigned nparts = detail::grid_for(n, detail::kThreads, kMaxPartials);
-  detail::Scratch partial(sizeof(double) * (nparts + 1), stream);  // partials, then the result
-  double* p = partial.as<double>();
-  sumsq_partial_kernel<<<nparts, detail::kThreads, 0, stream>>>(p, x, n);
-  ONESTEP_CUDA_LAUNCHED("sum_squares(partial)");
-  sumsq_final_kernel<<<1, kFinalThreads, 0, stream>>>(p + nparts, p, static_cast<int>(nparts));
-  ONESTEP_CUDA_LAUNCHED("sum_squares(final)");
+  detail::Scratch result(sizeof(double), stream);
+  sum_squares_async(result.as<double>(), x, n, stream);
   double host = 0.0;
-  ONESTEP_CUDA_CHECK(cudaMemcpyAsync(&host, p + nparts, sizeof(double), cudaMemcpyDeviceToHost, stream));
+  ONESTEP_CUDA_CHECK(cudaMemcpyAsync(&host, result.as<double>(), sizeof(double), cudaMemcpyDeviceToHost, stream));
   ONESTEP_CUDA_CHECK(cudaStreamSynchronize(stream));
   return host;
 }

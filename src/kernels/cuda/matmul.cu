@@ -1,27 +1,18 @@
 // Matrix multiply through cuBLAS sgemm (fp32, default math mode: no TF32). Row-major A[r,c] is the
 // column-major matrix A^T, so each row-major product C = A B is issued as the column-major C^T = B^T A^T.
-#include <cublas_v2.h>
-
-#include <string>
 #include <unordered_map>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cublas_util.cuh"
 #include "kernels/cuda/ops_cuda.h"
 
 namespace onestep::cuda {
 
-namespace {
+namespace detail {
 
-void check_cublas(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error(std::string("cuBLAS error in ") + what + ": " + cublasGetStatusName(s) + ": " +
-                             cublasGetStatusString(s));
-}
-
-// One handle per (host thread, device): a handle must not be shared by threads that set its stream.
-// Handles live until the process exits (destroying them during static destruction can race the
-// runtime's own teardown).
-cublasHandle_t handle_for(cudaStream_t stream) {
+// A handle must not be shared by threads that set its stream. Handles live until the process exits
+// (destroying them during static destruction can race the runtime's own teardown).
+cublasHandle_t cublas_handle(cudaStream_t stream) {
   thread_local std::unordered_map<int, cublasHandle_t> handles;
   int dev = 0;
   ONESTEP_CUDA_CHECK(cudaGetDevice(&dev));
@@ -36,7 +27,10 @@ cublasHandle_t handle_for(cudaStream_t stream) {
   return it->second;
 }
 
-}  // namespace
+}  // namespace detail
+
+using detail::check_cublas;
+using detail::cublas_handle;
 
 // out[N,OC] = inp[N,C] @ w[OC,C]^T.  Column-major: out^T[OC,N] = op_T(w: C x OC) * inp^T (C x N).
 void matmul_forward(float* out, const float* inp, const float* w, int N, int C, int OC, cudaStream_t stream) {
@@ -46,7 +40,7 @@ void matmul_forward(float* out, const float* inp, const float* w, int N, int C, 
     return;
   }
   const float one = 1.0f, zero = 0.0f;
-  check_cublas(cublasSgemm(handle_for(stream), CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, w, C, inp, C, &zero, out,
+  check_cublas(cublasSgemm(cublas_handle(stream), CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, w, C, inp, C, &zero, out,
                            OC),
                "matmul_forward");
 }
@@ -58,11 +52,11 @@ void matmul_backward(float* dinp, float* dw, const float* dout, const float* inp
   if (N <= 0 || C <= 0 || OC <= 0) return;
   const float one = 1.0f;
   if (dinp)
-    check_cublas(cublasSgemm(handle_for(stream), CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, w, C, dout, OC, &one,
+    check_cublas(cublasSgemm(cublas_handle(stream), CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, w, C, dout, OC, &one,
                              dinp, C),
                  "matmul_backward(dinp)");
   if (dw)
-    check_cublas(cublasSgemm(handle_for(stream), CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, inp, C, dout, OC, &one,
+    check_cublas(cublasSgemm(cublas_handle(stream), CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, inp, C, dout, OC, &one,
                              dw, C),
                  "matmul_backward(dw)");
 }

@@ -80,30 +80,10 @@ void scale_inplace(float* y, float s, int64_t n, cudaStream_t stream = 0);      
 // sum x^2 in double: fixed grid for a given n, then one block sums the partials in order (deterministic).
 // Synchronises the stream.
 double sum_squares(const float* x, int64_t n, cudaStream_t stream = 0);
+// The same sum written to the device double *result, asynchronously (no synchronisation; 0 for n <= 0).
+void sum_squares_async(double* result, const float* x, int64_t n, cudaStream_t stream = 0);
 void fill_zero(float* y, int64_t n, cudaStream_t stream = 0);
 
-// ---- Optimizer element-wise updates ----------------------------------------------------------------
-
-// The float scalars of one AdamW step, derived in double on the host exactly as AdamWGroup::update does
-// (src/optim/adamw.cpp), so that the device update matches the CPU one.
-struct AdamWScalars {
-  float lr, beta1, one_minus_beta1, beta2, one_minus_beta2, inv_bc1, inv_bc2, eps, weight_decay;
-};
-// lr already includes the schedule's scale; t >= 1 is the step count; weight_decay is the parameter's
-// own (0 for the parameters that do not decay).
-inline AdamWScalars adamw_scalars(double lr, double beta1, double beta2, double eps, double weight_decay,
-                                  int64_t t) {
-  const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(t));
-  const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(t));
-  return AdamWScalars{static_cast<float>(lr),          static_cast<float>(beta1),
-                      static_cast<float>(1.0 - beta1), static_cast<float>(beta2),
-                      static_cast<float>(1.0 - beta2), static_cast<float>(1.0 / bc1),
-                      static_cast<float>(1.0 / bc2),   static_cast<float>(eps),
-                      static_cast<float>(weight_decay)};
-}
-// m = b1 m + (1-b1) g ; v = b2 v + (1-b2) g^2 (both updated in place) ;
-// u = lr * ((m inv_bc1) / (sqrt(v inv_bc2) + eps) + wd x). u is OVERWRITTEN (the optimizer's update).
-void adamw_update(float* u, const float* x, const float* g, float* m, float* v, int64_t n, const AdamWScalars& s,
-                  cudaStream_t stream = 0);
+// The optimizers' updates, Newton–Schulz and the delay corrections: optim_cuda.h.
 
 }  // namespace onestep::cuda

@@ -1,0 +1,446 @@
+// The CUDA optimizer updates (kernels/cuda/optim_cuda.h) against the CPU optimizers themselves (src/optim,
+// built by make_optimizer), and the CUDA delay corrections against optimizer_step (src/train/stage_state.cpp),
+// on random inputs for 3 steps, fp32. Both sides see the same weights and gradients at every step (the CPU's
+// trajectory x <- x - u is uploaded to the device), their optimizer states evolve separately, and after
+// every step the update u and every state tensor are compared (the GPU's state buffers carry the CPU's
+// checkpoint names, so a missing or extra one fails). Without a GPU every test skips with a message.
+//
+// Tolerances, |gpu - cpu| <= rtol |cpu| + atol max|cpu| per tensor:
+//  - element-wise updates and states (AdamW, MARS, Adan, Lion, SGD, the Muon momentum, EF, DC-ASGD):
+//    rtol = atol = 1e-6. Same expressions in fp32 on both sides; they can differ only where one compiler
+//    contracts a*b+c into an FMA and the other does not (a few ulps after 3 steps), and, for MARS, in the
+//    last bits of the double norm of c. Lion's sign(c) is compared except where c is within rounding of 0.
+//  - Newton–Schulz and what depends on it (Muon / NorMuon matrix updates, NorMuon's v_row): rtol = atol
+//    = 1e-4. OpenBLAS and cuBLAS sum the sgemm products in different orders, and 5 iterations of the
+//    quintic (slope up to a = 3.44 on small singular values) amplify that: the CPU's fp32 result alone is
+//    off the double reference (tests/optim/reference.h) by up to ~3e-6 max|X| on these shapes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda_test_util.h"
+#include "kernels/cuda/ops_cuda.h"
+#include "kernels/cuda/optim_cuda.h"
+#include "optim/adamw.h"
+#include "optim/mars.h"
+#include "optim/muon.h"
+#include "optim/newton_schulz.h"
+#include "optim/optimizer.h"
+#include "train/stage_state.h"
+
+namespace {
+
+using namespace onestep;
+using namespace cuda_test;
+namespace gpu = onestep::cuda;
+
+struct Tol {
+  double rtol, atol;
+};
+constexpr Tol kElem{1e-6, 1e-6};  // element-wise (see the header comment)
+constexpr Tol kNs{1e-4, 1e-4};    // Newton–Schulz and what depends on it
+
+constexpr int kSteps = 3;
+constexpr double kLrScale[kSteps] = {1.0, 0.5, 0.8};
+
+// Every role, and matrices in the three orientations of Newton–Schulz: square, tall (transposed, 150 rows:
+// partial 32 x 32 tiles) and wide. The norm gain gets no weight decay; the embedding is large enough for
+// many blocks.
+ParamTable make_table() {
+  ParamTable t;
+  t.add("model.embed_tokens.weight", {1000, 64}, ParamRole::embedding);
+  t.add("model.layers.0.self_attn.q_proj.weight", {64, 64}, ParamRole::matrix);
+  t.add("model.layers.0.mlp.up_proj.weight", {150, 64}, ParamRole::matrix);
+  t.add("model.layers.0.mlp.down_proj.weight", {64, 150}, ParamRole::matrix);
+  t.add("model.norm.weight", {64}, ParamRole::norm);
+  t.add("lm_head.weight", {97, 64}, ParamRole::head);
+  return t;
+}
+
+// Gradients: N(0, 1), except q_proj's at 1e-3 (its MARS norm ||c|| stays below 1: the unscaled branch).
+std::vector<float> make_grad(const ParamTable& t, std::mt19937& rng) {
+  std::vector<float> g(static_cast<size_t>(t.total()), 0.0f);
+  for (const auto& p : t.all()) {
+    const float sd = p.name == "model.layers.0.self_attn.q_proj.weight" ? 1e-3f : 1.0f;
+    const auto v = randn(static_cast<size_t>(p.numel), rng, sd);
+    std::copy(v.begin(), v.end(), g.begin() + p.offset);
+  }
+  return g;
+}
+
+std::vector<float> slice(const std::vector<float>& v, int64_t off, int64_t n) {
+  return std::vector<float>(v.begin() + off, v.begin() + off + n);
+}
+
+// The GPU side of a run: flat device buffers laid out like the CPU's (x, g, u), and one zeroed device buffer
+// per state tensor, created on first use under the CPU optimizer's checkpoint name.
+struct GpuRun {
+  explicit GpuRun(int64_t total) : x(static_cast<size_t>(total)), g(static_cast<size_t>(total)),
+                                   u(static_cast<size_t>(total)) {}
+  Dev<float> x, g, u;
+  std::map<std::string, std::unique_ptr<Dev<float>>> state;
+  std::map<std::string, int64_t> state_numel;
+  float* st(const std::string& name, int64_t n) {
+    auto& p = state[name];
+    if (!p) {
+      p = std::make_unique<Dev<float>>(static_cast<size_t>(n));
+      state_numel[name] = n;
+    }
+    return p->get();
+  }
+  float* X(const ParamInfo& p) { return x.get() + p.offset; }
+  float* G(const ParamInfo& p) { return g.get() + p.offset; }
+  float* U(const ParamInfo& p) { return u.get() + p.offset; }
+};
+
+// One step of the GPU optimizer over the table: t is the 1-based step, lr_scale the schedule's factor.
+using GpuStep = std::function<void(GpuRun&, const ParamTable&, int64_t t, double lr_scale)>;
+// Elements (flat indices) whose update is not compared at this step, decided from the CPU optimizer's
+// state before the step and the step's gradient (Lion's sign of a c within rounding of 0).
+using Exclude = std::function<std::vector<char>(Optimizer& cpu_before, const std::vector<float>& g)>;
+
+// The CPU optimizer named by c.name (defaults resolved) against gpu_step for kSteps steps, with the lr
+// scales given (kLrScale unless said otherwise).
+void compare_optimizer(const OptimConfig& c, const GpuStep& gpu_step,
+                       const std::function<Tol(const ParamInfo&)>& u_tol,
+                       const std::function<Tol(const std::string&)>& state_tol, const Exclude& exclude = nullptr,
+                       const double* lr_scales = kLrScale) {
+  const ParamTable t = make_table();
+  std::mt19937 rng(42);
+  std::vector<float> x(static_cast<size_t>(t.total()), 0.0f);
+  for (const auto& p : t.all()) {
+    const auto v = randn(static_cast<size_t>(p.numel), rng, 0.5f);
+    std::copy(v.begin(), v.end(), x.begin() + p.offset);
+  }
+  std::vector<float> u(x.size(), 0.0f);
+  auto cpu = make_optimizer(c, t);
+  GpuRun run(t.total());
+  for (int64_t step = 1; step <= kSteps; ++step) {
+    const std::string tag = " (" + c.name + ", step " + std::to_string(step) + ")";
+    const double ls = lr_scales[step - 1];
+    const auto g = make_grad(t, rng);
+    const std::vector<char> skip = exclude ? exclude(*cpu, g) : std::vector<char>();
+    cpu->compute_update(u.data(), x.data(), g.data(), ls);
+    run.x.upload(x);
+    run.g.upload(g);
+    gpu_step(run, t, step, ls);
+    std::vector<float> ug = run.u.host();
+    int skipped = 0;
+    for (size_t i = 0; i < skip.size(); ++i)
+      if (skip[i]) ug[i] = u[i], ++skipped;
+    EXPECT_LE(skipped, 3) << "too many elements excluded" << tag;
+    for (const auto& p : t.all()) {
+      const Tol tol = u_tol(p);
+      expect_close(slice(ug, p.offset, p.numel), slice(u, p.offset, p.numel), tol.rtol, tol.atol,
+                   "u of " + p.name + tag);
+    }
+    const auto bufs = cpu->state_buffers();
+    for (const auto& b : bufs) {
+      int64_t n = 1;
+      for (int64_t d : b.shape) n *= d;
+      auto it = run.state.find(b.name);
+      if (it == run.state.end()) {
+        ADD_FAILURE() << "no GPU state buffer " << b.name << tag;
+        continue;
+      }
+      ASSERT_EQ(run.state_numel[b.name], n) << b.name;
+      const Tol tol = state_tol(b.name);
+      expect_close(it->second->host(), std::vector<float>(b.data, b.data + n), tol.rtol, tol.atol, b.name + tag);
+    }
+    EXPECT_EQ(run.state.size(), bufs.size()) << "the GPU keeps state the CPU does not" << tag;
+    for (size_t i = 0; i < x.size(); ++i) x[i] -= u[i];
+  }
+}
+
+OptimConfig config(const std::string& name) {
+  OptimConfig c;
+  c.name = name;
+  resolve_optim_defaults(c, "test");
+  return c;
+}
+
+Tol elem(const ParamInfo&) { return kElem; }
+Tol elem_state(const std::string&) { return kElem; }
+
+double wd_of(const ParamInfo& p, const OptimConfig& c) { return decays(p) ? c.weight_decay : 0.0; }
+
+// AdamW on one parameter, with the hyperparameters of an AdamW group (state "adamw.m.", "adamw.v.").
+void gpu_adamw(GpuRun& r, const ParamInfo& p, double lr, double b1, double b2, double eps, double wd, int64_t t) {
+  gpu::adamw_update(r.U(p), r.X(p), r.G(p), r.st("adamw.m." + p.name, p.numel), r.st("adamw.v." + p.name, p.numel),
+                    p.numel, gpu::adamw_scalars(lr, b1, b2, eps, wd, t));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+TEST(CudaOptim, AdamW) {
+  REQUIRE_GPU();
+  const OptimConfig c = config("adamw");
+  compare_optimizer(
+      c,
+      [&](GpuRun& r, const ParamTable& t, int64_t step, double ls) {
+        for (const auto& p : t.all()) gpu_adamw(r, p, c.lr * ls, c.beta1, c.beta2, c.eps, wd_of(p, c), step);
+      },
+      elem, elem_state);
+}
+
+// MARS on the 2-D parameters, AdamW (MARS's lr, betas, eps) on the 1-D ones.
+TEST(CudaOptim, Mars) {
+  REQUIRE_GPU();
+  const OptimConfig c = config("mars");
+  compare_optimizer(
+      c,
+      [&](GpuRun& r, const ParamTable& t, int64_t step, double ls) {
+        for (const auto& p : t.all()) {
+          if (!mars_takes(p)) {
+            gpu_adamw(r, p, c.lr * ls, c.beta1, c.beta2, c.eps, wd_of(p, c), step);
+            continue;
+          }
+          gpu::mars_update(r.U(p), r.X(p), r.G(p), r.st("mars.m." + p.name, p.numel),
+                           r.st("mars.v." + p.name, p.numel), r.st("mars.prev_grad." + p.name, p.numel), p.numel,
+                           gpu::mars_scalars(c.lr * ls, c.beta1, c.beta2, c.eps, c.gamma, wd_of(p, c), step));
+        }
+      },
+      elem, elem_state);
+}
+
+TEST(CudaOptim, Adan) {
+  REQUIRE_GPU();
+  const OptimConfig c = config("adan");
+  compare_optimizer(
+      c,
+      [&](GpuRun& r, const ParamTable& t, int64_t step, double ls) {
+        for (const auto& p : t.all())
+          gpu::adan_update(r.U(p), r.X(p), r.G(p), r.st("adan.m." + p.name, p.numel),
+                           r.st("adan.m_diff." + p.name, p.numel), r.st("adan.n." + p.name, p.numel),
+                           r.st("adan.prev_grad." + p.name, p.numel), p.numel,
+                           gpu::adan_scalars(c.lr * ls, c.beta1, c.beta2, c.beta3, c.eps, wd_of(p, c), step));
+      },
+      elem, elem_state);
+}
+
+TEST(CudaOptim, Lion) {
+  REQUIRE_GPU();
+  const OptimConfig c = config("lion");
+  // sign(c) may legitimately differ where c = b1 m + (1-b1) g is within a few ulps of 0 (FMA contraction
+  // differs): those elements' u is not compared (at most a few; their m still is).
+  const Exclude near_zero = [&](Optimizer& cpu, const std::vector<float>& g) {
+    const ParamTable t = make_table();
+    std::vector<char> skip(g.size(), 0);
+    for (const auto& b : cpu.state_buffers()) {
+      const ParamInfo& p = t.at(b.name.substr(std::string("lion.m.").size()));
+      for (int64_t i = 0; i < p.numel; ++i) {
+        const double a = c.beta1 * b.data[i], d = (1.0 - c.beta1) * g[p.offset + i];
+        if (std::fabs(a + d) <= 1e-5 * (std::fabs(a) + std::fabs(d))) skip[p.offset + i] = 1;
+      }
+    }
+    return skip;
+  };
+  compare_optimizer(
+      c,
+      [&](GpuRun& r, const ParamTable& t, int64_t, double ls) {
+        for (const auto& p : t.all())
+          gpu::lion_update(r.U(p), r.X(p), r.G(p), r.st("lion.m." + p.name, p.numel), p.numel,
+                           gpu::lion_scalars(c.lr * ls, c.beta1, c.beta2, wd_of(p, c)));
+      },
+      elem, elem_state, near_zero);
+}
+
+TEST(CudaOptim, SgdMomentumAndNesterov) {
+  REQUIRE_GPU();
+  for (bool nesterov : {true, false}) {
+    OptimConfig c = config("sgd");
+    c.nesterov = nesterov;
+    SCOPED_TRACE(nesterov ? "nesterov" : "plain momentum");
+    compare_optimizer(
+        c,
+        [&](GpuRun& r, const ParamTable& t, int64_t, double ls) {
+          for (const auto& p : t.all())
+            gpu::sgd_update(r.U(p), r.X(p), r.G(p), r.st("sgd.momentum." + p.name, p.numel), p.numel,
+                            gpu::sgd_scalars(c.lr * ls, c.momentum, c.nesterov, wd_of(p, c)));
+        },
+        elem, elem_state);
+  }
+}
+
+// The Muon family's momentum pass alone. Its CPU counterpart is private to MuonMatrices, but it is SGD's
+// recursion exactly (B = mu B + g; q = g + mu B or B), and SGD with lr 1 (lr scale 1) and no weight decay
+// returns u = 1 * (q + 0 * x) = q bit for bit: so the CPU Sgd is the reference, its state the momentum B.
+TEST(CudaOptim, MuonMomentumPass) {
+  REQUIRE_GPU();
+  static constexpr double kOnes[kSteps] = {1.0, 1.0, 1.0};
+  for (bool nesterov : {true, false}) {
+    OptimConfig c = config("sgd");
+    c.lr = 1.0, c.momentum = 0.95, c.nesterov = nesterov, c.weight_decay = 0.0;
+    SCOPED_TRACE(nesterov ? "nesterov" : "plain momentum");
+    compare_optimizer(
+        c,
+        [&](GpuRun& r, const ParamTable& t, int64_t, double) {
+          for (const auto& p : t.all())
+            gpu::muon_momentum(r.U(p), r.st("sgd.momentum." + p.name, p.numel), r.G(p), p.numel,
+                               static_cast<float>(c.momentum), c.nesterov);
+        },
+        elem, elem_state, nullptr, kOnes);
+  }
+}
+
+// Newton–Schulz alone: the CPU's newton_schulz and the GPU's on the same random matrices (3 per shape),
+// square, tall (transposed), wide, single row / column and odd sizes; in place must equal out of place.
+TEST(CudaOptim, NewtonSchulz) {
+  REQUIRE_GPU();
+  std::mt19937 rng(11);
+  struct S {
+    int rows, cols;
+  };
+  for (const S s : {S{64, 64}, S{150, 64}, S{64, 150}, S{1, 40}, S{40, 1}, S{7, 5}, S{33, 257}}) {
+    NewtonSchulzWorkspace ws;
+    for (int k = 0; k < 3; ++k) {
+      const std::string tag = " " + std::to_string(s.rows) + "x" + std::to_string(s.cols) + " #" + std::to_string(k);
+      const auto G = randn(static_cast<size_t>(s.rows) * s.cols, rng, k == 2 ? 1e-3f : 1.0f);
+      std::vector<float> want(G.size());
+      newton_schulz(want.data(), G.data(), s.rows, s.cols, 5, 1e-7f, ws);
+      Dev<float> d_G(G), d_out(G.size());
+      gpu::newton_schulz(d_out.get(), d_G.get(), s.rows, s.cols, 5, 1e-7f);
+      const auto got = d_out.host();
+      expect_close(got, want, kNs.rtol, kNs.atol, "newton_schulz" + tag);
+      gpu::newton_schulz(d_G.get(), d_G.get(), s.rows, s.cols, 5, 1e-7f);  // out aliases G
+      expect_bitwise_equal(d_G.host(), got, "newton_schulz in place" + tag);
+    }
+  }
+}
+
+// Muon (spectral scale, Nesterov) on the matrices, its AdamW group on the rest.
+TEST(CudaOptim, Muon) {
+  REQUIRE_GPU();
+  const OptimConfig c = config("muon");
+  compare_optimizer(
+      c,
+      [&](GpuRun& r, const ParamTable& t, int64_t step, double ls) {
+        for (const auto& p : t.all()) {
+          if (!muon_takes(p)) {
+            gpu_adamw(r, p, c.adamw_lr * ls, c.adamw_beta1, c.adamw_beta2, c.adamw_eps, wd_of(p, c), step);
+            continue;
+          }
+          const double s = muon_scale(p.rows(), p.cols(), c.muon_scale == "adamw_rms");
+          gpu::muon_update(r.U(p), r.X(p), r.G(p), r.st("muon.momentum." + p.name, p.numel),
+                           static_cast<int>(p.rows()), static_cast<int>(p.cols()),
+                           gpu::muon_scalars(c.lr * ls, c.momentum, c.nesterov, c.ns_steps, c.eps, s,
+                                             c.weight_decay));
+        }
+      },
+      [](const ParamInfo& p) { return muon_takes(p) ? kNs : kElem; }, elem_state);
+}
+
+// NorMuon ("adamw_rms" scale, plain momentum, to cover the other options) on the matrices, AdamW on the rest.
+TEST(CudaOptim, NorMuon) {
+  REQUIRE_GPU();
+  OptimConfig c = config("normuon");
+  c.muon_scale = "adamw_rms";
+  c.nesterov = false;
+  const double ns_eps = MuonHyper{}.eps;  // NorMuon keeps Muon's Newton–Schulz eps (make_optimizer.cpp)
+  compare_optimizer(
+      c,
+      [&](GpuRun& r, const ParamTable& t, int64_t step, double ls) {
+        for (const auto& p : t.all()) {
+          if (!muon_takes(p)) {
+            gpu_adamw(r, p, c.adamw_lr * ls, c.adamw_beta1, c.adamw_beta2, c.adamw_eps, wd_of(p, c), step);
+            continue;
+          }
+          const double s = muon_scale(p.rows(), p.cols(), c.muon_scale == "adamw_rms");
+          gpu::normuon_update(r.U(p), r.X(p), r.G(p), r.st("normuon.momentum." + p.name, p.numel),
+                              r.st("normuon.v_row." + p.name, p.rows()), static_cast<int>(p.rows()),
+                              static_cast<int>(p.cols()),
+                              gpu::muon_scalars(c.lr * ls, c.momentum, c.nesterov, c.ns_steps, ns_eps, s,
+                                                c.weight_decay),
+                              gpu::normuon_scalars(c.beta2, c.eps));
+        }
+      },
+      [](const ParamInfo& p) { return muon_takes(p) ? kNs : kElem; },
+      [](const std::string& name) { return name.rfind("normuon.v_row.", 0) == 0 ? kNs : kElem; });
+}
+
+// ---- Delay corrections, against optimizer_step on a small model ------------------------------------------
+
+ModelConfig small_model() {
+  ModelConfig m;
+  m.vocab_size = 64, m.d_model = 32, m.n_layers = 1, m.n_heads = 2, m.n_kv_heads = 2, m.ffn_hidden = 48;
+  m.seq_len = 8;
+  return m;
+}
+
+// EF: optimizer_step computes u and applies x <- x - u - c (u - u_prev), u_prev <- u, the first step
+// ordinary. The GPU kernel gets the same x (before the step) and u, and c per parameter as optimizer_step
+// chooses it: 0 at the first step, and 0 for the AdamW-handled parameters of a Muon run with
+// ef_adamw_params = false. x must match (element-wise tolerance), u_prev exactly (a copy).
+TEST(CudaOptim, ErrorFeedback) {
+  REQUIRE_GPU();
+  struct Case {
+    const char* optimizer;
+    double coef;
+    bool adamw_params;
+  };
+  for (const Case k : {Case{"adamw", 0.7, true}, Case{"muon", 1.0, false}}) {
+    SCOPED_TRACE(std::string(k.optimizer) + (k.adamw_params ? "" : ", ef_adamw_params = false"));
+    const ModelConfig m = small_model();
+    const OptimConfig o = config(k.optimizer);
+    StageState s(m, whole_model(m), o, 0, true);
+    std::mt19937 rng(5);
+    s.weights = randn(s.weights.size(), rng, 0.5f);
+    DelayConfig d;
+    d.correction = "ef", d.ef_coef = k.coef, d.ef_adamw_params = k.adamw_params;
+    const bool muon_family = o.name == "muon" || o.name == "normuon";
+    Dev<float> d_x(s.weights.size()), d_u(s.weights.size()), d_up(s.weights.size());
+    for (int step = 1; step <= kSteps; ++step) {
+      const std::string tag = " step " + std::to_string(step);
+      const std::vector<float> x_before = s.weights;
+      s.grad = randn(s.grad.size(), rng, 0.1f);
+      optimizer_step(s, kLrScale[step - 1], 1.0f, d);
+      d_x.upload(x_before);
+      d_u.upload(s.update);
+      for (const auto& p : s.stage.params().all()) {
+        const bool corrected = step > 1 && (d.ef_adamw_params || !muon_family || muon_takes(p));
+        const float c = corrected ? static_cast<float>(d.ef_coef) : 0.0f;
+        gpu::ef_apply_update(d_x.get() + p.offset, d_u.get() + p.offset, d_up.get() + p.offset, p.numel, c);
+      }
+      expect_close(d_x.host(), s.weights, kElem.rtol, kElem.atol, "EF weights" + tag);
+      expect_bitwise_equal(d_up.host(), s.prev_update, "EF u_prev" + tag);
+    }
+  }
+}
+
+// DC-ASGD: optimizer_step clips (g *= grad_scale) and compensates g <- g + lambda g g (w - stale) in place
+// before the optimizer; the GPU does the same two steps (scale_inplace, dc_asgd_compensate) on the same
+// gradient, weights and stale weights.
+TEST(CudaOptim, DcAsgd) {
+  REQUIRE_GPU();
+  const ModelConfig m = small_model();
+  StageState s(m, whole_model(m), config("sgd"), 0, false);
+  std::mt19937 rng(6);
+  s.weights = randn(s.weights.size(), rng, 0.5f);
+  DelayConfig d;
+  d.correction = "dc_asgd", d.dc_lambda = 0.3;
+  const int64_t n = static_cast<int64_t>(s.weights.size());
+  Dev<float> d_g(s.grad.size()), d_w(s.weights.size()), d_stale(s.weights.size());
+  for (int step = 1; step <= kSteps; ++step) {
+    const std::string tag = " step " + std::to_string(step);
+    std::vector<float> stale = s.weights;
+    const auto noise = randn(stale.size(), rng, 0.05f);
+    for (size_t i = 0; i < stale.size(); ++i) stale[i] += noise[i];
+    s.grad = randn(s.grad.size(), rng, 1.0f);
+    d_g.upload(s.grad);
+    d_w.upload(s.weights);
+    d_stale.upload(stale);
+    const float grad_scale = 0.5f;
+    optimizer_step(s, 1.0, grad_scale, d, stale.data());  // s.grad: clipped and compensated, in place
+    gpu::scale_inplace(d_g.get(), grad_scale, n);
+    gpu::dc_asgd_compensate(d_g.get(), d_w.get(), d_stale.get(), n, static_cast<float>(d.dc_lambda));
+    expect_close(d_g.host(), s.grad, kElem.rtol, kElem.atol, "DC-ASGD gradient" + tag);
+  }
+}
+
+}  // namespace
