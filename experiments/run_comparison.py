@@ -538,6 +538,11 @@ def main(argv):
     for opt, lr in s.fixed_lr.items():
         grid["chosen_lr"][opt] = lr
         grid.setdefault("fixed_lr", {})[opt] = lr
+    for opt in s.optimizers:  # swept in this invocation: an earlier --lr / --default-lr no longer applies
+        if opt not in s.fixed_lr:
+            grid.get("fixed_lr", {}).pop(opt, None)
+            if opt in grid.get("untuned_lr", []):
+                grid["untuned_lr"].remove(opt)
     if s.untuned:  # optimizers run at the binary's default lr, no sweep (report.py marks them "lr not tuned")
         grid["untuned_lr"] = sorted(set(grid.get("untuned_lr", [])) | set(s.untuned), key=ALL_OPTIMIZERS.index)
 

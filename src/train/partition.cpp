@@ -11,17 +11,22 @@
 
 namespace onestep {
 
-ModelCosts parameter_costs(const ModelConfig& c) {
-  const double C = c.d_model;
-  const double attn = C + 2 * C * C + 2 * C * c.kv_dim(), mlp = C + 3 * C * c.ffn_hidden;
-  ModelCosts m;
-  m.pieces.push_back(0.0);
-  for (int l = 0; l < c.n_layers; ++l) m.pieces.push_back(attn), m.pieces.push_back(mlp);
-  m.pieces.push_back(C + static_cast<double>(c.vocab_size) * C);
-  return m;
+double ModelCosts::stage(const StageSpec& s) const {
+  double v = (s.has_embedding ? embedding() : 0.0) + (s.has_head ? head() : 0.0);
+  for (int u = s.first_unit; u < s.end_unit; ++u) v += unit(u);
+  return v;
 }
 
 namespace {
+// Blocks are alike: every attention half costs `attn`, every MLP half `mlp`.
+ModelCosts uniform_costs(const ModelConfig& c, double embedding, double attn, double mlp, double head) {
+  ModelCosts m;
+  m.pieces.push_back(embedding);
+  for (int l = 0; l < c.n_layers; ++l) m.pieces.push_back(attn), m.pieces.push_back(mlp);
+  m.pieces.push_back(head);
+  return m;
+}
+
 // Median seconds of forward + backward of one micro-batch through a stage holding only `spec`.
 double time_piece(const ModelConfig& c, StageSpec spec, int B, int reps) {
   const Stage st(c, spec);
@@ -44,16 +49,18 @@ double time_piece(const ModelConfig& c, StageSpec spec, int B, int reps) {
 }
 }  // namespace
 
+ModelCosts parameter_costs(const ModelConfig& c) {
+  const double C = c.d_model;
+  return uniform_costs(c, 0.0, C + 2 * C * C + 2 * C * c.kv_dim(), C + 3 * C * c.ffn_hidden,
+                       C + static_cast<double>(c.vocab_size) * C);
+}
+
 ModelCosts measured_costs(const ModelConfig& c, int B, int reps) {
-  const double embedding = time_piece(c, StageSpec{0, 0, true, false}, B, reps);
-  const double attn = time_piece(c, StageSpec{0, 1, false, false}, B, reps);
-  const double mlp = time_piece(c, StageSpec{1, 2, false, false}, B, reps);
-  const double head = time_piece(c, StageSpec{2 * c.n_layers, 2 * c.n_layers, false, true}, B, reps);
-  ModelCosts m;
-  m.pieces.push_back(embedding);
-  for (int l = 0; l < c.n_layers; ++l) m.pieces.push_back(attn), m.pieces.push_back(mlp);
-  m.pieces.push_back(head);
-  return m;
+  const int U = 2 * c.n_layers;
+  return uniform_costs(c, time_piece(c, StageSpec{0, 0, true, false}, B, reps),
+                       time_piece(c, StageSpec{0, 1, false, false}, B, reps),
+                       time_piece(c, StageSpec{1, 2, false, false}, B, reps),
+                       time_piece(c, StageSpec{U, U, false, true}, B, reps));
 }
 
 ModelCosts balance_costs(const ModelConfig& c, const std::string& balance, int micro_batch_size) {
@@ -65,11 +72,6 @@ std::vector<StageSpec> partition_model(const ModelConfig& c, int p, const ModelC
   if (p < 1 || p > L)
     bad_input("pipeline.stages", std::to_string(p) + " stages for " + std::to_string(L) + " layers; expected 1.." + std::to_string(L));
   if (static_cast<int>(costs.pieces.size()) != U + 2) internal_error("partition: cost vector of the wrong length");
-  std::vector<double> prefix(U + 1, 0.0);  // prefix[i]: cost of units [0, i)
-  for (int u = 0; u < U; ++u) prefix[u + 1] = prefix[u] + costs.unit(u);
-  auto cost = [&](int first, int end, bool first_stage, bool last_stage) {
-    return prefix[end] - prefix[first] + (first_stage ? costs.embedding() : 0.0) + (last_stage ? costs.head() : 0.0);
-  };
   // best[k][i]: the smallest possible maximum stage cost splitting units [0, i) into k stages.
   const double inf = std::numeric_limits<double>::infinity();
   std::vector<std::vector<double>> best(p + 1, std::vector<double>(U + 1, inf));
@@ -78,7 +80,7 @@ std::vector<StageSpec> partition_model(const ModelConfig& c, int p, const ModelC
   for (int k = 1; k <= p; ++k)
     for (int i = k; i <= U; ++i)
       for (int j = k - 1; j < i; ++j) {
-        const double v = std::max(best[k - 1][j], cost(j, i, k == 1, k == p && i == U));
+        const double v = std::max(best[k - 1][j], costs.stage(StageSpec{j, i, k == 1, k == p && i == U}));
         if (v < best[k][i]) best[k][i] = v, cut[k][i] = j;
       }
   std::vector<StageSpec> specs(p);
@@ -94,11 +96,7 @@ std::vector<StageSpec> partition_model(const ModelConfig& c, int p) { return par
 
 std::string describe_partition(const ModelConfig& c, const std::vector<StageSpec>& specs, const ModelCosts& costs) {
   std::vector<double> stage_cost;
-  for (const StageSpec& s : specs) {
-    double v = (s.has_embedding ? costs.embedding() : 0.0) + (s.has_head ? costs.head() : 0.0);
-    for (int u = s.first_unit; u < s.end_unit; ++u) v += costs.unit(u);
-    stage_cost.push_back(v);
-  }
+  for (const StageSpec& s : specs) stage_cost.push_back(costs.stage(s));
   const double heaviest = *std::max_element(stage_cost.begin(), stage_cost.end());
   std::ostringstream os;
   for (size_t s = 0; s < specs.size(); ++s) {

@@ -16,6 +16,7 @@ struct ModelCosts {
   double embedding() const { return pieces.front(); }
   double unit(int u) const { return pieces[1 + u]; }
   double head() const { return pieces.back(); }
+  double stage(const StageSpec& s) const;  // the pieces a stage holds, summed
 };
 
 // Parameter counts: ~ the matmul FLOPs per token; the embedding (a lookup) costs nothing.

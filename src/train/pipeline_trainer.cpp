@@ -77,7 +77,7 @@ void write_trace(const std::string& path, const std::vector<std::unique_ptr<Stag
 // must cut the model in the same place, so rank 0's timings are shared (a sum to which the others add zeros).
 ModelCosts pipeline_costs(const RunConfig& c, int rank, pipeline::Transport* mpi_transport, int threads_per_stage) {
   if (c.pipeline.balance != "measured") return parameter_costs(c.model);
-  ModelCosts costs = parameter_costs(c.model);
+  ModelCosts costs = parameter_costs(c.model);  // ranks other than 0 need only its length: 0's values arrive below
   if (rank == 0) {
     const int before = num_threads();
     set_num_threads(threads_per_stage);

@@ -191,12 +191,14 @@ void run_single_device(const RunConfig& c, RunIO& io) {
   StageState state(c.model, whole_model(c.model), c.optim, max_lag + (predict ? 1 : 0), c.delay.correction == "ef");
   // Which emulated stage holds each parameter (per-stage delays differ between them).
   std::vector<int> stage_of(state.stage.params().size(), 0);
-  const std::vector<StageSpec> specs = partition_model(c.model, p, balance_costs(c.model, c.pipeline.balance,
-                                                                                c.train.micro_batch_size));
-  for (int s = 0; s < p; ++s) {
-    const Stage emulated(c.model, specs[s]);
-    for (size_t i = 0; i < stage_of.size(); ++i)
-      if (emulated.params().find(state.stage.params().all()[i].name)) stage_of[i] = s;
+  // Only the per-stage emulator has several stages to place (so only it times the pieces when balance = measured).
+  if (p > 1) {
+    const auto specs = partition_model(c.model, p, balance_costs(c.model, c.pipeline.balance, c.train.micro_batch_size));
+    for (int s = 1; s < p; ++s) {  // stage 0 is the default above
+      const Stage emulated(c.model, specs[s]);
+      for (size_t i = 0; i < stage_of.size(); ++i)
+        if (emulated.params().find(state.stage.params().all()[i].name)) stage_of[i] = s;
+    }
   }
   std::vector<float> mixed;  // weights assembled from several versions (per-stage delays)
   int64_t start_step = 0;

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "../kernels/kernel_test_util.h"
 #include "kernels/cuda/ops_cuda.h"
 
 // Every test starts with this: without a device it skips with the message ctest looks for.
@@ -55,30 +56,9 @@ class Dev {
   size_t n_;
 };
 
-inline std::vector<float> randn(size_t n, std::mt19937& rng, float stddev = 1.0f) {
-  std::normal_distribution<float> d(0.0f, stddev);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-// |got - want| <= rtol * |want| + atol_rel * max|want|, element-wise.
-inline void expect_close(const std::vector<float>& got, const std::vector<float>& want, double rtol,
-                         double atol_rel, const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  double scale = 1e-30;
-  for (float w : want) scale = std::max(scale, static_cast<double>(std::fabs(w)));
-  int bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
-    if (!(err <= rtol * std::fabs(want[i]) + atol_rel * scale)) {
-      if (++bad <= 5)
-        ADD_FAILURE() << what << "[" << i << "]: gpu " << got[i] << " cpu " << want[i] << " (err " << err
-                      << ", scale " << scale << ")";
-    }
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size() << " elements out of tolerance";
-}
+// Random data and the tolerance check are the CPU kernel tests' (got = GPU, want = CPU reference).
+using kt::expect_close;
+using kt::randn;
 
 inline void expect_bitwise_equal(const std::vector<float>& a, const std::vector<float>& b,
                                  const std::string& what) {

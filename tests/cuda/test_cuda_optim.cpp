@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <map>
 #include <memory>
 #include <random>
@@ -106,6 +107,14 @@ using GpuStep = std::function<void(GpuRun&, const ParamTable&, int64_t t, double
 // state before the step and the step's gradient (Lion's sign of a c within rounding of 0).
 using Exclude = std::function<std::vector<char>(Optimizer& cpu_before, const std::vector<float>& g)>;
 
+// One GPU update per parameter, in table order: lr is the optimizer's lr times the step's schedule scale.
+using ParamUpdate = std::function<void(GpuRun&, const ParamInfo&, double lr, int64_t t)>;
+GpuStep each_param(double base_lr, ParamUpdate update) {
+  return [base_lr, update](GpuRun& r, const ParamTable& t, int64_t step, double lr_scale) {
+    for (const auto& p : t.all()) update(r, p, base_lr * lr_scale, step);
+  };
+}
+
 // The CPU optimizer named by c.name (defaults resolved) against gpu_step for kSteps steps, with the lr
 // scales given (kLrScale unless said otherwise).
 void compare_optimizer(const OptimConfig& c, const GpuStep& gpu_step,
@@ -169,6 +178,11 @@ OptimConfig config(const std::string& name) {
 Tol elem(const ParamInfo&) { return kElem; }
 Tol elem_state(const std::string&) { return kElem; }
 
+// An element-wise optimizer: every update and state buffer within kElem of the CPU's.
+void compare_elementwise(const OptimConfig& c, ParamUpdate update, const Exclude& exclude = nullptr) {
+  compare_optimizer(c, each_param(c.lr, std::move(update)), elem, elem_state, exclude);
+}
+
 double wd_of(const ParamInfo& p, const OptimConfig& c) { return decays(p) ? c.weight_decay : 0.0; }
 
 // AdamW on one parameter, with the hyperparameters of an AdamW group (state "adamw.m.", "adamw.v.").
@@ -181,47 +195,31 @@ void gpu_adamw(GpuRun& r, const ParamInfo& p, double lr, double b1, double b2, d
 TEST(CudaOptim, AdamW) {
   REQUIRE_GPU();
   const OptimConfig c = config("adamw");
-  compare_optimizer(
-      c,
-      [&](GpuRun& r, const ParamTable& t, int64_t step, double ls) {
-        for (const auto& p : t.all()) gpu_adamw(r, p, c.lr * ls, c.beta1, c.beta2, c.eps, wd_of(p, c), step);
-      },
-      elem, elem_state);
+  compare_elementwise(c, [&](GpuRun& r, const ParamInfo& p, double lr, int64_t step) {
+    gpu_adamw(r, p, lr, c.beta1, c.beta2, c.eps, wd_of(p, c), step);
+  });
 }
 
 // MARS on the 2-D parameters, AdamW (MARS's lr, betas, eps) on the 1-D ones.
 TEST(CudaOptim, Mars) {
   REQUIRE_GPU();
   const OptimConfig c = config("mars");
-  compare_optimizer(
-      c,
-      [&](GpuRun& r, const ParamTable& t, int64_t step, double ls) {
-        for (const auto& p : t.all()) {
-          if (!mars_takes(p)) {
-            gpu_adamw(r, p, c.lr * ls, c.beta1, c.beta2, c.eps, wd_of(p, c), step);
-            continue;
-          }
-          gpu::mars_update(r.U(p), r.X(p), r.G(p), r.st("mars.m." + p.name, p.numel),
-                           r.st("mars.v." + p.name, p.numel), r.st("mars.prev_grad." + p.name, p.numel), p.numel,
-                           gpu::mars_scalars(c.lr * ls, c.beta1, c.beta2, c.eps, c.gamma, wd_of(p, c), step));
-        }
-      },
-      elem, elem_state);
+  compare_elementwise(c, [&](GpuRun& r, const ParamInfo& p, double lr, int64_t step) {
+    if (!mars_takes(p)) return gpu_adamw(r, p, lr, c.beta1, c.beta2, c.eps, wd_of(p, c), step);
+    gpu::mars_update(r.U(p), r.X(p), r.G(p), r.st("mars.m." + p.name, p.numel), r.st("mars.v." + p.name, p.numel),
+                     r.st("mars.prev_grad." + p.name, p.numel), p.numel,
+                     gpu::mars_scalars(lr, c.beta1, c.beta2, c.eps, c.gamma, wd_of(p, c), step));
+  });
 }
 
 TEST(CudaOptim, Adan) {
   REQUIRE_GPU();
   const OptimConfig c = config("adan");
-  compare_optimizer(
-      c,
-      [&](GpuRun& r, const ParamTable& t, int64_t step, double ls) {
-        for (const auto& p : t.all())
-          gpu::adan_update(r.U(p), r.X(p), r.G(p), r.st("adan.m." + p.name, p.numel),
-                           r.st("adan.m_diff." + p.name, p.numel), r.st("adan.n." + p.name, p.numel),
-                           r.st("adan.prev_grad." + p.name, p.numel), p.numel,
-                           gpu::adan_scalars(c.lr * ls, c.beta1, c.beta2, c.beta3, c.eps, wd_of(p, c), step));
-      },
-      elem, elem_state);
+  compare_elementwise(c, [&](GpuRun& r, const ParamInfo& p, double lr, int64_t step) {
+    gpu::adan_update(r.U(p), r.X(p), r.G(p), r.st("adan.m." + p.name, p.numel), r.st("adan.m_diff." + p.name, p.numel),
+                     r.st("adan.n." + p.name, p.numel), r.st("adan.prev_grad." + p.name, p.numel), p.numel,
+                     gpu::adan_scalars(lr, c.beta1, c.beta2, c.beta3, c.eps, wd_of(p, c), step));
+  });
 }
 
 TEST(CudaOptim, Lion) {
@@ -241,14 +239,13 @@ TEST(CudaOptim, Lion) {
     }
     return skip;
   };
-  compare_optimizer(
+  compare_elementwise(
       c,
-      [&](GpuRun& r, const ParamTable& t, int64_t, double ls) {
-        for (const auto& p : t.all())
-          gpu::lion_update(r.U(p), r.X(p), r.G(p), r.st("lion.m." + p.name, p.numel), p.numel,
-                           gpu::lion_scalars(c.lr * ls, c.beta1, c.beta2, wd_of(p, c)));
+      [&](GpuRun& r, const ParamInfo& p, double lr, int64_t) {
+        gpu::lion_update(r.U(p), r.X(p), r.G(p), r.st("lion.m." + p.name, p.numel), p.numel,
+                         gpu::lion_scalars(lr, c.beta1, c.beta2, wd_of(p, c)));
       },
-      elem, elem_state, near_zero);
+      near_zero);
 }
 
 TEST(CudaOptim, SgdMomentumAndNesterov) {
@@ -257,14 +254,10 @@ TEST(CudaOptim, SgdMomentumAndNesterov) {
     OptimConfig c = config("sgd");
     c.nesterov = nesterov;
     SCOPED_TRACE(nesterov ? "nesterov" : "plain momentum");
-    compare_optimizer(
-        c,
-        [&](GpuRun& r, const ParamTable& t, int64_t, double ls) {
-          for (const auto& p : t.all())
-            gpu::sgd_update(r.U(p), r.X(p), r.G(p), r.st("sgd.momentum." + p.name, p.numel), p.numel,
-                            gpu::sgd_scalars(c.lr * ls, c.momentum, c.nesterov, wd_of(p, c)));
-        },
-        elem, elem_state);
+    compare_elementwise(c, [&](GpuRun& r, const ParamInfo& p, double lr, int64_t) {
+      gpu::sgd_update(r.U(p), r.X(p), r.G(p), r.st("sgd.momentum." + p.name, p.numel), p.numel,
+                      gpu::sgd_scalars(lr, c.momentum, c.nesterov, wd_of(p, c)));
+    });
   }
 }
 
@@ -280,11 +273,11 @@ TEST(CudaOptim, MuonMomentumPass) {
     SCOPED_TRACE(nesterov ? "nesterov" : "plain momentum");
     compare_optimizer(
         c,
-        [&](GpuRun& r, const ParamTable& t, int64_t, double) {
-          for (const auto& p : t.all())
-            gpu::muon_momentum(r.U(p), r.st("sgd.momentum." + p.name, p.numel), r.G(p), p.numel,
-                               static_cast<float>(c.momentum), c.nesterov);
-        },
+        each_param(c.lr,
+                   [&](GpuRun& r, const ParamInfo& p, double, int64_t) {
+                     gpu::muon_momentum(r.U(p), r.st("sgd.momentum." + p.name, p.numel), r.G(p), p.numel,
+                                        static_cast<float>(c.momentum), c.nesterov);
+                   }),
         elem, elem_state, nullptr, kOnes);
   }
 }

@@ -21,21 +21,24 @@ inline std::vector<float> randn(size_t n, std::mt19937& rng, float stddev = 1.0f
 
 inline std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 
-inline double max_abs(const std::vector<double>& v) {
+template <class T>
+inline double max_abs(const std::vector<T>& v) {
   double m = 0.0;
-  for (double x : v) m = std::max(m, std::fabs(x));
+  for (T x : v) m = std::max(m, std::fabs(static_cast<double>(x)));
   return m;
 }
 
-// Element-wise |got - want| <= rtol * |want| + atol_rel * max|want|.
-inline void expect_close(const std::vector<float>& got, const std::vector<double>& want, double rtol,
+// Element-wise |got - want| <= rtol * |want| + atol_rel * max|want| (want: a float or double reference).
+template <class Ref>
+inline void expect_close(const std::vector<float>& got, const std::vector<Ref>& want, double rtol,
                          double atol_rel, const std::string& what) {
   ASSERT_EQ(got.size(), want.size()) << what;
   const double scale = std::max(max_abs(want), 1e-30);
   int bad = 0;
   for (size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
-    if (!(err <= rtol * std::fabs(want[i]) + atol_rel * scale)) {
+    const double ref = static_cast<double>(want[i]);
+    const double err = std::fabs(static_cast<double>(got[i]) - ref);
+    if (!(err <= rtol * std::fabs(ref) + atol_rel * scale)) {
       if (++bad <= 5)
         ADD_FAILURE() << what << "[" << i << "]: got " << got[i] << " want " << want[i] << " (err " << err
                       << ", scale " << scale << ")";

@@ -107,7 +107,8 @@ TEST(Partition, MeasuredCostsArePositiveForEveryPiece) {
   const ModelCosts m = measured_costs(c, 1, 1);
   ASSERT_EQ(m.pieces.size(), 6u);
   for (double v : m.pieces) EXPECT_GT(v, 0.0);
-  EXPECT_EQ(m.unit(0), m.unit(2));  // one timing serves every attention half
+  // An MLP half (three matmuls) takes far longer than the embedding lookup: the timings are of the right pieces.
+  EXPECT_GT(m.unit(1), 10 * m.embedding());
 }
 
 TEST(Partition, RejectsMoreStagesThanLayers) {
