@@ -40,6 +40,7 @@ std::vector<Field> fields_of(RunConfig& c) {
       {"train", "eval_every", &t.eval_every},   {"train", "eval_tokens", &t.eval_tokens},
       {"train", "ckpt_every", &t.ckpt_every},   {"train", "keep_ckpts", &t.keep_ckpts},
       {"train", "log_every", &t.log_every},     {"train", "threads", &t.threads},
+      {"train", "device", &t.device},
       {"optim", "name", &o.name},               {"optim", "lr", &o.lr},
       {"optim", "warmup_frac", &o.warmup_frac}, {"optim", "min_lr_frac", &o.min_lr_frac},
       {"optim", "weight_decay", &o.weight_decay}, {"optim", "clip", &o.clip},
@@ -249,6 +250,7 @@ void validate_run_config(const RunConfig& c, const std::string& where) {
   need(t.keep_ckpts >= 1, "train.keep_ckpts", "at least 1");
   need(t.log_every >= 1, "train.log_every", "at least 1");
   need(t.threads >= 0, "train.threads", "0 (all cores) or a positive count");
+  need(t.device == "cpu" || t.device == "cuda", "train.device", "cpu or cuda; got '" + t.device + "'");
   const OptimConfig& o = c.optim;
   need(std::isfinite(o.warmup_frac) && o.warmup_frac >= 0 && o.warmup_frac < 1, "optim.warmup_frac", "a number in [0, 1)");
   need(std::isfinite(o.min_lr_frac) && o.min_lr_frac >= 0 && o.min_lr_frac <= 1, "optim.min_lr_frac", "a number in [0, 1]");

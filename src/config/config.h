@@ -28,6 +28,7 @@ struct TrainConfig {
   int keep_ckpts = 2;
   int64_t log_every = 10;
   int threads = 0;            // 0: all cores
+  std::string device = "cpu";  // cpu cuda: where the model, weights and optimizer state live (core/buffer.h)
 };
 
 struct PipelineConfig {

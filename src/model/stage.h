@@ -7,7 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "core/buffer.h"
 #include "model/model_config.h"
+#include "kernels/cpu/cpu_ops.h"
 #include "model/params.h"
 
 namespace onestep {
@@ -29,23 +31,30 @@ struct StageSpec {
 StageSpec whole_model(const ModelConfig& c);
 std::string describe_units(int first_unit, int end_unit);  // "blocks [0, 4) + attention of block 4"
 
-// Activation memory of one micro-batch of B sequences of length T on one stage (explicit, like llm.c).
-// Buffers are per block slice of the stage (x) or per attention / MLP half it holds (the rest).
+// Activation memory of one micro-batch of B sequences of length T on one stage (explicit, like llm.c), on the
+// device the stage computes on. Buffers are per block slice of the stage (x) or per attention / MLP half it
+// holds (the rest).
 struct Activations {
+  explicit Activations(Device d = Device::cpu)
+      : x(d), ln1(d), rstd1(d), q(d), k(d), v(d), att(d), lse(d), x_mid(d), ln2(d), rstd2(d), gate(d), up(d), h(d),
+        lnf(d), rstdf(d), logits(d), losses(d), d_input(d), tokens(d), targets(d) {}
   int B = 0, T = 0;
-  std::vector<float> x;  // residual stream at each block slice's input, (slices+1) x [N, C]; the last is the output
-  std::vector<float> ln1, rstd1, q, k, v, att, lse, x_mid;  // per attention half (x_mid: the stream after it)
-  std::vector<float> ln2, rstd2, gate, up, h;               // per MLP half
-  std::vector<float> lnf, rstdf, logits, losses;  // head (last stage only); logits become dlogits in backward
-  std::vector<float> d_input;  // dLoss/d(input hidden) after backward (stages without the embedding)
-  std::vector<int32_t> tokens, targets;  // copies kept for the backward (embedding / loss)
+  Buffer<float> x;  // residual stream at each block slice's input, (slices+1) x [N, C]; the last is the output
+  Buffer<float> ln1, rstd1, q, k, v, att, lse, x_mid;  // per attention half (x_mid: the stream after it)
+  Buffer<float> ln2, rstd2, gate, up, h;               // per MLP half
+  Buffer<float> lnf, rstdf, logits, losses;  // head (last stage only); logits become dlogits in backward
+  Buffer<float> d_input;  // dLoss/d(input hidden) after backward (stages without the embedding)
+  Buffer<int32_t> tokens, targets;  // copies kept for the backward (embedding / loss)
   int64_t valid_targets = 0;
+  Device device() const { return x.device(); }
   int64_t bytes() const;
 };
 
 // Scratch gradients of one block, shared by all blocks of a stage (backward runs one block at a time).
 struct BackwardScratch {
-  std::vector<float> dres, dln, datt, dq, dk, dv, dq_pre, dk_pre, dgate, dup, dh;
+  explicit BackwardScratch(Device d = Device::cpu)
+      : dres(d), dln(d), datt(d), dq(d), dk(d), dv(d), dq_pre(d), dk_pre(d), dgate(d), dup(d), dh(d) {}
+  Buffer<float> dres, dln, datt, dq, dk, dv, dq_pre, dk_pre, dgate, dup, dh;
   int64_t bytes() const;
 };
 
@@ -67,21 +76,35 @@ class Stage {
   // projections (o_proj, down_proj) scaled by 1/sqrt(2 n_layers), norms = 1.
   void init_weights(float* w, uint64_t seed) const;
 
-  std::unique_ptr<Activations> make_activations(int B, int T) const;
-  std::unique_ptr<BackwardScratch> make_scratch(int B, int T) const;
+  // Buffers on `device` (the CUDA ones need a build with ONESTEP_CUDA).
+  std::unique_ptr<Activations> make_activations(int B, int T, Device device = Device::cpu) const;
+  std::unique_ptr<BackwardScratch> make_scratch(int B, int T, Device device = Device::cpu) const;
 
   // Forward of one micro-batch. The embedding stage reads `tokens` [B*T]; others read `in_hidden` [B*T, C].
   // The head stage computes logits and, when `targets` is non-null, returns the mean loss over targets >= 0.
   // Other stages leave their output in output(acts) and return 0.
   double forward(const float* w, Activations& a, const int32_t* tokens, const float* in_hidden,
-                 const int32_t* targets) const;
+                 const int32_t* targets) const {
+    return forward_on(CpuOps{}, w, a, tokens, in_hidden, targets);
+  }
   const float* output(const Activations& a) const;
 
   // Backward of the micro-batch last run through forward(a). Accumulates loss_scale * dLoss/dw into grad.
   // The head stage starts from its loss (mean over the micro-batch's targets); the others from dout_hidden.
   // Stages without the embedding leave dLoss/d(input) in a.d_input.
   void backward(const float* w, float* grad, Activations& a, BackwardScratch& s, const float* dout_hidden,
-                float loss_scale) const;
+                float loss_scale) const {
+    backward_on(CpuOps{}, w, grad, a, s, dout_hidden, loss_scale);
+  }
+
+  // The same on any backend (CpuOps, CudaOps; model/stage_compute.h): w, grad, in_hidden, dout_hidden and the
+  // buffers of a and s live on ops' device; tokens and targets are HOST arrays (copied to a's device).
+  template <class Ops>
+  double forward_on(const Ops& ops, const float* w, Activations& a, const int32_t* tokens, const float* in_hidden,
+                    const int32_t* targets) const;
+  template <class Ops>
+  void backward_on(const Ops& ops, const float* w, float* grad, Activations& a, BackwardScratch& s,
+                   const float* dout_hidden, float loss_scale) const;
 
  private:
   // One block's slice on this stage: both halves, or only one at a cut. Offsets into the weights are -1 for

@@ -1,6 +1,7 @@
 #include "train/checkpoint.h"
 
 #include <cstdio>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -36,6 +37,12 @@ void write_text_atomic(const std::string& path, const std::string& text) {
     if (!out) internal_error("cannot write " + tmp);
   }
   fs::rename(tmp, path);
+}
+
+int64_t numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
 }
 
 // Visits (tensor name, pointer, shape) of every tensor a stage checkpoints; `load` decides the direction.
@@ -81,8 +88,14 @@ std::string checkpoint_tmp_dir(const std::string& run_dir, int64_t step) {
 
 void write_checkpoint_part(const std::string& tmp_dir, const std::string& part, const std::vector<StageState*>& stages) {
   std::vector<TensorRef> tensors;
+  std::deque<std::vector<float>> staged;  // host copies of device tensors, alive until written
   for (StageState* s : stages)
     for_each_tensor(*s, [&](const std::string& name, float* data, const std::vector<int64_t>& shape) {
+      if (s->device() != Device::cpu) {
+        std::vector<float>& host = staged.emplace_back(static_cast<size_t>(numel(shape)));
+        device_memory::copy(host.data(), data, host.size() * sizeof(float), device_memory::Copy::device_to_host);
+        data = host.data();
+      }
       tensors.push_back({name, shape, data});
     });
   write_safetensors((fs::path(tmp_dir) / ("state" + part + ".safetensors")).string(), tensors,
@@ -166,8 +179,12 @@ int64_t load_checkpoint(const std::string& ckpt_dir, const std::vector<StageStat
   if (meta.value("format", "") != "onestep-checkpoint-v1") bad_input(meta_path, "format: expected onestep-checkpoint-v1");
   const CheckpointFiles files(ckpt_dir);
   for (StageState* s : stages) {
+    std::vector<float> host;  // staging for device tensors
     for_each_tensor(*s, [&](const std::string& name, float* data, const std::vector<int64_t>& shape) {
-      files.read_into(name, data, shape);
+      if (s->device() == Device::cpu) return files.read_into(name, data, shape);
+      host.resize(static_cast<size_t>(numel(shape)));
+      files.read_into(name, host.data(), shape);
+      device_memory::copy(data, host.data(), host.size() * sizeof(float), device_memory::Copy::host_to_device);
     });
     s->optimizer->set_steps_taken(meta.at("optimizer_steps").get<int64_t>());
     s->has_prev_update = meta.value("has_prev_update", false);

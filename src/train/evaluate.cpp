@@ -7,13 +7,13 @@
 namespace onestep {
 
 double evaluate_loss(const Stage& stage, const float* weights, const TokenDataset& val, int64_t max_tokens, int B,
-                     int T) {
+                     int T, const Backend& backend) {
   const int64_t available = eval_windows_available(val, T);
   if (available == 0)
     bad_input(val.files().empty() ? "data.val" : val.files()[0],
               "holds " + std::to_string(val.size()) + " tokens; need more than seq_len (" + std::to_string(T) + ")");
   const int64_t windows = std::min(available, std::max<int64_t>(1, (max_tokens + T - 1) / T));
-  auto acts = stage.make_activations(B, T);
+  auto acts = stage.make_activations(B, T, backend.device());
   std::vector<int32_t> in(static_cast<size_t>(B) * T), tgt(in.size());
   double total = 0.0;
   int64_t count = 0;
@@ -23,7 +23,7 @@ double evaluate_loss(const Stage& stage, const float* weights, const TokenDatase
     for (int b = 0; b < B; ++b)
       if (first + b >= windows)
         for (int t = 0; t < T; ++t) tgt[b * T + t] = -1;
-    const double mean = stage.forward(weights, *acts, in.data(), nullptr, tgt.data());
+    const double mean = backend.forward(stage, weights, *acts, in.data(), nullptr, tgt.data());
     total += mean * static_cast<double>(acts->valid_targets);
     count += acts->valid_targets;
   }

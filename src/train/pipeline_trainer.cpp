@@ -58,15 +58,45 @@ void gather_whole(const std::vector<std::unique_ptr<StageState>>& states, const 
     }
 }
 
-// The real run's timeline as Chrome trace events (one track per stage), viewable in Perfetto.
-void write_trace(const std::string& path, const std::vector<std::unique_ptr<StageRunner>>& runners) {
-  nlohmann::json events = nlohmann::json::array();
-  for (size_t s = 0; s < runners.size(); ++s) {
-    events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", 0}, {"tid", s}, {"args", {{"name", "stage " + std::to_string(s)}}}});
+// The real run's timeline as Chrome trace events (one track per stage), viewable in Perfetto. Under MPI every
+// rank's actions reach rank 0 through two all-stage sums (the counts and clock origins, then the events, each
+// rank filling its own slice); steady_clock is the machine's monotonic clock, so the ranks' times line up
+// after shifting them to the earliest origin. Returns on ranks other than 0 after contributing.
+void write_trace(const std::string& path, const std::vector<std::unique_ptr<StageRunner>>& runners,
+                 pipeline::Transport* mpi) {
+  const int p = static_cast<int>(runners.size());
+  constexpr int kFields = 7;  // op, batch, micro, version, peer, start, end (seconds on the runner's clock)
+  std::vector<double> head(2 * p, 0.0), flat;
+  for (int s = 0; s < p; ++s)
+    if (runners[s]) head[s] = static_cast<double>(runners[s]->executed().size()), head[p + s] = runners[s]->origin_s();
+  std::vector<int64_t> offset(p + 1, 0);
+  if (mpi) head = mpi->start_sum(pipeline::message_tag(pipeline::MsgKind::weights, 0, 5), head)->wait();
+  for (int s = 0; s < p; ++s) offset[s + 1] = offset[s] + static_cast<int64_t>(head[s]) * kFields;
+  flat.assign(static_cast<size_t>(offset[p]), 0.0);
+  for (int s = 0; s < p; ++s) {
+    if (!runners[s]) continue;
+    double* out = flat.data() + offset[s];
     for (const ExecutedAction& e : runners[s]->executed()) {
       const Action& a = e.action;
+      *out++ = static_cast<double>(a.op), *out++ = static_cast<double>(a.batch), *out++ = a.micro;
+      *out++ = static_cast<double>(a.version), *out++ = a.peer, *out++ = e.start_s, *out++ = e.end_s;
+    }
+  }
+  if (mpi) {
+    flat = mpi->start_sum(pipeline::message_tag(pipeline::MsgKind::weights, 0, 6), flat)->wait();
+    if (mpi->stage() != 0) return;
+  }
+  const double origin = *std::min_element(head.begin() + p, head.end());
+  nlohmann::json events = nlohmann::json::array();
+  for (int s = 0; s < p; ++s) {
+    events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", 0}, {"tid", s}, {"args", {{"name", "stage " + std::to_string(s)}}}});
+    const double shift = head[p + s] - origin;
+    for (int64_t i = offset[s]; i < offset[s + 1]; i += kFields) {
+      const double* f = flat.data() + i;
+      const Action a{static_cast<pipeline::Op>(static_cast<int>(f[0])), static_cast<int64_t>(f[1]), static_cast<int>(f[2]),
+                     static_cast<int64_t>(f[3]), static_cast<int>(f[4])};
       events.push_back({{"name", pipeline::action_token(a)}, {"cat", pipeline::op_name(a.op)}, {"ph", "X"}, {"pid", 0},
-                        {"tid", s}, {"ts", e.start_s * 1e6}, {"dur", (e.end_s - e.start_s) * 1e6},
+                        {"tid", s}, {"ts", (f[5] + shift) * 1e6}, {"dur", (f[6] - f[5]) * 1e6},
                         {"args", {{"batch", a.batch}, {"micro", a.micro}, {"version", a.version}}}});
     }
   }
@@ -143,10 +173,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
   if (!io.resume_from.empty()) {
     start = load_checkpoint(io.resume_from, raw);
   } else {
-    for (StageState* s : raw) {
-      s->stage.init_weights(s->weights.data(), static_cast<uint64_t>(c.train.seed));
-      for (auto& v : s->older) v = s->weights;  // versions below 0 are W(0)
-    }
+    for (StageState* s : raw) s->init_weights(static_cast<uint64_t>(c.train.seed));  // older versions = W(0)
   }
   io.open_metrics(start);
   if (io.writer)
@@ -255,7 +282,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
     first = end;
     if (end == io.options.stop_after_step) break;
   }
-  if (c.pipeline.trace && !mpi) write_trace(io.options.out_dir + "/trace.json", runners);
+  if (c.pipeline.trace) write_trace(io.options.out_dir + "/trace.json", runners, mpi ? transports[rank].get() : nullptr);
 }
 
 }  // namespace onestep

@@ -22,7 +22,7 @@ double now_s() {
 }  // namespace
 
 StageRunner::StageRunner(StageState& state, pipeline::Transport& transport, const RunConfig& config,
-                         const TokenDataset& train, int64_t newest_version, std::vector<std::vector<float>> older)
+                         const TokenDataset& train, int64_t newest_version, std::vector<Buffer<float>> older)
     : st_(state),
       tx_(transport),
       c_(config),
@@ -33,7 +33,7 @@ StageRunner::StageRunner(StageState& state, pipeline::Transport& transport, cons
       newest_(newest_version),
       t0_(now_s()) {
   for (size_t i = 0; i < older.size(); ++i)
-    if (newest_ - 1 - static_cast<int64_t>(i) >= 0) history_[newest_ - 1 - static_cast<int64_t>(i)] = std::move(older[i]);
+    if (newest_ - 1 - static_cast<int64_t>(i) >= 0) history_[newest_ - 1 - static_cast<int64_t>(i)] = older[i].to_host();
   scratch_ = st_.stage.make_scratch(B_, T_);
   const Stage whole(c_.model, whole_model(c_.model));
   n_global_params_ = static_cast<int>(whole.params().size());
@@ -56,12 +56,11 @@ const float* StageRunner::version(int64_t v) const {
   return it->second.data();
 }
 
-std::vector<std::vector<float>> StageRunner::older_versions(int n) const {
-  std::vector<std::vector<float>> out;
+std::vector<Buffer<float>> StageRunner::older_versions(int n) const {
+  std::vector<Buffer<float>> out;
   for (int k = 1; k <= n; ++k) {
     const int64_t v = std::max<int64_t>(newest_ - k, 0);
-    const float* w = version(v);
-    out.emplace_back(w, w + st_.weights.size());
+    out.emplace_back().upload(version(v), st_.weights.size());
   }
   return out;
 }
@@ -209,7 +208,7 @@ void StageRunner::complete_step() {
                                         std::to_string(rec.loss) + ", grad norm " + std::to_string(rec.grad_norm));
   const float clip_scale = (c_.optim.clip > 0 && rec.grad_norm > c_.optim.clip)
                                ? static_cast<float>(c_.optim.clip / rec.grad_norm) : 1.0f;
-  if (max_versions_ > 1) history_[newest_] = st_.weights;  // W(newest) stays readable
+  if (max_versions_ > 1) history_[newest_] = st_.weights.to_host();  // W(newest) stays readable
   st_.grad.swap(g);
   // The version this batch's gradients were computed on (DC-ASGD compensates towards W(newest)).
   const float* computed_on =

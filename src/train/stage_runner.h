@@ -40,7 +40,7 @@ class StageRunner {
   // `state` must already hold the newest weights (version `newest_version`) and, for a delayed schedule,
   // `older` the versions below it that the first batches still read (newest first).
   StageRunner(StageState& state, pipeline::Transport& transport, const RunConfig& config, const TokenDataset& train,
-              int64_t newest_version, std::vector<std::vector<float>> older);
+              int64_t newest_version, std::vector<Buffer<float>> older);
   // Runs the actions (a slice of one schedule program), completing every step it posts.
   void run(const std::vector<pipeline::Action>& actions, const std::string& schedule_name);
 
@@ -48,9 +48,10 @@ class StageRunner {
   // Weights of version v (must be alive).
   const float* version(int64_t v) const;
   const std::vector<ExecutedAction>& executed() const { return executed_; }
+  double origin_s() const { return t0_; }  // the steady_clock time executed() counts from
   const std::vector<StepRecord>& steps() const { return steps_; }
   // Copies of versions newest-1, newest-2, ... (n of them; versions below 0 are W(0)), for checkpoints.
-  std::vector<std::vector<float>> older_versions(int n) const;
+  std::vector<Buffer<float>> older_versions(int n) const;
 
  private:
   struct Pending {

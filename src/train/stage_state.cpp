@@ -2,27 +2,34 @@
 
 #include <algorithm>
 
-#include "kernels/cpu/ops.h"
 #include "optim/muon.h"
 
 namespace onestep {
 
 StageState::StageState(const ModelConfig& model, StageSpec spec, const OptimConfig& optim, int older_versions,
-                       bool use_ef)
-    : stage(model, spec) {
+                       bool use_ef, Device device)
+    : backend(backend_for(device)), stage(model, spec), weights(device), grad(device), update(device),
+      prev_update(device) {
   const size_t n = static_cast<size_t>(stage.params().total());
-  weights.assign(n, 0.f);
-  older.assign(static_cast<size_t>(older_versions), std::vector<float>(n, 0.f));
-  grad.assign(n, 0.f);
-  update.assign(n, 0.f);
-  if (use_ef) prev_update.assign(n, 0.f);
-  optimizer = make_optimizer(optim, stage.params());
+  weights.zeros(n);
+  for (int k = 0; k < older_versions; ++k) older.emplace_back(device), older.back().zeros(n);
+  grad.zeros(n);
+  update.zeros(n);
+  if (use_ef) prev_update.zeros(n);
+  optimizer = backend.make_optimizer(optim, stage.params());
   optimizer_name = optim.name;
 }
 
 const float* StageState::version_at_lag(int64_t lag) const {
   if (lag <= 0 || older.empty()) return weights.data();
   return older[static_cast<size_t>(std::min<int64_t>(lag, static_cast<int64_t>(older.size())) - 1)].data();
+}
+
+void StageState::init_weights(uint64_t seed) {
+  std::vector<float> w(weights.size());
+  stage.init_weights(w.data(), seed);
+  weights = w;
+  for (auto& v : older) v.copy_from(weights);  // versions below 0 are W(0): the startup convention
 }
 
 namespace {
@@ -41,59 +48,44 @@ void reduce_tied_embedding_local(StageState& s) {
   float* a = tied_embedding_grad(s);
   float* b = tied_head_grad(s);
   if (!a || !b) return;
-  const int64_t n = static_cast<int64_t>(s.stage.config().vocab_size) * s.stage.config().d_model;
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) a[i] = b[i] = a[i] + b[i];
+  s.backend.sum_pair(a, b, static_cast<int64_t>(s.stage.config().vocab_size) * s.stage.config().d_model);
 }
 
 double unique_grad_sum_squares(const StageState& s) {
   double total = 0;
   for (const auto& p : s.stage.params().all()) {
     if (p.name == "lm_head.weight" && s.stage.holds_tied_copy()) continue;
-    total += cpu::sum_squares(s.grad.data() + p.offset, p.numel);
+    total += s.backend.sum_squares(s.grad.data() + p.offset, p.numel);
   }
   return total;
 }
 
 void optimizer_step(StageState& s, double lr_scale, float grad_scale, const DelayConfig& delay, const float* stale) {
+  const Backend& be = s.backend;
   const int64_t n = static_cast<int64_t>(s.weights.size());
-  if (grad_scale != 1.0f) cpu::scale_inplace(s.grad.data(), grad_scale, n);
-  if (delay.correction == "dc_asgd" && stale) {
-    const float lambda = static_cast<float>(delay.dc_lambda);
-    float* g = s.grad.data();
-    const float* w = s.weights.data();
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) g[i] += lambda * g[i] * g[i] * (w[i] - stale[i]);
-  }
+  if (grad_scale != 1.0f) be.scale(s.grad.data(), grad_scale, n);
+  if (delay.correction == "dc_asgd" && stale)
+    be.dc_asgd(s.grad.data(), s.weights.data(), stale, n, static_cast<float>(delay.dc_lambda));
   s.optimizer->compute_update(s.update.data(), s.weights.data(), s.grad.data(), lr_scale);
   if (!s.older.empty()) {
     std::rotate(s.older.rbegin(), s.older.rbegin() + 1, s.older.rend());  // the oldest buffer is reused
-    std::copy(s.weights.begin(), s.weights.end(), s.older.front().begin());
+    be.copy(s.older.front().data(), s.weights.data(), n);
   }
   float* x = s.weights.data();
   const float* u = s.update.data();
   if (delay.correction == "ef") {
-    float* up = s.prev_update.data();
     // Per group: in a Muon-family run, delay.ef_adamw_params = false leaves the AdamW-handled parameters
     // (embedding, head, norms) uncorrected. The first step is ordinary (no history).
     const bool muon_family = s.optimizer_name == "muon" || s.optimizer_name == "normuon";
     for (const auto& p : s.stage.params().all()) {
       const bool corrected = s.has_prev_update && (delay.ef_adamw_params || !muon_family || muon_takes(p));
       const float c = corrected ? static_cast<float>(delay.ef_coef) : 0.0f;
-      float* xp = x + p.offset;
-      const float* uq = u + p.offset;
-      float* upp = up + p.offset;
-#pragma omp parallel for schedule(static) if (p.numel >= 32768)
-      for (int64_t i = 0; i < p.numel; ++i) {
-        xp[i] -= uq[i] + c * (uq[i] - upp[i]);
-        upp[i] = uq[i];
-      }
+      be.apply_update(x + p.offset, u + p.offset, s.prev_update.data() + p.offset, p.numel, c);
     }
     s.has_prev_update = true;
     return;
   }
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) x[i] -= u[i];
+  be.apply_update(x, u, nullptr, n, 0.0f);
 }
 
 }  // namespace onestep

@@ -8,27 +8,34 @@
 #include "config/config.h"
 #include "model/stage.h"
 #include "optim/optimizer.h"
+#include "train/backend.h"
 
 namespace onestep {
 
 struct StageState {
   // older_versions: how many versions below the newest a delayed rule reads (1 for PipeDream-2BW, up to p-1
-  // for PipeDream's per-stage delay, 0 for synchronous training).
-  StageState(const ModelConfig& model, StageSpec spec, const OptimConfig& optim, int older_versions, bool use_ef);
+  // for PipeDream's per-stage delay, 0 for synchronous training). Every buffer and the optimizer's state
+  // live on `device` (train.device).
+  StageState(const ModelConfig& model, StageSpec spec, const OptimConfig& optim, int older_versions, bool use_ef,
+             Device device = Device::cpu);
 
+  const Backend& backend;
   Stage stage;
-  std::vector<float> weights;      // W(t): the version the optimizer updates
-  std::vector<std::vector<float>> older;  // W(t-1), W(t-2), ...: the versions delayed gradients are computed on
-  std::vector<float> grad;         // accumulated over the step's micro-batches (mean)
-  std::vector<float> update;       // u(t), the optimizer's full update
-  std::vector<float> prev_update;  // u(t-1), uncorrected (EF correction)
+  Buffer<float> weights;              // W(t): the version the optimizer updates
+  std::vector<Buffer<float>> older;   // W(t-1), W(t-2), ...: the versions delayed gradients are computed on
+  Buffer<float> grad;                 // accumulated over the step's micro-batches (mean)
+  Buffer<float> update;               // u(t), the optimizer's full update
+  Buffer<float> prev_update;          // u(t-1), uncorrected (EF correction)
   std::unique_ptr<Optimizer> optimizer;
   bool has_prev_update = false;
   std::string optimizer_name;
 
+  Device device() const { return backend.device(); }
   // Weights of version newest - lag (lag 0: W(t); lags beyond the kept history read the oldest kept, which at
   // the start of training is W(0): the paper's startup convention).
   const float* version_at_lag(int64_t lag) const;
+  // W(0) from the deterministic initialisation (Stage::init_weights), and every older version = W(0).
+  void init_weights(uint64_t seed);
 };
 
 // Cross-stage reductions, explicit (the original 2BW code lost them; PAPER.md §1).

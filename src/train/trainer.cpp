@@ -12,7 +12,6 @@
 #include "core/timer.h"
 #include "data/loader.h"
 #include "data/tokenizer.h"
-#include "kernels/cpu/ops.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
 #include "train/metrics.h"
@@ -60,6 +59,11 @@ void check_supported(const RunConfig& c) {
     bad_input(c.source, "train.micro_batches: " + sched + " needs micro_batches (m = " +
                             std::to_string(c.train.micro_batches) + ") >= pipeline.stages (p = " +
                             std::to_string(c.pipeline.stages) + ")");
+  if (c.train.device == "cuda" && pipelined)
+    bad_input(c.source, "train.device: 'cuda' runs single-device training and the delay emulators so far; "
+                        "pipeline schedules on GPUs are not implemented yet (set pipeline.schedule = \"none\")");
+  if (c.train.device == "cuda" && c.delay.correction == "weight_prediction")
+    bad_input(c.source, "delay.correction: 'weight_prediction' runs on train.device = \"cpu\" only so far");
   if (c.pipeline.transport == "mpi" && !pipelined)
     bad_input(c.source, "pipeline.transport: 'mpi' runs one stage per rank; it needs a pipeline.schedule");
 }
@@ -136,9 +140,10 @@ void RunIO::open_metrics(int64_t start_step) {
               resume_from.empty() ? "fresh start" : ("resuming " + resume_from).c_str());
 }
 
-double RunIO::evaluate(const Stage& whole, const float* weights, int64_t step) {
+double RunIO::evaluate(const Stage& whole, const float* weights, int64_t step, const Backend& backend) {
   // Validation runs on W(t), the weights the run would deploy.
-  const double v = evaluate_loss(whole, weights, val_data, c.train.eval_tokens, c.train.micro_batch_size, c.model.seq_len);
+  const double v = evaluate_loss(whole, weights, val_data, c.train.eval_tokens, c.train.micro_batch_size,
+                                 c.model.seq_len, backend);
   if (!writer) return v;
   progress.note("step " + std::to_string(step) + ": val_loss " + std::to_string(v));
   if (step == 0) result.first_val_loss = v;
@@ -146,8 +151,8 @@ double RunIO::evaluate(const Stage& whole, const float* weights, int64_t step) {
   return v;
 }
 
-void RunIO::initial_eval(const Stage& whole, const float* weights) {
-  const double v = evaluate(whole, weights, 0);
+void RunIO::initial_eval(const Stage& whole, const float* weights, const Backend& backend) {
+  const double v = evaluate(whole, weights, 0, backend);
   if (writer) metrics->write({{"step", 0}, {"tokens", 0}, {"train_loss", nullptr}, {"lr", 0.0}, {"grad_norm", nullptr},
                   {"tok_per_s", 0.0}, {"elapsed_s", clock.seconds()}, {"val_loss", v}});
 }
@@ -188,7 +193,9 @@ void run_single_device(const RunConfig& c, RunIO& io) {
   const int64_t K = c.pipeline.sync_start_steps;
   const int max_lag = rule == "gpipe" ? 0 : rule == "pipedream" ? p - 1 : 1;
   const bool predict = c.delay.correction == "weight_prediction";  // also needs the version below the oldest read
-  StageState state(c.model, whole_model(c.model), c.optim, max_lag + (predict ? 1 : 0), c.delay.correction == "ef");
+  StageState state(c.model, whole_model(c.model), c.optim, max_lag + (predict ? 1 : 0), c.delay.correction == "ef",
+                   parse_device(c.train.device));
+  const Backend& be = state.backend;
   // Which emulated stage holds each parameter (per-stage delays differ between them).
   std::vector<int> stage_of(state.stage.params().size(), 0);
   // Only the per-stage emulator has several stages to place (so only it times the pieces when balance = measured).
@@ -200,19 +207,18 @@ void run_single_device(const RunConfig& c, RunIO& io) {
         if (emulated.params().find(state.stage.params().all()[i].name)) stage_of[i] = s;
     }
   }
-  std::vector<float> mixed;  // weights assembled from several versions (per-stage delays)
+  Buffer<float> mixed(be.device());  // weights assembled from several versions (per-stage delays)
   int64_t start_step = 0;
   if (!io.resume_from.empty()) {
     start_step = load_checkpoint(io.resume_from, {&state});
   } else {
-    state.stage.init_weights(state.weights.data(), static_cast<uint64_t>(c.train.seed));
-    for (auto& v : state.older) v = state.weights;  // versions below 0 are W(0): the startup convention
+    state.init_weights(static_cast<uint64_t>(c.train.seed));  // older versions = W(0): the startup convention
   }
   io.open_metrics(start_step);
-  auto acts = state.stage.make_activations(B, T);
-  auto scratch = state.stage.make_scratch(B, T);
+  auto acts = state.stage.make_activations(B, T, be.device());
+  auto scratch = state.stage.make_scratch(B, T, be.device());
   std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
-  if (start_step == 0) io.initial_eval(state.stage, state.weights.data());
+  if (start_step == 0) io.initial_eval(state.stage, state.weights.data(), be);
 
   for (int64_t t = start_step; t < c.train.steps; ++t) {
     Stopwatch step_clock;
@@ -221,29 +227,29 @@ void run_single_device(const RunConfig& c, RunIO& io) {
     for (int s = 0; s < p; ++s) lag[s] = t - pipeline::version_for(rule, t, s, p, K);
     const float* w = state.version_at_lag(lag[0]);
     if (predict || std::any_of(lag.begin(), lag.end(), [&](int64_t l) { return l != lag[0]; })) {
-      mixed.resize(state.weights.size());
+      if (mixed.size() != state.weights.size()) mixed.zeros(state.weights.size());
       for (size_t i = 0; i < stage_of.size(); ++i) {
         const ParamInfo& prm = state.stage.params().all()[i];
         const int64_t l = lag[stage_of[i]];
         const float* v = state.version_at_lag(l) + prm.offset;
         float* out = mixed.data() + prm.offset;
         if (predict && l > 0) {
-          // Weight prediction: extrapolate the last known weight change over the delay,
-          // W(v) + lag (W(v) - W(v-1)): what the stage could compute when the forward starts.
+          // Weight prediction (host buffers only, see check_supported): extrapolate the last known weight
+          // change over the delay, W(v) + lag (W(v) - W(v-1)): what the stage could compute when the forward starts.
           const float* prev = state.version_at_lag(l + 1) + prm.offset;
           for (int64_t k = 0; k < prm.numel; ++k) out[k] = v[k] + static_cast<float>(l) * (v[k] - prev[k]);
         } else {
-          std::copy_n(v, prm.numel, out);
+          be.copy(out, v, prm.numel);
         }
       }
       w = mixed.data();
     }
-    cpu::fill_zero(state.grad.data(), static_cast<int64_t>(state.grad.size()));
+    be.fill_zero(state.grad.data(), static_cast<int64_t>(state.grad.size()));
     double loss = 0.0;
     for (int mb = 0; mb < M; ++mb) {  // gradient accumulation in micro-batch order
       sample_train_batch(io.train_data, static_cast<uint64_t>(c.train.seed), t, mb, B, T, inputs.data(), targets.data());
-      loss += state.stage.forward(w, *acts, inputs.data(), nullptr, targets.data());
-      state.stage.backward(w, state.grad.data(), *acts, *scratch, nullptr, 1.0f / M);
+      loss += be.forward(state.stage, w, *acts, inputs.data(), nullptr, targets.data());
+      be.backward(state.stage, w, state.grad.data(), *acts, *scratch, nullptr, 1.0f / M);
     }
     loss /= M;
     reduce_tied_embedding_local(state);
@@ -262,7 +268,7 @@ void run_single_device(const RunConfig& c, RunIO& io) {
     const int64_t step = t + 1;
     nlohmann::json line = io.step_line(step, loss, grad_norm, c.optim.lr * lr_scale, step_clock.seconds());
     if (rule != "gpipe") line["staleness"] = lag;
-    if (io.eval_due(step)) line["val_loss"] = io.evaluate(state.stage, state.weights.data(), step);
+    if (io.eval_due(step)) line["val_loss"] = io.evaluate(state.stage, state.weights.data(), step, be);
     io.metrics->write(line);
     if (io.ckpt_due(step)) save_checkpoint(io.options.out_dir, step, c, {&state}, c.train.keep_ckpts);
     if (step == io.options.stop_after_step) break;

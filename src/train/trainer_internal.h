@@ -7,6 +7,7 @@
 #include "core/timer.h"
 #include "data/loader.h"
 #include "model/stage.h"
+#include "train/backend.h"
 #include "train/metrics.h"
 #include "train/progress.h"
 #include "train/trainer.h"
@@ -18,8 +19,10 @@ struct RunIO {
   // progress output); false on the other ranks of an MPI run.
   RunIO(const RunConfig& c, const TrainOptions& options, bool writer = true);
   void open_metrics(int64_t start_step);  // after the start step is known (resume)
-  double evaluate(const Stage& whole, const float* weights, int64_t step);
-  void initial_eval(const Stage& whole, const float* weights);
+  // weights live on `backend`'s device.
+  double evaluate(const Stage& whole, const float* weights, int64_t step,
+                  const Backend& backend = backend_for(Device::cpu));
+  void initial_eval(const Stage& whole, const float* weights, const Backend& backend = backend_for(Device::cpu));
   bool eval_due(int64_t step) const;
   bool ckpt_due(int64_t step) const;
   // Prints the progress line and returns the step's metrics line (step, tokens, losses, lr, timing).

@@ -38,9 +38,20 @@ done
 # Measured balance: every rank must cut the model where rank 0's timings say (a disagreement would give
 # messages of the wrong length and a failed run); the printed split names a cut.
 "${MPIRUN[@]}" -np 3 "$BIN" train --config micro.toml "${common[@]}" --set train.micro_batches=3 --set pipeline.schedule=2bw \
-  --set pipeline.stages=3 --set pipeline.transport=mpi --set pipeline.balance=measured --out mpi_measured > mpi_measured.log 2>&1 \
+  --set pipeline.stages=3 --set pipeline.transport=mpi --set pipeline.balance=measured --set pipeline.trace=true \
+  --out mpi_measured > mpi_measured.log 2>&1 \
   && grep -q "stage 2: .*head, loss" mpi_measured.log && ok "measured balance under MPI: ranks agree on the split" \
   || { cat mpi_measured.log; fail "measured balance under MPI"; }
+# Its trace gathers every rank's actions on one timeline: each stage's forward of a micro-batch starts after the
+# previous stage's forward of it ended (clocks aligned across processes).
+python3 - mpi_measured/trace.json <<'PY' && ok "MPI trace: 3 ranks on one causal timeline" || fail "MPI trace.json"
+import json, sys
+ev = [e for e in json.load(open(sys.argv[1]))["traceEvents"] if e.get("ph") == "X"]
+assert {e["tid"] for e in ev} == {0, 1, 2}, "a stage is missing"
+fwd = {(e["tid"], e["args"]["batch"], e["args"]["micro"]): e for e in ev if e["cat"] == "forward"}
+pairs = [(fwd[(s - 1, b, m)], e) for (s, b, m), e in fwd.items() if s > 0]
+assert pairs and all(prev["ts"] + prev["dur"] <= e["ts"] + 1 for prev, e in pairs), "a forward precedes its input"
+PY
 
 err="$("${MPIRUN[@]}" -np 3 "$BIN" train --config micro.toml --set pipeline.schedule=2bw --set pipeline.stages=2 \
   --set pipeline.transport=mpi --out bad 2>&1)"; rc=$?

@@ -1,9 +1,9 @@
-// The CUDA optimizer updates (kernels/cuda/optim_cuda.h) against the CPU optimizers themselves (src/optim,
-// built by make_optimizer), and the CUDA delay corrections against optimizer_step (src/train/stage_state.cpp),
-// on random inputs for 3 steps, fp32. Both sides see the same weights and gradients at every step (the CPU's
-// trajectory x <- x - u is uploaded to the device), their optimizer states evolve separately, and after
-// every step the update u and every state tensor are compared (the GPU's state buffers carry the CPU's
-// checkpoint names, so a missing or extra one fails). Without a GPU every test skips with a message.
+// The GPU optimizers (gpu/cuda_optimizer.h: make_cuda_optimizer, over kernels/cuda/optim_cuda.h) against the
+// CPU optimizers themselves (src/optim, built by make_optimizer), and the CUDA delay corrections against
+// optimizer_step (src/train/stage_state.cpp), on random inputs for 3 steps, fp32. Both sides see the same
+// weights and gradients at every step (the CPU's trajectory x <- x - u is uploaded to the device), their
+// optimizer states evolve separately, and after every step the update u and every state tensor are compared
+// by checkpoint name and shape (a missing or extra one fails). Without a GPU every test skips with a message.
 //
 // Tolerances, |gpu - cpu| <= rtol |cpu| + atol max|cpu| per tensor:
 //  - element-wise updates and states (AdamW, MARS, Adan, Lion, SGD, the Muon momentum, EF, DC-ASGD):
@@ -29,6 +29,8 @@
 #include "cuda_test_util.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/cuda/optim_cuda.h"
+#include "core/error.h"
+#include "gpu/cuda_optimizer.h"
 #include "optim/adamw.h"
 #include "optim/mars.h"
 #include "optim/muon.h"
@@ -80,47 +82,22 @@ std::vector<float> slice(const std::vector<float>& v, int64_t off, int64_t n) {
   return std::vector<float>(v.begin() + off, v.begin() + off + n);
 }
 
-// The GPU side of a run: flat device buffers laid out like the CPU's (x, g, u), and one zeroed device buffer
-// per state tensor, created on first use under the CPU optimizer's checkpoint name.
-struct GpuRun {
-  explicit GpuRun(int64_t total) : x(static_cast<size_t>(total)), g(static_cast<size_t>(total)),
-                                   u(static_cast<size_t>(total)) {}
-  Dev<float> x, g, u;
-  std::map<std::string, std::unique_ptr<Dev<float>>> state;
-  std::map<std::string, int64_t> state_numel;
-  float* st(const std::string& name, int64_t n) {
-    auto& p = state[name];
-    if (!p) {
-      p = std::make_unique<Dev<float>>(static_cast<size_t>(n));
-      state_numel[name] = n;
-    }
-    return p->get();
-  }
-  float* X(const ParamInfo& p) { return x.get() + p.offset; }
-  float* G(const ParamInfo& p) { return g.get() + p.offset; }
-  float* U(const ParamInfo& p) { return u.get() + p.offset; }
-};
-
-// One step of the GPU optimizer over the table: t is the 1-based step, lr_scale the schedule's factor.
-using GpuStep = std::function<void(GpuRun&, const ParamTable&, int64_t t, double lr_scale)>;
 // Elements (flat indices) whose update is not compared at this step, decided from the CPU optimizer's
 // state before the step and the step's gradient (Lion's sign of a c within rounding of 0).
 using Exclude = std::function<std::vector<char>(Optimizer& cpu_before, const std::vector<float>& g)>;
 
-// One GPU update per parameter, in table order: lr is the optimizer's lr times the step's schedule scale.
-using ParamUpdate = std::function<void(GpuRun&, const ParamInfo&, double lr, int64_t t)>;
-GpuStep each_param(double base_lr, ParamUpdate update) {
-  return [base_lr, update](GpuRun& r, const ParamTable& t, int64_t step, double lr_scale) {
-    for (const auto& p : t.all()) update(r, p, base_lr * lr_scale, step);
-  };
+std::vector<float> download(const float* dev, int64_t n) {
+  std::vector<float> h(static_cast<size_t>(n));
+  cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  cuda_ok(cudaMemcpy(h.data(), dev, sizeof(float) * h.size(), cudaMemcpyDeviceToHost), "download");
+  return h;
 }
 
-// The CPU optimizer named by c.name (defaults resolved) against gpu_step for kSteps steps, with the lr
-// scales given (kLrScale unless said otherwise).
-void compare_optimizer(const OptimConfig& c, const GpuStep& gpu_step,
-                       const std::function<Tol(const ParamInfo&)>& u_tol,
+// The CPU optimizer named by c.name (make_optimizer, defaults resolved) against a GPU optimizer (by default
+// make_cuda_optimizer of the same config) for kSteps steps, with the lr scales given.
+void compare_optimizer(const OptimConfig& c, const std::function<Tol(const ParamInfo&)>& u_tol,
                        const std::function<Tol(const std::string&)>& state_tol, const Exclude& exclude = nullptr,
-                       const double* lr_scales = kLrScale) {
+                       const double* lr_scales = kLrScale, std::unique_ptr<Optimizer> gpu_opt = nullptr) {
   const ParamTable t = make_table();
   std::mt19937 rng(42);
   std::vector<float> x(static_cast<size_t>(t.total()), 0.0f);
@@ -130,17 +107,18 @@ void compare_optimizer(const OptimConfig& c, const GpuStep& gpu_step,
   }
   std::vector<float> u(x.size(), 0.0f);
   auto cpu = make_optimizer(c, t);
-  GpuRun run(t.total());
+  auto gpu_o = gpu_opt ? std::move(gpu_opt) : make_cuda_optimizer(c, t);
+  Dev<float> d_x(x.size()), d_g(x.size()), d_u(x.size());
   for (int64_t step = 1; step <= kSteps; ++step) {
     const std::string tag = " (" + c.name + ", step " + std::to_string(step) + ")";
     const double ls = lr_scales[step - 1];
     const auto g = make_grad(t, rng);
     const std::vector<char> skip = exclude ? exclude(*cpu, g) : std::vector<char>();
     cpu->compute_update(u.data(), x.data(), g.data(), ls);
-    run.x.upload(x);
-    run.g.upload(g);
-    gpu_step(run, t, step, ls);
-    std::vector<float> ug = run.u.host();
+    d_x.upload(x);
+    d_g.upload(g);
+    gpu_o->compute_update(d_u.get(), d_x.get(), d_g.get(), ls);
+    std::vector<float> ug = d_u.host();
     int skipped = 0;
     for (size_t i = 0; i < skip.size(); ++i)
       if (skip[i]) ug[i] = u[i], ++skipped;
@@ -150,20 +128,24 @@ void compare_optimizer(const OptimConfig& c, const GpuStep& gpu_step,
       expect_close(slice(ug, p.offset, p.numel), slice(u, p.offset, p.numel), tol.rtol, tol.atol,
                    "u of " + p.name + tag);
     }
+    EXPECT_EQ(gpu_o->steps_taken(), cpu->steps_taken()) << tag;
+    std::map<std::string, StateBuffer> gpu_state;
+    for (const auto& b : gpu_o->state_buffers()) gpu_state[b.name] = b;
     const auto bufs = cpu->state_buffers();
     for (const auto& b : bufs) {
       int64_t n = 1;
       for (int64_t d : b.shape) n *= d;
-      auto it = run.state.find(b.name);
-      if (it == run.state.end()) {
+      auto it = gpu_state.find(b.name);
+      if (it == gpu_state.end()) {
         ADD_FAILURE() << "no GPU state buffer " << b.name << tag;
         continue;
       }
-      ASSERT_EQ(run.state_numel[b.name], n) << b.name;
+      ASSERT_EQ(it->second.shape, b.shape) << b.name;
       const Tol tol = state_tol(b.name);
-      expect_close(it->second->host(), std::vector<float>(b.data, b.data + n), tol.rtol, tol.atol, b.name + tag);
+      expect_close(download(it->second.data, n), std::vector<float>(b.data, b.data + n), tol.rtol, tol.atol,
+                   b.name + tag);
     }
-    EXPECT_EQ(run.state.size(), bufs.size()) << "the GPU keeps state the CPU does not" << tag;
+    EXPECT_EQ(gpu_state.size(), bufs.size()) << "the GPU keeps state the CPU does not" << tag;
     for (size_t i = 0; i < x.size(); ++i) x[i] -= u[i];
   }
 }
@@ -177,49 +159,17 @@ OptimConfig config(const std::string& name) {
 
 Tol elem(const ParamInfo&) { return kElem; }
 Tol elem_state(const std::string&) { return kElem; }
-
-// An element-wise optimizer: every update and state buffer within kElem of the CPU's.
-void compare_elementwise(const OptimConfig& c, ParamUpdate update, const Exclude& exclude = nullptr) {
-  compare_optimizer(c, each_param(c.lr, std::move(update)), elem, elem_state, exclude);
-}
-
-double wd_of(const ParamInfo& p, const OptimConfig& c) { return decays(p) ? c.weight_decay : 0.0; }
-
-// AdamW on one parameter, with the hyperparameters of an AdamW group (state "adamw.m.", "adamw.v.").
-void gpu_adamw(GpuRun& r, const ParamInfo& p, double lr, double b1, double b2, double eps, double wd, int64_t t) {
-  gpu::adamw_update(r.U(p), r.X(p), r.G(p), r.st("adamw.m." + p.name, p.numel), r.st("adamw.v." + p.name, p.numel),
-                    p.numel, gpu::adamw_scalars(lr, b1, b2, eps, wd, t));
-}
+Tol ns_on_matrices(const ParamInfo& p) { return muon_takes(p) ? kNs : kElem; }
 
 // ---------------------------------------------------------------------------------------------------------
-TEST(CudaOptim, AdamW) {
+// Element-wise optimizers: every update and state buffer within kElem of the CPU's. MARS covers both of its
+// groups (MARS on the 2-D parameters, AdamW with MARS's lr, betas and eps on the 1-D ones).
+TEST(CudaOptim, ElementWiseOptimizers) {
   REQUIRE_GPU();
-  const OptimConfig c = config("adamw");
-  compare_elementwise(c, [&](GpuRun& r, const ParamInfo& p, double lr, int64_t step) {
-    gpu_adamw(r, p, lr, c.beta1, c.beta2, c.eps, wd_of(p, c), step);
-  });
-}
-
-// MARS on the 2-D parameters, AdamW (MARS's lr, betas, eps) on the 1-D ones.
-TEST(CudaOptim, Mars) {
-  REQUIRE_GPU();
-  const OptimConfig c = config("mars");
-  compare_elementwise(c, [&](GpuRun& r, const ParamInfo& p, double lr, int64_t step) {
-    if (!mars_takes(p)) return gpu_adamw(r, p, lr, c.beta1, c.beta2, c.eps, wd_of(p, c), step);
-    gpu::mars_update(r.U(p), r.X(p), r.G(p), r.st("mars.m." + p.name, p.numel), r.st("mars.v." + p.name, p.numel),
-                     r.st("mars.prev_grad." + p.name, p.numel), p.numel,
-                     gpu::mars_scalars(lr, c.beta1, c.beta2, c.eps, c.gamma, wd_of(p, c), step));
-  });
-}
-
-TEST(CudaOptim, Adan) {
-  REQUIRE_GPU();
-  const OptimConfig c = config("adan");
-  compare_elementwise(c, [&](GpuRun& r, const ParamInfo& p, double lr, int64_t step) {
-    gpu::adan_update(r.U(p), r.X(p), r.G(p), r.st("adan.m." + p.name, p.numel), r.st("adan.m_diff." + p.name, p.numel),
-                     r.st("adan.n." + p.name, p.numel), r.st("adan.prev_grad." + p.name, p.numel), p.numel,
-                     gpu::adan_scalars(lr, c.beta1, c.beta2, c.beta3, c.eps, wd_of(p, c), step));
-  });
+  for (const char* name : {"adamw", "mars", "adan"}) {
+    SCOPED_TRACE(name);
+    compare_optimizer(config(name), elem, elem_state);
+  }
 }
 
 TEST(CudaOptim, Lion) {
@@ -239,13 +189,7 @@ TEST(CudaOptim, Lion) {
     }
     return skip;
   };
-  compare_elementwise(
-      c,
-      [&](GpuRun& r, const ParamInfo& p, double lr, int64_t) {
-        gpu::lion_update(r.U(p), r.X(p), r.G(p), r.st("lion.m." + p.name, p.numel), p.numel,
-                         gpu::lion_scalars(lr, c.beta1, c.beta2, wd_of(p, c)));
-      },
-      near_zero);
+  compare_optimizer(c, elem, elem_state, near_zero);
 }
 
 TEST(CudaOptim, SgdMomentumAndNesterov) {
@@ -254,16 +198,40 @@ TEST(CudaOptim, SgdMomentumAndNesterov) {
     OptimConfig c = config("sgd");
     c.nesterov = nesterov;
     SCOPED_TRACE(nesterov ? "nesterov" : "plain momentum");
-    compare_elementwise(c, [&](GpuRun& r, const ParamInfo& p, double lr, int64_t) {
-      gpu::sgd_update(r.U(p), r.X(p), r.G(p), r.st("sgd.momentum." + p.name, p.numel), p.numel,
-                      gpu::sgd_scalars(lr, c.momentum, c.nesterov, wd_of(p, c)));
-    });
+    compare_optimizer(c, elem, elem_state);
   }
 }
 
-// The Muon family's momentum pass alone. Its CPU counterpart is private to MuonMatrices, but it is SGD's
-// recursion exactly (B = mu B + g; q = g + mu B or B), and SGD with lr 1 (lr scale 1) and no weight decay
-// returns u = 1 * (q + 0 * x) = q bit for bit: so the CPU Sgd is the reference, its state the momentum B.
+// The Muon family's momentum pass alone, as an Optimizer whose update is q. Its CPU counterpart is private
+// to MuonMatrices, but it is SGD's recursion exactly (B = mu B + g; q = g + mu B or B), and SGD with lr 1
+// (lr scale 1) and no weight decay returns u = 1 * (q + 0 * x) = q bit for bit: so the CPU Sgd is the
+// reference, its state the momentum B.
+class MomentumPass final : public Optimizer {
+ public:
+  MomentumPass(const ParamTable& t, float mu, bool nesterov) : t_table(t), mu_(mu), nesterov_(nesterov) {
+    for (const auto& p : t.all()) buffers_.push_back(std::make_unique<Dev<float>>(static_cast<size_t>(p.numel)));
+  }
+  void compute_update(float* u, const float*, const float* g, double) override {
+    ++t_;
+    for (size_t k = 0; k < t_table.size(); ++k) {
+      const ParamInfo& p = t_table.all()[k];
+      gpu::muon_momentum(u + p.offset, buffers_[k]->get(), g + p.offset, p.numel, mu_, nesterov_);
+    }
+  }
+  std::vector<StateBuffer> state_buffers() override {
+    std::vector<StateBuffer> out;
+    for (size_t k = 0; k < t_table.size(); ++k)
+      out.push_back({"sgd.momentum." + t_table.all()[k].name, buffers_[k]->get(), t_table.all()[k].shape});
+    return out;
+  }
+
+ private:
+  ParamTable t_table;
+  float mu_;
+  bool nesterov_;
+  std::vector<std::unique_ptr<Dev<float>>> buffers_;
+};
+
 TEST(CudaOptim, MuonMomentumPass) {
   REQUIRE_GPU();
   static constexpr double kOnes[kSteps] = {1.0, 1.0, 1.0};
@@ -271,14 +239,8 @@ TEST(CudaOptim, MuonMomentumPass) {
     OptimConfig c = config("sgd");
     c.lr = 1.0, c.momentum = 0.95, c.nesterov = nesterov, c.weight_decay = 0.0;
     SCOPED_TRACE(nesterov ? "nesterov" : "plain momentum");
-    compare_optimizer(
-        c,
-        each_param(c.lr,
-                   [&](GpuRun& r, const ParamInfo& p, double, int64_t) {
-                     gpu::muon_momentum(r.U(p), r.st("sgd.momentum." + p.name, p.numel), r.G(p), p.numel,
-                                        static_cast<float>(c.momentum), c.nesterov);
-                   }),
-        elem, elem_state, nullptr, kOnes);
+    compare_optimizer(c, elem, elem_state, nullptr, kOnes,
+                      std::make_unique<MomentumPass>(make_table(), static_cast<float>(c.momentum), c.nesterov));
   }
 }
 
@@ -310,23 +272,7 @@ TEST(CudaOptim, NewtonSchulz) {
 // Muon (spectral scale, Nesterov) on the matrices, its AdamW group on the rest.
 TEST(CudaOptim, Muon) {
   REQUIRE_GPU();
-  const OptimConfig c = config("muon");
-  compare_optimizer(
-      c,
-      [&](GpuRun& r, const ParamTable& t, int64_t step, double ls) {
-        for (const auto& p : t.all()) {
-          if (!muon_takes(p)) {
-            gpu_adamw(r, p, c.adamw_lr * ls, c.adamw_beta1, c.adamw_beta2, c.adamw_eps, wd_of(p, c), step);
-            continue;
-          }
-          const double s = muon_scale(p.rows(), p.cols(), c.muon_scale == "adamw_rms");
-          gpu::muon_update(r.U(p), r.X(p), r.G(p), r.st("muon.momentum." + p.name, p.numel),
-                           static_cast<int>(p.rows()), static_cast<int>(p.cols()),
-                           gpu::muon_scalars(c.lr * ls, c.momentum, c.nesterov, c.ns_steps, c.eps, s,
-                                             c.weight_decay));
-        }
-      },
-      [](const ParamInfo& p) { return muon_takes(p) ? kNs : kElem; }, elem_state);
+  compare_optimizer(config("muon"), ns_on_matrices, elem_state);
 }
 
 // NorMuon ("adamw_rms" scale, plain momentum, to cover the other options) on the matrices, AdamW on the rest.
@@ -335,26 +281,19 @@ TEST(CudaOptim, NorMuon) {
   OptimConfig c = config("normuon");
   c.muon_scale = "adamw_rms";
   c.nesterov = false;
-  const double ns_eps = MuonHyper{}.eps;  // NorMuon keeps Muon's Newton–Schulz eps (make_optimizer.cpp)
-  compare_optimizer(
-      c,
-      [&](GpuRun& r, const ParamTable& t, int64_t step, double ls) {
-        for (const auto& p : t.all()) {
-          if (!muon_takes(p)) {
-            gpu_adamw(r, p, c.adamw_lr * ls, c.adamw_beta1, c.adamw_beta2, c.adamw_eps, wd_of(p, c), step);
-            continue;
-          }
-          const double s = muon_scale(p.rows(), p.cols(), c.muon_scale == "adamw_rms");
-          gpu::normuon_update(r.U(p), r.X(p), r.G(p), r.st("normuon.momentum." + p.name, p.numel),
-                              r.st("normuon.v_row." + p.name, p.rows()), static_cast<int>(p.rows()),
-                              static_cast<int>(p.cols()),
-                              gpu::muon_scalars(c.lr * ls, c.momentum, c.nesterov, c.ns_steps, ns_eps, s,
-                                                c.weight_decay),
-                              gpu::normuon_scalars(c.beta2, c.eps));
-        }
-      },
-      [](const ParamInfo& p) { return muon_takes(p) ? kNs : kElem; },
-      [](const std::string& name) { return name.rfind("normuon.v_row.", 0) == 0 ? kNs : kElem; });
+  compare_optimizer(c, ns_on_matrices,
+                    [](const std::string& name) { return name.rfind("normuon.v_row.", 0) == 0 ? kNs : kElem; });
+}
+
+// SOAP has no CUDA kernels: asking for it is bad input, not a silent fallback.
+TEST(CudaOptim, SoapIsRefused) {
+  try {
+    make_cuda_optimizer(config("soap"), make_table());
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ExitCode::bad_input);
+    EXPECT_NE(std::string(e.what()).find("soap"), std::string::npos) << e.what();
+  }
 }
 
 // ---- Delay corrections, against optimizer_step on a small model ------------------------------------------

@@ -35,13 +35,13 @@ TEST(EfCorrection, MatchesTheClosedFormOnADelayedQuadratic) {
     d.correction = "ef", d.ef_coef = c;
     const double a = 3.0;
     std::fill(s.weights.begin(), s.weights.end(), 1.0f);
-    std::vector<float> prev = s.weights;  // W(t-1)
+    std::vector<float> prev = s.weights.to_host();  // W(t-1)
     std::vector<double> us;
     const size_t i0 = static_cast<size_t>(s.stage.params().at("model.norm.weight").offset);
     double plain = 1.0, plain_prev = 1.0;  // the uncorrected delayed iterate, by the recurrence
     for (int t = 0; t < 8; ++t) {
       for (size_t i = 0; i < s.grad.size(); ++i) s.grad[i] = static_cast<float>(a) * prev[i];
-      prev = s.weights;
+      prev = s.weights.to_host();
       optimizer_step(s, 1.0, 1.0f, d);
       us.push_back(s.update[i0]);
       const double next = plain - 0.1 * a * plain_prev;
@@ -87,12 +87,12 @@ TEST(EfCorrection, PerGroupSwitchForTheAdamWParametersOfAMuonRun) {
     d.correction = "ef", d.ef_coef = 1.0, d.ef_adamw_params = adamw_too;
     const ParamInfo& norm = s.stage.params().at("model.norm.weight");
     const ParamInfo& mat = s.stage.params().at("model.layers.0.mlp.up_proj.weight");
-    const std::vector<float> x0 = s.weights;
+    const std::vector<float> x0 = s.weights.to_host();
     std::vector<std::vector<float>> u;
     for (int t = 0; t < 3; ++t) {
       for (size_t i = 0; i < s.grad.size(); ++i) s.grad[i] = 0.01f * static_cast<float>((i * 7 + t * 3) % 11) - 0.05f;
       optimizer_step(s, 1.0, 1.0f, d);
-      u.push_back(s.update);
+      u.push_back(s.update.to_host());
     }
     auto expect_trajectory = [&](const ParamInfo& p, bool corrected) {
       for (int64_t i = 0; i < p.numel; ++i) {

@@ -136,7 +136,7 @@ void TrainerTest::check_rule(bool predict) {
     }
     return g;
   };
-  std::vector<std::vector<float>> W = {s.weights};
+  std::vector<std::vector<float>> W = {s.weights.to_host()};
   for (int64_t t = 0; t < 3; ++t) {
     std::vector<float> stale = W[std::max<int64_t>(t - 1, 0)];
     if (predict) {
@@ -147,7 +147,7 @@ void TrainerTest::check_rule(bool predict) {
     reduce_tied_embedding_local(s);
     s.weights = W[t];
     optimizer_step(s, lr_scale_at(t, 3, c.optim.warmup_frac, c.optim.min_lr_frac), 1.0f, c.delay);
-    W.push_back(s.weights);
+    W.push_back(s.weights.to_host());
   }
   EXPECT_EQ(final_weights(out), [&] {
     // Same order as the checkpoint: parameters in table order without the padding.

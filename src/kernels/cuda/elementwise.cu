@@ -32,6 +32,10 @@ void add_inplace(float* y, const float* x, int64_t n, cudaStream_t stream) {
   detail::for_each_element(n, stream, "add_inplace", [=] __device__(int64_t i) { y[i] += x[i]; });
 }
 
+void sub_inplace(float* y, const float* x, int64_t n, cudaStream_t stream) {
+  detail::for_each_element(n, stream, "sub_inplace", [=] __device__(int64_t i) { y[i] -= x[i]; });
+}
+
 void scale_inplace(float* y, float s, int64_t n, cudaStream_t stream) {
   detail::for_each_element(n, stream, "scale_inplace", [=] __device__(int64_t i) { y[i] *= s; });
 }
@@ -63,6 +67,11 @@ double sum_squares(const float* x, int64_t n, cudaStream_t stream) {
 void fill_zero(float* y, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
   ONESTEP_CUDA_CHECK(cudaMemsetAsync(y, 0, sizeof(float) * static_cast<size_t>(n), stream));
+}
+
+void copy_device(float* dst, const float* src, int64_t n, cudaStream_t stream) {
+  if (n > 0)
+    ONESTEP_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(float) * static_cast<size_t>(n), cudaMemcpyDeviceToDevice, stream));
 }
 
 }  // namespace onestep::cuda

@@ -76,6 +76,7 @@ void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* 
 
 // Element-wise helpers.
 void add_inplace(float* y, const float* x, int64_t n, cudaStream_t stream = 0);  // y += x
+void sub_inplace(float* y, const float* x, int64_t n, cudaStream_t stream = 0);  // y -= x
 void scale_inplace(float* y, float s, int64_t n, cudaStream_t stream = 0);       // y *= s
 // sum x^2 in double: fixed grid for a given n, then one block sums the partials in order (deterministic).
 // Synchronises the stream.
@@ -83,6 +84,8 @@ double sum_squares(const float* x, int64_t n, cudaStream_t stream = 0);
 // The same sum written to the device double *result, asynchronously (no synchronisation; 0 for n <= 0).
 void sum_squares_async(double* result, const float* x, int64_t n, cudaStream_t stream = 0);
 void fill_zero(float* y, int64_t n, cudaStream_t stream = 0);
+// dst[0, n) = src[0, n), device to device, asynchronous on stream.
+void copy_device(float* dst, const float* src, int64_t n, cudaStream_t stream = 0);
 
 // The optimizers' updates, Newton–Schulz and the delay corrections: optim_cuda.h.
 

@@ -1,0 +1,73 @@
+#include "core/buffer.h"
+
+#include <string>
+
+#include "core/error.h"
+
+#ifdef ONESTEP_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace onestep {
+
+const char* device_name(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
+
+#ifdef ONESTEP_HAVE_CUDA
+
+bool cuda_usable() {
+  int n = 0;
+  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  cudaGetLastError();  // a failed query must not poison the next CUDA call
+  return ok;
+}
+
+namespace device_memory {
+namespace {
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) internal_error(std::string("CUDA ") + what + ": " + cudaGetErrorString(e));
+}
+}  // namespace
+
+void* alloc(size_t bytes) {
+  void* p = nullptr;
+  const cudaError_t e = cudaMalloc(&p, bytes);
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    auto mib = [](size_t b) { return std::to_string(b >> 20) + " MiB"; };
+    bad_input("cuda", "out of GPU memory: " + mib(bytes) + " more were needed, " + mib(free_b) + " of " +
+                          mib(total_b) + " are free (use a smaller train.micro_batch_size or model)");
+  }
+  check(e, "cudaMalloc");
+  return p;
+}
+void release(void* p) { cudaFree(p); }  // never throws: called from destructors
+void zero(void* p, size_t bytes) { check(cudaMemset(p, 0, bytes), "cudaMemset"); }
+void copy(void* dst, const void* src, size_t bytes, Copy kind) {
+  const cudaMemcpyKind k = kind == Copy::host_to_device   ? cudaMemcpyHostToDevice
+                           : kind == Copy::device_to_host ? cudaMemcpyDeviceToHost
+                                                          : cudaMemcpyDeviceToDevice;
+  check(cudaMemcpy(dst, src, bytes, k), "cudaMemcpy");
+}
+}  // namespace device_memory
+
+#else  // a build without the CUDA backend
+
+bool cuda_usable() { return false; }
+
+namespace device_memory {
+namespace {
+[[noreturn]] void no_cuda() {
+  bad_input("train.device", "'cuda' needs a build with the CUDA backend (cmake -DONESTEP_CUDA=ON, nvcc present)");
+}
+}  // namespace
+void* alloc(size_t) { no_cuda(); }
+void release(void*) {}
+void zero(void*, size_t) { no_cuda(); }
+void copy(void*, const void*, size_t, Copy) { no_cuda(); }
+}  // namespace device_memory
+
+#endif
+
+}  // namespace onestep

@@ -1,0 +1,54 @@
+// The CUDA backend (train/backend.h): the model code with CudaOps, the optimizers of gpu/cuda_optimizer.h and
+// the trainer's vector operations as kernels, all on the default stream of the current device.
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/optim_cuda.h"
+#include "gpu/cuda_optimizer.h"
+#include "train/backend.h"
+
+namespace onestep {
+namespace {
+
+namespace gpu = onestep::cuda;
+
+class CudaBackend final : public Backend {
+ public:
+  Device device() const override { return Device::cuda; }
+  double forward(const Stage& s, const float* w, Activations& a, const int32_t* tokens, const float* in_hidden,
+                 const int32_t* targets) const override {
+    return s.forward_on(ops_, w, a, tokens, in_hidden, targets);
+  }
+  void backward(const Stage& s, const float* w, float* grad, Activations& a, BackwardScratch& scratch,
+                const float* dout_hidden, float loss_scale) const override {
+    s.backward_on(ops_, w, grad, a, scratch, dout_hidden, loss_scale);
+  }
+  std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& c, const ParamTable& table) const override {
+    return make_cuda_optimizer(c, table, ops_.stream);
+  }
+  void fill_zero(float* y, int64_t n) const override { gpu::fill_zero(y, n, ops_.stream); }
+  void copy(float* dst, const float* src, int64_t n) const override { gpu::copy_device(dst, src, n, ops_.stream); }
+  void scale(float* y, float s, int64_t n) const override { gpu::scale_inplace(y, s, n, ops_.stream); }
+  double sum_squares(const float* x, int64_t n) const override { return gpu::sum_squares(x, n, ops_.stream); }
+  void sum_pair(float* a, float* b, int64_t n) const override {
+    gpu::add_inplace(a, b, n, ops_.stream);   // a + b computed once ...
+    gpu::copy_device(b, a, n, ops_.stream);   // ... so both copies hold the same bits
+  }
+  void dc_asgd(float* g, const float* w, const float* stale, int64_t n, float lambda) const override {
+    gpu::dc_asgd_compensate(g, w, stale, n, lambda, ops_.stream);
+  }
+  void apply_update(float* x, const float* u, float* u_prev, int64_t n, float c) const override {
+    if (!u_prev) gpu::sub_inplace(x, u, n, ops_.stream);
+    else gpu::ef_apply_update(x, u, u_prev, n, c, ops_.stream);
+  }
+
+ private:
+  CudaOps ops_{};  // the default stream: ordered with the synchronous copies of core/buffer.h
+};
+
+}  // namespace
+
+const Backend& cuda_backend() {
+  static const CudaBackend backend;
+  return backend;
+}
+
+}  // namespace onestep

@@ -1,0 +1,125 @@
+#include "gpu/cuda_optimizer.h"
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/buffer.h"
+#include "core/error.h"
+#include "kernels/cuda/optim_cuda.h"
+#include "optim/adamw.h"
+#include "optim/mars.h"
+#include "optim/muon.h"
+
+namespace onestep {
+namespace {
+
+namespace gpu = onestep::cuda;
+
+class CudaOptimizer final : public Optimizer {
+ public:
+  CudaOptimizer(const OptimConfig& config, const ParamTable& table, cudaStream_t stream)
+      : c_(config), table_(table), stream_(stream) {
+    resolve_optim_defaults(c_, "[optim]");
+    if (c_.name == "soap")
+      bad_input("[optim]", "optim.name: 'soap' has no CUDA kernels yet; use train.device = \"cpu\" or another optimizer");
+    for (const auto& p : table_.all()) {
+      for (const char* kind : state_kinds(p)) {
+        const bool row_vector = std::string(kind) == "normuon.v_row.";
+        add_state(kind + p.name, row_vector ? std::vector<int64_t>{p.rows()} : p.shape);
+      }
+    }
+  }
+
+  void compute_update(float* u, const float* x, const float* g, double lr_scale) override {
+    ++t_;
+    for (const auto& p : table_.all()) update_param(p, u + p.offset, x + p.offset, g + p.offset, lr_scale);
+  }
+
+  std::vector<StateBuffer> state_buffers() override {
+    std::vector<StateBuffer> out;
+    for (size_t i = 0; i < names_.size(); ++i) out.push_back({names_[i], bufs_[i].data(), shapes_[i]});
+    return out;
+  }
+
+ private:
+  bool muon_family() const { return c_.name == "muon" || c_.name == "normuon"; }
+
+  // The state each parameter has, under the CPU optimizers' checkpoint prefixes (src/optim/*.cpp).
+  std::vector<const char*> state_kinds(const ParamInfo& p) const {
+    const std::string& n = c_.name;
+    if (n == "muon" && muon_takes(p)) return {"muon.momentum."};
+    if (n == "normuon" && muon_takes(p)) return {"normuon.momentum.", "normuon.v_row."};
+    if (n == "mars" && mars_takes(p)) return {"mars.m.", "mars.v.", "mars.prev_grad."};
+    if (n == "adan") return {"adan.m.", "adan.m_diff.", "adan.n.", "adan.prev_grad."};
+    if (n == "lion") return {"lion.m."};
+    if (n == "sgd") return {"sgd.momentum."};
+    return {"adamw.m.", "adamw.v."};  // adamw, and the AdamW group of muon / normuon / mars
+  }
+
+  void add_state(const std::string& name, std::vector<int64_t> shape) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    Buffer<float> b(Device::cuda);
+    b.zeros(static_cast<size_t>(n));  // zeroed, as the CPU's state starts
+    index_[name] = names_.size();
+    names_.push_back(name), shapes_.push_back(std::move(shape)), bufs_.push_back(std::move(b));
+  }
+  float* state(const char* kind, const ParamInfo& p) { return bufs_[index_.at(kind + p.name)].data(); }
+
+  void update_param(const ParamInfo& p, float* u, const float* x, const float* g, double lr_scale) {
+    const std::string& n = c_.name;
+    const double wd = decays(p) ? c_.weight_decay : 0.0;
+    const int64_t numel = p.numel;
+    if (muon_family() && !muon_takes(p)) {  // the AdamW group: its own lr, betas and eps
+      gpu::adamw_update(u, x, g, state("adamw.m.", p), state("adamw.v.", p), numel,
+                        gpu::adamw_scalars(c_.adamw_lr * lr_scale, c_.adamw_beta1, c_.adamw_beta2, c_.adamw_eps, wd, t_),
+                        stream_);
+      return;
+    }
+    const double lr = c_.lr * lr_scale;
+    if (muon_family()) {
+      // NorMuon keeps Muon's Newton–Schulz eps; its eps is the row normalisation's (make_optimizer.cpp).
+      const double ns_eps = n == "muon" ? c_.eps : MuonHyper{}.eps;
+      const auto s = gpu::muon_scalars(lr, c_.momentum, c_.nesterov, c_.ns_steps, ns_eps,
+                                       muon_scale(p.rows(), p.cols(), c_.muon_scale == "adamw_rms"), c_.weight_decay);
+      const int rows = static_cast<int>(p.rows()), cols = static_cast<int>(p.cols());
+      if (n == "muon") gpu::muon_update(u, x, g, state("muon.momentum.", p), rows, cols, s, stream_);
+      else
+        gpu::normuon_update(u, x, g, state("normuon.momentum.", p), state("normuon.v_row.", p), rows, cols, s,
+                            gpu::normuon_scalars(c_.beta2, c_.eps), stream_);
+    } else if (n == "mars" && mars_takes(p)) {
+      gpu::mars_update(u, x, g, state("mars.m.", p), state("mars.v.", p), state("mars.prev_grad.", p), numel,
+                       gpu::mars_scalars(lr, c_.beta1, c_.beta2, c_.eps, c_.gamma, wd, t_), stream_);
+    } else if (n == "adan") {
+      gpu::adan_update(u, x, g, state("adan.m.", p), state("adan.m_diff.", p), state("adan.n.", p),
+                       state("adan.prev_grad.", p), numel,
+                       gpu::adan_scalars(lr, c_.beta1, c_.beta2, c_.beta3, c_.eps, wd, t_), stream_);
+    } else if (n == "lion") {
+      gpu::lion_update(u, x, g, state("lion.m.", p), numel, gpu::lion_scalars(lr, c_.beta1, c_.beta2, wd), stream_);
+    } else if (n == "sgd") {
+      gpu::sgd_update(u, x, g, state("sgd.momentum.", p), numel, gpu::sgd_scalars(lr, c_.momentum, c_.nesterov, wd),
+                      stream_);
+    } else {  // adamw, and MARS's 1-D parameters (AdamW with MARS's lr, betas and eps)
+      gpu::adamw_update(u, x, g, state("adamw.m.", p), state("adamw.v.", p), numel,
+                        gpu::adamw_scalars(lr, c_.beta1, c_.beta2, c_.eps, wd, t_), stream_);
+    }
+  }
+
+  OptimConfig c_;
+  ParamTable table_;
+  cudaStream_t stream_;
+  std::vector<std::string> names_;
+  std::vector<std::vector<int64_t>> shapes_;
+  std::vector<Buffer<float>> bufs_;
+  std::map<std::string, size_t> index_;
+};
+
+}  // namespace
+
+std::unique_ptr<Optimizer> make_cuda_optimizer(const OptimConfig& config, const ParamTable& table,
+                                               cudaStream_t stream) {
+  return std::make_unique<CudaOptimizer>(config, table, stream);
+}
+
+}  // namespace onestep

@@ -1,0 +1,24 @@
+// The CPU kernels (ops.h) as an ops object (see kernels/kernel_ops.h); kernels/cuda/cuda_ops.h is the
+// CUDA counterpart.
+#pragma once
+#include <cstring>
+
+#include "core/buffer.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/kernel_ops.h"
+
+namespace onestep {
+
+struct CpuOps {
+  static constexpr Device device = Device::cpu;
+#define ONESTEP_CPU_OP(name) \
+  template <class... A>      \
+  auto name(A... a) const {  \
+    return cpu::name(a...);  \
+  }
+  ONESTEP_KERNEL_OPS(ONESTEP_CPU_OP)
+#undef ONESTEP_CPU_OP
+  void copy(float* dst, const float* src, int64_t n) const { std::memcpy(dst, src, sizeof(float) * n); }
+};
+
+}  // namespace onestep

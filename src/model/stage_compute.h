@@ -1,0 +1,129 @@
+// The stage's forward and backward, written once against an ops object (kernels/kernel_ops.h) and
+// instantiated per backend: CpuOps in model/stage.cpp, CudaOps in the CUDA backend (src/gpu). Included only
+// by those two translation units.
+#pragma once
+#include "model/stage.h"
+
+namespace onestep {
+
+template <class Ops>
+double Stage::forward_on(const Ops& ops, const float* w, Activations& a, const int32_t* tokens, const float* in_hidden,
+                      const int32_t* targets) const {
+  const int B = a.B, T = a.T, N = B * T, C = cfg_.d_model, F = cfg_.ffn_hidden;
+  const int H = cfg_.n_heads, KV = cfg_.n_kv_heads, D = cfg_.head_dim(), KVd = cfg_.kv_dim();
+  const size_t NC = static_cast<size_t>(N) * C, NKV = static_cast<size_t>(N) * KVd, NF = static_cast<size_t>(N) * F;
+  if (spec_.has_embedding) {
+    a.tokens.upload(tokens, N);
+    ops.embedding_forward(a.x.data(), a.tokens.data(), w + embed_, N, C);
+  }
+  else ops.copy(a.x.data(), in_hidden, NC);
+
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    const BlockOffsets& b = blocks_[l];
+    const float* x = a.x.data() + l * NC;
+    float* x_next = a.x.data() + (l + 1) * NC;
+    const float* mid = x;  // the stream between the two halves
+    if (b.attn >= 0) {
+      // Attention half: x_mid = x + o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))), n = rmsnorm(x).
+      const size_t i = b.attn;
+      float *ln1 = a.ln1.data() + i * NC, *q = a.q.data() + i * NC, *k = a.k.data() + i * NKV;
+      float *v = a.v.data() + i * NKV, *att = a.att.data() + i * NC, *x_mid = a.x_mid.data() + i * NC;
+      ops.rmsnorm_forward(ln1, a.rstd1.data() + i * N, x, w + b.ln1, N, C, cfg_.norm_eps);
+      ops.matmul_forward(q, ln1, w + b.q, N, C, C);
+      ops.matmul_forward(k, ln1, w + b.k, N, C, KVd);
+      ops.matmul_forward(v, ln1, w + b.v, N, C, KVd);
+      ops.rope_forward(q, q, B, T, H, D, cfg_.rope_theta);
+      ops.rope_forward(k, k, B, T, KV, D, cfg_.rope_theta);
+      ops.attention_forward(att, a.lse.data() + i * B * H * T, q, k, v, B, T, H, KV, D);
+      ops.matmul_forward(x_mid, att, w + b.o, N, C, C);
+      ops.add_inplace(x_mid, x, NC);
+      mid = x_mid;
+    }
+    if (b.mlp >= 0) {
+      // MLP half: x_next = x_mid + down(silu(gate(n)) * up(n)), n = rmsnorm(x_mid).
+      const size_t i = b.mlp;
+      float *ln2 = a.ln2.data() + i * NC, *gate = a.gate.data() + i * NF, *up = a.up.data() + i * NF;
+      float* h = a.h.data() + i * NF;
+      ops.rmsnorm_forward(ln2, a.rstd2.data() + i * N, mid, w + b.ln2, N, C, cfg_.norm_eps);
+      ops.matmul_forward(gate, ln2, w + b.gate, N, C, F);
+      ops.matmul_forward(up, ln2, w + b.up, N, C, F);
+      ops.swiglu_forward(h, gate, up, N, F);
+      ops.matmul_forward(x_next, h, w + b.down, N, F, C);
+      ops.add_inplace(x_next, mid, NC);
+    } else {
+      ops.copy(x_next, mid, NC);  // the stage ends after an attention half
+    }
+  }
+  if (!spec_.has_head) return 0.0;
+  ops.rmsnorm_forward(a.lnf.data(), a.rstdf.data(), output(a), w + final_norm_, N, C, cfg_.norm_eps);
+  ops.matmul_forward(a.logits.data(), a.lnf.data(), w + head_, N, C, cfg_.vocab_size);
+  if (!targets) return 0.0;
+  a.targets.upload(targets, N);
+  a.valid_targets = 0;
+  for (int i = 0; i < N; ++i) a.valid_targets += targets[i] >= 0;
+  return ops.cross_entropy_forward(a.losses.data(), a.logits.data(), a.targets.data(), N, cfg_.vocab_size);
+}
+
+template <class Ops>
+void Stage::backward_on(const Ops& ops, const float* w, float* grad, Activations& a, BackwardScratch& s, const float* dout_hidden,
+                     float loss_scale) const {
+  const int B = a.B, T = a.T, N = B * T, C = cfg_.d_model, F = cfg_.ffn_hidden, V = cfg_.vocab_size;
+  const int H = cfg_.n_heads, KV = cfg_.n_kv_heads, D = cfg_.head_dim(), KVd = cfg_.kv_dim();
+  const size_t NC = static_cast<size_t>(N) * C, NKV = static_cast<size_t>(N) * KVd, NF = static_cast<size_t>(N) * F;
+  float* dres = s.dres.data();  // dLoss/d(residual stream), walked from the top block down
+
+  if (spec_.has_head) {
+    // The logits buffer becomes dlogits (fused classifier); each valid target weighs loss_scale / count.
+    const float scale = a.valid_targets > 0 ? loss_scale / static_cast<float>(a.valid_targets) : 0.f;
+    ops.cross_entropy_backward(a.logits.data(), a.logits.data(), a.targets.data(), N, V, scale);
+    ops.fill_zero(s.dln.data(), NC);
+    ops.matmul_backward(s.dln.data(), grad + head_, a.logits.data(), a.lnf.data(), w + head_, N, C, V);
+    ops.fill_zero(dres, NC);
+    ops.rmsnorm_backward(dres, grad + final_norm_, s.dln.data(), output(a), w + final_norm_, a.rstdf.data(), N, C);
+  } else {
+    ops.copy(dres, dout_hidden, NC);
+  }
+
+  for (size_t l = blocks_.size(); l-- > 0;) {
+    const BlockOffsets& b = blocks_[l];
+    const float* x = a.x.data() + l * NC;
+    const float* mid = b.attn >= 0 ? a.x_mid.data() + b.attn * NC : x;
+    if (b.mlp >= 0) {
+      // MLP half (dres holds dLoss/dx_next; the residual passes it straight through to x_mid).
+      const size_t i = b.mlp;
+      const float *ln2 = a.ln2.data() + i * NC, *gate = a.gate.data() + i * NF, *up = a.up.data() + i * NF;
+      const float* h = a.h.data() + i * NF;
+      ops.fill_zero(s.dh.data(), NF);
+      ops.matmul_backward(s.dh.data(), grad + b.down, dres, h, w + b.down, N, F, C);
+      ops.fill_zero(s.dgate.data(), NF), ops.fill_zero(s.dup.data(), NF);
+      ops.swiglu_backward(s.dgate.data(), s.dup.data(), s.dh.data(), gate, up, N, F);
+      ops.fill_zero(s.dln.data(), NC);
+      ops.matmul_backward(s.dln.data(), grad + b.gate, s.dgate.data(), ln2, w + b.gate, N, C, F);
+      ops.matmul_backward(s.dln.data(), grad + b.up, s.dup.data(), ln2, w + b.up, N, C, F);
+      ops.rmsnorm_backward(dres, grad + b.ln2, s.dln.data(), mid, w + b.ln2, a.rstd2.data() + i * N, N, C);
+    }
+    if (b.attn >= 0) {
+      // Attention half (dres now holds dLoss/dx_mid).
+      const size_t i = b.attn;
+      const float *ln1 = a.ln1.data() + i * NC, *q = a.q.data() + i * NC, *k = a.k.data() + i * NKV;
+      const float *v = a.v.data() + i * NKV, *att = a.att.data() + i * NC;
+      ops.fill_zero(s.datt.data(), NC);
+      ops.matmul_backward(s.datt.data(), grad + b.o, dres, att, w + b.o, N, C, C);
+      ops.fill_zero(s.dq.data(), NC), ops.fill_zero(s.dk.data(), NKV), ops.fill_zero(s.dv.data(), NKV);
+      ops.attention_backward(s.dq.data(), s.dk.data(), s.dv.data(), s.datt.data(), q, k, v, att,
+                         a.lse.data() + i * B * H * T, B, T, H, KV, D);
+      ops.fill_zero(s.dq_pre.data(), NC), ops.fill_zero(s.dk_pre.data(), NKV);
+      ops.rope_backward(s.dq_pre.data(), s.dq.data(), B, T, H, D, cfg_.rope_theta);
+      ops.rope_backward(s.dk_pre.data(), s.dk.data(), B, T, KV, D, cfg_.rope_theta);
+      ops.fill_zero(s.dln.data(), NC);
+      ops.matmul_backward(s.dln.data(), grad + b.q, s.dq_pre.data(), ln1, w + b.q, N, C, C);
+      ops.matmul_backward(s.dln.data(), grad + b.k, s.dk_pre.data(), ln1, w + b.k, N, C, KVd);
+      ops.matmul_backward(s.dln.data(), grad + b.v, s.dv.data(), ln1, w + b.v, N, C, KVd);
+      ops.rmsnorm_backward(dres, grad + b.ln1, s.dln.data(), x, w + b.ln1, a.rstd1.data() + i * N, N, C);
+    }
+  }
+  if (spec_.has_embedding) ops.embedding_backward(grad + embed_, dres, a.tokens.data(), N, C);
+  else ops.copy(a.d_input.data(), dres, NC);
+}
+
+}  // namespace onestep

@@ -1,0 +1,70 @@
+#include "train/backend.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "kernels/cpu/ops.h"
+
+namespace onestep {
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  Device device() const override { return Device::cpu; }
+  double forward(const Stage& s, const float* w, Activations& a, const int32_t* tokens, const float* in_hidden,
+                 const int32_t* targets) const override {
+    return s.forward(w, a, tokens, in_hidden, targets);
+  }
+  void backward(const Stage& s, const float* w, float* grad, Activations& a, BackwardScratch& scratch,
+                const float* dout_hidden, float loss_scale) const override {
+    s.backward(w, grad, a, scratch, dout_hidden, loss_scale);
+  }
+  std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& c, const ParamTable& table) const override {
+    return onestep::make_optimizer(c, table);
+  }
+  void fill_zero(float* y, int64_t n) const override { cpu::fill_zero(y, n); }
+  void copy(float* dst, const float* src, int64_t n) const override { std::copy_n(src, n, dst); }
+  void scale(float* y, float s, int64_t n) const override { cpu::scale_inplace(y, s, n); }
+  double sum_squares(const float* x, int64_t n) const override { return cpu::sum_squares(x, n); }
+  void sum_pair(float* a, float* b, int64_t n) const override {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) a[i] = b[i] = a[i] + b[i];
+  }
+  void dc_asgd(float* g, const float* w, const float* stale, int64_t n, float lambda) const override {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) g[i] += lambda * g[i] * g[i] * (w[i] - stale[i]);
+  }
+  void apply_update(float* x, const float* u, float* u_prev, int64_t n, float c) const override {
+    if (!u_prev) {
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < n; ++i) x[i] -= u[i];
+      return;
+    }
+#pragma omp parallel for schedule(static) if (n >= 32768)
+    for (int64_t i = 0; i < n; ++i) {
+      x[i] -= u[i] + c * (u[i] - u_prev[i]);
+      u_prev[i] = u[i];
+    }
+  }
+};
+
+}  // namespace
+
+Device parse_device(const std::string& name) {
+  if (name == "cpu") return Device::cpu;
+  if (name == "cuda") return Device::cuda;
+  bad_input("train.device", "cpu or cuda; got '" + name + "'");
+}
+
+const Backend& backend_for(Device d) {
+  static const CpuBackend cpu_backend;
+  if (d == Device::cpu) return cpu_backend;
+#ifdef ONESTEP_HAVE_CUDA
+  if (!cuda_usable()) bad_input("train.device", "'cuda': no CUDA device is visible on this machine");
+  return cuda_backend();
+#else
+  bad_input("train.device", "'cuda' needs a build with the CUDA backend (cmake -DONESTEP_CUDA=ON, nvcc present)");
+#endif
+}
+
+}  // namespace onestep

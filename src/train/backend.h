@@ -1,0 +1,50 @@
+// Where a stage computes: the model's forward and backward, the optimizer, and the few vector operations the
+// trainer applies to a stage's flat buffers (weights, gradient, update). One trainer drives every backend;
+// only this interface's implementations differ: the CPU one (train/backend.cpp) and the CUDA one
+// (gpu/backend_cuda.cpp, in builds with ONESTEP_CUDA). Every pointer lives on device().
+#pragma once
+#include <cstdint>
+#include <memory>
+
+#include "core/buffer.h"
+#include "model/stage.h"
+#include "optim/optim_config.h"
+#include "optim/optimizer.h"
+
+namespace onestep {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+
+  // Stage::forward / backward on this backend (tokens and targets are HOST arrays).
+  virtual double forward(const Stage& s, const float* w, Activations& a, const int32_t* tokens,
+                         const float* in_hidden, const int32_t* targets) const = 0;
+  virtual void backward(const Stage& s, const float* w, float* grad, Activations& a, BackwardScratch& scratch,
+                        const float* dout_hidden, float loss_scale) const = 0;
+  // make_optimizer's routing and hyper-parameters, its state on this device.
+  virtual std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& c, const ParamTable& table) const = 0;
+
+  virtual void fill_zero(float* y, int64_t n) const = 0;
+  virtual void copy(float* dst, const float* src, int64_t n) const = 0;
+  virtual void scale(float* y, float s, int64_t n) const = 0;
+  virtual double sum_squares(const float* x, int64_t n) const = 0;  // in double
+  // a = b = a + b (the tied embedding's two gradient copies).
+  virtual void sum_pair(float* a, float* b, int64_t n) const = 0;
+  // DC-ASGD: g <- g + lambda g g (w - stale).
+  virtual void dc_asgd(float* g, const float* w, const float* stale, int64_t n, float lambda) const = 0;
+  // u_prev null: x <- x - u. Otherwise EF: x <- x - (u + c (u - u_prev)), then u_prev <- u.
+  virtual void apply_update(float* x, const float* u, float* u_prev, int64_t n, float c) const = 0;
+};
+
+// The backend of a device (one shared instance each). Device::cuda throws bad_input naming train.device in a
+// build without the CUDA backend or on a machine without a GPU.
+const Backend& backend_for(Device d);
+Device parse_device(const std::string& name);  // "cpu" | "cuda" (validated by the config parser)
+
+#ifdef ONESTEP_HAVE_CUDA
+const Backend& cuda_backend();  // gpu/backend_cuda.cpp
+#endif
+
+}  // namespace onestep
