@@ -12,8 +12,11 @@
 #include "core/rng.h"
 #include "core/threads.h"
 #include "core/timer.h"
-#include "kernels/cpu/ops.h"
+#include "train/backend.h"
 #include "train/stage_state.h"
+#ifdef ONESTEP_HAVE_CUDA
+#include "gpu/gpu_info.h"
+#endif
 
 namespace onestep {
 namespace {
@@ -42,6 +45,26 @@ double peak_rss_mib() {
   return u.ru_maxrss / 1024.0;
 }
 
+#ifdef ONESTEP_HAVE_CUDA
+double gpu_sgemm_peak_gflops() { return 1e3 * cublas_sgemm_tflops(8192, 12); }
+// MFU against the GPU's dense bf16 peak (issue #5's yardstick), and the memory the driver reports in use.
+void add_gpu_report(nlohmann::json& j, double achieved_gflops) {
+  const GpuInfo g = gpu_info();
+  const double used = gpu_memory_used_mib();
+  std::printf("  GPU %s, %d SMs, %.0f MiB; in use after the steps %.0f MiB\n", g.name.c_str(), g.sm_count,
+              g.memory_mib, used);
+  j["gpu"] = g.name, j["gpu_memory_used_mib"] = used;
+  if (g.bf16_dense_tflops > 0) {
+    const double mfu = achieved_gflops / (g.bf16_dense_tflops * 1e3);
+    std::printf("  MFU against the dense bf16 peak (%.1f TFLOP/s)  %.2f%%\n", g.bf16_dense_tflops, 100 * mfu);
+    j["bf16_peak_tflops"] = g.bf16_dense_tflops, j["mfu_bf16"] = mfu;
+  }
+}
+#else
+double gpu_sgemm_peak_gflops() { return 0; }  // unreachable: backend_for(cuda) refused already
+void add_gpu_report(nlohmann::json&, double) {}
+#endif
+
 }  // namespace
 
 int cmd_bench(const std::string& config_path, const std::vector<std::string>& overrides, int steps) {
@@ -54,11 +77,14 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
   const int B = c.train.micro_batch_size, T = c.model.seq_len, M = c.train.micro_batches;
   const ModelConfig& m = c.model;
 
-  const double peak = sgemm_peak_gflops(2048, 12);
-  StageState s(m, whole_model(m), c.optim, 0, c.delay.correction == "ef");
-  s.stage.init_weights(s.weights.data(), 1);
-  auto acts = s.stage.make_activations(B, T);
-  auto scratch = s.stage.make_scratch(B, T);
+  const Device device = parse_device(c.train.device);
+  const Backend& be = backend_for(device);
+  // The practical matmul peak of the device the step runs on, measured in the same run.
+  const double peak = device == Device::cpu ? sgemm_peak_gflops(2048, 12) : gpu_sgemm_peak_gflops();
+  StageState s(m, whole_model(m), c.optim, 0, c.delay.correction == "ef", device);
+  s.init_weights(1);
+  auto acts = s.stage.make_activations(B, T, device);
+  auto scratch = s.stage.make_scratch(B, T, device);
   std::vector<int32_t> in(static_cast<size_t>(B) * T), tgt(in.size());
   CounterRng rng(1, RngStream::test, 0);
   for (auto& x : in) x = static_cast<int32_t>(rng.below(m.vocab_size));
@@ -66,14 +92,16 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
 
   std::vector<double> secs;
   for (int i = 0; i < steps + 2; ++i) {
+    be.synchronize();
     Stopwatch sw;
-    cpu::fill_zero(s.grad.data(), static_cast<int64_t>(s.grad.size()));
+    be.fill_zero(s.grad.data(), static_cast<int64_t>(s.grad.size()));
     for (int mb = 0; mb < M; ++mb) {
-      s.stage.forward(s.weights.data(), *acts, in.data(), nullptr, tgt.data());
-      s.stage.backward(s.weights.data(), s.grad.data(), *acts, *scratch, nullptr, 1.0f / M);
+      be.forward(s.stage, s.weights.data(), *acts, in.data(), nullptr, tgt.data());
+      be.backward(s.stage, s.weights.data(), s.grad.data(), *acts, *scratch, nullptr, 1.0f / M);
     }
     reduce_tied_embedding_local(s);
     optimizer_step(s, 1.0, 1.0f, c.delay);
+    be.synchronize();
     if (i >= 2) secs.push_back(sw.seconds());  // two warm-up steps
     std::fprintf(stderr, "\rbench step %d/%d", i + 1, steps + 2);
   }
@@ -97,19 +125,25 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
   }
   const double tensor_mib = tensor_bytes / 1048576.0, rss = peak_rss_mib();
 
-  std::printf("preset %s, optimizer %s, %d x %d x %d tokens/step, %d threads\n", m.preset.c_str(),
-              c.optim.name.c_str(), M, B, T, num_threads());
-  std::printf("  sgemm peak (2048^3, best of 12)    %8.1f GFLOP/s\n", peak);
+  std::printf("preset %s, optimizer %s, %d x %d x %d tokens/step, device %s, %d threads\n", m.preset.c_str(),
+              c.optim.name.c_str(), M, B, T, device_name(device), num_threads());
+  std::printf("  %s sgemm peak (best of 12)        %8.1f GFLOP/s\n", device == Device::cpu ? "CPU" : "GPU", peak);
   std::printf("  training step (median of %d)        %8.3f s\n", steps, step_s);
   std::printf("  throughput                          %8.0f tokens/s\n", tokens / step_s);
   std::printf("  model FLOPs/token                   %8.3f MFLOP\n", flops_per_token / 1e6);
   std::printf("  achieved                            %8.1f GFLOP/s = %.1f%% of sgemm peak\n", achieved,
               100 * achieved / peak);
   std::printf("  allocated tensors                   %8.1f MiB\n", tensor_mib);
-  std::printf("  peak resident memory                %8.1f MiB = %.1f%% of the tensors\n", rss, 100 * rss / tensor_mib);
-  nlohmann::json j = {{"preset", m.preset}, {"tokens_per_s", tokens / step_s}, {"step_s", step_s},
-                      {"sgemm_peak_gflops", peak}, {"achieved_gflops", achieved}, {"frac_of_peak", achieved / peak},
-                      {"tensor_mib", tensor_mib}, {"peak_rss_mib", rss}, {"threads", num_threads()}};
+  nlohmann::json j = {{"preset", m.preset}, {"device", device_name(device)}, {"tokens_per_s", tokens / step_s},
+                      {"step_s", step_s}, {"sgemm_peak_gflops", peak}, {"achieved_gflops", achieved},
+                      {"frac_of_peak", achieved / peak}, {"tensor_mib", tensor_mib}, {"tokens_per_step", tokens},
+                      {"threads", num_threads()}};
+  if (device == Device::cpu) {
+    std::printf("  peak resident memory                %8.1f MiB = %.1f%% of the tensors\n", rss, 100 * rss / tensor_mib);
+    j["peak_rss_mib"] = rss;
+  } else {
+    add_gpu_report(j, achieved);
+  }
   std::printf("%s\n", j.dump().c_str());
   return 0;
 }

@@ -1,5 +1,6 @@
 // The CUDA backend (train/backend.h): the model code with CudaOps, the optimizers of gpu/cuda_optimizer.h and
 // the trainer's vector operations as kernels, all on the default stream of the current device.
+#include "core/error.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/optim_cuda.h"
 #include "gpu/cuda_optimizer.h"
@@ -38,6 +39,9 @@ class CudaBackend final : public Backend {
   void apply_update(float* x, const float* u, float* u_prev, int64_t n, float c) const override {
     if (!u_prev) gpu::sub_inplace(x, u, n, ops_.stream);
     else gpu::ef_apply_update(x, u, u_prev, n, c, ops_.stream);
+  }
+  void synchronize() const override {
+    if (cudaStreamSynchronize(ops_.stream) != cudaSuccess) internal_error("cudaStreamSynchronize failed");
   }
 
  private:

@@ -36,6 +36,8 @@ class Backend {
   virtual void dc_asgd(float* g, const float* w, const float* stale, int64_t n, float lambda) const = 0;
   // u_prev null: x <- x - u. Otherwise EF: x <- x - (u + c (u - u_prev)), then u_prev <- u.
   virtual void apply_update(float* x, const float* u, float* u_prev, int64_t n, float c) const = 0;
+  // Waits for the queued work (timing); the CPU's work is never queued.
+  virtual void synchronize() const {}
 };
 
 // The backend of a device (one shared instance each). Device::cuda throws bad_input naming train.device in a

@@ -59,6 +59,7 @@ void check_supported(const RunConfig& c) {
     bad_input(c.source, "train.micro_batches: " + sched + " needs micro_batches (m = " +
                             std::to_string(c.train.micro_batches) + ") >= pipeline.stages (p = " +
                             std::to_string(c.pipeline.stages) + ")");
+  backend_for(parse_device(c.train.device));  // a device this build or machine lacks: bad input, before any file
   if (c.train.device == "cuda" && pipelined)
     bad_input(c.source, "train.device: 'cuda' runs single-device training and the delay emulators so far; "
                         "pipeline schedules on GPUs are not implemented yet (set pipeline.schedule = \"none\")");

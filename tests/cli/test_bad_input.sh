@@ -22,6 +22,10 @@ cp tr_train.bin magic.bin && printf '\x01\x02\x03\x04' | dd of=magic.bin conv=no
 expect_error 2 magic.bin magic -- "$BIN" train --config micro.toml --set "data.train=$WORK/magic.bin" --out r1
 expect_error 2 tr_train.bin vocabulary -- "$BIN" train --config micro.toml --set model.vocab_size=100 --set data.tokenizer= --out r1
 expect_error 2 tok.tok vocab_size model.vocab_size -- "$BIN" train --config micro.toml --set model.vocab_size=300 --set "data.train=$WORK/va_train.bin" --out r1
+# A GPU where there is none (or a build without CUDA): named, before anything is written.
+if ! nvidia-smi -L > /dev/null 2>&1; then
+  expect_error 2 train.device cuda -- "$BIN" train --config micro.toml --set train.device=cuda --out r1
+fi
 [ ! -e r1 ] && ok "no run folder left behind by failed starts" || fail "a failed start created r1"
 
 # A folder holding another run is not overwritten.

@@ -329,18 +329,18 @@ TEST(CudaOptim, ErrorFeedback) {
     Dev<float> d_x(s.weights.size()), d_u(s.weights.size()), d_up(s.weights.size());
     for (int step = 1; step <= kSteps; ++step) {
       const std::string tag = " step " + std::to_string(step);
-      const std::vector<float> x_before = s.weights;
+      const std::vector<float> x_before = s.weights.to_host();
       s.grad = randn(s.grad.size(), rng, 0.1f);
       optimizer_step(s, kLrScale[step - 1], 1.0f, d);
       d_x.upload(x_before);
-      d_u.upload(s.update);
+      d_u.upload(s.update.to_host());
       for (const auto& p : s.stage.params().all()) {
         const bool corrected = step > 1 && (d.ef_adamw_params || !muon_family || muon_takes(p));
         const float c = corrected ? static_cast<float>(d.ef_coef) : 0.0f;
         gpu::ef_apply_update(d_x.get() + p.offset, d_u.get() + p.offset, d_up.get() + p.offset, p.numel, c);
       }
-      expect_close(d_x.host(), s.weights, kElem.rtol, kElem.atol, "EF weights" + tag);
-      expect_bitwise_equal(d_up.host(), s.prev_update, "EF u_prev" + tag);
+      expect_close(d_x.host(), s.weights.to_host(), kElem.rtol, kElem.atol, "EF weights" + tag);
+      expect_bitwise_equal(d_up.host(), s.prev_update.to_host(), "EF u_prev" + tag);
     }
   }
 }
@@ -360,18 +360,18 @@ TEST(CudaOptim, DcAsgd) {
   Dev<float> d_g(s.grad.size()), d_w(s.weights.size()), d_stale(s.weights.size());
   for (int step = 1; step <= kSteps; ++step) {
     const std::string tag = " step " + std::to_string(step);
-    std::vector<float> stale = s.weights;
+    std::vector<float> stale = s.weights.to_host();
     const auto noise = randn(stale.size(), rng, 0.05f);
     for (size_t i = 0; i < stale.size(); ++i) stale[i] += noise[i];
     s.grad = randn(s.grad.size(), rng, 1.0f);
-    d_g.upload(s.grad);
-    d_w.upload(s.weights);
+    d_g.upload(s.grad.to_host());
+    d_w.upload(s.weights.to_host());
     d_stale.upload(stale);
     const float grad_scale = 0.5f;
     optimizer_step(s, 1.0, grad_scale, d, stale.data());  // s.grad: clipped and compensated, in place
     gpu::scale_inplace(d_g.get(), grad_scale, n);
     gpu::dc_asgd_compensate(d_g.get(), d_w.get(), d_stale.get(), n, static_cast<float>(d.dc_lambda));
-    expect_close(d_g.host(), s.grad, kElem.rtol, kElem.atol, "DC-ASGD gradient" + tag);
+    expect_close(d_g.host(), s.grad.to_host(), kElem.rtol, kElem.atol, "DC-ASGD gradient" + tag);
   }
 }
 

@@ -12,6 +12,7 @@
 #include "data/shards.h"
 #include "io/safetensors.h"
 #include "kernels/cpu/ops.h"
+#include "learnable_data.h"
 #include "train/checkpoint.h"
 #include "train/stage_state.h"
 #include "train/trainer.h"
@@ -28,23 +29,12 @@ class TrainerTest : public ::testing::Test {
                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_);
-    // A learnable stream: a noisy repeating sequence over a 64-token vocabulary.
-    std::mt19937 g(1);
-    std::vector<int32_t> train, val;
-    for (int i = 0; i < 20000; ++i) train.push_back(g() % 5 == 0 ? static_cast<int32_t>(g() % 64) : (i * 7) % 64);
-    for (int i = 0; i < 2000; ++i) val.push_back((i * 7) % 64);
-    write_shard((dir_ / "train_0.bin").string(), train, 64);
-    write_shard((dir_ / "val_0.bin").string(), val, 64);
+    test::write_learnable_shards(dir_);
   }
   void TearDown() override { fs::remove_all(dir_); }
 
   RunConfig config(std::vector<std::string> extra = {}) const {
-    std::vector<std::string> sets = {
-        "model.vocab_size=64", "model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
-        "model.ffn_hidden=48", "model.seq_len=16", "train.steps=6", "train.micro_batch_size=2",
-        "train.micro_batches=2", "train.eval_every=3", "train.eval_tokens=64", "train.ckpt_every=0",
-        "train.log_every=1", "train.threads=2", "optim.name=adamw", "optim.lr=0.01",
-        "data.train=" + (dir_ / "train_*.bin").string(), "data.val=" + (dir_ / "val_*.bin").string()};
+    std::vector<std::string> sets = test::tiny_run_sets(dir_);
     sets.insert(sets.end(), extra.begin(), extra.end());
     return parse_config("", "test.toml", sets);
   }

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Everything of issue #5 that needs a GPU, in one go (meant for one call on a lent H100, well under 8 minutes):
+#   1. the binaries: carried from scripts/gpu-pack.sh (.gpu-carry/), else built here (needs all dependencies);
+#   2. the CUDA tests (every kernel, the optimizers, the model and the trainer against the CPU);
+#   3. training throughput of smollm2-135m and smollm2-360m at sequence length 2048 (fp32): tokens/s, MFU
+#      against the GPU's dense bf16 peak, GPU memory in use;
+#   4. a 2-stage 2BW pipeline on the one GPU against its emulator (not implemented yet: reported as such).
+# Writes gpu_summary.md and the logs to $OUT (the device tool's output folder) or ./gpu-check-out.
+# Never downloads anything and changes no GPU setting.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+OUTDIR="${OUT:-gpu-check-out}"
+mkdir -p "$OUTDIR"
+SUMMARY="$OUTDIR/gpu_summary.md"
+: > "$SUMMARY"
+say() { echo "$*" | tee -a "$SUMMARY"; }
+say "# onestep GPU check, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+say ""
+say "- GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'nvidia-smi failed')"
+
+# 1. Binaries. CUDA's libraries come from the machine's toolkit (or PyTorch's wheels when only those exist).
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+  [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
+wheel_libs="$(python3 -c 'import nvidia.cublas, nvidia.cuda_runtime, os; print(":".join(os.path.join(os.path.dirname(m.__file__), "lib") for m in (nvidia.cublas, nvidia.cuda_runtime)))' 2>/dev/null || true)"
+[ -n "$wheel_libs" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:$wheel_libs"
+if [ -x .gpu-carry/bin/onestep ]; then
+  BIN=.gpu-carry/bin
+  export LD_LIBRARY_PATH="$PWD/.gpu-carry/lib:$LD_LIBRARY_PATH"
+  say "- binaries: carried (scripts/gpu-pack.sh)"
+else
+  say "- binaries: building here"
+  cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DONESTEP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+    -DONESTEP_BUILD_BENCH=OFF > "$OUTDIR/build.log" 2>&1 &&
+    cmake --build build-gpu -j"$(nproc)" --target onestep test_cuda >> "$OUTDIR/build.log" 2>&1 ||
+    { say "- BUILD FAILED (see build.log)"; exit 1; }
+  BIN=build-gpu
+fi
+"$BIN/onestep" --help > /dev/null 2>&1 || { say "- $BIN/onestep does not start: $(ldd $BIN/onestep | grep 'not found' | tr '\n' ' ')"; exit 1; }
+
+# 2. CUDA tests.
+say ""
+say "## CUDA tests"
+timeout 300 "$BIN/test_cuda" > "$OUTDIR/test_cuda.log" 2>&1
+rc=$?
+say "- test_cuda: exit $rc; $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUTDIR/test_cuda.log" | tr '\n' ' ')"
+grep -E '^\[  FAILED  \]' "$OUTDIR/test_cuda.log" | sort -u | sed 's/^/  - /' | tee -a "$SUMMARY"
+
+# 3. Throughput (fp32; the bf16 path does not exist yet).
+say ""
+say "## Training throughput, fp32, AdamW, one GPU (onestep bench, median of 5 steps after 2 warm-ups)"
+say ""
+say "| preset | micro-batch x seq | tokens/s | achieved TFLOP/s | GPU fp32 sgemm peak TFLOP/s | MFU vs dense bf16 peak | GPU memory in use |"
+say "|---|---|---|---|---|---|---|"
+for preset in smollm2-135m smollm2-360m; do
+  log="$OUTDIR/bench_$preset.log"
+  timeout 150 "$BIN/onestep" bench --set model.preset=$preset --set train.device=cuda --set train.micro_batch_size=4 \
+    --set train.micro_batches=1 > "$log" 2>&1
+  json="$(grep '^{' "$log" | tail -n 1)"
+  if [ -z "$json" ]; then say "| $preset | failed: $(tail -n 1 "$log") | | | | | |"; continue; fi
+  python3 - "$preset" "$json" <<'PY' | tee -a "$SUMMARY"
+import json, sys
+j = json.loads(sys.argv[2])
+mfu = f"{100 * j['mfu_bf16']:.1f}% of {j['bf16_peak_tflops']:.0f}" if "mfu_bf16" in j else "n/a (unknown GPU)"
+print(f"| {sys.argv[1]} | 4 x 2048 | {j['tokens_per_s']:.0f} | {j['achieved_gflops'] / 1e3:.1f} | "
+      f"{j['sgemm_peak_gflops'] / 1e3:.1f} | {mfu} | {j['gpu_memory_used_mib']:.0f} MiB |")
+PY
+done
+
+# 4. Pipelines on the GPU.
+say ""
+say "## 2-stage 2BW pipeline on one GPU"
+say "- not run: pipeline schedules on GPUs are not implemented yet (onestep refuses train.device = cuda with a schedule)."
+say ""
+say "Logs: $(ls "$OUTDIR" | tr '\n' ' ')"
