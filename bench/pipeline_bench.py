@@ -51,7 +51,7 @@ def run(schedule, m, workdir):
         busy = total = 0.0
         for a, b in windows:
             for e in events:
-                if e["tid"] == s and e["cat"] in ("forward", "backward"):
+                if e["tid"] == s and e["cat"] in ("forward", "backward", "step"):  # computing, not waiting
                     lo, hi = max(a, e["ts"]), min(b, e["ts"] + e["dur"])
                     busy += max(0.0, hi - lo)
             total += b - a
@@ -113,6 +113,8 @@ for r in rows:
                  f"{', '.join(f'{x * 100:.1f}%' for x in r['2bw_idle'])} | {', '.join(f'{x * 100:.1f}%' for x in r['1f1b_idle'])} | {r['2bw_op'] / r['1f1b_op']:.3f} | "
                  f"{r['1f1b_sim']:.3f} s ({err1 * 100:+.1f}%) / {r['2bw_sim']:.3f} s ({err2 * 100:+.1f}%) |")
 lines += ["", "speed-up / model: the issue's target is >= 90%. share of the model's gain: (speed-up - 1) / (model - 1). "
+          "idle: the share of the steady-state step windows a stage spends outside forwards, backwards and its "
+          "optimizer step (waiting for a message or a reduction). "
           "2BW op time / 1F1B's: median forward + backward time of a micro-batch (summed over stages) under 2BW "
           "divided by the same under 1F1B: above 1 when both cores computing at once slow each other down (shared "
           "caches, memory bandwidth, clock), which the bubble model does not count."]

@@ -95,17 +95,17 @@ class Buffer {
   }
   void clear() { zeros(0); }
 
-  // Host buffers only (the CPU trainer and the tests): element access and an O(1) exchange with a vector.
+  void swap(Buffer& o) noexcept {
+    std::swap(device_, o.device_), host_.swap(o.host_), std::swap(dev_, o.dev_), std::swap(n_, o.n_);
+  }
+
+  // Host buffers only (the CPU trainer and the tests): element access.
   T& operator[](size_t i) { return host_[i]; }
   const T& operator[](size_t i) const { return host_[i]; }
   T* begin() { return host_.data(); }
   T* end() { return host_.data() + host_.size(); }
   const T* begin() const { return host_.data(); }
   const T* end() const { return host_.data() + host_.size(); }
-  void swap(std::vector<T>& v) {
-    host_.swap(v);
-    n_ = host_.size();
-  }
 
  private:
   void free_device() {

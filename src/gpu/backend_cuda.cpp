@@ -29,6 +29,7 @@ class CudaBackend final : public Backend {
   void copy(float* dst, const float* src, int64_t n) const override { gpu::copy_device(dst, src, n, ops_.stream); }
   void scale(float* y, float s, int64_t n) const override { gpu::scale_inplace(y, s, n, ops_.stream); }
   double sum_squares(const float* x, int64_t n) const override { return gpu::sum_squares(x, n, ops_.stream); }
+  void add(float* y, const float* x, int64_t n) const override { gpu::add_inplace(y, x, n, ops_.stream); }
   void sum_pair(float* a, float* b, int64_t n) const override {
     gpu::add_inplace(a, b, n, ops_.stream);   // a + b computed once ...
     gpu::copy_device(b, a, n, ops_.stream);   // ... so both copies hold the same bits

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <tuple>
 
+#include "core/buffer.h"
 #include "core/error.h"
 
 namespace onestep::pipeline {
@@ -32,11 +33,12 @@ namespace {
 
 // Shared mailboxes and running sums of all in-process endpoints.
 struct Hub {
-  explicit Hub(int p) : stages(p) {}
+  Hub(int p, Device d) : stages(p), device(d) {}
   int stages;
+  Device device;  // where the messages' data lives (the stages' device): copies stay on it
   std::mutex mu;
   std::condition_variable cv;
-  std::map<std::tuple<int, int, uint32_t>, std::deque<std::vector<float>>> boxes;  // (from, to, tag)
+  std::map<std::tuple<int, int, uint32_t>, std::deque<Buffer<float>>> boxes;  // (from, to, tag)
   struct Sum {
     std::vector<double> total;
     int arrived = 0;
@@ -79,7 +81,9 @@ class InprocTransport : public Transport {
   int stages() const override { return hub_->stages; }
 
   void send(int peer, uint32_t tag, const float* data, int64_t n) override {
-    std::vector<float> msg(data, data + n);
+    Buffer<float> msg(hub_->device);
+    msg.zeros(static_cast<size_t>(n));
+    copy(msg.data(), data, n);
     {
       std::lock_guard<std::mutex> lock(hub_->mu);
       hub_->boxes[{stage_, peer, tag}].push_back(std::move(msg));
@@ -96,7 +100,7 @@ class InprocTransport : public Transport {
     if (static_cast<int64_t>(box.front().size()) != n)
       internal_error("stage " + std::to_string(stage_) + ": message of " + std::to_string(box.front().size()) +
                      " floats, expected " + std::to_string(n));
-    std::memcpy(data, box.front().data(), sizeof(float) * n);
+    copy(data, box.front().data(), n);
     box.pop_front();
   }
 
@@ -115,6 +119,10 @@ class InprocTransport : public Transport {
   }
 
  private:
+  void copy(float* dst, const float* src, int64_t n) const {
+    if (hub_->device == Device::cpu) std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(n));
+    else device_memory::copy(dst, src, sizeof(float) * static_cast<size_t>(n), device_memory::Copy::device_to_device);
+  }
   std::shared_ptr<Hub> hub_;
   int stage_;
   int64_t calls_ = 0;
@@ -122,8 +130,8 @@ class InprocTransport : public Transport {
 
 }  // namespace
 
-std::vector<std::unique_ptr<Transport>> make_inproc_transports(int stages) {
-  auto hub = std::make_shared<Hub>(stages);
+std::vector<std::unique_ptr<Transport>> make_inproc_transports(int stages, Device device) {
+  auto hub = std::make_shared<Hub>(stages, device);
   std::vector<std::unique_ptr<Transport>> out;
   for (int s = 0; s < stages; ++s) out.push_back(std::make_unique<InprocTransport>(hub, s));
   return out;

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "core/buffer.h"
+
 namespace onestep::pipeline {
 
 // What a message carries; with (batch, micro) it forms the message tag.
@@ -39,7 +41,8 @@ class Transport {
 // ONESTEP_PEER_TIMEOUT_S overrides.
 double peer_timeout_s();
 
-// p endpoints sharing in-memory mailboxes; endpoint s is used by the thread running stage s.
-std::vector<std::unique_ptr<Transport>> make_inproc_transports(int stages);
+// p endpoints sharing in-memory mailboxes; endpoint s is used by the thread running stage s. Messages are
+// copied on `device` (device to device for stages on one GPU).
+std::vector<std::unique_ptr<Transport>> make_inproc_transports(int stages, Device device = Device::cpu);
 
 }  // namespace onestep::pipeline

@@ -26,6 +26,9 @@ class CpuBackend final : public Backend {
   void copy(float* dst, const float* src, int64_t n) const override { std::copy_n(src, n, dst); }
   void scale(float* y, float s, int64_t n) const override { cpu::scale_inplace(y, s, n); }
   double sum_squares(const float* x, int64_t n) const override { return cpu::sum_squares(x, n); }
+  void add(float* y, const float* x, int64_t n) const override {
+    for (int64_t i = 0; i < n; ++i) y[i] = y[i] + x[i];
+  }
   void sum_pair(float* a, float* b, int64_t n) const override {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i) a[i] = b[i] = a[i] + b[i];

@@ -30,6 +30,7 @@ class Backend {
   virtual void copy(float* dst, const float* src, int64_t n) const = 0;
   virtual void scale(float* y, float s, int64_t n) const = 0;
   virtual double sum_squares(const float* x, int64_t n) const = 0;  // in double
+  virtual void add(float* y, const float* x, int64_t n) const = 0;  // y <- y + x
   // a = b = a + b (the tied embedding's two gradient copies).
   virtual void sum_pair(float* a, float* b, int64_t n) const = 0;
   // DC-ASGD: g <- g + lambda g g (w - stale).

@@ -48,14 +48,12 @@ pipeline::Schedule segment_schedule(const RunConfig& c, int64_t first, int64_t e
 }
 
 // Copies each stage's parameters into a whole-model buffer by name (for evaluation and sampling).
-void gather_whole(const std::vector<std::unique_ptr<StageState>>& states, const Stage& whole, std::vector<float>& out) {
-  out.assign(static_cast<size_t>(whole.params().total()), 0.f);
+void gather_whole(const std::vector<std::unique_ptr<StageState>>& states, const Stage& whole, Buffer<float>& out) {
+  out.zeros(static_cast<size_t>(whole.params().total()));
   for (const auto& s : states)
     if (s)
-      for (const auto& p : s->stage.params().all()) {
-      const ParamInfo& q = whole.params().at(p.name);
-      std::copy_n(s->weights.data() + p.offset, p.numel, out.data() + q.offset);
-    }
+      for (const auto& p : s->stage.params().all())
+        s->backend.copy(out.data() + whole.params().at(p.name).offset, s->weights.data() + p.offset, p.numel);
 }
 
 // The real run's timeline as Chrome trace events (one track per stage), viewable in Perfetto. Under MPI every
@@ -142,13 +140,15 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
   const int p = c.pipeline.stages;
   const bool mpi = c.pipeline.transport == "mpi";
   const int rank = pipeline_rank(c);
+  const Device device = parse_device(c.train.device);  // every stage on it (one GPU: stages share the device)
+  const Backend& backend = backend_for(device);
   std::vector<std::unique_ptr<pipeline::Transport>> transports(p);
   if (mpi) {
 #ifdef ONESTEP_HAVE_MPI
     transports[rank] = pipeline::make_mpi_transport();
 #endif
   } else {
-    transports = pipeline::make_inproc_transports(p);
+    transports = pipeline::make_inproc_transports(p, device);
   }
   const int threads_per_stage =
       mpi ? std::max(1, c.train.threads) : std::max(1, (c.train.threads > 0 ? c.train.threads : num_threads()) / p);
@@ -166,7 +166,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
   std::vector<std::unique_ptr<StageState>> states(p);
   std::vector<StageState*> raw;
   for (int s : local) {
-    states[s] = std::make_unique<StageState>(c.model, specs[s], c.optim, lag_of(s), c.delay.correction == "ef");
+    states[s] = std::make_unique<StageState>(c.model, specs[s], c.optim, lag_of(s), c.delay.correction == "ef", device);
     raw.push_back(states[s].get());
   }
   int64_t start = 0;
@@ -189,7 +189,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
     states[s]->older.clear();
   }
   const Stage whole(c.model, whole_model(c.model));
-  std::vector<float> whole_w;
+  Buffer<float> whole_w(device);
   // Whole-model weights on the writer (rank 0 receives the other ranks' parameters under MPI).
   auto gather = [&](int64_t step) {
     if (!mpi) return gather_whole(states, whole, whole_w);
@@ -210,7 +210,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
   };
   if (start == 0) {
     gather(0);
-    if (io.writer) io.initial_eval(whole, whole_w.data());
+    if (io.writer) io.initial_eval(whole, whole_w.data(), backend);
   }
 
   int64_t first = start;
@@ -258,7 +258,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
       line["stage_weight_mib"] = w_mib;
       if (step == end && io.eval_due(step)) {
         gather(step);
-        if (io.writer) line["val_loss"] = io.evaluate(whole, whole_w.data(), step);
+        if (io.writer) line["val_loss"] = io.evaluate(whole, whole_w.data(), step, backend);
       }
       if (io.writer) io.metrics->write(line);
     }

@@ -33,8 +33,8 @@ StageRunner::StageRunner(StageState& state, pipeline::Transport& transport, cons
       newest_(newest_version),
       t0_(now_s()) {
   for (size_t i = 0; i < older.size(); ++i)
-    if (newest_ - 1 - static_cast<int64_t>(i) >= 0) history_[newest_ - 1 - static_cast<int64_t>(i)] = older[i].to_host();
-  scratch_ = st_.stage.make_scratch(B_, T_);
+    if (newest_ - 1 - static_cast<int64_t>(i) >= 0) history_[newest_ - 1 - static_cast<int64_t>(i)] = std::move(older[i]);
+  scratch_ = st_.stage.make_scratch(B_, T_, st_.device());
   const Stage whole(c_.model, whole_model(c_.model));
   n_global_params_ = static_cast<int>(whole.params().size());
   for (const auto& p : st_.stage.params().all()) {
@@ -60,7 +60,8 @@ std::vector<Buffer<float>> StageRunner::older_versions(int n) const {
   std::vector<Buffer<float>> out;
   for (int k = 1; k <= n; ++k) {
     const int64_t v = std::max<int64_t>(newest_ - k, 0);
-    out.emplace_back().upload(version(v), st_.weights.size());
+    out.emplace_back(st_.device()).zeros(st_.weights.size());
+    st_.backend.copy(out.back().data(), version(v), static_cast<int64_t>(st_.weights.size()));
   }
   return out;
 }
@@ -70,7 +71,7 @@ Activations& StageRunner::activations(int64_t batch, int micro) {
   peak_acts_in_flight_ = std::max(peak_acts_in_flight_, acts_.size());
   if (!slot) {
     if (free_acts_.empty()) {
-      slot = st_.stage.make_activations(B_, T_);
+      slot = st_.stage.make_activations(B_, T_, st_.device());
     } else {
       slot = std::move(free_acts_.back());
       free_acts_.pop_back();
@@ -103,8 +104,8 @@ void StageRunner::forward(const Action& a) {
     sample_train_batch(train_, static_cast<uint64_t>(c_.train.seed), a.batch, a.micro, B_, T_, tokens_.data(),
                        targets_.data());
   const float* in = spec.has_embedding ? nullptr : inputs_.at({a.batch, a.micro}).data();
-  const double loss = st_.stage.forward(version(a.version), acts, tokens_.data(), in,
-                                        spec.has_head ? targets_.data() : nullptr);
+  const double loss = st_.backend.forward(st_.stage, version(a.version), acts, tokens_.data(), in,
+                                          spec.has_head ? targets_.data() : nullptr);
   if (spec.has_head) loss_sum_[a.batch] += loss;  // micro-batch order, as in the single-device trainer
   if (!spec.has_embedding) inputs_.erase({a.batch, a.micro});
 }
@@ -113,12 +114,12 @@ void StageRunner::backward(const Action& a) {
   ensure_version(a.version);
   const size_t slot = grad_slot(a.batch);
   if (grad_batch_[slot] != a.batch) {
-    cpu::fill_zero(grads_[slot].data(), static_cast<int64_t>(grads_[slot].size()));
+    st_.backend.fill_zero(grads_[slot].data(), static_cast<int64_t>(grads_[slot].size()));
     grad_batch_[slot] = a.batch;
   }
   const float* dout = st_.stage.spec().has_head ? nullptr : douts_.at({a.batch, a.micro}).data();
-  st_.stage.backward(version(a.version), grads_[slot].data(), activations(a.batch, a.micro), *scratch_, dout,
-                     1.0f / static_cast<float>(M_));
+  st_.backend.backward(st_.stage, version(a.version), grads_[slot].data(), activations(a.batch, a.micro), *scratch_,
+                       dout, 1.0f / static_cast<float>(M_));
   douts_.erase({a.batch, a.micro});
   if (st_.stage.spec().has_embedding) release(a.batch, a.micro);  // nothing to send back
 }
@@ -141,7 +142,7 @@ const ParamInfo* StageRunner::tied_param() const {
 // batch's backwards first); stage 0 receives it when it posts, sends its own, and forms the sum, so the
 // tied pair's squared norm rides on the same reduction; the last stage forms the same sum at completion.
 void StageRunner::post_step(int64_t batch) {
-  std::vector<float>& g = grads_[grad_slot(batch)];
+  Buffer<float>& g = grads_[grad_slot(batch)];
   const int p = tx_.stages();
   // Reduction vector: per-parameter sums of squares at whole-model positions, the loss, per-stage busy time.
   std::vector<double> local(n_global_params_ + 1 + 3 * p, 0.0);
@@ -154,16 +155,16 @@ void StageRunner::post_step(int64_t batch) {
   } else if (other >= 0 && st_.stage.spec().has_head) {
     tx_.send(other, message_tag(MsgKind::tied_grad, batch, 0), g.data() + tp->offset, tp->numel);
   } else if (other >= 0) {
-    std::vector<float> theirs(static_cast<size_t>(tp->numel));
+    Buffer<float> theirs(st_.device());
+    theirs.zeros(static_cast<size_t>(tp->numel));
     tx_.recv(other, message_tag(MsgKind::tied_grad, batch, 0), theirs.data(), tp->numel);
     tx_.send(other, message_tag(MsgKind::tied_grad, batch, 1), g.data() + tp->offset, tp->numel);
-    float* mine = g.data() + tp->offset;
-    for (int64_t i = 0; i < tp->numel; ++i) mine[i] = mine[i] + theirs[i];
+    st_.backend.add(g.data() + tp->offset, theirs.data(), tp->numel);
   }
   const auto& params = st_.stage.params().all();
   for (size_t i = 0; i < params.size(); ++i) {
     if (params[i].name == "lm_head.weight" && c_.model.tie_embeddings) continue;  // the pair counts once
-    local[global_index_[i]] = cpu::sum_squares(g.data() + params[i].offset, params[i].numel);
+    local[global_index_[i]] = st_.backend.sum_squares(g.data() + params[i].offset, params[i].numel);
   }
   if (st_.stage.spec().has_head) local[n_global_params_] = loss_sum_[batch] / M_;
   local[n_global_params_ + 1 + tx_.stage()] = busy_[batch];
@@ -182,15 +183,15 @@ void StageRunner::post_step(int64_t batch) {
 void StageRunner::complete_step() {
   Pending pend = std::move(pending_.front());
   pending_.erase(pending_.begin());
-  std::vector<float>& g = grads_[grad_slot(pend.batch)];
+  Buffer<float>& g = grads_[grad_slot(pend.batch)];
   const std::vector<double> sums = pend.sum->wait();
   const int other = other_tied_end();
   if (other >= 0 && st_.stage.spec().has_head) {
     const ParamInfo* tp = tied_param();
-    std::vector<float> theirs(static_cast<size_t>(tp->numel));
+    Buffer<float> theirs(st_.device());
+    theirs.zeros(static_cast<size_t>(tp->numel));
     tx_.recv(other, message_tag(MsgKind::tied_grad, pend.batch, 1), theirs.data(), tp->numel);
-    float* mine = g.data() + tp->offset;
-    for (int64_t i = 0; i < tp->numel; ++i) mine[i] = theirs[i] + mine[i];  // same bits as stage 0's sum
+    st_.backend.add(g.data() + tp->offset, theirs.data(), tp->numel);  // a + b == b + a: stage 0's bits
   }
   // The whole model's squared norm, summed in parameter-table order like the single-device trainer.
   double total = 0.0;
@@ -208,7 +209,8 @@ void StageRunner::complete_step() {
                                         std::to_string(rec.loss) + ", grad norm " + std::to_string(rec.grad_norm));
   const float clip_scale = (c_.optim.clip > 0 && rec.grad_norm > c_.optim.clip)
                                ? static_cast<float>(c_.optim.clip / rec.grad_norm) : 1.0f;
-  if (max_versions_ > 1) history_[newest_] = st_.weights.to_host();  // W(newest) stays readable
+  if (max_versions_ > 1)  // W(newest) stays readable
+    history_.try_emplace(newest_, st_.device()).first->second.copy_from(st_.weights);
   st_.grad.swap(g);
   // The version this batch's gradients were computed on (DC-ASGD compensates towards W(newest)).
   const float* computed_on =
@@ -225,7 +227,8 @@ void StageRunner::run(const std::vector<Action>& actions, const std::string& sch
   max_versions_ = pipeline::max_versions_alive(schedule_name, tx_.stages());
   // One gradient buffer per batch whose step may still be pending, plus the one accumulating.
   if (grads_.size() != static_cast<size_t>(max_versions_ + 1)) {
-    grads_.assign(static_cast<size_t>(max_versions_ + 1), std::vector<float>(st_.grad.size(), 0.f));
+    grads_.clear();
+    for (int k = 0; k <= max_versions_; ++k) grads_.emplace_back(st_.device()).zeros(st_.grad.size());
     grad_batch_.assign(grads_.size(), -1);
   }
   const int s = tx_.stage();
@@ -234,8 +237,8 @@ void StageRunner::run(const std::vector<Action>& actions, const std::string& sch
     const double start = now_s();
     switch (a.op) {
       case Op::recv_act: {
-        std::vector<float>& buf = inputs_[{a.batch, a.micro}];
-        buf.resize(static_cast<size_t>(act_n));
+        Buffer<float>& buf = inputs_.try_emplace({a.batch, a.micro}, st_.device()).first->second;
+        buf.zeros(static_cast<size_t>(act_n));
         tx_.recv(a.peer, message_tag(MsgKind::activation, a.batch, a.micro), buf.data(), act_n);
         break;
       }
@@ -245,8 +248,8 @@ void StageRunner::run(const std::vector<Action>& actions, const std::string& sch
                  st_.stage.output(*acts_.at({a.batch, a.micro})), act_n);
         break;
       case Op::recv_grad: {
-        std::vector<float>& buf = douts_[{a.batch, a.micro}];
-        buf.resize(static_cast<size_t>(act_n));
+        Buffer<float>& buf = douts_.try_emplace({a.batch, a.micro}, st_.device()).first->second;
+        buf.zeros(static_cast<size_t>(act_n));
         tx_.recv(a.peer, message_tag(MsgKind::gradient, a.batch, a.micro), buf.data(), act_n);
         break;
       }

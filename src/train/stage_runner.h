@@ -1,6 +1,7 @@
 // The executor: runs one stage's action list (pipeline/schedule.h) against a transport. The same code runs
 // every schedule on threads in one process and on MPI ranks; the schedule decides when and on which weight
-// version, the Stage decides what a forward/backward computes, StageState what an optimizer step does.
+// version, the Stage decides what a forward/backward computes, StageState what an optimizer step does. Every
+// buffer lives on the stage's device (StageState::backend): a pipeline runs on CPU threads or on one GPU.
 //
 // Optimizer steps are split in two so that no stage waits for the others at a step: the `step` action only
 // posts this stage's contributions to the cross-stage reductions (per-parameter gradient sums of squares
@@ -74,17 +75,17 @@ class StageRunner {
   const TokenDataset& train_;
   const int B_, T_, M_;
   int64_t newest_;
-  std::map<int64_t, std::vector<float>> history_;  // older versions still read by pending work
+  std::map<int64_t, Buffer<float>> history_;  // older versions still read by pending work
   int max_versions_ = 2;
   std::string schedule_;
   // Gradient buffers by batch: a step completes lazily, so up to max_versions_ batches' gradients are alive.
-  std::vector<std::vector<float>> grads_;
+  std::vector<Buffer<float>> grads_;
   std::vector<int64_t> grad_batch_;
   size_t grad_slot(int64_t batch) const { return static_cast<size_t>(batch) % grads_.size(); }
   std::map<std::pair<int64_t, int>, std::unique_ptr<Activations>> acts_;
   std::vector<std::unique_ptr<Activations>> free_acts_;
   std::unique_ptr<BackwardScratch> scratch_;
-  std::map<std::pair<int64_t, int>, std::vector<float>> inputs_, douts_;
+  std::map<std::pair<int64_t, int>, Buffer<float>> inputs_, douts_;  // received, on the stage's device
   std::map<int64_t, double> loss_sum_, busy_;
   std::vector<Pending> pending_;
   std::vector<int> global_index_;  // this stage's parameters' positions in the whole model's table

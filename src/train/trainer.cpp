@@ -60,9 +60,9 @@ void check_supported(const RunConfig& c) {
                             std::to_string(c.train.micro_batches) + ") >= pipeline.stages (p = " +
                             std::to_string(c.pipeline.stages) + ")");
   backend_for(parse_device(c.train.device));  // a device this build or machine lacks: bad input, before any file
-  if (c.train.device == "cuda" && pipelined)
-    bad_input(c.source, "train.device: 'cuda' runs single-device training and the delay emulators so far; "
-                        "pipeline schedules on GPUs are not implemented yet (set pipeline.schedule = \"none\")");
+  if (c.train.device == "cuda" && c.pipeline.transport == "mpi")
+    bad_input(c.source, "pipeline.transport: 'mpi' moves host memory; with train.device = \"cuda\" use 'inproc' "
+                        "(all stages on one GPU; NCCL between processes is not implemented yet)");
   if (c.train.device == "cuda" && c.delay.correction == "weight_prediction")
     bad_input(c.source, "delay.correction: 'weight_prediction' runs on train.device = \"cpu\" only so far");
   if (c.pipeline.transport == "mpi" && !pipelined)
