@@ -2,8 +2,8 @@
 # Everything of issue #5 that needs a GPU, in one go (meant for one call on a lent H100, well under 8 minutes):
 #   1. the binaries: carried from scripts/gpu-pack.sh (.gpu-carry/), else built here (needs all dependencies);
 #   2. the CUDA tests (every kernel, the optimizers, the model and the trainer against the CPU);
-#   3. training throughput of smollm2-135m and smollm2-360m at sequence length 2048 (fp32): tokens/s, MFU
-#      against the GPU's dense bf16 peak, GPU memory in use;
+#   3. training throughput of smollm2-135m and smollm2-360m at sequence length 2048, fp32 and TF32 matmuls:
+#      tokens/s, MFU against the GPU's dense bf16 peak, GPU memory in use;
 #   4. a 2-stage 2BW pipeline on the one GPU against its single-device emulator: losses and throughput.
 # Writes gpu_summary.md and the logs to $OUT (the device tool's output folder) or ./gpu-check-out.
 # Never downloads anything and changes no GPU setting.
@@ -48,30 +48,32 @@ grep -E '^\[  FAILED  \]' "$OUTDIR/test_cuda.log" | sort -u | sed 's/^/  - /' | 
 
 # 3. Throughput (fp32; the bf16 path does not exist yet).
 say ""
-say "## Training throughput, fp32, AdamW, one GPU (onestep bench, median of 5 steps after 2 warm-ups)"
+say "## Training throughput, AdamW, one GPU (onestep bench, median of 5 steps after 2 warm-ups)"
 say ""
-say "| preset | micro-batch x seq | tokens/s | achieved TFLOP/s | GPU fp32 sgemm peak TFLOP/s | MFU vs dense bf16 peak | GPU memory in use |"
-say "|---|---|---|---|---|---|---|"
+say "| preset | precision | micro-batch x seq | tokens/s | achieved TFLOP/s | GPU fp32 sgemm peak TFLOP/s | MFU vs dense bf16 peak | GPU memory in use |"
+say "|---|---|---|---|---|---|---|---|"
 for preset in smollm2-135m smollm2-360m; do
-  log="$OUTDIR/bench_$preset.log"
-  timeout 150 "$BIN/onestep" bench --set model.preset=$preset --set train.device=cuda --set train.micro_batch_size=4 \
-    --set train.micro_batches=1 > "$log" 2>&1
-  json="$(grep '^{' "$log" | tail -n 1)"
-  if [ -z "$json" ]; then say "| $preset | failed: $(tail -n 1 "$log") | | | | | |"; continue; fi
-  python3 - "$preset" "$json" <<'PY' | tee -a "$SUMMARY"
+  for precision in fp32 tf32; do
+    log="$OUTDIR/bench_${preset}_$precision.log"
+    timeout 150 "$BIN/onestep" bench --set model.preset=$preset --set train.device=cuda --set train.precision=$precision \
+      --set train.micro_batch_size=4 --set train.micro_batches=1 > "$log" 2>&1
+    json="$(grep '^{' "$log" | tail -n 1)"
+    if [ -z "$json" ]; then say "| $preset | $precision | failed: $(tail -n 1 "$log") | | | | | |"; continue; fi
+    python3 - "$preset" "$json" <<'PY' | tee -a "$SUMMARY"
 import json, sys
 j = json.loads(sys.argv[2])
 mfu = f"{100 * j['mfu_bf16']:.1f}% of {j['bf16_peak_tflops']:.0f}" if "mfu_bf16" in j else "n/a (unknown GPU)"
-print(f"| {sys.argv[1]} | 4 x 2048 | {j['tokens_per_s']:.0f} | {j['achieved_gflops'] / 1e3:.1f} | "
+print(f"| {sys.argv[1]} | {j['precision']} | 4 x 2048 | {j['tokens_per_s']:.0f} | {j['achieved_gflops'] / 1e3:.1f} | "
       f"{j['sgemm_peak_gflops'] / 1e3:.1f} | {mfu} | {j['gpu_memory_used_mib']:.0f} MiB |")
 PY
+  done
 done
 
 # 4. A 2-stage 2BW pipeline on the one GPU against its single-device emulator (delay.emulate = one_step), on
 # smollm2-135m and a synthetic token shard (no data is downloaded): losses must agree (the same rule), and the
 # pipeline's tokens/s over the emulator's is the schedule's own overhead (issue #5 target: >= 90%).
 say ""
-say "## 2-stage 2BW pipeline on one GPU vs the one-step emulator (smollm2-135m, 4 x 4 x 2048 tokens per step, fp32)"
+say "## 2-stage 2BW pipeline on one GPU vs the one-step emulator (smollm2-135m, 4 x 4 x 2048 tokens per step, TF32)"
 python3 - "$OUTDIR" <<'PY'
 import array, random, sys  # standard library only: llm.c's shard format, uint16 tokens
 rng = random.Random(1)
@@ -97,6 +99,7 @@ eval_tokens = 8192
 ckpt_every = 0
 log_every = 1
 device = "cuda"
+precision = "tf32"
 [optim]
 name = "adamw"
 lr = 0.003

@@ -79,6 +79,7 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
 
   const Device device = parse_device(c.train.device);
   const Backend& be = backend_for(device);
+  use_precision(device, c.train.precision);
   // The practical matmul peak of the device the step runs on, measured in the same run.
   const double peak = device == Device::cpu ? sgemm_peak_gflops(2048, 12) : gpu_sgemm_peak_gflops();
   StageState s(m, whole_model(m), c.optim, 0, c.delay.correction == "ef", device);
@@ -125,8 +126,8 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
   }
   const double tensor_mib = tensor_bytes / 1048576.0, rss = peak_rss_mib();
 
-  std::printf("preset %s, optimizer %s, %d x %d x %d tokens/step, device %s, %d threads\n", m.preset.c_str(),
-              c.optim.name.c_str(), M, B, T, device_name(device), num_threads());
+  std::printf("preset %s, optimizer %s, %d x %d x %d tokens/step, device %s (%s), %d threads\n", m.preset.c_str(),
+              c.optim.name.c_str(), M, B, T, device_name(device), c.train.precision.c_str(), num_threads());
   std::printf("  %s sgemm peak (best of 12)        %8.1f GFLOP/s\n", device == Device::cpu ? "CPU" : "GPU", peak);
   std::printf("  training step (median of %d)        %8.3f s\n", steps, step_s);
   std::printf("  throughput                          %8.0f tokens/s\n", tokens / step_s);
@@ -134,7 +135,7 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
   std::printf("  achieved                            %8.1f GFLOP/s = %.1f%% of sgemm peak\n", achieved,
               100 * achieved / peak);
   std::printf("  allocated tensors                   %8.1f MiB\n", tensor_mib);
-  nlohmann::json j = {{"preset", m.preset}, {"device", device_name(device)}, {"tokens_per_s", tokens / step_s},
+  nlohmann::json j = {{"preset", m.preset}, {"device", device_name(device)}, {"precision", c.train.precision}, {"tokens_per_s", tokens / step_s},
                       {"step_s", step_s}, {"sgemm_peak_gflops", peak}, {"achieved_gflops", achieved},
                       {"frac_of_peak", achieved / peak}, {"tensor_mib", tensor_mib}, {"tokens_per_step", tokens},
                       {"threads", num_threads()}};

@@ -40,7 +40,7 @@ std::vector<Field> fields_of(RunConfig& c) {
       {"train", "eval_every", &t.eval_every},   {"train", "eval_tokens", &t.eval_tokens},
       {"train", "ckpt_every", &t.ckpt_every},   {"train", "keep_ckpts", &t.keep_ckpts},
       {"train", "log_every", &t.log_every},     {"train", "threads", &t.threads},
-      {"train", "device", &t.device},
+      {"train", "device", &t.device},         {"train", "precision", &t.precision},
       {"optim", "name", &o.name},               {"optim", "lr", &o.lr},
       {"optim", "warmup_frac", &o.warmup_frac}, {"optim", "min_lr_frac", &o.min_lr_frac},
       {"optim", "weight_decay", &o.weight_decay}, {"optim", "clip", &o.clip},
@@ -251,6 +251,10 @@ void validate_run_config(const RunConfig& c, const std::string& where) {
   need(t.log_every >= 1, "train.log_every", "at least 1");
   need(t.threads >= 0, "train.threads", "0 (all cores) or a positive count");
   need(t.device == "cpu" || t.device == "cuda", "train.device", "cpu or cuda; got '" + t.device + "'");
+  need(t.precision == "fp32" || t.precision == "tf32", "train.precision",
+       "fp32 or tf32 (bf16 is not implemented yet); got '" + t.precision + "'");
+  need(t.precision == "fp32" || t.device == "cuda", "train.precision",
+       "'" + t.precision + "' needs train.device = \"cuda\" (the CPU kernels compute in fp32)");
   const OptimConfig& o = c.optim;
   need(std::isfinite(o.warmup_frac) && o.warmup_frac >= 0 && o.warmup_frac < 1, "optim.warmup_frac", "a number in [0, 1)");
   need(std::isfinite(o.min_lr_frac) && o.min_lr_frac >= 0 && o.min_lr_frac <= 1, "optim.min_lr_frac", "a number in [0, 1]");

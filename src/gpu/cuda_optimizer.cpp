@@ -21,14 +21,7 @@ class CudaOptimizer final : public Optimizer {
   CudaOptimizer(const OptimConfig& config, const ParamTable& table, cudaStream_t stream)
       : c_(config), table_(table), stream_(stream) {
     resolve_optim_defaults(c_, "[optim]");
-    if (c_.name == "soap")
-      bad_input("[optim]", "optim.name: 'soap' has no CUDA kernels yet; use train.device = \"cpu\" or another optimizer");
-    for (const auto& p : table_.all()) {
-      for (const char* kind : state_kinds(p)) {
-        const bool row_vector = std::string(kind) == "normuon.v_row.";
-        add_state(kind + p.name, row_vector ? std::vector<int64_t>{p.rows()} : p.shape);
-      }
-    }
+    for (auto& st : cuda_optimizer_state(c_, table_)) add_state(std::move(st));
   }
 
   void compute_update(float* u, const float* x, const float* g, double lr_scale) override {
@@ -45,25 +38,13 @@ class CudaOptimizer final : public Optimizer {
  private:
   bool muon_family() const { return c_.name == "muon" || c_.name == "normuon"; }
 
-  // The state each parameter has, under the CPU optimizers' checkpoint prefixes (src/optim/*.cpp).
-  std::vector<const char*> state_kinds(const ParamInfo& p) const {
-    const std::string& n = c_.name;
-    if (n == "muon" && muon_takes(p)) return {"muon.momentum."};
-    if (n == "normuon" && muon_takes(p)) return {"normuon.momentum.", "normuon.v_row."};
-    if (n == "mars" && mars_takes(p)) return {"mars.m.", "mars.v.", "mars.prev_grad."};
-    if (n == "adan") return {"adan.m.", "adan.m_diff.", "adan.n.", "adan.prev_grad."};
-    if (n == "lion") return {"lion.m."};
-    if (n == "sgd") return {"sgd.momentum."};
-    return {"adamw.m.", "adamw.v."};  // adamw, and the AdamW group of muon / normuon / mars
-  }
-
-  void add_state(const std::string& name, std::vector<int64_t> shape) {
+  void add_state(StateSpec st) {
     int64_t n = 1;
-    for (int64_t d : shape) n *= d;
+    for (int64_t d : st.shape) n *= d;
     Buffer<float> b(Device::cuda);
     b.zeros(static_cast<size_t>(n));  // zeroed, as the CPU's state starts
-    index_[name] = names_.size();
-    names_.push_back(name), shapes_.push_back(std::move(shape)), bufs_.push_back(std::move(b));
+    index_[st.name] = names_.size();
+    names_.push_back(std::move(st.name)), shapes_.push_back(std::move(st.shape)), bufs_.push_back(std::move(b));
   }
   float* state(const char* kind, const ParamInfo& p) { return bufs_[index_.at(kind + p.name)].data(); }
 
@@ -116,6 +97,30 @@ class CudaOptimizer final : public Optimizer {
 };
 
 }  // namespace
+
+std::vector<StateSpec> cuda_optimizer_state(const OptimConfig& config, const ParamTable& table) {
+  OptimConfig c = config;
+  resolve_optim_defaults(c, "[optim]");
+  if (c.name == "soap")
+    bad_input("[optim]", "optim.name: 'soap' has no CUDA kernels yet; use train.device = \"cpu\" or another optimizer");
+  const bool muon_family = c.name == "muon" || c.name == "normuon";
+  // Each parameter's state, under the CPU optimizers' checkpoint prefixes (src/optim/*.cpp).
+  auto kinds = [&](const ParamInfo& p) -> std::vector<const char*> {
+    if (muon_family && muon_takes(p))
+      return c.name == "muon" ? std::vector<const char*>{"muon.momentum."}
+                              : std::vector<const char*>{"normuon.momentum.", "normuon.v_row."};
+    if (c.name == "mars" && mars_takes(p)) return {"mars.m.", "mars.v.", "mars.prev_grad."};
+    if (c.name == "adan") return {"adan.m.", "adan.m_diff.", "adan.n.", "adan.prev_grad."};
+    if (c.name == "lion") return {"lion.m."};
+    if (c.name == "sgd") return {"sgd.momentum."};
+    return {"adamw.m.", "adamw.v."};  // adamw, and the AdamW group of muon / normuon / mars
+  };
+  std::vector<StateSpec> out;
+  for (const auto& p : table.all())
+    for (const char* kind : kinds(p))
+      out.push_back({kind + p.name, std::string(kind) == "normuon.v_row." ? std::vector<int64_t>{p.rows()} : p.shape});
+  return out;
+}
 
 std::unique_ptr<Optimizer> make_cuda_optimizer(const OptimConfig& config, const ParamTable& table,
                                                cudaStream_t stream) {

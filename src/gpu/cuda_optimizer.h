@@ -7,6 +7,8 @@
 #include <cuda_runtime_api.h>
 
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "optim/optim_config.h"
 #include "optim/optimizer.h"
@@ -16,5 +18,13 @@ namespace onestep {
 // SOAP has no CUDA kernels yet: bad input (exit 2) naming optim.name.
 std::unique_ptr<Optimizer> make_cuda_optimizer(const OptimConfig& config, const ParamTable& table,
                                                cudaStream_t stream = 0);
+
+// The state tensors make_cuda_optimizer allocates, by checkpoint name, with their shapes (host-only: testable
+// without a GPU against the CPU optimizers' state_buffers()).
+struct StateSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+std::vector<StateSpec> cuda_optimizer_state(const OptimConfig& config, const ParamTable& table);
 
 }  // namespace onestep

@@ -4,6 +4,9 @@
 
 #include "core/error.h"
 #include "kernels/cpu/ops.h"
+#ifdef ONESTEP_HAVE_CUDA
+#include "kernels/cuda/ops_cuda.h"
+#endif
 
 namespace onestep {
 namespace {
@@ -57,6 +60,18 @@ Device parse_device(const std::string& name) {
   if (name == "cpu") return Device::cpu;
   if (name == "cuda") return Device::cuda;
   bad_input("train.device", "cpu or cuda; got '" + name + "'");
+}
+
+void use_precision(Device d, const std::string& precision) {
+  if (precision != "fp32" && precision != "tf32")
+    bad_input("train.precision", "fp32 or tf32; got '" + precision + "'");
+  if (d == Device::cpu) {
+    if (precision != "fp32") bad_input("train.precision", "'" + precision + "' needs train.device = \"cuda\"");
+    return;
+  }
+#ifdef ONESTEP_HAVE_CUDA
+  cuda::set_tf32_matmuls(precision == "tf32");
+#endif
 }
 
 const Backend& backend_for(Device d) {

@@ -45,6 +45,8 @@ class Backend {
 // build without the CUDA backend or on a machine without a GPU.
 const Backend& backend_for(Device d);
 Device parse_device(const std::string& name);  // "cpu" | "cuda" (validated by the config parser)
+// train.precision for the process: "fp32", or "tf32" on CUDA (the model's matmuls on TF32 tensor cores).
+void use_precision(Device d, const std::string& precision);
 
 #ifdef ONESTEP_HAVE_CUDA
 const Backend& cuda_backend();  // gpu/backend_cuda.cpp

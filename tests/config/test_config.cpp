@@ -85,6 +85,8 @@ TEST(ConfigBadInput, OutOfRangeAndSyntax) {
   expect_bad_input([] { parse_config("[pipeline]\nschedule = \"zigzag\"\n", "c.toml"); }, {"pipeline.schedule", "zigzag"});
   expect_bad_input([] { parse_config("[pipeline]\nbalance = \"flops\"\n", "c.toml"); }, {"pipeline.balance", "flops"});
   expect_bad_input([] { parse_config("[train]\ndevice = \"tpu\"\n", "c.toml"); }, {"train.device", "tpu"});
+  expect_bad_input([] { parse_config("[train]\nprecision = \"fp8\"\n", "c.toml"); }, {"train.precision", "fp8"});
+  expect_bad_input([] { parse_config("[train]\nprecision = \"tf32\"\n", "c.toml"); }, {"train.precision", "cuda"});
   expect_bad_input([] { parse_config("[train\nsteps = 3\n", "c.toml"); }, {"c.toml", "line 1"});
   expect_bad_input([] { parse_config("", "c.toml", {"trainsteps3"}); }, {"--set", "section.key=value"});
   expect_bad_input([] { load_config("/nonexistent/x.toml"); }, {"/nonexistent/x.toml"});

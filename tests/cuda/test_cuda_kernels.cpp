@@ -63,6 +63,31 @@ TEST(CudaKernels, Matmul) {
   expect_close(d_out.host(), std::vector<float>(12, 0.0f), 0.0, 0.0, "matmul C=0");
 }
 
+// TF32 tensor cores (train.precision = "tf32"): inputs rounded to a 10-bit mantissa, products accumulated in
+// fp32, so each output is within ~1e-3 of the fp32 result relative to the row's scale; 1e-2 of the tensor's
+// largest magnitude bounds it for C = 512 random inputs. The TF32 result must also differ from the fp32 one,
+// or the mode did not switch.
+TEST(CudaKernels, MatmulTf32) {
+  REQUIRE_GPU();
+  std::mt19937 rng(21);
+  const int N = 96, C = 512, OC = 80;
+  const auto inp = randn(static_cast<size_t>(N) * C, rng), w = randn(static_cast<size_t>(OC) * C, rng);
+  const auto dout = randn(static_cast<size_t>(N) * OC, rng);
+  std::vector<float> out(static_cast<size_t>(N) * OC), dinp(inp.size(), 0.f), dw(w.size(), 0.f);
+  cpu::matmul_forward(out.data(), inp.data(), w.data(), N, C, OC);
+  cpu::matmul_backward(dinp.data(), dw.data(), dout.data(), inp.data(), w.data(), N, C, OC);
+  Dev<float> d_inp(inp), d_w(w), d_dout(dout), d_out(out.size()), d_ref(out.size()), d_dinp(inp.size()), d_dw(w.size());
+  gpu::matmul_forward(d_ref.get(), d_inp.get(), d_w.get(), N, C, OC);  // fp32
+  gpu::set_tf32_matmuls(true);
+  gpu::matmul_forward(d_out.get(), d_inp.get(), d_w.get(), N, C, OC);
+  gpu::matmul_backward(d_dinp.get(), d_dw.get(), d_dout.get(), d_inp.get(), d_w.get(), N, C, OC);
+  gpu::set_tf32_matmuls(false);
+  expect_close(d_out.host(), out, 0.0, 1e-2, "tf32 matmul out");
+  expect_close(d_dinp.host(), dinp, 0.0, 1e-2, "tf32 matmul dinp");
+  expect_close(d_dw.host(), dw, 0.0, 1e-2, "tf32 matmul dw");
+  EXPECT_NE(d_out.host(), d_ref.host()) << "TF32 gave the fp32 result bit for bit: the math mode did not switch";
+}
+
 TEST(CudaKernels, Embedding) {
   REQUIRE_GPU();
   std::mt19937 rng(2);

@@ -285,8 +285,23 @@ TEST(CudaOptim, NorMuon) {
                     [](const std::string& name) { return name.rfind("normuon.v_row.", 0) == 0 ? kNs : kElem; });
 }
 
+// ---- Host-only (run without a GPU too; ctest case cuda.host) -------------------------------------------
+
+// The GPU optimizers keep exactly the CPU optimizers' state tensors (names and shapes), so a checkpoint moves
+// between the backends and the comparisons above cover every tensor.
+TEST(CudaHost, OptimizerStateMatchesTheCpuOptimizers) {
+  const ParamTable t = make_table();
+  for (const char* name : {"adamw", "muon", "normuon", "adan", "lion", "mars", "sgd"}) {
+    SCOPED_TRACE(name);
+    std::map<std::string, std::vector<int64_t>> cpu_state, gpu_state;
+    for (const auto& b : make_optimizer(config(name), t)->state_buffers()) cpu_state[b.name] = b.shape;
+    for (const auto& st : cuda_optimizer_state(config(name), t)) gpu_state[st.name] = st.shape;
+    EXPECT_EQ(gpu_state, cpu_state);
+  }
+}
+
 // SOAP has no CUDA kernels: asking for it is bad input, not a silent fallback.
-TEST(CudaOptim, SoapIsRefused) {
+TEST(CudaHost, SoapIsRefused) {
   try {
     make_cuda_optimizer(config("soap"), make_table());
     FAIL() << "expected an error";

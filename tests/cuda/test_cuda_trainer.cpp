@@ -16,6 +16,7 @@
 #include "../train/learnable_data.h"
 #include "config/config.h"
 #include "cuda_test_util.h"
+#include "train/backend.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
 
@@ -86,6 +87,15 @@ TEST_F(CudaTrainer, TracksTheCpuRun) {
     expect_tracks(lg.train, lc.train, "train_loss");
     expect_tracks(lg.val, lc.val, "val_loss");
   }
+}
+
+// TF32 matmuls (train.precision = "tf32") train the same model: losses within 1e-2 of the fp32 CPU run's.
+TEST_F(CudaTrainer, Tf32TracksTheFp32Run) {
+  REQUIRE_GPU();
+  run_training(config({}), {run("fp32"), false, -1});
+  run_training(config({"train.device=cuda", "train.precision=tf32"}), {run("tf32"), false, -1});
+  use_precision(Device::cuda, "fp32");  // process-wide: the tests after this one expect fp32
+  expect_tracks(read_losses(run("tf32")).train, read_losses(run("fp32")).train, "train_loss", 1e-2);
 }
 
 // A GPU run stopped after step 4 and resumed from its checkpoint ends where the uninterrupted GPU run does

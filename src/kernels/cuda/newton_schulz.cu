@@ -67,7 +67,7 @@ void newton_schulz(float* out, const float* G, int rows, int cols, int steps, fl
     detail::for_each_element(n, stream, "newton_schulz(scale)", [=] __device__(int64_t i) { X[i] = G[i] * *inv; });
   }
 
-  cublasHandle_t h = detail::cublas_handle(stream);
+  cublasHandle_t h = detail::cublas_handle(stream, false);  // fp32 always: NS amplifies rounding
   const float one = 1.0f, zero = 0.0f, ka = kNsA, kc = kNsC, kb = kNsB;
   for (int k = 0; k < steps; ++k) {
     // A = X X^T  (symmetric):  Ac = Xc^T Xc, Xc being c x r.

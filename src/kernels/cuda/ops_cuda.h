@@ -22,7 +22,11 @@ namespace onestep::cuda {
 // True when the CUDA runtime loads and sees at least one device. Never throws.
 bool cuda_device_available();
 
-// out[N,OC] = inp[N,C] @ w[OC,C]^T            (cuBLAS sgemm, fp32, no TF32)
+// Process-wide: the model's matmuls below run on TF32 tensor cores (10-bit mantissa inputs, fp32 accumulation)
+// instead of fp32 (the default). Newton–Schulz stays fp32.
+void set_tf32_matmuls(bool on);
+
+// out[N,OC] = inp[N,C] @ w[OC,C]^T            (cuBLAS sgemm: fp32, or TF32 after set_tf32_matmuls(true))
 void matmul_forward(float* out, const float* inp, const float* w, int N, int C, int OC, cudaStream_t stream = 0);
 // dinp[N,C] += dout @ w ; dw[OC,C] += dout^T @ inp. Either output may be null (skipped).
 void matmul_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w, int N, int C,
