@@ -1,5 +1,6 @@
 #include "model/stage.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -12,14 +13,34 @@ namespace onestep {
 
 StageSpec whole_model(const ModelConfig& c) { return StageSpec::blocks(0, c.n_layers, true, true); }
 
+int boundary_width(const ModelConfig& c, int unit) {
+  return unit % kUnitsPerBlock == 2 ? c.d_model + c.ffn_hidden : c.d_model;
+}
+
 std::string describe_units(int first, int end) {
   if (first >= end) return "no blocks";
+  static const char* kind_names[kUnitsPerBlock] = {"attention", "MLP input", "MLP output"};
   std::string out;
   auto join = [&](const std::string& part) { out += (out.empty() ? "" : " + ") + part; };
-  if (first % 2 == 1) join("MLP of block " + std::to_string(first / 2)), ++first;
-  const int whole_end = end / 2;  // blocks [first/2, whole_end) are whole
-  if (first / 2 < whole_end) join("blocks [" + std::to_string(first / 2) + ", " + std::to_string(whole_end) + ")");
-  if (end % 2 == 1 && end - 1 >= first) join("attention of block " + std::to_string(end / 2));
+  int whole_from = -1;  // start of the current run of whole blocks
+  auto flush_whole = [&](int end_block) {
+    if (whole_from >= 0) join("blocks [" + std::to_string(whole_from) + ", " + std::to_string(end_block) + ")");
+    whole_from = -1;
+  };
+  for (int l = first / kUnitsPerBlock; l * kUnitsPerBlock < end; ++l) {
+    const int lo = std::max(first, l * kUnitsPerBlock), hi = std::min(end, (l + 1) * kUnitsPerBlock);
+    if (hi - lo == kUnitsPerBlock) {
+      if (whole_from < 0) whole_from = l;
+      continue;
+    }
+    flush_whole(l);
+    std::string kinds;
+    if (lo % kUnitsPerBlock == 1 && hi - lo == 2) kinds = "MLP";
+    if (kinds.empty())
+      for (int u = lo; u < hi; ++u) kinds += (u > lo ? ", " : "") + std::string(kind_names[u % kUnitsPerBlock]);
+    join(kinds + " of block " + std::to_string(l));
+  }
+  flush_whole((end + kUnitsPerBlock - 1) / kUnitsPerBlock);
   return out;
 }
 
@@ -37,34 +58,37 @@ uint64_t name_hash(const std::string& s) {  // FNV-1a: stable across platforms, 
 
 int64_t Activations::bytes() const {
   return sum_bytes(x, ln1, rstd1, q, k, v, att, lse, x_mid, ln2, rstd2, gate, up, h, lnf, rstdf, logits, losses,
-                   d_input);
+                   d_input, boundary);
 }
 int64_t BackwardScratch::bytes() const {
   return sum_bytes(dres, dln, datt, dq, dk, dv, dq_pre, dk_pre, dgate, dup, dh);
 }
 
 Stage::Stage(const ModelConfig& config, StageSpec spec) : cfg_(config), spec_(spec) {
-  if (spec.first_unit < 0 || spec.end_unit > 2 * cfg_.n_layers || spec.first_unit > spec.end_unit)
+  if (spec.first_unit < 0 || spec.end_unit > model_units(cfg_) || spec.first_unit > spec.end_unit)
     internal_error("bad stage unit range");
   const int64_t C = cfg_.d_model, V = cfg_.vocab_size, KVd = cfg_.kv_dim(), F = cfg_.ffn_hidden;
   if (spec_.has_embedding) embed_ = params_.add("model.embed_tokens.weight", {V, C}, ParamRole::embedding);
   for (int u = spec_.first_unit; u < spec_.end_unit; ++u) {
-    const int l = u / 2;
+    const int l = u / kUnitsPerBlock, kind = u % kUnitsPerBlock;
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    if (u % 2 == 0 || u == spec_.first_unit) blocks_.emplace_back();  // a new block slice
+    if (kind == 0 || u == spec_.first_unit) blocks_.emplace_back();  // a new block slice
     BlockOffsets& b = blocks_.back();
-    if (u % 2 == 0) {
+    if (kind == 0) {
       b.attn = attn_halves_++;
       b.ln1 = params_.add(p + "input_layernorm.weight", {C}, ParamRole::norm);
       b.q = params_.add(p + "self_attn.q_proj.weight", {C, C}, ParamRole::matrix);
       b.k = params_.add(p + "self_attn.k_proj.weight", {KVd, C}, ParamRole::matrix);
       b.v = params_.add(p + "self_attn.v_proj.weight", {KVd, C}, ParamRole::matrix);
       b.o = params_.add(p + "self_attn.o_proj.weight", {C, C}, ParamRole::matrix);
-    } else {
-      b.mlp = mlp_halves_++;
+      continue;
+    }
+    if (b.mlp < 0) b.mlp = mlp_halves_++;
+    if (kind == 1) {
       b.ln2 = params_.add(p + "post_attention_layernorm.weight", {C}, ParamRole::norm);
       b.gate = params_.add(p + "mlp.gate_proj.weight", {F, C}, ParamRole::matrix);
       b.up = params_.add(p + "mlp.up_proj.weight", {F, C}, ParamRole::matrix);
+    } else {
       b.down = params_.add(p + "mlp.down_proj.weight", {C, F}, ParamRole::matrix);
     }
   }
@@ -108,7 +132,8 @@ std::unique_ptr<Activations> Stage::make_activations(int B, int T, Device device
     a->lnf.zeros(N * C), a->rstdf.zeros(N);
     a->logits.zeros(N * cfg_.vocab_size), a->losses.zeros(N);
   }
-  if (!spec_.has_embedding) a->d_input.zeros(N * C);
+  if (!spec_.has_embedding) a->d_input.zeros(N * input_width());
+  if (output_width() > static_cast<int>(C)) a->boundary.zeros(N * output_width());
   return a;
 }
 
@@ -123,6 +148,7 @@ std::unique_ptr<BackwardScratch> Stage::make_scratch(int B, int T, Device device
 }
 
 const float* Stage::output(const Activations& a) const {
+  if (!a.boundary.empty()) return a.boundary.data();  // the stage ends inside an MLP
   const size_t N = static_cast<size_t>(a.B) * a.T;
   return a.x.data() + blocks_.size() * N * cfg_.d_model;
 }

@@ -14,10 +14,13 @@
 
 namespace onestep {
 
-// The decoder's blocks as a sequence of half-block units: unit 2l is the attention half of block l (input norm,
-// q/k/v/o projections), unit 2l+1 its MLP half (post-attention norm, gate/up/down). A stage holds the units
-// [first_unit, end_unit); a cut may fall between the two halves of a block, where the residual stream is all
-// that crosses it, so a pipeline can balance its stages more finely than whole blocks allow.
+// The decoder's blocks as a sequence of units, three per block: unit 3l is the attention half of block l
+// (input norm, q/k/v/o projections), 3l+1 the MLP's input part (post-attention norm, gate and up projections,
+// SwiGLU), 3l+2 its output part (down projection). A stage holds the units [first_unit, end_unit), so a pipeline
+// can balance its stages more finely than whole blocks allow. Between blocks and between the attention half and
+// the MLP only the residual stream [N, C] crosses a cut; inside the MLP the SwiGLU output h [N, F] crosses with
+// it (the boundary is then [N, C] followed by [N, F]: boundary_width() = C + F).
+inline constexpr int kUnitsPerBlock = 3;
 struct StageSpec {
   int first_unit = 0;
   int end_unit = 0;
@@ -25,11 +28,14 @@ struct StageSpec {
   bool has_head = true;
   // Whole blocks [first_layer, end_layer).
   static StageSpec blocks(int first_layer, int end_layer, bool has_embedding, bool has_head) {
-    return StageSpec{2 * first_layer, 2 * end_layer, has_embedding, has_head};
+    return StageSpec{kUnitsPerBlock * first_layer, kUnitsPerBlock * end_layer, has_embedding, has_head};
   }
 };
+inline int model_units(const ModelConfig& c) { return kUnitsPerBlock * c.n_layers; }
+// Floats per token crossing a cut placed before `unit` (C, or C + F inside an MLP).
+int boundary_width(const ModelConfig& c, int unit);
 StageSpec whole_model(const ModelConfig& c);
-std::string describe_units(int first_unit, int end_unit);  // "blocks [0, 4) + attention of block 4"
+std::string describe_units(int first_unit, int end_unit);  // "blocks [0, 4) + attention, MLP input of block 4"
 
 // Activation memory of one micro-batch of B sequences of length T on one stage (explicit, like llm.c), on the
 // device the stage computes on. Buffers are per block slice of the stage (x) or per attention / MLP half it
@@ -37,13 +43,14 @@ std::string describe_units(int first_unit, int end_unit);  // "blocks [0, 4) + a
 struct Activations {
   explicit Activations(Device d = Device::cpu)
       : x(d), ln1(d), rstd1(d), q(d), k(d), v(d), att(d), lse(d), x_mid(d), ln2(d), rstd2(d), gate(d), up(d), h(d),
-        lnf(d), rstdf(d), logits(d), losses(d), d_input(d), tokens(d), targets(d) {}
+        lnf(d), rstdf(d), logits(d), losses(d), d_input(d), boundary(d), tokens(d), targets(d) {}
   int B = 0, T = 0;
   Buffer<float> x;  // residual stream at each block slice's input, (slices+1) x [N, C]; the last is the output
   Buffer<float> ln1, rstd1, q, k, v, att, lse, x_mid;  // per attention half (x_mid: the stream after it)
   Buffer<float> ln2, rstd2, gate, up, h;               // per MLP half
   Buffer<float> lnf, rstdf, logits, losses;  // head (last stage only); logits become dlogits in backward
-  Buffer<float> d_input;  // dLoss/d(input hidden) after backward (stages without the embedding)
+  Buffer<float> d_input;  // dLoss/d(input boundary) after backward (stages without the embedding)
+  Buffer<float> boundary;  // the output [N, C] + h [N, F] of a stage that ends inside an MLP
   Buffer<int32_t> tokens, targets;  // copies kept for the backward (embedding / loss)
   int64_t valid_targets = 0;
   Device device() const { return x.device(); }
@@ -80,9 +87,14 @@ class Stage {
   std::unique_ptr<Activations> make_activations(int B, int T, Device device = Device::cpu) const;
   std::unique_ptr<BackwardScratch> make_scratch(int B, int T, Device device = Device::cpu) const;
 
-  // Forward of one micro-batch. The embedding stage reads `tokens` [B*T]; others read `in_hidden` [B*T, C].
+  // Floats per token this stage receives / sends (0 at the model's ends): boundary_width of its cuts.
+  int input_width() const { return spec_.has_embedding ? 0 : boundary_width(cfg_, spec_.first_unit); }
+  int output_width() const { return spec_.has_head ? 0 : boundary_width(cfg_, spec_.end_unit); }
+
+  // Forward of one micro-batch. The embedding stage reads `tokens` [B*T]; others read `in_hidden`
+  // [B*T, input_width()].
   // The head stage computes logits and, when `targets` is non-null, returns the mean loss over targets >= 0.
-  // Other stages leave their output in output(acts) and return 0.
+  // Other stages leave their output [B*T, output_width()] in output(acts) and return 0.
   double forward(const float* w, Activations& a, const int32_t* tokens, const float* in_hidden,
                  const int32_t* targets) const {
     return forward_on(CpuOps{}, w, a, tokens, in_hidden, targets);
@@ -90,8 +102,8 @@ class Stage {
   const float* output(const Activations& a) const;
 
   // Backward of the micro-batch last run through forward(a). Accumulates loss_scale * dLoss/dw into grad.
-  // The head stage starts from its loss (mean over the micro-batch's targets); the others from dout_hidden.
-  // Stages without the embedding leave dLoss/d(input) in a.d_input.
+  // The head stage starts from its loss (mean over the micro-batch's targets); the others from dout_hidden
+  // [B*T, output_width()]. Stages without the embedding leave dLoss/d(input) [B*T, input_width()] in a.d_input.
   void backward(const float* w, float* grad, Activations& a, BackwardScratch& s, const float* dout_hidden,
                 float loss_scale) const {
     backward_on(CpuOps{}, w, grad, a, s, dout_hidden, loss_scale);
@@ -107,8 +119,9 @@ class Stage {
                    const float* dout_hidden, float loss_scale) const;
 
  private:
-  // One block's slice on this stage: both halves, or only one at a cut. Offsets into the weights are -1 for
-  // an absent half; attn / mlp index the per-half activation buffers (-1 when absent).
+  // One block's slice on this stage: all three units, or fewer at a cut. Offsets into the weights are -1 for an
+  // absent unit (gate/up/ln2: the MLP input part; down: its output part); attn / mlp index the per-half
+  // activation buffers (-1 when the slice holds no unit of that half).
   struct BlockOffsets {
     int64_t ln1 = -1, q = -1, k = -1, v = -1, o = -1, ln2 = -1, gate = -1, up = -1, down = -1;
     int attn = -1, mlp = -1;

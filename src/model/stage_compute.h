@@ -40,16 +40,26 @@ double Stage::forward_on(const Ops& ops, const float* w, Activations& a, const i
       mid = x_mid;
     }
     if (b.mlp >= 0) {
-      // MLP half: x_next = x_mid + down(silu(gate(n)) * up(n)), n = rmsnorm(x_mid).
+      // MLP: x_next = x_mid + down(h), h = silu(gate(n)) * up(n), n = rmsnorm(x_mid). The input part (norm, gate,
+      // up, SwiGLU) and the output part (down, residual) may sit on two stages; h then crosses the cut.
       const size_t i = b.mlp;
       float *ln2 = a.ln2.data() + i * NC, *gate = a.gate.data() + i * NF, *up = a.up.data() + i * NF;
       float* h = a.h.data() + i * NF;
-      ops.rmsnorm_forward(ln2, a.rstd2.data() + i * N, mid, w + b.ln2, N, C, cfg_.norm_eps);
-      ops.matmul_forward(gate, ln2, w + b.gate, N, C, F);
-      ops.matmul_forward(up, ln2, w + b.up, N, C, F);
-      ops.swiglu_forward(h, gate, up, N, F);
-      ops.matmul_forward(x_next, h, w + b.down, N, F, C);
-      ops.add_inplace(x_next, mid, NC);
+      if (b.gate >= 0) {
+        ops.rmsnorm_forward(ln2, a.rstd2.data() + i * N, mid, w + b.ln2, N, C, cfg_.norm_eps);
+        ops.matmul_forward(gate, ln2, w + b.gate, N, C, F);
+        ops.matmul_forward(up, ln2, w + b.up, N, C, F);
+        ops.swiglu_forward(h, gate, up, N, F);
+      } else {
+        ops.copy(h, in_hidden + NC, NF);  // the stage starts at this MLP's output part: h arrived with x
+      }
+      if (b.down >= 0) {
+        ops.matmul_forward(x_next, h, w + b.down, N, F, C);
+        ops.add_inplace(x_next, mid, NC);
+      } else {  // the stage ends after this MLP's input part: the stream and h leave together
+        ops.copy(a.boundary.data(), mid, NC);
+        ops.copy(a.boundary.data() + NC, h, NF);
+      }
     } else {
       ops.copy(x_next, mid, NC);  // the stage ends after an attention half
     }
@@ -89,18 +99,26 @@ void Stage::backward_on(const Ops& ops, const float* w, float* grad, Activations
     const float* x = a.x.data() + l * NC;
     const float* mid = b.attn >= 0 ? a.x_mid.data() + b.attn * NC : x;
     if (b.mlp >= 0) {
-      // MLP half (dres holds dLoss/dx_next; the residual passes it straight through to x_mid).
+      // MLP (dres holds dLoss/dx_next; the residual passes it straight through to x_mid).
       const size_t i = b.mlp;
       const float *ln2 = a.ln2.data() + i * NC, *gate = a.gate.data() + i * NF, *up = a.up.data() + i * NF;
       const float* h = a.h.data() + i * NF;
-      ops.fill_zero(s.dh.data(), NF);
-      ops.matmul_backward(s.dh.data(), grad + b.down, dres, h, w + b.down, N, F, C);
-      ops.fill_zero(s.dgate.data(), NF), ops.fill_zero(s.dup.data(), NF);
-      ops.swiglu_backward(s.dgate.data(), s.dup.data(), s.dh.data(), gate, up, N, F);
-      ops.fill_zero(s.dln.data(), NC);
-      ops.matmul_backward(s.dln.data(), grad + b.gate, s.dgate.data(), ln2, w + b.gate, N, C, F);
-      ops.matmul_backward(s.dln.data(), grad + b.up, s.dup.data(), ln2, w + b.up, N, C, F);
-      ops.rmsnorm_backward(dres, grad + b.ln2, s.dln.data(), mid, w + b.ln2, a.rstd2.data() + i * N, N, C);
+      if (b.down >= 0) {
+        ops.fill_zero(s.dh.data(), NF);
+        ops.matmul_backward(s.dh.data(), grad + b.down, dres, h, w + b.down, N, F, C);
+      } else {
+        ops.copy(s.dh.data(), dout_hidden + NC, NF);  // dLoss/dh arrived with dLoss/dx_next
+      }
+      if (b.gate >= 0) {
+        ops.fill_zero(s.dgate.data(), NF), ops.fill_zero(s.dup.data(), NF);
+        ops.swiglu_backward(s.dgate.data(), s.dup.data(), s.dh.data(), gate, up, N, F);
+        ops.fill_zero(s.dln.data(), NC);
+        ops.matmul_backward(s.dln.data(), grad + b.gate, s.dgate.data(), ln2, w + b.gate, N, C, F);
+        ops.matmul_backward(s.dln.data(), grad + b.up, s.dup.data(), ln2, w + b.up, N, C, F);
+        ops.rmsnorm_backward(dres, grad + b.ln2, s.dln.data(), mid, w + b.ln2, a.rstd2.data() + i * N, N, C);
+      } else {
+        ops.copy(a.d_input.data() + NC, s.dh.data(), NF);  // the stage starts here: dLoss/dh goes back
+      }
     }
     if (b.attn >= 0) {
       // Attention half (dres now holds dLoss/dx_mid).

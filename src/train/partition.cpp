@@ -18,11 +18,11 @@ double ModelCosts::stage(const StageSpec& s) const {
 }
 
 namespace {
-// Blocks are alike: every attention half costs `attn`, every MLP half `mlp`.
-ModelCosts uniform_costs(const ModelConfig& c, double embedding, double attn, double mlp, double head) {
+// Blocks are alike: each unit of a kind (model/stage.h: attention half, MLP input, MLP output) costs the same.
+ModelCosts uniform_costs(const ModelConfig& c, double embedding, const double (&unit)[kUnitsPerBlock], double head) {
   ModelCosts m;
   m.pieces.push_back(embedding);
-  for (int l = 0; l < c.n_layers; ++l) m.pieces.push_back(attn), m.pieces.push_back(mlp);
+  for (int u = 0; u < model_units(c); ++u) m.pieces.push_back(unit[u % kUnitsPerBlock]);
   m.pieces.push_back(head);
   return m;
 }
@@ -31,7 +31,8 @@ ModelCosts uniform_costs(const ModelConfig& c, double embedding, double attn, do
 double time_piece(const ModelConfig& c, StageSpec spec, int B, int reps) {
   const Stage st(c, spec);
   const int T = c.seq_len, N = B * T;
-  std::vector<float> w(st.params().total()), g(w.size(), 0.f), in(static_cast<size_t>(N) * c.d_model, 0.01f);
+  const size_t width = static_cast<size_t>(c.d_model + c.ffn_hidden);  // wide enough for any cut
+  std::vector<float> w(st.params().total()), g(w.size(), 0.f), in(static_cast<size_t>(N) * width, 0.01f);
   st.init_weights(w.data(), 1);
   std::vector<int32_t> tokens(N);
   for (int i = 0; i < N; ++i) tokens[i] = i % c.vocab_size;
@@ -50,16 +51,15 @@ double time_piece(const ModelConfig& c, StageSpec spec, int B, int reps) {
 }  // namespace
 
 ModelCosts parameter_costs(const ModelConfig& c) {
-  const double C = c.d_model;
-  return uniform_costs(c, 0.0, C + 2 * C * C + 2 * C * c.kv_dim(), C + 3 * C * c.ffn_hidden,
+  const double C = c.d_model, F = c.ffn_hidden;
+  return uniform_costs(c, 0.0, {C + 2 * C * C + 2 * C * c.kv_dim(), C + 2 * C * F, C * F},
                        C + static_cast<double>(c.vocab_size) * C);
 }
 
 ModelCosts measured_costs(const ModelConfig& c, int B, int reps) {
-  const int U = 2 * c.n_layers;
-  return uniform_costs(c, time_piece(c, StageSpec{0, 0, true, false}, B, reps),
-                       time_piece(c, StageSpec{0, 1, false, false}, B, reps),
-                       time_piece(c, StageSpec{1, 2, false, false}, B, reps),
+  const int U = model_units(c);
+  auto unit = [&](int u) { return time_piece(c, StageSpec{u, u + 1, false, false}, B, reps); };
+  return uniform_costs(c, time_piece(c, StageSpec{0, 0, true, false}, B, reps), {unit(0), unit(1), unit(2)},
                        time_piece(c, StageSpec{U, U, false, true}, B, reps));
 }
 
@@ -68,7 +68,7 @@ ModelCosts balance_costs(const ModelConfig& c, const std::string& balance, int m
 }
 
 std::vector<StageSpec> partition_model(const ModelConfig& c, int p, const ModelCosts& costs) {
-  const int L = c.n_layers, U = 2 * L;
+  const int L = c.n_layers, U = model_units(c);
   if (p < 1 || p > L)
     bad_input("pipeline.stages", std::to_string(p) + " stages for " + std::to_string(L) + " layers; expected 1.." + std::to_string(L));
   if (static_cast<int>(costs.pieces.size()) != U + 2) internal_error("partition: cost vector of the wrong length");

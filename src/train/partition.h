@@ -1,7 +1,7 @@
 // Splitting the model into p contiguous stages with the smallest possible maximum stage cost. The pieces are
-// the embedding, the 2L half-block units (attention half, MLP half of each block; model/stage.h) and the head;
-// a cut may fall between the two halves of a block. Costs come from parameter counts or from timing the pieces
-// on this machine (pipeline.balance).
+// the embedding, the 3L units (attention half, MLP input, MLP output of each block; model/stage.h) and the
+// head; a cut may fall inside a block. Costs come from parameter counts or from timing the pieces on this
+// machine (pipeline.balance).
 #pragma once
 #include <string>
 #include <vector>
@@ -10,7 +10,7 @@
 
 namespace onestep {
 
-// Cost of each piece, in any unit: [embedding, unit 0, ..., unit 2L-1, head] (2L + 2 entries).
+// Cost of each piece, in any unit: [embedding, unit 0, ..., unit 3L-1, head] (3L + 2 entries).
 struct ModelCosts {
   std::vector<double> pieces;
   double embedding() const { return pieces.front(); }
@@ -22,7 +22,7 @@ struct ModelCosts {
 // Parameter counts: ~ the matmul FLOPs per token; the embedding (a lookup) costs nothing.
 ModelCosts parameter_costs(const ModelConfig& c);
 // Seconds of one micro-batch's forward + backward of each piece on the calling thread's thread count
-// (median of `reps` after a warm-up). Blocks are alike, so one attention half and one MLP half are timed.
+// (median of `reps` after a warm-up). Blocks are alike, so one unit of each kind is timed.
 ModelCosts measured_costs(const ModelConfig& c, int micro_batch_size, int reps = 3);
 
 // pipeline.balance: "params" -> parameter_costs, "measured" -> measured_costs.

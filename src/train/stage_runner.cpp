@@ -232,31 +232,33 @@ void StageRunner::run(const std::vector<Action>& actions, const std::string& sch
     grad_batch_.assign(grads_.size(), -1);
   }
   const int s = tx_.stage();
-  const int64_t act_n = static_cast<int64_t>(B_) * T_ * c_.model.d_model;
+  // Floats of one micro-batch crossing this stage's input and output cuts (wider inside an MLP).
+  const int64_t in_n = static_cast<int64_t>(B_) * T_ * st_.stage.input_width();
+  const int64_t out_n = static_cast<int64_t>(B_) * T_ * st_.stage.output_width();
   for (const Action& a : actions) {
     const double start = now_s();
     switch (a.op) {
       case Op::recv_act: {
         Buffer<float>& buf = inputs_.try_emplace({a.batch, a.micro}, st_.device()).first->second;
-        buf.zeros(static_cast<size_t>(act_n));
-        tx_.recv(a.peer, message_tag(MsgKind::activation, a.batch, a.micro), buf.data(), act_n);
+        buf.zeros(static_cast<size_t>(in_n));
+        tx_.recv(a.peer, message_tag(MsgKind::activation, a.batch, a.micro), buf.data(), in_n);
         break;
       }
       case Op::forward: forward(a); break;
       case Op::send_act:
         tx_.send(a.peer, message_tag(MsgKind::activation, a.batch, a.micro),
-                 st_.stage.output(*acts_.at({a.batch, a.micro})), act_n);
+                 st_.stage.output(*acts_.at({a.batch, a.micro})), out_n);
         break;
       case Op::recv_grad: {
         Buffer<float>& buf = douts_.try_emplace({a.batch, a.micro}, st_.device()).first->second;
-        buf.zeros(static_cast<size_t>(act_n));
-        tx_.recv(a.peer, message_tag(MsgKind::gradient, a.batch, a.micro), buf.data(), act_n);
+        buf.zeros(static_cast<size_t>(out_n));
+        tx_.recv(a.peer, message_tag(MsgKind::gradient, a.batch, a.micro), buf.data(), out_n);
         break;
       }
       case Op::backward: backward(a); break;
       case Op::send_grad:
         tx_.send(a.peer, message_tag(MsgKind::gradient, a.batch, a.micro), acts_.at({a.batch, a.micro})->d_input.data(),
-                 act_n);
+                 in_n);
         release(a.batch, a.micro);
         break;
       case Op::step: post_step(a.batch); break;

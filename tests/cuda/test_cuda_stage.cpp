@@ -1,5 +1,5 @@
 // The model on the GPU (Stage::forward_on / backward_on with CudaOps, src/gpu/stage_cuda.cpp) against the
-// same model on the CPU (CpuOps): the whole model, and two stages cut between the halves of a block chained
+// same model on the CPU (CpuOps): the whole model, and two stages cut inside a block's MLP chained
 // through device memory, with grouped-query attention. Loss, every parameter gradient and the hidden-state
 // gradient crossing the cut are compared.
 //
@@ -84,15 +84,16 @@ TEST(CudaStage, WholeModelMatchesTheCpu) {
   m.compare_grads(" (whole model)");
 }
 
-// Cut after the attention half of block 1: stage 0 = embedding + block 0 + attention of block 1, stage 1 =
-// MLP of block 1 + head. The hidden state and its gradient cross in device memory.
-TEST(CudaStage, HalfBlockCutStagesMatchTheCpu) {
+// Cut inside block 1's MLP: stage 0 = embedding + block 0 + attention and MLP input of block 1, stage 1 = MLP
+// output of block 1 + head. The stream and SwiGLU's output h, and their gradients, cross in device memory.
+TEST(CudaStage, StagesCutInsideTheMlpMatchTheCpu) {
   REQUIRE_GPU();
   const ModelConfig c = gqa_config();
   const int B = 2, T = c.seq_len;
   std::mt19937 rng(8);
   const auto tokens = random_tokens(B * T, c.vocab_size, rng), targets = random_tokens(B * T, c.vocab_size, rng);
-  Pair s0(c, StageSpec{0, 3, true, false}, B, T), s1(c, StageSpec{3, 4, false, true}, B, T);
+  Pair s0(c, StageSpec{0, 5, true, false}, B, T), s1(c, StageSpec{5, 6, false, true}, B, T);
+  ASSERT_EQ(s0.stage.output_width(), c.d_model + c.ffn_hidden);
   const CudaOps gpu;
   s0.stage.forward(s0.w.data(), *s0.a, tokens.data(), nullptr, nullptr);
   s0.stage.forward_on(gpu, s0.d_w.get(), *s0.da, tokens.data(), nullptr, nullptr);

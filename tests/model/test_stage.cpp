@@ -88,7 +88,7 @@ TEST(StageInit, InitialLossIsNearLogVocab) {
 TEST(StageInit, IndependentOfPartition) {
   ModelConfig c = micro_config();
   Stage whole(c, whole_model(c));
-  Stage tail(c, StageSpec{3, 4, false, true});  // the MLP half of block 1 + head
+  Stage tail(c, StageSpec{5, 6, false, true});  // the MLP output part of block 1 + head
   std::vector<float> ww(whole.params().total()), wt(tail.params().total());
   whole.init_weights(ww.data(), 5);
   tail.init_weights(wt.data(), 5);
@@ -103,7 +103,8 @@ TEST(StageInit, IndependentOfPartition) {
 }
 
 // Two stages chained by hand give the whole model's loss and every gradient bit for bit on one thread, for
-// every cut: between blocks and between the two halves of a block (the tied embedding's two copies included:
+// every cut: between blocks, between the attention half and the MLP, and inside the MLP where SwiGLU's output
+// crosses with the stream (the tied embedding's two copies included:
 // their sum is formed by the trainer's explicit reduction).
 TEST(StageSplit, TwoStagesEqualTheWholeModelAtEveryCut) {
   set_num_threads(1);
@@ -118,9 +119,10 @@ TEST(StageSplit, TwoStagesEqualTheWholeModelAtEveryCut) {
   std::vector<float> gw(ww.size(), 0.f);
   const double lw = whole.forward(ww.data(), *aw, b.tokens.data(), nullptr, b.targets.data());
   whole.backward(ww.data(), gw.data(), *aw, *sw, nullptr, 1.f);
-  for (int cut = 1; cut < 2 * c.n_layers; ++cut) {
+  for (int cut = 1; cut < model_units(c); ++cut) {
     SCOPED_TRACE("cut after unit " + std::to_string(cut));
-    Stage s0(c, StageSpec{0, cut, true, false}), s1(c, StageSpec{cut, 2 * c.n_layers, false, true});
+    Stage s0(c, StageSpec{0, cut, true, false}), s1(c, StageSpec{cut, model_units(c), false, true});
+    EXPECT_EQ(s0.output_width(), s1.input_width());
     EXPECT_EQ(s0.params().size() + s1.params().size(), whole.params().size());
     std::vector<float> w0(s0.params().total()), w1(s1.params().total());
     s0.init_weights(w0.data(), 9), s1.init_weights(w1.data(), 9);
@@ -145,11 +147,14 @@ TEST(StageSplit, TwoStagesEqualTheWholeModelAtEveryCut) {
   }
 }
 
-TEST(StageSpec, DescribesHalfBlockCuts) {
-  EXPECT_EQ(describe_units(0, 8), "blocks [0, 4)");
-  EXPECT_EQ(describe_units(0, 9), "blocks [0, 4) + attention of block 4");
-  EXPECT_EQ(describe_units(9, 16), "MLP of block 4 + blocks [5, 8)");
-  EXPECT_EQ(describe_units(3, 4), "MLP of block 1");
-  EXPECT_EQ(describe_units(2, 3), "attention of block 1");
+TEST(StageSpec, DescribesCutsInsideBlocks) {
+  EXPECT_EQ(describe_units(0, 12), "blocks [0, 4)");
+  EXPECT_EQ(describe_units(0, 13), "blocks [0, 4) + attention of block 4");
+  EXPECT_EQ(describe_units(0, 14), "blocks [0, 4) + attention, MLP input of block 4");
+  EXPECT_EQ(describe_units(13, 24), "MLP of block 4 + blocks [5, 8)");
+  EXPECT_EQ(describe_units(14, 24), "MLP output of block 4 + blocks [5, 8)");
+  EXPECT_EQ(describe_units(1, 5), "MLP of block 0 + attention, MLP input of block 1");
+  EXPECT_EQ(describe_units(3, 4), "attention of block 1");
+  EXPECT_EQ(describe_units(5, 6), "MLP output of block 1");
   EXPECT_EQ(describe_units(4, 4), "no blocks");
 }

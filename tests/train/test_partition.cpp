@@ -1,5 +1,5 @@
-// The partition: contiguous, complete, optimal for the given costs (checked against brute force), cuts between
-// the halves of a block when that balances better, and rejects impossible stage counts.
+// The partition: contiguous, complete, optimal for the given costs (checked against brute force), cuts inside
+// a block (even inside its MLP) when that balances better, and rejects impossible stage counts.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -60,28 +60,31 @@ void expect_contiguous_and_complete(const std::vector<StageSpec>& specs, int U) 
 
 }  // namespace
 
-TEST(Partition, SplitsBetweenBlockHalvesWhenThatBalancesBetter) {
-  ModelConfig c = model_preset("tiny");  // 4 blocks
-  // Attention halves cost 1, MLP halves 2, head 3: total 15. Whole-block cuts give at best 9 | 6 (3 blocks |
-  // 1 block + head); cutting after block 2's attention half gives 7 | 8.
-  const ModelCosts m = costs_of(0, {1, 2, 1, 2, 1, 2, 1, 2}, 3);
+TEST(Partition, CutsInsideABlockWhenThatBalancesBetter) {
+  ModelConfig c = model_preset("tiny");  // 4 blocks, 12 units
+  // Per block: attention 1, MLP input 3, MLP output 1; head 8: total 28. Whole-block cuts give at best
+  // 15 | 13 (3 blocks | 1 block + head); cutting after block 2's MLP input part gives 14 | 14.
+  const ModelCosts m = costs_of(0, {1, 3, 1, 1, 3, 1, 1, 3, 1, 1, 3, 1}, 8);
   const auto specs = partition_model(c, 2, m);
-  expect_contiguous_and_complete(specs, 8);
-  EXPECT_EQ(specs[0].end_unit, 5);
-  EXPECT_DOUBLE_EQ(max_cost(specs, m), 8.0);
-  EXPECT_NE(describe_partition(c, specs, m).find("attention of block 2"), std::string::npos);
+  expect_contiguous_and_complete(specs, 12);
+  EXPECT_EQ(specs[0].end_unit, 8);
+  EXPECT_DOUBLE_EQ(max_cost(specs, m), 14.0);
+  EXPECT_NE(describe_partition(c, specs, m).find("attention, MLP input of block 2"), std::string::npos);
+  EXPECT_NE(describe_partition(c, specs, m).find("MLP output of block 2"), std::string::npos);
 }
 
 TEST(Partition, IsOptimalAgainstBruteForce) {
   ModelConfig c = model_preset("tiny");
-  const std::vector<std::vector<double>> unit_sets = {
-      {1, 2, 1, 2, 1, 2, 1, 2}, {5, 1, 1, 1, 1, 1, 1, 9}, {1, 1, 1, 1, 1, 1, 1, 1}, {3, 7, 2, 8, 1, 1, 4, 6}};
+  const std::vector<std::vector<double>> unit_sets = {{1, 3, 1, 1, 3, 1, 1, 3, 1, 1, 3, 1},
+                                                      {5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 9},
+                                                      {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1},
+                                                      {3, 7, 2, 8, 1, 1, 4, 6, 2, 5, 9, 1}};
   for (const auto& units : unit_sets)
     for (double head : {0.0, 2.0, 12.0}) {
       const ModelCosts m = costs_of(0.5, units, head);
       const auto specs = partition_model(c, 3, m);
-      expect_contiguous_and_complete(specs, 8);
-      EXPECT_DOUBLE_EQ(max_cost(specs, m), brute_force_three(m, 8)) << "head " << head;
+      expect_contiguous_and_complete(specs, 12);
+      EXPECT_DOUBLE_EQ(max_cost(specs, m), brute_force_three(m, 12)) << "head " << head;
     }
 }
 
@@ -89,10 +92,10 @@ TEST(Partition, ParameterCostsCoverTheModel) {
   for (const char* preset : {"tiny", "small", "smollm2-135m"}) {
     ModelConfig c = model_preset(preset);
     const ModelCosts m = parameter_costs(c);
-    ASSERT_EQ(m.pieces.size(), static_cast<size_t>(2 * c.n_layers + 2));
+    ASSERT_EQ(m.pieces.size(), static_cast<size_t>(model_units(c) + 2));
     for (int p : {1, 2, 4}) {
       const auto specs = partition_model(c, p);
-      expect_contiguous_and_complete(specs, 2 * c.n_layers);
+      expect_contiguous_and_complete(specs, model_units(c));
       // The stages hold every parameter of the model exactly once (the tied head copy counted on its own).
       int64_t total = 0;
       for (const auto& s : specs) total += Stage(c, s).params().total();
@@ -105,10 +108,11 @@ TEST(Partition, MeasuredCostsArePositiveForEveryPiece) {
   ModelConfig c = model_preset("tiny");
   c.n_layers = 2;
   const ModelCosts m = measured_costs(c, 1, 1);
-  ASSERT_EQ(m.pieces.size(), 6u);
+  ASSERT_EQ(m.pieces.size(), 8u);
   for (double v : m.pieces) EXPECT_GT(v, 0.0);
-  // An MLP half (three matmuls) takes far longer than the embedding lookup: the timings are of the right pieces.
+  // Each MLP part (matmuls) takes far longer than the embedding lookup: the timings are of the right pieces.
   EXPECT_GT(m.unit(1), 10 * m.embedding());
+  EXPECT_GT(m.unit(2), 5 * m.embedding());
 }
 
 TEST(Partition, RejectsMoreStagesThanLayers) {

@@ -17,6 +17,7 @@
 #include "pipeline/schedule.h"
 #include "io/safetensors.h"
 #include "train/checkpoint.h"
+#include "train/partition.h"
 #include "train/trainer.h"
 
 namespace fs = std::filesystem;
@@ -85,6 +86,16 @@ class PipelineEquivalence : public ::testing::Test {
 };
 
 }  // namespace
+
+// The split at p = 3 cuts inside an MLP (SwiGLU's output crosses with the stream), so the tests below also
+// cover the executor's wider messages there.
+TEST_F(PipelineEquivalence, ThreeStageSplitCutsInsideAnMlp) {
+  const RunConfig c = config({});
+  const auto specs = partition_model(c.model, 3);
+  bool inside = false;
+  for (const auto& s : specs) inside = inside || Stage(c.model, s).output_width() > c.model.d_model;
+  EXPECT_TRUE(inside) << describe_partition(c.model, specs, parameter_costs(c.model));
+}
 
 TEST_F(PipelineEquivalence, FlushedSchedulesEqualGradientAccumulation) {
   for (int m : {2, 4}) {
