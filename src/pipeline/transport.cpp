@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <vector>
 
 #include "core/buffer.h"
 #include "core/error.h"
@@ -39,6 +40,7 @@ struct Hub {
   std::mutex mu;
   std::condition_variable cv;
   std::map<std::tuple<int, int, uint32_t>, std::deque<Buffer<float>>> boxes;  // (from, to, tag)
+  std::vector<Buffer<float>> spare;  // delivered messages' buffers, reused (no allocation per message)
   struct Sum {
     std::vector<double> total;
     int arrived = 0;
@@ -82,7 +84,11 @@ class InprocTransport : public Transport {
 
   void send(int peer, uint32_t tag, const float* data, int64_t n) override {
     Buffer<float> msg(hub_->device);
-    msg.zeros(static_cast<size_t>(n));
+    {
+      std::lock_guard<std::mutex> lock(hub_->mu);
+      if (!hub_->spare.empty()) msg = std::move(hub_->spare.back()), hub_->spare.pop_back();
+    }
+    if (msg.size() != static_cast<size_t>(n)) msg.zeros(static_cast<size_t>(n));
     copy(msg.data(), data, n);
     {
       std::lock_guard<std::mutex> lock(hub_->mu);
@@ -101,6 +107,7 @@ class InprocTransport : public Transport {
       internal_error("stage " + std::to_string(stage_) + ": message of " + std::to_string(box.front().size()) +
                      " floats, expected " + std::to_string(n));
     copy(data, box.front().data(), n);
+    hub_->spare.push_back(std::move(box.front()));
     box.pop_front();
   }
 

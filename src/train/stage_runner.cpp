@@ -86,6 +86,25 @@ void StageRunner::release(int64_t batch, int micro) {
   acts_.erase(it);
 }
 
+// Received activations and gradients reuse a few buffers instead of allocating one per message (on a GPU an
+// allocation and a free per micro-batch would each synchronise the device).
+Buffer<float>& StageRunner::message_buffer(MessageMap& m, std::pair<int64_t, int> key, int64_t n) {
+  auto [it, fresh] = m.try_emplace(key, st_.device());
+  if (fresh && !spare_messages_.empty()) {
+    it->second = std::move(spare_messages_.back());
+    spare_messages_.pop_back();
+  }
+  if (it->second.size() != static_cast<size_t>(n)) it->second.zeros(static_cast<size_t>(n));
+  return it->second;
+}
+
+void StageRunner::recycle(MessageMap& m, std::pair<int64_t, int> key) {
+  auto it = m.find(key);
+  if (it == m.end()) return;  // nothing was received (the head stage's backward starts from its loss)
+  spare_messages_.push_back(std::move(it->second));
+  m.erase(it);
+}
+
 void StageRunner::ensure_version(int64_t v) {
   while (newest_ < v) {
     if (pending_.empty())
@@ -107,7 +126,7 @@ void StageRunner::forward(const Action& a) {
   const double loss = st_.backend.forward(st_.stage, version(a.version), acts, tokens_.data(), in,
                                           spec.has_head ? targets_.data() : nullptr);
   if (spec.has_head) loss_sum_[a.batch] += loss;  // micro-batch order, as in the single-device trainer
-  if (!spec.has_embedding) inputs_.erase({a.batch, a.micro});
+  if (!spec.has_embedding) recycle(inputs_, {a.batch, a.micro});
 }
 
 void StageRunner::backward(const Action& a) {
@@ -120,7 +139,7 @@ void StageRunner::backward(const Action& a) {
   const float* dout = st_.stage.spec().has_head ? nullptr : douts_.at({a.batch, a.micro}).data();
   st_.backend.backward(st_.stage, version(a.version), grads_[slot].data(), activations(a.batch, a.micro), *scratch_,
                        dout, 1.0f / static_cast<float>(M_));
-  douts_.erase({a.batch, a.micro});
+  recycle(douts_, {a.batch, a.micro});
   if (st_.stage.spec().has_embedding) release(a.batch, a.micro);  // nothing to send back
 }
 
@@ -239,8 +258,7 @@ void StageRunner::run(const std::vector<Action>& actions, const std::string& sch
     const double start = now_s();
     switch (a.op) {
       case Op::recv_act: {
-        Buffer<float>& buf = inputs_.try_emplace({a.batch, a.micro}, st_.device()).first->second;
-        buf.zeros(static_cast<size_t>(in_n));
+        Buffer<float>& buf = message_buffer(inputs_, {a.batch, a.micro}, in_n);
         tx_.recv(a.peer, message_tag(MsgKind::activation, a.batch, a.micro), buf.data(), in_n);
         break;
       }
@@ -250,8 +268,7 @@ void StageRunner::run(const std::vector<Action>& actions, const std::string& sch
                  st_.stage.output(*acts_.at({a.batch, a.micro})), out_n);
         break;
       case Op::recv_grad: {
-        Buffer<float>& buf = douts_.try_emplace({a.batch, a.micro}, st_.device()).first->second;
-        buf.zeros(static_cast<size_t>(out_n));
+        Buffer<float>& buf = message_buffer(douts_, {a.batch, a.micro}, out_n);
         tx_.recv(a.peer, message_tag(MsgKind::gradient, a.batch, a.micro), buf.data(), out_n);
         break;
       }

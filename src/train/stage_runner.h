@@ -85,7 +85,11 @@ class StageRunner {
   std::map<std::pair<int64_t, int>, std::unique_ptr<Activations>> acts_;
   std::vector<std::unique_ptr<Activations>> free_acts_;
   std::unique_ptr<BackwardScratch> scratch_;
-  std::map<std::pair<int64_t, int>, Buffer<float>> inputs_, douts_;  // received, on the stage's device
+  using MessageMap = std::map<std::pair<int64_t, int>, Buffer<float>>;
+  MessageMap inputs_, douts_;  // received activations / output gradients, on the stage's device
+  std::vector<Buffer<float>> spare_messages_;
+  Buffer<float>& message_buffer(MessageMap& m, std::pair<int64_t, int> key, int64_t n);
+  void recycle(MessageMap& m, std::pair<int64_t, int> key);
   std::map<int64_t, double> loss_sum_, busy_;
   std::vector<Pending> pending_;
   std::vector<int> global_index_;  // this stage's parameters' positions in the whole model's table
