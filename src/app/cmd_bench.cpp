@@ -51,9 +51,10 @@ double gpu_sgemm_peak_gflops() { return 1e3 * cublas_sgemm_tflops(8192, 12); }
 void add_gpu_report(nlohmann::json& j, double achieved_gflops) {
   const GpuInfo g = gpu_info();
   const double used = gpu_memory_used_mib();
-  std::printf("  GPU %s, %d SMs, %.0f MiB; in use after the steps %.0f MiB\n", g.name.c_str(), g.sm_count,
-              g.memory_mib, used);
-  j["gpu"] = g.name, j["gpu_memory_used_mib"] = used;
+  std::printf("  GPU %s (sm_%d%d), %d SMs, %.0f MiB; in use after the steps %.0f MiB\n", g.name.c_str(), g.cc_major,
+              g.cc_minor, g.sm_count, g.memory_mib, used);
+  j["gpu"] = g.name, j["gpu_arch"] = "sm_" + std::to_string(g.cc_major) + std::to_string(g.cc_minor);
+  j["gpu_memory_used_mib"] = used;
   if (g.bf16_dense_tflops > 0) {
     const double mfu = achieved_gflops / (g.bf16_dense_tflops * 1e3);
     std::printf("  MFU against the dense bf16 peak (%.1f TFLOP/s)  %.2f%%\n", g.bf16_dense_tflops, 100 * mfu);
@@ -117,13 +118,8 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
   const double achieved = flops_per_token * tokens / step_s / 1e9;
 
   int64_t tensor_bytes = acts->bytes() + scratch->bytes();
-  for (const auto* v : {&s.weights, &s.grad, &s.update, &s.prev_update})
-    tensor_bytes += static_cast<int64_t>(v->size() * sizeof(float));
-  for (const auto& b : s.optimizer->state_buffers()) {
-    int64_t n = 1;
-    for (auto d : b.shape) n *= d;
-    tensor_bytes += n * static_cast<int64_t>(sizeof(float));
-  }
+  for (const auto* v : {&s.weights, &s.grad, &s.update, &s.prev_update}) tensor_bytes += v->bytes();
+  for (const auto& b : s.optimizer->state_buffers()) tensor_bytes += shape_numel(b.shape) * static_cast<int64_t>(sizeof(float));
   const double tensor_mib = tensor_bytes / 1048576.0, rss = peak_rss_mib();
 
   std::printf("preset %s, optimizer %s, %d x %d x %d tokens/step, device %s (%s), %d threads\n", m.preset.c_str(),

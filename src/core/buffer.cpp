@@ -14,13 +14,6 @@ const char* device_name(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
 
 #ifdef ONESTEP_HAVE_CUDA
 
-bool cuda_usable() {
-  int n = 0;
-  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-  cudaGetLastError();  // a failed query must not poison the next CUDA call
-  return ok;
-}
-
 namespace device_memory {
 namespace {
 void check(cudaError_t e, const char* what) {
@@ -53,8 +46,6 @@ void copy(void* dst, const void* src, size_t bytes, Copy kind) {
 }  // namespace device_memory
 
 #else  // a build without the CUDA backend
-
-bool cuda_usable() { return false; }
 
 namespace device_memory {
 namespace {

@@ -13,8 +13,6 @@ namespace onestep {
 
 enum class Device { cpu, cuda };
 const char* device_name(Device d);
-// Device::cuda is usable: the build has the CUDA backend and the runtime sees a GPU.
-bool cuda_usable();
 
 namespace device_memory {
 // Raw device memory (cudaMalloc / cudaFree / cudaMemset / cudaMemcpy). Each throws Error(bad_input) in a
@@ -93,7 +91,6 @@ class Buffer {
     if (src.n_ != n_) zeros(src.n_);
     if (n_) device_memory::copy(dev_, src.dev_, n_ * sizeof(T), device_memory::Copy::device_to_device);
   }
-  void clear() { zeros(0); }
 
   void swap(Buffer& o) noexcept {
     std::swap(device_, o.device_), host_.swap(o.host_), std::swap(dev_, o.dev_), std::swap(n_, o.n_);

@@ -30,10 +30,6 @@ class CudaBackend final : public Backend {
   void scale(float* y, float s, int64_t n) const override { gpu::scale_inplace(y, s, n, ops_.stream); }
   double sum_squares(const float* x, int64_t n) const override { return gpu::sum_squares(x, n, ops_.stream); }
   void add(float* y, const float* x, int64_t n) const override { gpu::add_inplace(y, x, n, ops_.stream); }
-  void sum_pair(float* a, float* b, int64_t n) const override {
-    gpu::add_inplace(a, b, n, ops_.stream);   // a + b computed once ...
-    gpu::copy_device(b, a, n, ops_.stream);   // ... so both copies hold the same bits
-  }
   void dc_asgd(float* g, const float* w, const float* stale, int64_t n, float lambda) const override {
     gpu::dc_asgd_compensate(g, w, stale, n, lambda, ops_.stream);
   }

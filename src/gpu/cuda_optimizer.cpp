@@ -10,6 +10,7 @@
 #include "optim/adamw.h"
 #include "optim/mars.h"
 #include "optim/muon.h"
+#include "optim/optim_names.h"
 
 namespace onestep {
 namespace {
@@ -31,20 +32,15 @@ class CudaOptimizer final : public Optimizer {
 
   std::vector<StateBuffer> state_buffers() override {
     std::vector<StateBuffer> out;
-    for (size_t i = 0; i < names_.size(); ++i) out.push_back({names_[i], bufs_[i].data(), shapes_[i]});
+    for (size_t i = 0; i < specs_.size(); ++i) out.push_back({specs_[i].name, bufs_[i].data(), specs_[i].shape});
     return out;
   }
 
  private:
-  bool muon_family() const { return c_.name == "muon" || c_.name == "normuon"; }
-
   void add_state(StateSpec st) {
-    int64_t n = 1;
-    for (int64_t d : st.shape) n *= d;
-    Buffer<float> b(Device::cuda);
-    b.zeros(static_cast<size_t>(n));  // zeroed, as the CPU's state starts
-    index_[st.name] = names_.size();
-    names_.push_back(std::move(st.name)), shapes_.push_back(std::move(st.shape)), bufs_.push_back(std::move(b));
+    index_[st.name] = bufs_.size();
+    bufs_.emplace_back(Device::cuda).zeros(static_cast<size_t>(shape_numel(st.shape)));  // zeroed, as on the CPU
+    specs_.push_back(std::move(st));
   }
   float* state(const char* kind, const ParamInfo& p) { return bufs_[index_.at(kind + p.name)].data(); }
 
@@ -52,14 +48,14 @@ class CudaOptimizer final : public Optimizer {
     const std::string& n = c_.name;
     const double wd = decays(p) ? c_.weight_decay : 0.0;
     const int64_t numel = p.numel;
-    if (muon_family() && !muon_takes(p)) {  // the AdamW group: its own lr, betas and eps
+    if (is_muon_family(n) && !muon_takes(p)) {  // the AdamW group: its own lr, betas and eps
       gpu::adamw_update(u, x, g, state("adamw.m.", p), state("adamw.v.", p), numel,
                         gpu::adamw_scalars(c_.adamw_lr * lr_scale, c_.adamw_beta1, c_.adamw_beta2, c_.adamw_eps, wd, t_),
                         stream_);
       return;
     }
     const double lr = c_.lr * lr_scale;
-    if (muon_family()) {
+    if (is_muon_family(n)) {
       // NorMuon keeps Muon's Newton–Schulz eps; its eps is the row normalisation's (make_optimizer.cpp).
       const double ns_eps = n == "muon" ? c_.eps : MuonHyper{}.eps;
       const auto s = gpu::muon_scalars(lr, c_.momentum, c_.nesterov, c_.ns_steps, ns_eps,
@@ -90,8 +86,7 @@ class CudaOptimizer final : public Optimizer {
   OptimConfig c_;
   ParamTable table_;
   cudaStream_t stream_;
-  std::vector<std::string> names_;
-  std::vector<std::vector<int64_t>> shapes_;
+  std::vector<StateSpec> specs_;  // cuda_optimizer_state's list; bufs_[i] holds specs_[i]
   std::vector<Buffer<float>> bufs_;
   std::map<std::string, size_t> index_;
 };
@@ -103,10 +98,9 @@ std::vector<StateSpec> cuda_optimizer_state(const OptimConfig& config, const Par
   resolve_optim_defaults(c, "[optim]");
   if (c.name == "soap")
     bad_input("[optim]", "optim.name: 'soap' has no CUDA kernels yet; use train.device = \"cpu\" or another optimizer");
-  const bool muon_family = c.name == "muon" || c.name == "normuon";
   // Each parameter's state, under the CPU optimizers' checkpoint prefixes (src/optim/*.cpp).
   auto kinds = [&](const ParamInfo& p) -> std::vector<const char*> {
-    if (muon_family && muon_takes(p))
+    if (is_muon_family(c.name) && muon_takes(p))
       return c.name == "muon" ? std::vector<const char*>{"muon.momentum."}
                               : std::vector<const char*>{"normuon.momentum.", "normuon.v_row."};
     if (c.name == "mars" && mars_takes(p)) return {"mars.m.", "mars.v.", "mars.prev_grad."};

@@ -8,6 +8,7 @@
 
 #include "core/buffer.h"
 #include "core/error.h"
+#include "core/rng.h"
 #include "core/timer.h"
 
 namespace onestep {
@@ -50,9 +51,13 @@ double gpu_memory_used_mib() {
 }
 
 double cublas_sgemm_tflops(int n, int reps) {
-  Buffer<float> a(Device::cuda), b(Device::cuda), c(Device::cuda);
+  // Random operands: products of zeros run faster than real data (device/METHOD.md).
   const size_t nn = static_cast<size_t>(n) * n;
-  a.zeros(nn), b.zeros(nn), c.zeros(nn);
+  std::vector<float> host(nn);
+  CounterRng rng(1, RngStream::test, 0);
+  for (auto& v : host) v = rng.normal();
+  Buffer<float> a(Device::cuda), b(Device::cuda), c(Device::cuda);
+  a = host, b = host, c.zeros(nn);
   cublasHandle_t h = nullptr;
   if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) internal_error("cublasCreate failed");
   cublasSetMathMode(h, CUBLAS_DEFAULT_MATH);  // as kernels/cuda/matmul.cu: fp32, no TF32

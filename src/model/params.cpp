@@ -18,8 +18,7 @@ int64_t ParamTable::add(std::string name, std::vector<int64_t> shape, ParamRole 
   ParamInfo p;
   p.name = std::move(name);
   p.shape = std::move(shape);
-  p.numel = 1;
-  for (int64_t d : p.shape) p.numel *= d;
+  p.numel = shape_numel(p.shape);
   p.offset = total_;
   p.role = role;
   // Keep every parameter 16-float (64-byte) aligned inside the flat buffer for vector loads.

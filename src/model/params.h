@@ -22,6 +22,13 @@ struct ParamInfo {
   int64_t cols() const { return shape.size() > 1 ? shape[1] : 1; }
 };
 
+// Elements of a tensor of this shape.
+inline int64_t shape_numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
 class ParamTable {
  public:
   // Appends a parameter at the end of the flat buffer; returns its offset.

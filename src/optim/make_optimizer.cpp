@@ -4,6 +4,7 @@
 #include "optim/lion.h"
 #include "optim/mars.h"
 #include "optim/muon.h"
+#include "optim/optim_names.h"
 #include "optim/normuon.h"
 #include "optim/optimizer.h"
 #include "optim/sgd.h"
@@ -25,7 +26,7 @@ std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& config, const Param
     AdamWHyper h{c.lr, c.beta1, c.beta2, c.eps, c.weight_decay};
     return std::make_unique<AdamW>(table, h);
   }
-  if (c.name == "muon" || c.name == "normuon") {
+  if (is_muon_family(c.name)) {
     MuonHyper m;
     m.lr = c.lr;
     m.momentum = c.momentum;

@@ -143,7 +143,7 @@ void resolve_optim_defaults(OptimConfig& c, const std::string& where) {
   if (c.name == "mars") check_nonneg(where, "gamma", c.gamma);
   if (c.name == "soap" && c.precond_freq < 1)
     bad_input(where, "optim.precond_freq: must be >= 1; got " + std::to_string(c.precond_freq));
-  if (c.name == "muon" || c.name == "normuon") {
+  if (is_muon_family(c.name)) {
     if (c.ns_steps < 1) bad_input(where, "optim.ns_steps: must be >= 1; got " + std::to_string(c.ns_steps));
     if (c.muon_scale != "spectral" && c.muon_scale != "adamw_rms")
       bad_input(where, "optim.muon_scale: expected one of spectral, adamw_rms; got '" + c.muon_scale + "'");

@@ -10,5 +10,7 @@ struct OptimName {
   bool implemented;
 };
 const std::vector<OptimName>& optim_names();
+// Muon and NorMuon: orthogonalised updates for the hidden matrices, an AdamW group for the rest.
+inline bool is_muon_family(const std::string& name) { return name == "muon" || name == "normuon"; }
 
 }  // namespace onestep

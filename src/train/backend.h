@@ -31,8 +31,11 @@ class Backend {
   virtual void scale(float* y, float s, int64_t n) const = 0;
   virtual double sum_squares(const float* x, int64_t n) const = 0;  // in double
   virtual void add(float* y, const float* x, int64_t n) const = 0;  // y <- y + x
-  // a = b = a + b (the tied embedding's two gradient copies).
-  virtual void sum_pair(float* a, float* b, int64_t n) const = 0;
+  // a = b = a + b (the tied embedding's two gradient copies): the sum formed once, so both hold the same bits.
+  void sum_pair(float* a, float* b, int64_t n) const {
+    add(a, b, n);
+    copy(b, a, n);
+  }
   // DC-ASGD: g <- g + lambda g g (w - stale).
   virtual void dc_asgd(float* g, const float* w, const float* stale, int64_t n, float lambda) const = 0;
   // u_prev null: x <- x - u. Otherwise EF: x <- x - (u + c (u - u_prev)), then u_prev <- u.
@@ -45,7 +48,8 @@ class Backend {
 // build without the CUDA backend or on a machine without a GPU.
 const Backend& backend_for(Device d);
 Device parse_device(const std::string& name);  // "cpu" | "cuda" (validated by the config parser)
-// train.precision for the process: "fp32", or "tf32" on CUDA (the model's matmuls on TF32 tensor cores).
+// train.precision for the process (validated by the config: "tf32" only with "cuda"): on CUDA, "tf32" puts the
+// model's matmuls on TF32 tensor cores.
 void use_precision(Device d, const std::string& precision);
 
 #ifdef ONESTEP_HAVE_CUDA

@@ -39,12 +39,6 @@ void write_text_atomic(const std::string& path, const std::string& text) {
   fs::rename(tmp, path);
 }
 
-int64_t numel(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
-
 // Visits (tensor name, pointer, shape) of every tensor a stage checkpoints; `load` decides the direction.
 template <class F>
 void for_each_tensor(StageState& s, F&& f) {
@@ -92,7 +86,7 @@ void write_checkpoint_part(const std::string& tmp_dir, const std::string& part, 
   for (StageState* s : stages)
     for_each_tensor(*s, [&](const std::string& name, float* data, const std::vector<int64_t>& shape) {
       if (s->device() != Device::cpu) {
-        std::vector<float>& host = staged.emplace_back(static_cast<size_t>(numel(shape)));
+        std::vector<float>& host = staged.emplace_back(static_cast<size_t>(shape_numel(shape)));
         device_memory::copy(host.data(), data, host.size() * sizeof(float), device_memory::Copy::device_to_host);
         data = host.data();
       }
@@ -182,7 +176,7 @@ int64_t load_checkpoint(const std::string& ckpt_dir, const std::vector<StageStat
     std::vector<float> host;  // staging for device tensors
     for_each_tensor(*s, [&](const std::string& name, float* data, const std::vector<int64_t>& shape) {
       if (s->device() == Device::cpu) return files.read_into(name, data, shape);
-      host.resize(static_cast<size_t>(numel(shape)));
+      host.resize(static_cast<size_t>(shape_numel(shape)));
       files.read_into(name, host.data(), shape);
       device_memory::copy(data, host.data(), host.size() * sizeof(float), device_memory::Copy::host_to_device);
     });

@@ -105,6 +105,13 @@ void StageRunner::recycle(MessageMap& m, std::pair<int64_t, int> key) {
   m.erase(it);
 }
 
+// The other end's tied-embedding gradient, received into a buffer kept for it (no allocation per step).
+const float* StageRunner::recv_other_tied_copy(int other, uint32_t tag, int64_t n) {
+  if (tied_recv_.size() != static_cast<size_t>(n)) tied_recv_ = Buffer<float>(st_.device()), tied_recv_.zeros(static_cast<size_t>(n));
+  tx_.recv(other, tag, tied_recv_.data(), n);
+  return tied_recv_.data();
+}
+
 void StageRunner::ensure_version(int64_t v) {
   while (newest_ < v) {
     if (pending_.empty())
@@ -174,11 +181,9 @@ void StageRunner::post_step(int64_t batch) {
   } else if (other >= 0 && st_.stage.spec().has_head) {
     tx_.send(other, message_tag(MsgKind::tied_grad, batch, 0), g.data() + tp->offset, tp->numel);
   } else if (other >= 0) {
-    Buffer<float> theirs(st_.device());
-    theirs.zeros(static_cast<size_t>(tp->numel));
-    tx_.recv(other, message_tag(MsgKind::tied_grad, batch, 0), theirs.data(), tp->numel);
-    tx_.send(other, message_tag(MsgKind::tied_grad, batch, 1), g.data() + tp->offset, tp->numel);
-    st_.backend.add(g.data() + tp->offset, theirs.data(), tp->numel);
+    const float* theirs = recv_other_tied_copy(other, message_tag(MsgKind::tied_grad, batch, 0), tp->numel);
+    tx_.send(other, message_tag(MsgKind::tied_grad, batch, 1), g.data() + tp->offset, tp->numel);  // before the sum
+    st_.backend.add(g.data() + tp->offset, theirs, tp->numel);
   }
   const auto& params = st_.stage.params().all();
   for (size_t i = 0; i < params.size(); ++i) {
@@ -207,10 +212,9 @@ void StageRunner::complete_step() {
   const int other = other_tied_end();
   if (other >= 0 && st_.stage.spec().has_head) {
     const ParamInfo* tp = tied_param();
-    Buffer<float> theirs(st_.device());
-    theirs.zeros(static_cast<size_t>(tp->numel));
-    tx_.recv(other, message_tag(MsgKind::tied_grad, pend.batch, 1), theirs.data(), tp->numel);
-    st_.backend.add(g.data() + tp->offset, theirs.data(), tp->numel);  // a + b == b + a: stage 0's bits
+    // a + b == b + a: the same bits as stage 0's sum (which it sent before adding)
+    st_.backend.add(g.data() + tp->offset,
+                    recv_other_tied_copy(other, message_tag(MsgKind::tied_grad, pend.batch, 1), tp->numel), tp->numel);
   }
   // The whole model's squared norm, summed in parameter-table order like the single-device trainer.
   double total = 0.0;

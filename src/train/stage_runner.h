@@ -90,6 +90,8 @@ class StageRunner {
   std::vector<Buffer<float>> spare_messages_;
   Buffer<float>& message_buffer(MessageMap& m, std::pair<int64_t, int> key, int64_t n);
   void recycle(MessageMap& m, std::pair<int64_t, int> key);
+  Buffer<float> tied_recv_;  // the other end's tied-embedding gradient
+  const float* recv_other_tied_copy(int other, uint32_t tag, int64_t n);
   std::map<int64_t, double> loss_sum_, busy_;
   std::vector<Pending> pending_;
   std::vector<int> global_index_;  // this stage's parameters' positions in the whole model's table

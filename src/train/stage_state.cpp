@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "optim/muon.h"
+#include "optim/optim_names.h"
 
 namespace onestep {
 
@@ -76,7 +77,7 @@ void optimizer_step(StageState& s, double lr_scale, float grad_scale, const Dela
   if (delay.correction == "ef") {
     // Per group: in a Muon-family run, delay.ef_adamw_params = false leaves the AdamW-handled parameters
     // (embedding, head, norms) uncorrected. The first step is ordinary (no history).
-    const bool muon_family = s.optimizer_name == "muon" || s.optimizer_name == "normuon";
+    const bool muon_family = is_muon_family(s.optimizer_name);
     for (const auto& p : s.stage.params().all()) {
       const bool corrected = s.has_prev_update && (delay.ef_adamw_params || !muon_family || muon_takes(p));
       const float c = corrected ? static_cast<float>(delay.ef_coef) : 0.0f;

@@ -60,7 +60,6 @@ void check_supported(const RunConfig& c) {
                             std::to_string(c.train.micro_batches) + ") >= pipeline.stages (p = " +
                             std::to_string(c.pipeline.stages) + ")");
   backend_for(parse_device(c.train.device));  // a device this build or machine lacks: bad input, before any file
-  use_precision(parse_device(c.train.device), c.train.precision);
   if (c.train.device == "cuda" && c.pipeline.transport == "mpi")
     bad_input(c.source, "pipeline.transport: 'mpi' moves host memory; with train.device = \"cuda\" use 'inproc' "
                         "(all stages on one GPU; NCCL between processes is not implemented yet)");
@@ -103,6 +102,7 @@ std::string prepare_run_dir(const RunConfig& config, const TrainOptions& options
 
 TrainResult run_training(const RunConfig& c, const TrainOptions& options) {
   check_supported(c);
+  use_precision(parse_device(c.train.device), c.train.precision);
   RunIO io(c, options, pipeline_rank(c) == 0);
   if (c.pipeline.schedule == "none") run_single_device(c, io);
   else run_pipeline(c, io);

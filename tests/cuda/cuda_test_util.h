@@ -9,11 +9,11 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "../kernels/kernel_test_util.h"
+#include "core/buffer.h"
 #include "kernels/cuda/ops_cuda.h"
 
 // Every test starts with this: without a device it skips with the message ctest looks for.
@@ -23,37 +23,17 @@
 
 namespace cuda_test {
 
-inline void cuda_ok(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-// A device copy of a host vector; host() synchronises and copies back.
+// Device memory for a test: core/buffer.h's Buffer on the GPU, zero-filled or copied from a host vector;
+// host() copies back (after the queued kernels, all on the default stream).
 template <class T>
-class Dev {
+class Dev : public onestep::Buffer<T> {
  public:
-  explicit Dev(size_t n) : n_(n) {
-    cuda_ok(cudaMalloc(reinterpret_cast<void**>(&p_), sizeof(T) * std::max<size_t>(n, 1)), "cudaMalloc");
-    cuda_ok(cudaMemset(p_, 0, sizeof(T) * std::max<size_t>(n, 1)), "cudaMemset");
-  }
-  explicit Dev(const std::vector<T>& h) : Dev(h.size()) { upload(h); }
-  ~Dev() { cudaFree(p_); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
+  explicit Dev(size_t n) : onestep::Buffer<T>(onestep::Device::cuda) { this->zeros(n); }
+  explicit Dev(const std::vector<T>& h) : onestep::Buffer<T>(onestep::Device::cuda) { upload(h); }
+  using onestep::Buffer<T>::upload;
   void upload(const std::vector<T>& h) { upload(h.data(), h.size()); }
-  void upload(const T* h, size_t n) {
-    cuda_ok(cudaMemcpy(p_, h, sizeof(T) * n, cudaMemcpyHostToDevice), "upload");
-  }
-  std::vector<T> host() const {
-    cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
-    std::vector<T> h(n_);
-    cuda_ok(cudaMemcpy(h.data(), p_, sizeof(T) * n_, cudaMemcpyDeviceToHost), "download");
-    return h;
-  }
-  T* get() const { return p_; }
-
- private:
-  T* p_ = nullptr;
-  size_t n_;
+  std::vector<T> host() const { return this->to_host(); }
+  T* get() { return this->data(); }
 };
 
 // Random data and the tolerance check are the CPU kernel tests' (got = GPU, want = CPU reference).

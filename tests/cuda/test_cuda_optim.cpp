@@ -86,10 +86,9 @@ std::vector<float> slice(const std::vector<float>& v, int64_t off, int64_t n) {
 // state before the step and the step's gradient (Lion's sign of a c within rounding of 0).
 using Exclude = std::function<std::vector<char>(Optimizer& cpu_before, const std::vector<float>& g)>;
 
-std::vector<float> download(const float* dev, int64_t n) {
+std::vector<float> download(const float* dev, int64_t n) {  // a state tensor the GPU optimizer owns
   std::vector<float> h(static_cast<size_t>(n));
-  cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
-  cuda_ok(cudaMemcpy(h.data(), dev, sizeof(float) * h.size(), cudaMemcpyDeviceToHost), "download");
+  device_memory::copy(h.data(), dev, sizeof(float) * h.size(), device_memory::Copy::device_to_host);
   return h;
 }
 
@@ -133,8 +132,7 @@ void compare_optimizer(const OptimConfig& c, const std::function<Tol(const Param
     for (const auto& b : gpu_o->state_buffers()) gpu_state[b.name] = b;
     const auto bufs = cpu->state_buffers();
     for (const auto& b : bufs) {
-      int64_t n = 1;
-      for (int64_t d : b.shape) n *= d;
+      const int64_t n = shape_numel(b.shape);
       auto it = gpu_state.find(b.name);
       if (it == gpu_state.end()) {
         ADD_FAILURE() << "no GPU state buffer " << b.name << tag;

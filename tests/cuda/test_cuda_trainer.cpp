@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "../temp_dir_test.h"
 #include "../train/learnable_data.h"
 #include "config/config.h"
 #include "cuda_test_util.h"
@@ -46,23 +47,18 @@ void expect_tracks(const std::vector<double>& got, const std::vector<double>& wa
   for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], rtol * std::fabs(want[i])) << what << " #" << i;
 }
 
-class CudaTrainer : public ::testing::Test {
+class CudaTrainer : public test::TempDirTest {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("onestep_cuda_trainer_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    TempDirTest::SetUp();
     test::write_learnable_shards(dir_);
   }
-  void TearDown() override { fs::remove_all(dir_); }
   RunConfig config(const std::vector<std::string>& extra) const {
     std::vector<std::string> sets = test::tiny_run_sets(dir_);
     sets.insert(sets.end(), extra.begin(), extra.end());
     return parse_config("", "test.toml", sets);
   }
   std::string run(const std::string& name) const { return (dir_ / name).string(); }
-  fs::path dir_;
 };
 
 // Synchronous AdamW, the one-step delay emulator with Muon + EF (2BW's rule), and PipeDream's per-stage delay

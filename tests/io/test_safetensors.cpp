@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "../temp_dir_test.h"
 
 namespace fs = std::filesystem;
 using onestep::Error;
@@ -18,17 +19,9 @@ using onestep::TensorRef;
 
 namespace {
 
-class SafetensorsTest : public ::testing::Test {
+class SafetensorsTest : public onestep::test::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("onestep_st_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
   std::string file(const std::string& n) const { return (dir_ / n).string(); }
-  fs::path dir_;
 };
 
 std::string u64le(uint64_t v) {

@@ -10,12 +10,15 @@
 
 namespace onestep::test {
 
-// A noisy repeating sequence over a 64-token vocabulary: dir/train_0.bin (20k tokens), dir/val_0.bin (2k).
-inline void write_learnable_shards(const std::filesystem::path& dir) {
-  std::mt19937 g(1);
+// A noisy repeating sequence over a 64-token vocabulary, token i = (i * stride) % 64 with one in `noise_every`
+// replaced at random: dir/train_0.bin (20k tokens), dir/val_0.bin (val_tokens, noise-free).
+inline void write_learnable_shards(const std::filesystem::path& dir, uint32_t seed = 1, int noise_every = 5,
+                                   int stride = 7, int val_tokens = 2000) {
+  std::mt19937 g(seed);
   std::vector<int32_t> train, val;
-  for (int i = 0; i < 20000; ++i) train.push_back(g() % 5 == 0 ? static_cast<int32_t>(g() % 64) : (i * 7) % 64);
-  for (int i = 0; i < 2000; ++i) val.push_back((i * 7) % 64);
+  for (int i = 0; i < 20000; ++i)
+    train.push_back(g() % noise_every == 0 ? static_cast<int32_t>(g() % 64) : (i * stride) % 64);
+  for (int i = 0; i < val_tokens; ++i) val.push_back((i * stride) % 64);
   write_shard((dir / "train_0.bin").string(), train, 64);
   write_shard((dir / "val_0.bin").string(), val, 64);
 }

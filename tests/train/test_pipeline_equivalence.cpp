@@ -13,7 +13,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "data/shards.h"
+#include "../temp_dir_test.h"
+#include "learnable_data.h"
 #include "pipeline/schedule.h"
 #include "io/safetensors.h"
 #include "train/checkpoint.h"
@@ -25,21 +26,12 @@ using namespace onestep;
 
 namespace {
 
-class PipelineEquivalence : public ::testing::Test {
+class PipelineEquivalence : public test::TempDirTest {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("onestep_pipe_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    std::mt19937 g(2);
-    std::vector<int32_t> train, val;
-    for (int i = 0; i < 20000; ++i) train.push_back(g() % 4 == 0 ? static_cast<int32_t>(g() % 64) : (i * 5) % 64);
-    for (int i = 0; i < 1000; ++i) val.push_back((i * 5) % 64);
-    write_shard((dir_ / "train.bin").string(), train, 64);
-    write_shard((dir_ / "val.bin").string(), val, 64);
+    TempDirTest::SetUp();
+    test::write_learnable_shards(dir_, /*seed=*/2, /*noise_every=*/4, /*stride=*/5, /*val_tokens=*/1000);
   }
-  void TearDown() override { fs::remove_all(dir_); }
 
   RunConfig config(std::vector<std::string> extra) const {
     std::vector<std::string> sets = {
@@ -47,7 +39,7 @@ class PipelineEquivalence : public ::testing::Test {
         "model.ffn_hidden=40", "model.seq_len=8", "train.steps=5", "train.micro_batch_size=2",
         "train.eval_every=0", "train.eval_tokens=32", "train.log_every=100", "train.threads=1",
         "optim.name=adamw", "optim.lr=0.02", "optim.clip=0.5",
-        "data.train=" + (dir_ / "train.bin").string(), "data.val=" + (dir_ / "val.bin").string()};
+        "data.train=" + (dir_ / "train_0.bin").string(), "data.val=" + (dir_ / "val_0.bin").string()};
     sets.insert(sets.end(), extra.begin(), extra.end());
     return parse_config("", "test.toml", sets);
   }
@@ -82,7 +74,6 @@ class PipelineEquivalence : public ::testing::Test {
     }
     EXPECT_EQ(weights, 4 * 9 + 3) << what;  // every block tensor + embedding, final norm, head
   }
-  fs::path dir_;
 };
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include "../temp_dir_test.h"
 
 namespace fs = std::filesystem;
 
@@ -43,17 +44,7 @@ void write_metrics(const fs::path& run, int steps, bool pipeline) {
   }
 }
 
-class PlotsTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("onestep_plots_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  fs::path dir_;
-};
+using PlotsTest = onestep::test::TempDirTest;
 
 }  // namespace
 

@@ -12,6 +12,7 @@
 #include "data/shards.h"
 #include "io/safetensors.h"
 #include "kernels/cpu/ops.h"
+#include "../temp_dir_test.h"
 #include "learnable_data.h"
 #include "train/checkpoint.h"
 #include "train/stage_state.h"
@@ -22,16 +23,12 @@ using namespace onestep;
 
 namespace {
 
-class TrainerTest : public ::testing::Test {
+class TrainerTest : public test::TempDirTest {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("onestep_trainer_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    TempDirTest::SetUp();
     test::write_learnable_shards(dir_);
   }
-  void TearDown() override { fs::remove_all(dir_); }
 
   RunConfig config(std::vector<std::string> extra = {}) const {
     std::vector<std::string> sets = test::tiny_run_sets(dir_);
@@ -66,7 +63,6 @@ class TrainerTest : public ::testing::Test {
   }
   std::string run(const std::string& name) const { return (dir_ / name).string(); }
   void check_rule(bool predict);
-  fs::path dir_;
 };
 
 }  // namespace

@@ -3,14 +3,12 @@
 #pragma once
 #include <cstring>
 
-#include "core/buffer.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/kernel_ops.h"
 
 namespace onestep {
 
 struct CpuOps {
-  static constexpr Device device = Device::cpu;
 #define ONESTEP_CPU_OP(name) \
   template <class... A>      \
   auto name(A... a) const {  \

@@ -1,14 +1,12 @@
 // The CUDA kernels (ops_cuda.h) as an ops object (see kernels/kernel_ops.h): the same calls as CpuOps, each
 // queued on `stream`. Plain C++17.
 #pragma once
-#include "core/buffer.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/kernel_ops.h"
 
 namespace onestep {
 
 struct CudaOps {
-  static constexpr Device device = Device::cuda;
   cudaStream_t stream = 0;
 #define ONESTEP_CUDA_OP(name)       \
   template <class... A>             \
