@@ -19,6 +19,7 @@ p.add_argument("--steps", type=int, default=6)
 p.add_argument("--reps", type=int, default=2)
 p.add_argument("--transport", default="inproc")
 p.add_argument("--stages", type=int, default=2)
+p.add_argument("--lookahead", type=int, default=1, help="pipeline.lookahead of both schedules (0: textbook 1F1B order)")
 p.add_argument("--balance", default="params", help="pipeline.balance: params (default: the same split in every run) or measured")
 p.add_argument("--out", default="bench/pipeline_bench.md")
 args = p.parse_args()
@@ -33,7 +34,7 @@ def run(schedule, m, workdir):
            "--set", f"train.steps={args.steps}", "--set", "train.eval_every=0", "--set", "train.eval_tokens=256",
            "--set", "train.ckpt_every=0", "--set", "pipeline.trace=true", "--set", "optim.name=adamw",
            "--set", "delay.correction=none", "--set", f"pipeline.transport={args.transport}",
-           "--set", f"pipeline.balance={args.balance}"]
+           "--set", f"pipeline.balance={args.balance}", "--set", f"pipeline.lookahead={args.lookahead}"]
     if args.transport == "mpi":
         cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(P)] + cmd + ["--set", "train.threads=1"]
     else:
@@ -64,6 +65,7 @@ def run(schedule, m, workdir):
 def simulate(schedule, m, cost):
     def makespan(n):
         out = subprocess.run([args.binary, "schedule", "--schedule", schedule, "--stages", str(P), "--microbatches", str(m),
+                              "--lookahead", str(args.lookahead),
                               "--steps", str(n), "--format", "summary",
                               "--forward-ms", ",".join(f"{x:.4f}" for x in cost["forward"]),
                               "--backward-ms", ",".join(f"{x:.4f}" for x in cost["backward"])],
@@ -97,7 +99,8 @@ with open(args.config) as f:
 tok_micro = args.micro_batch_size * seq
 lines = [f"# 2BW vs 1F1B, p = {P}, {args.transport} transport", "",
          f"`bench/pipeline_bench.py --config {args.config} --m {args.m} --micro-batch-size {args.micro_batch_size} "
-         f"--steps {args.steps} --reps {args.reps} --transport {args.transport} --balance {args.balance}`; medians of "
+         f"--steps {args.steps} --reps {args.reps} --transport {args.transport} --balance {args.balance} "
+         f"--lookahead {args.lookahead}`; medians of "
          f"{args.reps} alternating runs; steady state from the real run's trace. Partition (pipeline.balance = "
          f"{args.balance}):", ""] + [f"- {l}" for l in sorted(partition)] + ["",
          "| m | 1F1B tok/s | 2BW tok/s | speed-up | bubble model (m+p-1)/m | speed-up / model | share of the model's gain | "

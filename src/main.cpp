@@ -6,6 +6,7 @@
 
 #include "app/cmd_data.h"
 #include "app/commands.h"
+#include "config/config.h"
 #include "core/error.h"
 
 using namespace onestep;
@@ -71,13 +72,16 @@ int main(int argc, char** argv) {
 
   auto* sched = app.add_subcommand("schedule", "Print a pipeline schedule's per-stage action lists");
   std::string sname, format = "text";
-  int stages = 2, micro = 4;
+  int stages = 2, micro = 4, lookahead = PipelineConfig{}.lookahead;
   int64_t steps = 1, sync_steps = 0;
   sched->add_option("--schedule", sname, "gpipe, 1f1b, 2bw, pipedream or sync_start")->required();
   sched->add_option("--stages", stages, "Pipeline stages p")->required();
   sched->add_option("--microbatches", micro, "Micro-batches per optimizer step m")->required();
   sched->add_option("--steps", steps, "Optimizer steps (batches)")->capture_default_str();
   sched->add_option("--sync-start-steps", sync_steps, "K of sync_start")->capture_default_str();
+  sched->add_option("--lookahead", lookahead,
+                    "Extra warm-up forwards of every stage but the last (pipeline.lookahead; 0: textbook 1F1B)")
+      ->capture_default_str();
   sched->add_option("--format", format,
                     "text, csv, trace (Chrome trace JSON of the simulated timeline) or summary (simulated step time, "
                     "idle, memory as JSON)")
@@ -90,7 +94,7 @@ int main(int argc, char** argv) {
   sched->add_option("--link-latency-ms", costs.link_latency_ms, "Latency of one activation/gradient message");
   sched->add_option("--link-gbps", costs.link_gbps, "Link bandwidth in Gbit/s (0: infinite)");
   sched->add_option("--activation-bytes", costs.activation_bytes, "Bytes of one micro-batch's activation message");
-  sched->callback([&] { rc = cmd_schedule(sname, stages, micro, steps, sync_steps, format, costs); });
+  sched->callback([&] { rc = cmd_schedule(sname, stages, micro, steps, sync_steps, lookahead, format, costs); });
 
   try {
     app.parse(argc, argv);

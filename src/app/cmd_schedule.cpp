@@ -11,13 +11,13 @@
 namespace onestep {
 
 int cmd_schedule(const std::string& name, int stages, int micro, int64_t steps, int64_t sync_start_steps,
-                 const std::string& format, const ScheduleCosts& costs) {
+                 int lookahead, const std::string& format, const ScheduleCosts& costs) {
   if (format != "text" && format != "csv" && format != "trace" && format != "summary")
     bad_input("--format", "expected text, csv, trace or summary; got '" + format + "'");
   if (stages < 1) bad_input("--stages", "expected at least 1");
   if (micro < 1) bad_input("--microbatches", "expected at least 1");
   if (steps < 1) bad_input("--steps", "expected at least 1");
-  const pipeline::Schedule s = pipeline::make_schedule(name, stages, micro, steps, sync_start_steps);
+  const pipeline::Schedule s = pipeline::make_schedule(name, stages, micro, steps, sync_start_steps, lookahead);
   pipeline::validate(s);
   if (format == "csv") {
     std::printf("%s", pipeline::to_csv(s).c_str());

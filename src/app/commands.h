@@ -23,7 +23,7 @@ struct ScheduleCosts {
   double link_latency_ms = 0, link_gbps = 0, activation_bytes = 0;
 };
 int cmd_schedule(const std::string& name, int stages, int micro, int64_t steps, int64_t sync_start_steps,
-                 const std::string& format, const ScheduleCosts& costs);
+                 int lookahead, const std::string& format, const ScheduleCosts& costs);
 int cmd_bench(const std::string& config, const std::vector<std::string>& overrides, int steps);
 
 }  // namespace onestep

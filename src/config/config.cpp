@@ -53,6 +53,7 @@ std::vector<Field> fields_of(RunConfig& c) {
       {"optim", "gamma", &o.gamma},             {"optim", "precond_freq", &o.precond_freq},
       {"pipeline", "stages", &c.pipeline.stages}, {"pipeline", "schedule", &c.pipeline.schedule},
       {"pipeline", "sync_start_steps", &c.pipeline.sync_start_steps},
+      {"pipeline", "lookahead", &c.pipeline.lookahead},
       {"pipeline", "transport", &c.pipeline.transport}, {"pipeline", "trace", &c.pipeline.trace},
       {"pipeline", "balance", &c.pipeline.balance},
       {"delay", "emulate", &c.delay.emulate},   {"delay", "correction", &c.delay.correction},
@@ -269,6 +270,7 @@ void validate_run_config(const RunConfig& c, const std::string& where) {
        "at most model.n_layers (" + std::to_string(c.model.n_layers) + ")");
   need(p.transport == "inproc" || p.transport == "mpi", "pipeline.transport", "inproc or mpi; got '" + p.transport + "'");
   need(p.sync_start_steps >= 0, "pipeline.sync_start_steps", "at least 0");
+  need(p.lookahead >= 0 && p.lookahead <= 64, "pipeline.lookahead", "0..64 (extra micro-batches in flight per stage)");
   need(p.balance == "params" || p.balance == "measured", "pipeline.balance", "params or measured; got '" + p.balance + "'");
   const DelayConfig& d = c.delay;
   need(d.emulate == "none" || d.emulate == "one_step" || d.emulate == "per_stage", "delay.emulate",

@@ -27,6 +27,7 @@ struct Emitter {
   const std::string& name;
   int s, p, m;
   int64_t K;
+  int lookahead;
   std::vector<Action>& out;
 
   void forward(int64_t g, int i) {
@@ -43,12 +44,16 @@ struct Emitter {
   }
   void step(int64_t g) { out.push_back({Op::step, g, -1, g + 1, -1}); }
 
-  // 1F1B over the micro-batches of batches [g0, g1) taken as one stream: min(p-1-s, N) warm-up forwards,
-  // steady forward/backward pairs, cool-down backwards; step g right after the backward of its last micro-batch.
+  // 1F1B over the micro-batches of batches [g0, g1) taken as one stream: min(p-1-s+L, N) warm-up forwards
+  // (L = lookahead: 0 on the last stage and in pipedream, and never beyond m forwards, because in a stream the
+  // next batch's first forward needs the step that this batch's last backward completes), steady
+  // forward/backward pairs, cool-down backwards; step g right after the backward of its last micro-batch.
   // With g1 = g0 + 1 this is one flushed 1F1B batch.
   void stream_1f1b(int64_t g0, int64_t g1) {
     const int64_t N = (g1 - g0) * m;
-    const int64_t w = std::min<int64_t>(p - 1 - s, N);
+    const int64_t textbook = p - 1 - s;
+    const int64_t ahead = (s < p - 1 && name != "pipedream") ? std::clamp<int64_t>(m - textbook, 0, lookahead) : 0;
+    const int64_t w = std::min<int64_t>(textbook + ahead, N);
     auto fwd = [&](int64_t k) { forward(g0 + k / m, static_cast<int>(k % m)); };
     auto bwd = [&](int64_t k) {
       const int64_t g = g0 + k / m;
@@ -106,7 +111,7 @@ int max_versions_alive(const std::string& schedule, int stages) {
 }
 
 Schedule make_schedule(const std::string& name, int stages, int micro_batches, int64_t batches,
-                       int64_t sync_start_steps) {
+                       int64_t sync_start_steps, int lookahead) {
   check_known(name);
   const std::string where = "schedule " + name;
   if (stages < 1) bad_input(where, "stages (p) must be >= 1 (got " + std::to_string(stages) + ")");
@@ -115,6 +120,7 @@ Schedule make_schedule(const std::string& name, int stages, int micro_batches, i
   if (batches < 1) bad_input(where, "batches must be >= 1 (got " + std::to_string(batches) + ")");
   if (sync_start_steps < 0)
     bad_input(where, "sync_start_steps (K) must be >= 0 (got " + std::to_string(sync_start_steps) + ")");
+  if (lookahead < 0) bad_input(where, "lookahead must be >= 0 (got " + std::to_string(lookahead) + ")");
   if (name != "sync_start" && sync_start_steps != 0)
     bad_input(where, "sync_start_steps (K) applies only to sync_start (got " + std::to_string(sync_start_steps) + ")");
   const bool streams = name == "2bw" || (name == "sync_start" && batches > sync_start_steps);
@@ -122,10 +128,10 @@ Schedule make_schedule(const std::string& name, int stages, int micro_batches, i
     bad_input(where, name + " needs micro_batches (m) >= stages (p) (got m " + std::to_string(micro_batches) +
                          ", p " + std::to_string(stages) + ")");
 
-  Schedule sch{name, stages, micro_batches, batches, sync_start_steps, {}};
+  Schedule sch{name, stages, micro_batches, batches, sync_start_steps, lookahead, {}};
   sch.programs.resize(stages);
   for (int s = 0; s < stages; ++s) {
-    Emitter e{name, s, stages, micro_batches, sync_start_steps, sch.programs[s]};
+    Emitter e{name, s, stages, micro_batches, sync_start_steps, lookahead, sch.programs[s]};
     if (name == "gpipe") {
       for (int64_t g = 0; g < batches; ++g) e.gpipe_batch(g);
     } else if (name == "1f1b") {
@@ -206,7 +212,8 @@ std::string action_token(const Action& a) {
 std::string to_text(const Schedule& s) {
   std::ostringstream o;
   o << "schedule " << s.name << ": stages=" << s.stages << " micro_batches=" << s.micro_batches
-    << " batches=" << s.batches << " sync_start_steps=" << s.sync_start_steps << "\n";
+    << " batches=" << s.batches << " sync_start_steps=" << s.sync_start_steps << " lookahead=" << s.lookahead
+    << "\n";
   for (size_t st = 0; st < s.programs.size(); ++st) {
     o << "stage " << st << ":";
     for (const Action& a : s.programs[st]) o << ' ' << action_token(a);
@@ -219,7 +226,8 @@ std::string to_csv(const Schedule& s) {
   std::ostringstream o;
   o << "# onestep pipeline schedule v1\n"
     << "# name=" << s.name << ",stages=" << s.stages << ",micro_batches=" << s.micro_batches
-    << ",batches=" << s.batches << ",sync_start_steps=" << s.sync_start_steps << "\n"
+    << ",batches=" << s.batches << ",sync_start_steps=" << s.sync_start_steps << ",lookahead=" << s.lookahead
+    << "\n"
     << "stage,index,op,batch,micro,version,peer\n";
   for (size_t st = 0; st < s.programs.size(); ++st)
     for (size_t i = 0; i < s.programs[st].size(); ++i) {
@@ -291,6 +299,7 @@ Schedule from_csv(const std::string& csv) {
     else if (key == "micro_batches") s.micro_batches = static_cast<int>(parse_int(val, ln, key)), have[2] = true;
     else if (key == "batches") s.batches = parse_int(val, ln, key), have[3] = true;
     else if (key == "sync_start_steps") s.sync_start_steps = parse_int(val, ln, key), have[4] = true;
+    else if (key == "lookahead") s.lookahead = static_cast<int>(parse_int(val, ln, key));  // optional: 0
     else fail("unknown metadata key '" + key + "'");
   }
   const char* keys[] = {"name", "stages", "micro_batches", "batches", "sync_start_steps"};

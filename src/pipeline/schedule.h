@@ -37,6 +37,7 @@ struct Schedule {
   int micro_batches = 0;
   int64_t batches = 0;
   int64_t sync_start_steps = 0;  // K of sync_start (0 elsewhere)
+  int lookahead = 0;             // extra warm-up forwards of every stage but the last (1f1b, 2bw, sync_start)
   std::vector<std::vector<Action>> programs;  // programs[s] = ordered actions of stage s
   bool operator==(const Schedule&) const = default;
 };
@@ -56,15 +57,21 @@ int max_versions_alive(const std::string& schedule, int stages);
 // Generators (pure). Action order per stage:
 //  gpipe:      per batch: all forwards (micro 0..m-1), all backwards (micro 0..m-1, so gradients accumulate in
 //              micro-batch order), step. Flush between batches.
-//  1f1b:       per batch: min(p-1-s, m) warm-up forwards, steady 1F1B, cool-down backwards, step. Flush.
+//  1f1b:       per batch: min(p-1-s+L, m) warm-up forwards, steady 1F1B, cool-down backwards, step. Flush.
 //  2bw:        1F1B over one stream of batches*m micro-batches (warm-up only at the start, cool-down only at the
 //              end), step g right after the backward of batch g's last micro-batch. Needs m >= p.
-//  pipedream:  the 2bw order with the pipedream version rule (any m).
+//  pipedream:  the 2bw order without lookahead, with the pipedream version rule (any m).
 //  sync_start: batches g < K as 1f1b with flush, then the 2bw stream (needs m >= p when batches > K).
+// Lookahead L (>= 0; not for the last stage, whose backward follows its forward at once, nor for pipedream,
+// whose per-stage versions would not exist yet when m = 1; capped so that no stage warms up with more than m
+// forwards): every other stage runs L forwards further ahead
+// than textbook 1F1B, so one activation waits queued at the next stage. That slack absorbs a neighbour's
+// optimizer step and the jitter of shared cores, at the cost of L more micro-batches of activations per stage;
+// the versions and the arithmetic do not change. L = 0 is the textbook order.
 // A forward on s > 0 is preceded by its recv_act; on s < p-1 followed by its send_act. A backward on s < p-1 is
 // preceded by its recv_grad; on s > 0 followed by its send_grad.
 Schedule make_schedule(const std::string& name, int stages, int micro_batches, int64_t batches,
-                       int64_t sync_start_steps = 0);
+                       int64_t sync_start_steps = 0, int lookahead = 0);
 
 // Throws bad_input("schedule NAME", "rule N (...): stage s action i (TOKEN) ...") on the first violation of:
 //  rule 1: each (batch, micro) has exactly one forward and one backward per stage, backward after forward;
@@ -93,9 +100,10 @@ std::vector<int> peak_activations(const Schedule& s);
 std::string action_token(const Action& a);
 // Human-readable: a header line, then "stage s: TOKEN TOKEN ..." per stage.
 std::string to_text(const Schedule& s);
-// CSV: "# onestep pipeline schedule v1", "# name=..,stages=..,micro_batches=..,batches=..,sync_start_steps=..",
-// the header "stage,index,op,batch,micro,version,peer", then one row per action, each stage's rows in program
-// order. from_csv parses exactly that (bad_input("schedule csv", "line N: ...") otherwise); it does not validate.
+// CSV: "# onestep pipeline schedule v1", "# name=..,stages=..,micro_batches=..,batches=..,sync_start_steps=..,
+// lookahead=..", the header "stage,index,op,batch,micro,version,peer", then one row per action, each stage's rows
+// in program order. from_csv parses exactly that (lookahead may be absent: 0) and bad_input("schedule csv",
+// "line N: ...") otherwise; it does not validate.
 std::string to_csv(const Schedule& s);
 Schedule from_csv(const std::string& csv);
 

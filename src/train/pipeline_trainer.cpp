@@ -37,7 +37,7 @@ pipeline::Schedule segment_schedule(const RunConfig& c, int64_t first, int64_t e
   const int p = c.pipeline.stages;
   const int64_t K = c.pipeline.sync_start_steps;
   const int64_t local_k = name == "sync_start" ? std::max<int64_t>(0, K - first) : 0;
-  pipeline::Schedule s = pipeline::make_schedule(name, p, c.train.micro_batches, end - first, local_k);
+  pipeline::Schedule s = pipeline::make_schedule(name, p, c.train.micro_batches, end - first, local_k, c.pipeline.lookahead);
   for (int st = 0; st < p; ++st)
     for (Action& a : s.programs[st]) {
       a.batch += first;

@@ -31,6 +31,7 @@ StageRunner::StageRunner(StageState& state, pipeline::Transport& transport, cons
       T_(config.model.seq_len),
       M_(config.train.micro_batches),
       newest_(newest_version),
+      spare_version_(state.device()),
       t0_(now_s()) {
   for (size_t i = 0; i < older.size(); ++i)
     if (newest_ - 1 - static_cast<int64_t>(i) >= 0) history_[newest_ - 1 - static_cast<int64_t>(i)] = std::move(older[i]);
@@ -232,8 +233,11 @@ void StageRunner::complete_step() {
                                         std::to_string(rec.loss) + ", grad norm " + std::to_string(rec.grad_norm));
   const float clip_scale = (c_.optim.clip > 0 && rec.grad_norm > c_.optim.clip)
                                ? static_cast<float>(c_.optim.clip / rec.grad_norm) : 1.0f;
-  if (max_versions_ > 1)  // W(newest) stays readable
-    history_.try_emplace(newest_, st_.device()).first->second.copy_from(st_.weights);
+  if (max_versions_ > 1) {  // W(newest) stays readable, in the buffer of the last version that dropped off
+    spare_version_.copy_from(st_.weights);
+    history_.insert_or_assign(newest_, std::move(spare_version_));
+    spare_version_ = Buffer<float>(st_.device());
+  }
   st_.grad.swap(g);
   // The version this batch's gradients were computed on (DC-ASGD compensates towards W(newest)).
   const float* computed_on =
@@ -242,7 +246,10 @@ void StageRunner::complete_step() {
                  clip_scale, c_.delay, computed_on);
   st_.grad.swap(g);
   ++newest_;
-  while (!history_.empty() && history_.begin()->first <= newest_ - max_versions_) history_.erase(history_.begin());
+  while (!history_.empty() && history_.begin()->first <= newest_ - max_versions_) {
+    spare_version_ = std::move(history_.begin()->second);  // reused next step: no allocation per step
+    history_.erase(history_.begin());
+  }
 }
 
 void StageRunner::run(const std::vector<Action>& actions, const std::string& schedule_name) {

@@ -84,6 +84,8 @@ TEST(ConfigBadInput, OutOfRangeAndSyntax) {
   expect_bad_input([] { parse_config("[delay]\nef_coef = nan\n", "c.toml"); }, {"delay.ef_coef"});
   expect_bad_input([] { parse_config("[pipeline]\nschedule = \"zigzag\"\n", "c.toml"); }, {"pipeline.schedule", "zigzag"});
   expect_bad_input([] { parse_config("[pipeline]\nbalance = \"flops\"\n", "c.toml"); }, {"pipeline.balance", "flops"});
+  expect_bad_input([] { parse_config("[pipeline]\nlookahead = -1\n", "c.toml"); }, {"c.toml", "pipeline.lookahead", "0..64"});
+  expect_bad_input([] { parse_config("[pipeline]\nlookahead = 1.5\n", "c.toml"); }, {"pipeline.lookahead"});
   expect_bad_input([] { parse_config("[train]\ndevice = \"tpu\"\n", "c.toml"); }, {"train.device", "tpu"});
   expect_bad_input([] { parse_config("[train]\nprecision = \"fp8\"\n", "c.toml"); }, {"train.precision", "fp8"});
   expect_bad_input([] { parse_config("[train]\nprecision = \"tf32\"\n", "c.toml"); }, {"train.precision", "cuda"});

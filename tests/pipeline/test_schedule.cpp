@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,7 @@ struct Sweep {
   std::string name;
   int p, m;
   int64_t batches, K;
+  int lookahead;
 };
 
 std::vector<Sweep> sweep() {
@@ -47,7 +49,8 @@ std::vector<Sweep> sweep() {
           std::vector<int64_t> Ks = {0};
           if (name == "sync_start") Ks = {0, 1, 2, 5};
           for (int64_t K : Ks)
-            if (valid_combo(name, p, m, batches, K)) out.push_back({name, p, m, batches, K});
+            for (int lookahead : {0, 1, 2})
+              if (valid_combo(name, p, m, batches, K)) out.push_back({name, p, m, batches, K, lookahead});
         }
   return out;
 }
@@ -114,13 +117,15 @@ TEST(Schedule, GeneratorArgumentsAreChecked) {
   bad_input_message([] { make_schedule("interleaved", 2, 2, 1); });
 }
 
-// Every generator for p in 1..4, m in 1..8, batches in {1, 3}: validates, has the right counts, round-trips.
+// Every generator for p in 1..4, m in 1..8, batches in {1, 3}, lookahead 0..2: validates, has the right
+// counts, round-trips.
 TEST(Schedule, SweepValidatesCountsAndRoundTrips) {
   int checked = 0;
   for (const Sweep& c : sweep()) {
     SCOPED_TRACE(c.name + " p=" + std::to_string(c.p) + " m=" + std::to_string(c.m) +
-                 " batches=" + std::to_string(c.batches) + " K=" + std::to_string(c.K));
-    const Schedule s = make_schedule(c.name, c.p, c.m, c.batches, c.K);
+                 " batches=" + std::to_string(c.batches) + " K=" + std::to_string(c.K) +
+                 " lookahead=" + std::to_string(c.lookahead));
+    const Schedule s = make_schedule(c.name, c.p, c.m, c.batches, c.K, c.lookahead);
     ASSERT_EQ(s.programs.size(), static_cast<size_t>(c.p));
     EXPECT_NO_THROW(validate(s));
     const int64_t n = c.batches * c.m;
@@ -148,8 +153,8 @@ TEST(Schedule, SweepValidatesCountsAndRoundTrips) {
       if (c.name == "gpipe") {
         EXPECT_EQ(acts[st], c.m);
       }
-      if (c.name == "1f1b") {
-        EXPECT_EQ(acts[st], std::min(c.p - st, c.m));
+      if (c.name == "1f1b") {  // p - s in flight, plus the lookahead on every stage but the last
+        EXPECT_EQ(acts[st], std::min(c.p - st + (st < c.p - 1 ? c.lookahead : 0), c.m));
       }
       if (c.name == "gpipe" || c.name == "1f1b") {
         EXPECT_EQ(versions[st], 1);
@@ -160,7 +165,7 @@ TEST(Schedule, SweepValidatesCountsAndRoundTrips) {
     }
     ++checked;
   }
-  EXPECT_GT(checked, 200);
+  EXPECT_GT(checked, 600);
 }
 
 TEST(Schedule, OneFOneBExactOrder) {
@@ -246,10 +251,43 @@ TEST(Schedule, SyncStartFlushesThenStreams) {
   EXPECT_EQ(peak_versions_alive(s), (std::vector<int>{2, 2}));
 }
 
+// Lookahead: stages but the last start L more forwards before their first backward and keep L more
+// micro-batches in flight; the last stage and pipedream keep the textbook order; the actions are the same.
+TEST(Schedule, LookaheadRunsAheadWithTheSameActions) {
+  const Schedule base = make_schedule("2bw", 3, 4, 3, 0, 0), ahead = make_schedule("2bw", 3, 4, 3, 0, 1);
+  EXPECT_EQ(ahead.lookahead, 1);
+  auto forwards_before_first_backward = [](const std::vector<Action>& prog) {
+    int n = 0;
+    for (const Action& a : prog) {
+      if (a.op == Op::backward) break;
+      n += a.op == Op::forward;
+    }
+    return n;
+  };
+  const int want_base[] = {3, 2, 1}, want_ahead[] = {4, 3, 1};
+  for (int st = 0; st < 3; ++st) {
+    EXPECT_EQ(forwards_before_first_backward(base.programs[st]), want_base[st]) << st;
+    EXPECT_EQ(forwards_before_first_backward(ahead.programs[st]), want_ahead[st]) << st;
+    std::multiset<std::string> a, b;
+    for (const Action& x : base.programs[st]) a.insert(action_token(x));
+    for (const Action& x : ahead.programs[st]) b.insert(action_token(x));
+    EXPECT_EQ(a, b) << st;
+  }
+  EXPECT_EQ(ahead.programs[2], base.programs[2]);
+  EXPECT_EQ(peak_activations(ahead), (std::vector<int>{4, 3, 1}));
+  EXPECT_EQ(peak_activations(base), (std::vector<int>{3, 2, 1}));
+  EXPECT_EQ(peak_versions_alive(ahead), (std::vector<int>{2, 2, 2}));
+  EXPECT_NO_THROW(validate(ahead));
+  // pipedream ignores it (with m = 1 its older versions would not exist yet).
+  EXPECT_EQ(make_schedule("pipedream", 3, 1, 4, 0, 2).programs, make_schedule("pipedream", 3, 1, 4, 0, 0).programs);
+  const std::string msg = bad_input_message([] { make_schedule("2bw", 2, 2, 1, 0, -1); });
+  EXPECT_NE(msg.find("lookahead must be >= 0"), std::string::npos) << msg;
+}
+
 TEST(Schedule, TextForm) {
   const std::string t = to_text(make_schedule("1f1b", 2, 1, 1));
   EXPECT_EQ(t,
-            "schedule 1f1b: stages=2 micro_batches=1 batches=1 sync_start_steps=0\n"
+            "schedule 1f1b: stages=2 micro_batches=1 batches=1 sync_start_steps=0 lookahead=0\n"
             "stage 0: F0.0@v0 sendA0.0->s1 recvG0.0<-s1 B0.0@v0 step0->v1\n"
             "stage 1: recvA0.0<-s0 F0.0@v0 B0.0@v0 sendG0.0->s0 step0->v1\n");
 }
@@ -259,9 +297,15 @@ TEST(Schedule, CsvFormAndErrors) {
   const std::string csv = to_csv(s);
   EXPECT_EQ(csv.substr(0, csv.find("0,1,")),
             "# onestep pipeline schedule v1\n"
-            "# name=2bw,stages=2,micro_batches=2,batches=1,sync_start_steps=0\n"
+            "# name=2bw,stages=2,micro_batches=2,batches=1,sync_start_steps=0,lookahead=0\n"
             "stage,index,op,batch,micro,version,peer\n"
             "0,0,forward,0,0,0,-1\n");
+  // A file written before lookahead existed reads as lookahead 0; a lookahead round-trips.
+  std::string old = csv;
+  old.replace(old.find(",lookahead=0"), 12, "");
+  EXPECT_EQ(from_csv(old), s);
+  const Schedule ahead = make_schedule("2bw", 3, 4, 2, 0, 2);
+  EXPECT_EQ(from_csv(to_csv(ahead)), ahead);
   // CRLF line ends are accepted.
   std::string crlf;
   for (char ch : csv) crlf += ch == '\n' ? std::string("\r\n") : std::string(1, ch);

@@ -116,6 +116,23 @@ TEST_F(PipelineEquivalence, TwoBWEqualsTheOneStepEmulator) {
       }
 }
 
+// pipeline.lookahead reorders the actions (stages run further ahead) but not the arithmetic: the textbook
+// order (0), the default (1) and a deeper one (2) all equal their emulators.
+TEST_F(PipelineEquivalence, LookaheadChangesTheOrderNotTheWeights) {
+  const std::vector<std::string> common = {"train.micro_batches=4"};
+  auto emu = common;
+  emu.push_back("delay.emulate=one_step");
+  const auto one_step = train("la_emu", emu), reference = train("la_ref", common);
+  for (int lookahead : {0, 1, 2}) {
+    const std::string L = "pipeline.lookahead=" + std::to_string(lookahead);
+    auto twobw = common, flushed = common;
+    twobw.insert(twobw.end(), {"pipeline.stages=3", "pipeline.schedule=2bw", L});
+    flushed.insert(flushed.end(), {"pipeline.stages=3", "pipeline.schedule=1f1b", L});
+    expect_same(one_step, train("la_2bw_" + std::to_string(lookahead), twobw), "2bw " + L);
+    expect_same(reference, train("la_1f1b_" + std::to_string(lookahead), flushed), "1f1b " + L);
+  }
+}
+
 TEST_F(PipelineEquivalence, PipeDreamEqualsThePerStageEmulator) {
   for (int p : {2, 3, 4}) {
     const std::vector<std::string> common = {"optim.name=muon", "train.micro_batches=4", "train.steps=6",
@@ -156,7 +173,8 @@ TEST_F(PipelineEquivalence, EveryActionReadsTheRulesVersion) {
   for (const std::string sched : {"gpipe", "1f1b", "2bw", "pipedream", "sync_start"}) {
     const int p = 3;
     std::vector<std::string> sets = {"pipeline.schedule=" + sched, "pipeline.stages=3", "train.micro_batches=3",
-                                     "train.steps=5", "pipeline.trace=true", "train.ckpt_every=2"};
+                                     "train.steps=5", "pipeline.trace=true", "train.ckpt_every=2",
+                                     "pipeline.lookahead=2"};
     if (sched == "sync_start") sets.push_back("pipeline.sync_start_steps=2");
     train("trace_" + sched, sets);
     std::ifstream in((dir_ / ("trace_" + sched) / "trace.json").string());
