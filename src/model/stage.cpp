@@ -14,12 +14,16 @@ namespace onestep {
 StageSpec whole_model(const ModelConfig& c) { return StageSpec::blocks(0, c.n_layers, true, true); }
 
 int boundary_width(const ModelConfig& c, int unit) {
-  return unit % kUnitsPerBlock == 2 ? c.d_model + c.ffn_hidden : c.d_model;
+  switch (unit % kUnitsPerBlock) {
+    case 2: return 2 * c.d_model + c.ffn_hidden;  // before the up part: stream, norm output, gate output
+    case 3: return c.d_model + c.ffn_hidden;      // before the down part: stream, SwiGLU output
+    default: return c.d_model;                    // the stream alone
+  }
 }
 
 std::string describe_units(int first, int end) {
   if (first >= end) return "no blocks";
-  static const char* kind_names[kUnitsPerBlock] = {"attention", "MLP input", "MLP output"};
+  static const char* kind_names[kUnitsPerBlock] = {"attention", "MLP gate", "MLP up", "MLP down"};
   std::string out;
   auto join = [&](const std::string& part) { out += (out.empty() ? "" : " + ") + part; };
   int whole_from = -1;  // start of the current run of whole blocks
@@ -35,7 +39,7 @@ std::string describe_units(int first, int end) {
     }
     flush_whole(l);
     std::string kinds;
-    if (lo % kUnitsPerBlock == 1 && hi - lo == 2) kinds = "MLP";
+    if (lo % kUnitsPerBlock == 1 && hi - lo == kUnitsPerBlock - 1) kinds = "MLP";
     if (kinds.empty())
       for (int u = lo; u < hi; ++u) kinds += (u > lo ? ", " : "") + std::string(kind_names[u % kUnitsPerBlock]);
     join(kinds + " of block " + std::to_string(l));
@@ -87,6 +91,7 @@ Stage::Stage(const ModelConfig& config, StageSpec spec) : cfg_(config), spec_(sp
     if (kind == 1) {
       b.ln2 = params_.add(p + "post_attention_layernorm.weight", {C}, ParamRole::norm);
       b.gate = params_.add(p + "mlp.gate_proj.weight", {F, C}, ParamRole::matrix);
+    } else if (kind == 2) {
       b.up = params_.add(p + "mlp.up_proj.weight", {F, C}, ParamRole::matrix);
     } else {
       b.down = params_.add(p + "mlp.down_proj.weight", {C, F}, ParamRole::matrix);

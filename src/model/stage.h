@@ -14,13 +14,15 @@
 
 namespace onestep {
 
-// The decoder's blocks as a sequence of units, three per block: unit 3l is the attention half of block l
-// (input norm, q/k/v/o projections), 3l+1 the MLP's input part (post-attention norm, gate and up projections,
-// SwiGLU), 3l+2 its output part (down projection). A stage holds the units [first_unit, end_unit), so a pipeline
-// can balance its stages more finely than whole blocks allow. Between blocks and between the attention half and
-// the MLP only the residual stream [N, C] crosses a cut; inside the MLP the SwiGLU output h [N, F] crosses with
-// it (the boundary is then [N, C] followed by [N, F]: boundary_width() = C + F).
-inline constexpr int kUnitsPerBlock = 3;
+// The decoder's blocks as a sequence of units, four per block: unit 4l is the attention half of block l
+// (input norm, q/k/v/o projections), 4l+1 the MLP's gate part (post-attention norm, gate projection), 4l+2 its
+// up part (up projection, SwiGLU), 4l+3 its down part (down projection). A stage holds the units
+// [first_unit, end_unit), so a pipeline can balance its stages more finely than whole blocks allow (the finest
+// step is one C x F matrix). What crosses a cut placed before a unit (boundary_width() floats per token):
+//   attention or gate part: the residual stream [N, C];
+//   up part:   the stream, the norm's output n [N, C] and the gate's output [N, F]  (2C + F);
+//   down part: the stream and the SwiGLU output h [N, F]                              (C + F).
+inline constexpr int kUnitsPerBlock = 4;
 struct StageSpec {
   int first_unit = 0;
   int end_unit = 0;
@@ -32,10 +34,10 @@ struct StageSpec {
   }
 };
 inline int model_units(const ModelConfig& c) { return kUnitsPerBlock * c.n_layers; }
-// Floats per token crossing a cut placed before `unit` (C, or C + F inside an MLP).
+// Floats per token crossing a cut placed before `unit` (C, 2C + F or C + F; see above).
 int boundary_width(const ModelConfig& c, int unit);
 StageSpec whole_model(const ModelConfig& c);
-std::string describe_units(int first_unit, int end_unit);  // "blocks [0, 4) + attention, MLP input of block 4"
+std::string describe_units(int first_unit, int end_unit);  // "blocks [0, 4) + attention, MLP gate of block 4"
 
 // Activation memory of one micro-batch of B sequences of length T on one stage (explicit, like llm.c), on the
 // device the stage computes on. Buffers are per block slice of the stage (x) or per attention / MLP half it
@@ -50,7 +52,7 @@ struct Activations {
   Buffer<float> ln2, rstd2, gate, up, h;               // per MLP half
   Buffer<float> lnf, rstdf, logits, losses;  // head (last stage only); logits become dlogits in backward
   Buffer<float> d_input;  // dLoss/d(input boundary) after backward (stages without the embedding)
-  Buffer<float> boundary;  // the output [N, C] + h [N, F] of a stage that ends inside an MLP
+  Buffer<float> boundary;  // the output of a stage that ends inside an MLP (wider than the stream)
   Buffer<int32_t> tokens, targets;  // copies kept for the backward (embedding / loss)
   int64_t valid_targets = 0;
   Device device() const { return x.device(); }
@@ -119,9 +121,9 @@ class Stage {
                    const float* dout_hidden, float loss_scale) const;
 
  private:
-  // One block's slice on this stage: all three units, or fewer at a cut. Offsets into the weights are -1 for an
-  // absent unit (gate/up/ln2: the MLP input part; down: its output part); attn / mlp index the per-half
-  // activation buffers (-1 when the slice holds no unit of that half).
+  // One block's slice on this stage: all four units, or fewer at a cut. Offsets into the weights are -1 for an
+  // absent unit (ln2/gate: the gate part; up; down); attn / mlp index the per-half activation buffers (-1 when
+  // the slice holds no unit of that half).
   struct BlockOffsets {
     int64_t ln1 = -1, q = -1, k = -1, v = -1, o = -1, ln2 = -1, gate = -1, up = -1, down = -1;
     int attn = -1, mlp = -1;

@@ -40,25 +40,35 @@ double Stage::forward_on(const Ops& ops, const float* w, Activations& a, const i
       mid = x_mid;
     }
     if (b.mlp >= 0) {
-      // MLP: x_next = x_mid + down(h), h = silu(gate(n)) * up(n), n = rmsnorm(x_mid). The input part (norm, gate,
-      // up, SwiGLU) and the output part (down, residual) may sit on two stages; h then crosses the cut.
+      // MLP: x_next = x_mid + down(h), h = silu(gate(n)) * up(n), n = rmsnorm(x_mid). Its gate, up and down parts
+      // may sit on two stages (model/stage.h): what the later part needs then crosses the cut with the stream.
       const size_t i = b.mlp;
       float *ln2 = a.ln2.data() + i * NC, *gate = a.gate.data() + i * NF, *up = a.up.data() + i * NF;
       float* h = a.h.data() + i * NF;
-      if (b.gate >= 0) {
+      const bool has_gate = b.gate >= 0, has_up = b.up >= 0, has_down = b.down >= 0;
+      if (has_gate) {
         ops.rmsnorm_forward(ln2, a.rstd2.data() + i * N, mid, w + b.ln2, N, C, cfg_.norm_eps);
         ops.matmul_forward(gate, ln2, w + b.gate, N, C, F);
+      } else if (has_up) {  // the stage starts at the up part: n and the gate's output arrived with the stream
+        ops.copy(ln2, in_hidden + NC, NC);
+        ops.copy(gate, in_hidden + 2 * NC, NF);
+      }
+      if (has_up) {
         ops.matmul_forward(up, ln2, w + b.up, N, C, F);
         ops.swiglu_forward(h, gate, up, N, F);
-      } else {
-        ops.copy(h, in_hidden + NC, NF);  // the stage starts at this MLP's output part: h arrived with x
+      } else if (!has_gate) {
+        ops.copy(h, in_hidden + NC, NF);  // the stage starts at the down part: h arrived with the stream
       }
-      if (b.down >= 0) {
+      if (has_down) {
         ops.matmul_forward(x_next, h, w + b.down, N, F, C);
         ops.add_inplace(x_next, mid, NC);
-      } else {  // the stage ends after this MLP's input part: the stream and h leave together
+      } else if (has_up) {  // the stage ends before the down part: the stream and h leave together
         ops.copy(a.boundary.data(), mid, NC);
         ops.copy(a.boundary.data() + NC, h, NF);
+      } else {  // the stage ends after the gate part: the stream, n and the gate's output leave
+        ops.copy(a.boundary.data(), mid, NC);
+        ops.copy(a.boundary.data() + NC, ln2, NC);
+        ops.copy(a.boundary.data() + 2 * NC, gate, NF);
       }
     } else {
       ops.copy(x_next, mid, NC);  // the stage ends after an attention half
@@ -103,21 +113,30 @@ void Stage::backward_on(const Ops& ops, const float* w, float* grad, Activations
       const size_t i = b.mlp;
       const float *ln2 = a.ln2.data() + i * NC, *gate = a.gate.data() + i * NF, *up = a.up.data() + i * NF;
       const float* h = a.h.data() + i * NF;
-      if (b.down >= 0) {
+      const bool has_gate = b.gate >= 0, has_up = b.up >= 0, has_down = b.down >= 0;
+      if (has_down) {
         ops.fill_zero(s.dh.data(), NF);
         ops.matmul_backward(s.dh.data(), grad + b.down, dres, h, w + b.down, N, F, C);
-      } else {
+      } else if (has_up) {
         ops.copy(s.dh.data(), dout_hidden + NC, NF);  // dLoss/dh arrived with dLoss/dx_next
       }
-      if (b.gate >= 0) {
+      if (has_up) {
         ops.fill_zero(s.dgate.data(), NF), ops.fill_zero(s.dup.data(), NF);
         ops.swiglu_backward(s.dgate.data(), s.dup.data(), s.dh.data(), gate, up, N, F);
         ops.fill_zero(s.dln.data(), NC);
-        ops.matmul_backward(s.dln.data(), grad + b.gate, s.dgate.data(), ln2, w + b.gate, N, C, F);
         ops.matmul_backward(s.dln.data(), grad + b.up, s.dup.data(), ln2, w + b.up, N, C, F);
+      } else if (has_gate) {  // dLoss/dn (the up part's share) and dLoss/dgate arrived with dLoss/dx_next
+        ops.copy(s.dln.data(), dout_hidden + NC, NC);
+        ops.copy(s.dgate.data(), dout_hidden + 2 * NC, NF);
+      }
+      if (has_gate) {
+        ops.matmul_backward(s.dln.data(), grad + b.gate, s.dgate.data(), ln2, w + b.gate, N, C, F);
         ops.rmsnorm_backward(dres, grad + b.ln2, s.dln.data(), mid, w + b.ln2, a.rstd2.data() + i * N, N, C);
+      } else if (has_up) {  // the stage starts at the up part: dLoss/dn and dLoss/dgate go back
+        ops.copy(a.d_input.data() + NC, s.dln.data(), NC);
+        ops.copy(a.d_input.data() + 2 * NC, s.dgate.data(), NF);
       } else {
-        ops.copy(a.d_input.data() + NC, s.dh.data(), NF);  // the stage starts here: dLoss/dh goes back
+        ops.copy(a.d_input.data() + NC, s.dh.data(), NF);  // the stage starts at the down part: dLoss/dh goes back
       }
     }
     if (b.attn >= 0) {

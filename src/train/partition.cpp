@@ -18,7 +18,7 @@ double ModelCosts::stage(const StageSpec& s) const {
 }
 
 namespace {
-// Blocks are alike: each unit of a kind (model/stage.h: attention half, MLP input, MLP output) costs the same.
+// Blocks are alike: each unit of a kind (model/stage.h: attention half, MLP gate, up, down part) costs the same.
 ModelCosts uniform_costs(const ModelConfig& c, double embedding, const double (&unit)[kUnitsPerBlock], double head) {
   ModelCosts m;
   m.pieces.push_back(embedding);
@@ -31,7 +31,7 @@ ModelCosts uniform_costs(const ModelConfig& c, double embedding, const double (&
 double time_piece(const ModelConfig& c, StageSpec spec, int B, int reps) {
   const Stage st(c, spec);
   const int T = c.seq_len, N = B * T;
-  const size_t width = static_cast<size_t>(c.d_model + c.ffn_hidden);  // wide enough for any cut
+  const size_t width = static_cast<size_t>(2 * c.d_model + c.ffn_hidden);  // wide enough for any cut
   std::vector<float> w(st.params().total()), g(w.size(), 0.f), in(static_cast<size_t>(N) * width, 0.01f);
   st.init_weights(w.data(), 1);
   std::vector<int32_t> tokens(N);
@@ -52,14 +52,14 @@ double time_piece(const ModelConfig& c, StageSpec spec, int B, int reps) {
 
 ModelCosts parameter_costs(const ModelConfig& c) {
   const double C = c.d_model, F = c.ffn_hidden;
-  return uniform_costs(c, 0.0, {C + 2 * C * C + 2 * C * c.kv_dim(), C + 2 * C * F, C * F},
+  return uniform_costs(c, 0.0, {C + 2 * C * C + 2 * C * c.kv_dim(), C + C * F, C * F, C * F},
                        C + static_cast<double>(c.vocab_size) * C);
 }
 
 ModelCosts measured_costs(const ModelConfig& c, int B, int reps) {
   const int U = model_units(c);
   auto unit = [&](int u) { return time_piece(c, StageSpec{u, u + 1, false, false}, B, reps); };
-  return uniform_costs(c, time_piece(c, StageSpec{0, 0, true, false}, B, reps), {unit(0), unit(1), unit(2)},
+  return uniform_costs(c, time_piece(c, StageSpec{0, 0, true, false}, B, reps), {unit(0), unit(1), unit(2), unit(3)},
                        time_piece(c, StageSpec{U, U, false, true}, B, reps));
 }
 

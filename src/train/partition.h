@@ -1,5 +1,5 @@
 // Splitting the model into p contiguous stages with the smallest possible maximum stage cost. The pieces are
-// the embedding, the 3L units (attention half, MLP input, MLP output of each block; model/stage.h) and the
+// the embedding, the 4L units (attention half, MLP gate, up and down parts of each block; model/stage.h) and the
 // head; a cut may fall inside a block. Costs come from parameter counts or from timing the pieces on this
 // machine (pipeline.balance).
 #pragma once
@@ -10,7 +10,7 @@
 
 namespace onestep {
 
-// Cost of each piece, in any unit: [embedding, unit 0, ..., unit 3L-1, head] (3L + 2 entries).
+// Cost of each piece, in any unit: [embedding, unit 0, ..., unit 4L-1, head] (4L + 2 entries).
 struct ModelCosts {
   std::vector<double> pieces;
   double embedding() const { return pieces.front(); }

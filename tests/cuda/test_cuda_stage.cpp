@@ -84,30 +84,34 @@ TEST(CudaStage, WholeModelMatchesTheCpu) {
   m.compare_grads(" (whole model)");
 }
 
-// Cut inside block 1's MLP: stage 0 = embedding + block 0 + attention and MLP input of block 1, stage 1 = MLP
-// output of block 1 + head. The stream and SwiGLU's output h, and their gradients, cross in device memory.
+// Cuts inside block 1's MLP: before its up part (the stream, the norm's and the gate's outputs cross) and
+// before its down part (the stream and SwiGLU's output h cross); stage 1 ends with the head. The boundary
+// tensors and their gradients cross in device memory.
 TEST(CudaStage, StagesCutInsideTheMlpMatchTheCpu) {
   REQUIRE_GPU();
   const ModelConfig c = gqa_config();
-  const int B = 2, T = c.seq_len;
-  std::mt19937 rng(8);
-  const auto tokens = random_tokens(B * T, c.vocab_size, rng), targets = random_tokens(B * T, c.vocab_size, rng);
-  Pair s0(c, StageSpec{0, 5, true, false}, B, T), s1(c, StageSpec{5, 6, false, true}, B, T);
-  ASSERT_EQ(s0.stage.output_width(), c.d_model + c.ffn_hidden);
-  const CudaOps gpu;
-  s0.stage.forward(s0.w.data(), *s0.a, tokens.data(), nullptr, nullptr);
-  s0.stage.forward_on(gpu, s0.d_w.get(), *s0.da, tokens.data(), nullptr, nullptr);
-  const double loss = s1.stage.forward(s1.w.data(), *s1.a, nullptr, s0.stage.output(*s0.a), targets.data());
-  const double d_loss =
-      s1.stage.forward_on(gpu, s1.d_w.get(), *s1.da, nullptr, s0.stage.output(*s0.da), targets.data());
-  EXPECT_NEAR(d_loss, loss, 1e-5 * std::fabs(loss));
-  s1.stage.backward(s1.w.data(), s1.g.data(), *s1.a, *s1.s, nullptr, 1.f);
-  s1.stage.backward_on(gpu, s1.d_w.get(), s1.d_g.get(), *s1.da, *s1.ds, nullptr, 1.f);
-  expect_close(s1.da->d_input.to_host(), s1.a->d_input.to_host(), 2e-3, 2e-4, "gradient crossing the cut");
-  s0.stage.backward(s0.w.data(), s0.g.data(), *s0.a, *s0.s, s1.a->d_input.data(), 1.f);
-  s0.stage.backward_on(gpu, s0.d_w.get(), s0.d_g.get(), *s0.da, *s0.ds, s1.da->d_input.data(), 1.f);
-  s1.compare_grads(" (stage 1)");
-  s0.compare_grads(" (stage 0)");
+  for (const int cut : {6, 7}) {
+    SCOPED_TRACE("cut before unit " + std::to_string(cut));
+    const int B = 2, T = c.seq_len;
+    std::mt19937 rng(8);
+    const auto tokens = random_tokens(B * T, c.vocab_size, rng), targets = random_tokens(B * T, c.vocab_size, rng);
+    Pair s0(c, StageSpec{0, cut, true, false}, B, T), s1(c, StageSpec{cut, 8, false, true}, B, T);
+    ASSERT_EQ(s0.stage.output_width(), (cut == 6 ? 2 * c.d_model : c.d_model) + c.ffn_hidden);
+    const CudaOps gpu;
+    s0.stage.forward(s0.w.data(), *s0.a, tokens.data(), nullptr, nullptr);
+    s0.stage.forward_on(gpu, s0.d_w.get(), *s0.da, tokens.data(), nullptr, nullptr);
+    const double loss = s1.stage.forward(s1.w.data(), *s1.a, nullptr, s0.stage.output(*s0.a), targets.data());
+    const double d_loss =
+        s1.stage.forward_on(gpu, s1.d_w.get(), *s1.da, nullptr, s0.stage.output(*s0.da), targets.data());
+    EXPECT_NEAR(d_loss, loss, 1e-5 * std::fabs(loss));
+    s1.stage.backward(s1.w.data(), s1.g.data(), *s1.a, *s1.s, nullptr, 1.f);
+    s1.stage.backward_on(gpu, s1.d_w.get(), s1.d_g.get(), *s1.da, *s1.ds, nullptr, 1.f);
+    expect_close(s1.da->d_input.to_host(), s1.a->d_input.to_host(), 2e-3, 2e-4, "gradient crossing the cut");
+    s0.stage.backward(s0.w.data(), s0.g.data(), *s0.a, *s0.s, s1.a->d_input.data(), 1.f);
+    s0.stage.backward_on(gpu, s0.d_w.get(), s0.d_g.get(), *s0.da, *s0.ds, s1.da->d_input.data(), 1.f);
+    s1.compare_grads(" (stage 1)");
+    s0.compare_grads(" (stage 0)");
+  }
 }
 
 }  // namespace

@@ -88,7 +88,7 @@ TEST(StageInit, InitialLossIsNearLogVocab) {
 TEST(StageInit, IndependentOfPartition) {
   ModelConfig c = micro_config();
   Stage whole(c, whole_model(c));
-  Stage tail(c, StageSpec{5, 6, false, true});  // the MLP output part of block 1 + head
+  Stage tail(c, StageSpec{7, 8, false, true});  // the MLP down part of block 1 + head
   std::vector<float> ww(whole.params().total()), wt(tail.params().total());
   whole.init_weights(ww.data(), 5);
   tail.init_weights(wt.data(), 5);
@@ -103,8 +103,9 @@ TEST(StageInit, IndependentOfPartition) {
 }
 
 // Two stages chained by hand give the whole model's loss and every gradient bit for bit on one thread, for
-// every cut: between blocks, between the attention half and the MLP, and inside the MLP where SwiGLU's output
-// crosses with the stream (the tied embedding's two copies included:
+// every cut: between blocks, between the attention half and the MLP, and inside the MLP, where the norm's and
+// the gate's outputs (before the up part) or SwiGLU's output (before the down part) cross with the stream (the
+// tied embedding's two copies included:
 // their sum is formed by the trainer's explicit reduction).
 TEST(StageSplit, TwoStagesEqualTheWholeModelAtEveryCut) {
   set_num_threads(1);
@@ -148,13 +149,15 @@ TEST(StageSplit, TwoStagesEqualTheWholeModelAtEveryCut) {
 }
 
 TEST(StageSpec, DescribesCutsInsideBlocks) {
-  EXPECT_EQ(describe_units(0, 12), "blocks [0, 4)");
-  EXPECT_EQ(describe_units(0, 13), "blocks [0, 4) + attention of block 4");
-  EXPECT_EQ(describe_units(0, 14), "blocks [0, 4) + attention, MLP input of block 4");
-  EXPECT_EQ(describe_units(13, 24), "MLP of block 4 + blocks [5, 8)");
-  EXPECT_EQ(describe_units(14, 24), "MLP output of block 4 + blocks [5, 8)");
-  EXPECT_EQ(describe_units(1, 5), "MLP of block 0 + attention, MLP input of block 1");
-  EXPECT_EQ(describe_units(3, 4), "attention of block 1");
-  EXPECT_EQ(describe_units(5, 6), "MLP output of block 1");
+  EXPECT_EQ(describe_units(0, 16), "blocks [0, 4)");
+  EXPECT_EQ(describe_units(0, 17), "blocks [0, 4) + attention of block 4");
+  EXPECT_EQ(describe_units(0, 18), "blocks [0, 4) + attention, MLP gate of block 4");
+  EXPECT_EQ(describe_units(0, 19), "blocks [0, 4) + attention, MLP gate, MLP up of block 4");
+  EXPECT_EQ(describe_units(17, 32), "MLP of block 4 + blocks [5, 8)");
+  EXPECT_EQ(describe_units(18, 32), "MLP up, MLP down of block 4 + blocks [5, 8)");
+  EXPECT_EQ(describe_units(19, 32), "MLP down of block 4 + blocks [5, 8)");
+  EXPECT_EQ(describe_units(1, 6), "MLP of block 0 + attention, MLP gate of block 1");
+  EXPECT_EQ(describe_units(4, 5), "attention of block 1");
+  EXPECT_EQ(describe_units(7, 8), "MLP down of block 1");
   EXPECT_EQ(describe_units(4, 4), "no blocks");
 }

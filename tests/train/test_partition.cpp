@@ -62,30 +62,30 @@ void expect_contiguous_and_complete(const std::vector<StageSpec>& specs, int U) 
 }  // namespace
 
 TEST(Partition, CutsInsideABlockWhenThatBalancesBetter) {
-  ModelConfig c = model_preset("tiny");  // 4 blocks, 12 units
-  // Per block: attention 1, MLP input 3, MLP output 1; head 8: total 28. Whole-block cuts give at best
-  // 15 | 13 (3 blocks | 1 block + head); cutting after block 2's MLP input part gives 14 | 14.
-  const ModelCosts m = costs_of(0, {1, 3, 1, 1, 3, 1, 1, 3, 1, 1, 3, 1}, 8);
+  ModelConfig c = model_preset("tiny");  // 4 blocks, 16 units
+  // Per block: attention 1, MLP gate 2, up 1, down 1; head 8: total 28. Whole-block cuts give at best
+  // 15 | 13 (3 blocks | 1 block + head), a cut after block 2's gate part 13 | 15; after its up part 14 | 14.
+  const ModelCosts m = costs_of(0, {1, 2, 1, 1, 1, 2, 1, 1, 1, 2, 1, 1, 1, 2, 1, 1}, 8);
   const auto specs = partition_model(c, 2, m);
-  expect_contiguous_and_complete(specs, 12);
-  EXPECT_EQ(specs[0].end_unit, 8);
+  expect_contiguous_and_complete(specs, 16);
+  EXPECT_EQ(specs[0].end_unit, 11);
   EXPECT_DOUBLE_EQ(max_cost(specs, m), 14.0);
-  EXPECT_NE(describe_partition(c, specs, m).find("attention, MLP input of block 2"), std::string::npos);
-  EXPECT_NE(describe_partition(c, specs, m).find("MLP output of block 2"), std::string::npos);
+  EXPECT_NE(describe_partition(c, specs, m).find("attention, MLP gate, MLP up of block 2"), std::string::npos);
+  EXPECT_NE(describe_partition(c, specs, m).find("MLP down of block 2"), std::string::npos);
 }
 
 TEST(Partition, IsOptimalAgainstBruteForce) {
   ModelConfig c = model_preset("tiny");
-  const std::vector<std::vector<double>> unit_sets = {{1, 3, 1, 1, 3, 1, 1, 3, 1, 1, 3, 1},
-                                                      {5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 9},
-                                                      {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1},
-                                                      {3, 7, 2, 8, 1, 1, 4, 6, 2, 5, 9, 1}};
+  const std::vector<std::vector<double>> unit_sets = {{1, 2, 1, 1, 1, 2, 1, 1, 1, 2, 1, 1, 1, 2, 1, 1},
+                                                      {5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 9},
+                                                      {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1},
+                                                      {3, 7, 2, 8, 1, 1, 4, 6, 2, 5, 9, 1, 3, 3, 8, 2}};
   for (const auto& units : unit_sets)
     for (double head : {0.0, 2.0, 12.0}) {
       const ModelCosts m = costs_of(0.5, units, head);
       const auto specs = partition_model(c, 3, m);
-      expect_contiguous_and_complete(specs, 12);
-      EXPECT_DOUBLE_EQ(max_cost(specs, m), brute_force_three(m, 12)) << "head " << head;
+      expect_contiguous_and_complete(specs, 16);
+      EXPECT_DOUBLE_EQ(max_cost(specs, m), brute_force_three(m, 16)) << "head " << head;
     }
 }
 
@@ -110,11 +110,12 @@ TEST(Partition, MeasuredCostsArePositiveForEveryPiece) {
   c.n_layers = 2;
   set_num_threads(1);  // no waits for descheduled OpenMP threads in these few-millisecond timings
   const ModelCosts m = measured_costs(c, 1, 5);
-  ASSERT_EQ(m.pieces.size(), 8u);
+  ASSERT_EQ(m.pieces.size(), 10u);
   for (double v : m.pieces) EXPECT_GT(v, 0.0);
   // Each MLP part (matmuls) takes far longer than the embedding lookup: the timings are of the right pieces.
   EXPECT_GT(m.unit(1), 10 * m.embedding());
   EXPECT_GT(m.unit(2), 5 * m.embedding());
+  EXPECT_GT(m.unit(3), 5 * m.embedding());
 }
 
 TEST(Partition, RejectsMoreStagesThanLayers) {
