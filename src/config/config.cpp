@@ -252,8 +252,8 @@ void validate_run_config(const RunConfig& c, const std::string& where) {
   need(t.log_every >= 1, "train.log_every", "at least 1");
   need(t.threads >= 0, "train.threads", "0 (all cores) or a positive count");
   need(t.device == "cpu" || t.device == "cuda", "train.device", "cpu or cuda; got '" + t.device + "'");
-  need(t.precision == "fp32" || t.precision == "tf32", "train.precision",
-       "fp32 or tf32 (bf16 is not implemented yet); got '" + t.precision + "'");
+  need(t.precision == "fp32" || t.precision == "tf32" || t.precision == "bf16", "train.precision",
+       "fp32, tf32 or bf16; got '" + t.precision + "'");
   need(t.precision == "fp32" || t.device == "cuda", "train.precision",
        "'" + t.precision + "' needs train.device = \"cuda\" (the CPU kernels compute in fp32)");
   const OptimConfig& o = c.optim;

@@ -36,12 +36,20 @@ void* alloc(size_t bytes) {
   return p;
 }
 void release(void* p) { cudaFree(p); }  // never throws: called from destructors
-void zero(void* p, size_t bytes) { check(cudaMemset(p, 0, bytes), "cudaMemset"); }
+// Every host thread queues its work on its own default stream (CUDA_API_PER_THREAD_DEFAULT_STREAM, set by the
+// build): the stages of an in-process pipeline run concurrently on one GPU. A buffer one thread fills may be
+// read by another (a message, a weight version, a whole-model gather), so these calls return only when the
+// device has finished them: cudaMemset and device-to-device cudaMemcpy would otherwise return early.
+void zero(void* p, size_t bytes) {
+  check(cudaMemset(p, 0, bytes), "cudaMemset");
+  check(cudaStreamSynchronize(cudaStreamPerThread), "cudaStreamSynchronize");
+}
 void copy(void* dst, const void* src, size_t bytes, Copy kind) {
   const cudaMemcpyKind k = kind == Copy::host_to_device   ? cudaMemcpyHostToDevice
                            : kind == Copy::device_to_host ? cudaMemcpyDeviceToHost
                                                           : cudaMemcpyDeviceToDevice;
   check(cudaMemcpy(dst, src, bytes, k), "cudaMemcpy");
+  if (kind == Copy::device_to_device) check(cudaStreamSynchronize(cudaStreamPerThread), "cudaStreamSynchronize");
 }
 }  // namespace device_memory
 

@@ -42,7 +42,7 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  CudaOps ops_{};  // the default stream: ordered with the synchronous copies of core/buffer.h
+  CudaOps ops_{};  // stream 0: the calling thread's own default stream (per-thread streams; core/buffer.cpp)
 };
 
 }  // namespace

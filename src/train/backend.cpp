@@ -58,7 +58,10 @@ Device parse_device(const std::string& name) {
 
 void use_precision(Device d, const std::string& precision) {
 #ifdef ONESTEP_HAVE_CUDA
-  if (d == Device::cuda) cuda::set_tf32_matmuls(precision == "tf32");
+  if (d == Device::cuda)
+    cuda::set_matmul_precision(precision == "tf32"   ? cuda::MatmulPrecision::tf32
+                               : precision == "bf16" ? cuda::MatmulPrecision::bf16
+                                                     : cuda::MatmulPrecision::fp32);
 #endif
 }
 

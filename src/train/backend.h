@@ -48,8 +48,8 @@ class Backend {
 // build without the CUDA backend or on a machine without a GPU.
 const Backend& backend_for(Device d);
 Device parse_device(const std::string& name);  // "cpu" | "cuda" (validated by the config parser)
-// train.precision for the process (validated by the config: "tf32" only with "cuda"): on CUDA, "tf32" puts the
-// model's matmuls on TF32 tensor cores.
+// train.precision for the process (validated by the config: "tf32" and "bf16" only with "cuda"): on CUDA, the
+// arithmetic of the model's matmuls (kernels/cuda/ops_cuda.h: MatmulPrecision). Storage stays fp32.
 void use_precision(Device d, const std::string& precision);
 
 #ifdef ONESTEP_HAVE_CUDA

@@ -31,7 +31,6 @@ StageRunner::StageRunner(StageState& state, pipeline::Transport& transport, cons
       T_(config.model.seq_len),
       M_(config.train.micro_batches),
       newest_(newest_version),
-      spare_version_(state.device()),
       t0_(now_s()) {
   for (size_t i = 0; i < older.size(); ++i)
     if (newest_ - 1 - static_cast<int64_t>(i) >= 0) history_[newest_ - 1 - static_cast<int64_t>(i)] = std::move(older[i]);
@@ -197,7 +196,7 @@ void StageRunner::post_step(int64_t batch) {
                            : static_cast<double>(peak_acts_in_flight_) *
                                  static_cast<double>((acts_.empty() ? free_acts_.front() : acts_.begin()->second)->bytes());
   const double w_bytes = sizeof(float) * static_cast<double>(st_.weights.size()) *
-                         static_cast<double>(1 + history_.size() + grads_.size());
+                         static_cast<double>(1 + history_.size() + spare_versions_.size() + grads_.size());
   local[n_global_params_ + 1 + p + tx_.stage()] = act_bytes;
   local[n_global_params_ + 1 + 2 * p + tx_.stage()] = w_bytes;
   peak_acts_in_flight_ = acts_.size();
@@ -233,10 +232,11 @@ void StageRunner::complete_step() {
                                         std::to_string(rec.loss) + ", grad norm " + std::to_string(rec.grad_norm));
   const float clip_scale = (c_.optim.clip > 0 && rec.grad_norm > c_.optim.clip)
                                ? static_cast<float>(c_.optim.clip / rec.grad_norm) : 1.0f;
-  if (max_versions_ > 1) {  // W(newest) stays readable, in the buffer of the last version that dropped off
-    spare_version_.copy_from(st_.weights);
-    history_.insert_or_assign(newest_, std::move(spare_version_));
-    spare_version_ = Buffer<float>(st_.device());
+  if (max_versions_ > 1) {  // W(newest) stays readable, in a buffer of the pool (run() filled it)
+    Buffer<float> kept = std::move(spare_versions_.back());
+    spare_versions_.pop_back();
+    kept.copy_from(st_.weights);
+    history_.insert_or_assign(newest_, std::move(kept));
   }
   st_.grad.swap(g);
   // The version this batch's gradients were computed on (DC-ASGD compensates towards W(newest)).
@@ -247,7 +247,7 @@ void StageRunner::complete_step() {
   st_.grad.swap(g);
   ++newest_;
   while (!history_.empty() && history_.begin()->first <= newest_ - max_versions_) {
-    spare_version_ = std::move(history_.begin()->second);  // reused next step: no allocation per step
+    spare_versions_.push_back(std::move(history_.begin()->second));  // reused: no allocation per step
     history_.erase(history_.begin());
   }
 }
@@ -255,6 +255,10 @@ void StageRunner::complete_step() {
 void StageRunner::run(const std::vector<Action>& actions, const std::string& schedule_name) {
   schedule_ = schedule_name;
   max_versions_ = pipeline::max_versions_alive(schedule_name, tx_.stages());
+  // Weight versions: at a step's completion the history briefly holds max_versions_ copies; allocating them now
+  // keeps page faults (or device allocations) out of the steady state.
+  while (max_versions_ > 1 && history_.size() + spare_versions_.size() < static_cast<size_t>(max_versions_))
+    spare_versions_.emplace_back(st_.device()).zeros(st_.weights.size());
   // One gradient buffer per batch whose step may still be pending, plus the one accumulating.
   if (grads_.size() != static_cast<size_t>(max_versions_ + 1)) {
     grads_.clear();
@@ -296,6 +300,7 @@ void StageRunner::run(const std::vector<Action>& actions, const std::string& sch
     executed_.push_back({a, start - t0_, end - t0_});
   }
   while (!pending_.empty()) complete_step();
+  st_.backend.synchronize();  // this thread's stream has finished: other threads may read the weights now
   (void)s;
 }
 

@@ -76,7 +76,7 @@ class StageRunner {
   const int B_, T_, M_;
   int64_t newest_;
   std::map<int64_t, Buffer<float>> history_;  // older versions still read by pending work
-  Buffer<float> spare_version_;                // the buffer of the last version that dropped off
+  std::vector<Buffer<float>> spare_versions_;  // buffers for versions to come (those that dropped off)
   int max_versions_ = 2;
   std::string schedule_;
   // Gradient buffers by batch: a step completes lazily, so up to max_versions_ batches' gradients are alive.

@@ -97,7 +97,15 @@ std::string prepare_run_dir(const RunConfig& config, const TrainOptions& options
     if (model_only(old.model) != model_only(config.model))
       bad_input(cfg.string(), "[model]: the run in this folder has another model shape than " + config.source);
   }
-  return latest_checkpoint(options.out_dir);
+  const std::string ckpt = latest_checkpoint(options.out_dir);
+  // The weights are fp32 masters in every precision, but switching the matmuls' arithmetic mid-run would make
+  // the resumed run a different experiment: say so instead of mixing them.
+  const std::string trained_in = checkpoint_config(ckpt).train.precision;
+  if (trained_in != config.train.precision)
+    bad_input(ckpt + "/config.toml", "train.precision: this checkpoint was trained in " + trained_in +
+                                         ", the resumed run asks for " + config.train.precision +
+                                         " (resume with --set train.precision=" + trained_in + ")");
+  return ckpt;
 }
 
 TrainResult run_training(const RunConfig& c, const TrainOptions& options) {

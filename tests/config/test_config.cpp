@@ -89,6 +89,7 @@ TEST(ConfigBadInput, OutOfRangeAndSyntax) {
   expect_bad_input([] { parse_config("[train]\ndevice = \"tpu\"\n", "c.toml"); }, {"train.device", "tpu"});
   expect_bad_input([] { parse_config("[train]\nprecision = \"fp8\"\n", "c.toml"); }, {"train.precision", "fp8"});
   expect_bad_input([] { parse_config("[train]\nprecision = \"tf32\"\n", "c.toml"); }, {"train.precision", "cuda"});
+  expect_bad_input([] { parse_config("[train]\nprecision = \"bf16\"\n", "c.toml"); }, {"train.precision", "cuda"});
   expect_bad_input([] { parse_config("[train\nsteps = 3\n", "c.toml"); }, {"c.toml", "line 1"});
   expect_bad_input([] { parse_config("", "c.toml", {"trainsteps3"}); }, {"--set", "section.key=value"});
   expect_bad_input([] { load_config("/nonexistent/x.toml"); }, {"/nonexistent/x.toml"});

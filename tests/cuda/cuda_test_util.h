@@ -40,6 +40,19 @@ class Dev : public onestep::Buffer<T> {
 using kt::expect_close;
 using kt::randn;
 
+// bfloat16 rounding on the host (round to nearest, ties to even; finite inputs), returned as floats: the
+// reference for the GPU's bf16 matmul operands.
+inline std::vector<float> round_to_bf16(const std::vector<float>& x) {
+  std::vector<float> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    uint32_t u;
+    std::memcpy(&u, &x[i], 4);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    std::memcpy(&out[i], &u, 4);
+  }
+  return out;
+}
+
 inline void expect_bitwise_equal(const std::vector<float>& a, const std::vector<float>& b,
                                  const std::string& what) {
   ASSERT_EQ(a.size(), b.size()) << what;

@@ -78,14 +78,54 @@ TEST(CudaKernels, MatmulTf32) {
   cpu::matmul_backward(dinp.data(), dw.data(), dout.data(), inp.data(), w.data(), N, C, OC);
   Dev<float> d_inp(inp), d_w(w), d_dout(dout), d_out(out.size()), d_ref(out.size()), d_dinp(inp.size()), d_dw(w.size());
   gpu::matmul_forward(d_ref.get(), d_inp.get(), d_w.get(), N, C, OC);  // fp32
-  gpu::set_tf32_matmuls(true);
+  gpu::set_matmul_precision(gpu::MatmulPrecision::tf32);
   gpu::matmul_forward(d_out.get(), d_inp.get(), d_w.get(), N, C, OC);
   gpu::matmul_backward(d_dinp.get(), d_dw.get(), d_dout.get(), d_inp.get(), d_w.get(), N, C, OC);
-  gpu::set_tf32_matmuls(false);
+  gpu::set_matmul_precision(gpu::MatmulPrecision::fp32);
   expect_close(d_out.host(), out, 0.0, 1e-2, "tf32 matmul out");
   expect_close(d_dinp.host(), dinp, 0.0, 1e-2, "tf32 matmul dinp");
   expect_close(d_dw.host(), dw, 0.0, 1e-2, "tf32 matmul dw");
   EXPECT_NE(d_out.host(), d_ref.host()) << "TF32 gave the fp32 result bit for bit: the math mode did not switch";
+}
+
+// bf16: the GPU product equals the CPU's fp32 product of the operands rounded to bfloat16 (products of bf16
+// values are exact in fp32; only the summation order differs: 1e-5 relative to the row's magnitude), and
+// differs from the unrounded product by about bf16's precision (2^-8).
+TEST(CudaKernels, MatmulBf16) {
+  REQUIRE_GPU();
+  std::mt19937 rng(22);
+  const int N = 96, C = 512, OC = 80;
+  const auto inp = randn(static_cast<size_t>(N) * C, rng), w = randn(static_cast<size_t>(OC) * C, rng);
+  const auto dout = randn(static_cast<size_t>(N) * OC, rng);
+  const auto inp16 = round_to_bf16(inp), w16 = round_to_bf16(w), dout16 = round_to_bf16(dout);
+  std::vector<float> out(static_cast<size_t>(N) * OC), dinp(inp.size(), 0.f), dw(w.size(), 0.f), exact(out.size());
+  cpu::matmul_forward(out.data(), inp16.data(), w16.data(), N, C, OC);
+  cpu::matmul_backward(dinp.data(), dw.data(), dout16.data(), inp16.data(), w16.data(), N, C, OC);
+  cpu::matmul_forward(exact.data(), inp.data(), w.data(), N, C, OC);
+  Dev<float> d_inp(inp), d_w(w), d_dout(dout), d_out(out.size()), d_dinp(inp.size()), d_dw(w.size());
+  gpu::set_matmul_precision(gpu::MatmulPrecision::bf16);
+  gpu::matmul_forward(d_out.get(), d_inp.get(), d_w.get(), N, C, OC);
+  gpu::matmul_backward(d_dinp.get(), d_dw.get(), d_dout.get(), d_inp.get(), d_w.get(), N, C, OC);
+  gpu::set_matmul_precision(gpu::MatmulPrecision::fp32);
+  expect_close(d_out.host(), out, 1e-4, 1e-5, "bf16 matmul out");
+  expect_close(d_dinp.host(), dinp, 1e-4, 1e-5, "bf16 matmul dinp");
+  expect_close(d_dw.host(), dw, 1e-3, 1e-5, "bf16 matmul dw");
+  expect_close(d_out.host(), exact, 0.0, 3e-2, "bf16 matmul against the unrounded product");
+  EXPECT_NE(d_out.host(), exact) << "bf16 gave the fp32 product: the operands were not rounded";
+}
+
+// The host rounding the bf16 test uses: round to nearest, ties to even, on the bit patterns.
+TEST(CudaHost, RoundToBf16IsNearestEven) {
+  auto bits = [](float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; };
+  auto from = [](uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; };
+  const std::vector<float> in = {1.0f, from(0x3f808000u), from(0x3f818000u), from(0x3f808001u), -2.5f, 0.0f};
+  const auto out = round_to_bf16(in);
+  EXPECT_EQ(bits(out[0]), 0x3f800000u);  // exact
+  EXPECT_EQ(bits(out[1]), 0x3f800000u);  // halfway, even below
+  EXPECT_EQ(bits(out[2]), 0x3f820000u);  // halfway, even above
+  EXPECT_EQ(bits(out[3]), 0x3f810000u);  // above halfway
+  EXPECT_EQ(out[4], -2.5f);
+  EXPECT_EQ(out[5], 0.0f);
 }
 
 TEST(CudaKernels, Embedding) {

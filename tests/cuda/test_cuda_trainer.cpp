@@ -85,13 +85,17 @@ TEST_F(CudaTrainer, TracksTheCpuRun) {
   }
 }
 
-// TF32 matmuls (train.precision = "tf32") train the same model: losses within 1e-2 of the fp32 CPU run's.
-TEST_F(CudaTrainer, Tf32TracksTheFp32Run) {
+// TF32 and bf16 matmuls (train.precision) train the same model: losses within 1e-2 (TF32: 10-bit mantissa) and
+// 3e-2 (bf16: 7-bit mantissa) of the fp32 CPU run's, relative.
+TEST_F(CudaTrainer, Tf32AndBf16TrackTheFp32Run) {
   REQUIRE_GPU();
   run_training(config({}), {run("fp32"), false, -1});
-  run_training(config({"train.device=cuda", "train.precision=tf32"}), {run("tf32"), false, -1});
-  use_precision(Device::cuda, "fp32");  // process-wide: the tests after this one expect fp32
-  expect_tracks(read_losses(run("tf32")).train, read_losses(run("fp32")).train, "train_loss", 1e-2);
+  for (const auto& [precision, tolerance] : {std::pair<std::string, double>{"tf32", 1e-2}, {"bf16", 3e-2}}) {
+    run_training(config({"train.device=cuda", "train.precision=" + precision}), {run(precision), false, -1});
+    use_precision(Device::cuda, "fp32");  // process-wide: the tests after this one expect fp32
+    expect_tracks(read_losses(run(precision)).train, read_losses(run("fp32")).train, precision + " train_loss",
+                  tolerance);
+  }
 }
 
 // A GPU run stopped after step 4 and resumed from its checkpoint ends where the uninterrupted GPU run does

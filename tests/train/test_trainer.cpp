@@ -205,3 +205,29 @@ TEST_F(TrainerTest, CheckpointOfAnotherShapeIsRejected) {
     EXPECT_NE(std::string(e.what()).find("gate_proj"), std::string::npos);
   }
 }
+
+// A checkpoint trained in another matmul precision (here: one written by a bf16 GPU run) is refused on resume
+// with the precision it was trained in, before anything in the run folder changes.
+TEST_F(TrainerTest, CheckpointOfAnotherPrecisionIsRejectedOnResume) {
+  run_training(config({"train.steps=2"}), {run("p"), false, -1});
+  const std::string ckpt_config = latest_checkpoint(run("p")) + "/config.toml";
+  std::string text = [&] { std::ifstream in(ckpt_config); std::stringstream ss; ss << in.rdbuf(); return ss.str(); }();
+  for (auto [key, value] : {std::pair<std::string, std::string>{"precision", "bf16"}, {"device", "cuda"}}) {
+    const size_t at = text.find("\n" + key + " = ");  // the whole line: the quoting is the writer's choice
+    ASSERT_NE(at, std::string::npos) << key << " in:\n" << text;
+    text.replace(at + 1, text.find('\n', at + 1) - at - 1, key + " = \"" + value + "\"");
+  }
+  std::ofstream(ckpt_config) << text;
+  const auto metrics_before = metrics(run("p"));
+  try {
+    run_training(config({"train.steps=4"}), {run("p"), true, -1});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ExitCode::bad_input);
+    const std::string msg = e.what();
+    for (const char* part : {"config.toml", "train.precision", "trained in bf16", "asks for fp32",
+                             "--set train.precision=bf16"})
+      EXPECT_NE(msg.find(part), std::string::npos) << part << " in: " << msg;
+  }
+  EXPECT_EQ(metrics(run("p")), metrics_before);
+}

@@ -15,7 +15,7 @@ inline void check_cublas(cublasStatus_t s, const char* what) {
 }
 
 // One handle per (host thread, device), set to `stream`, in fp32 math (no TF32), or in TF32 tensor-core math when
-// allow_tf32 and set_tf32_matmuls(true) (defined in matmul.cu).
+// allow_tf32 and the matmul precision is tf32 (defined in matmul.cu).
 cublasHandle_t cublas_handle(cudaStream_t stream, bool allow_tf32);
 
 }  // namespace onestep::cuda::detail

@@ -1,7 +1,10 @@
-// Matrix multiply through cuBLAS sgemm: fp32 (default math mode, no TF32), or TF32 tensor cores after
-// set_tf32_matmuls(true). Row-major A[r,c] is the
+// Matrix multiply through cuBLAS in the process's matmul precision (ops_cuda.h): sgemm in fp32 or on TF32
+// tensor cores, or cublasGemmEx on bf16 copies of the operands with fp32 accumulation. Row-major A[r,c] is the
 // column-major matrix A^T, so each row-major product C = A B is issued as the column-major C^T = B^T A^T.
+#include <cuda_bf16.h>
+
 #include <atomic>
+#include <map>
 #include <unordered_map>
 
 #include "kernels/cuda/common.cuh"
@@ -13,7 +16,46 @@ namespace onestep::cuda {
 namespace detail {
 
 namespace {
-std::atomic<bool> tf32_matmuls{false};
+std::atomic<MatmulPrecision> matmul_precision{MatmulPrecision::fp32};
+
+// bf16 copies of the operands, per (host thread, stream): reused across calls on that stream (work on one stream
+// runs in order, so a copy is not overwritten before the product that reads it ran), grown when too small and
+// kept until the process exits, like the cuBLAS handles.
+struct Bf16Operands {
+  __nv_bfloat16* buf[3] = {nullptr, nullptr, nullptr};
+  size_t cap[3] = {0, 0, 0};
+};
+
+__global__ void round_to_bf16_kernel(__nv_bfloat16* out, const float* in, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16_rn(in[i]);
+}
+
+// Operand slot `k` (0..2) of this thread and stream holding `x` rounded to bf16.
+const __nv_bfloat16* bf16_copy(int k, const float* x, int64_t n, cudaStream_t stream) {
+  thread_local std::map<cudaStream_t, Bf16Operands> scratch;
+  Bf16Operands& s = scratch[stream];
+  if (s.cap[k] < static_cast<size_t>(n)) {
+    if (s.buf[k]) ONESTEP_CUDA_CHECK(cudaFreeAsync(s.buf[k], stream));
+    ONESTEP_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&s.buf[k]), sizeof(__nv_bfloat16) * n, stream));
+    s.cap[k] = static_cast<size_t>(n);
+  }
+  round_to_bf16_kernel<<<grid_for(n), kThreads, 0, stream>>>(s.buf[k], x, n);
+  ONESTEP_CUDA_LAUNCHED("round_to_bf16");
+  return s.buf[k];
+}
+
+// C (column-major m x n, fp32, leading dimension ldc) = alpha op(A) op(B) + beta C with A and B rounded to bf16.
+void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha, const float* A,
+               int64_t a_numel, int lda, const float* B, int64_t b_numel, int ldb, float beta, float* C, int ldc,
+               cudaStream_t stream, int a_slot, int b_slot, const char* what) {
+  const __nv_bfloat16* a16 = bf16_copy(a_slot, A, a_numel, stream);
+  const __nv_bfloat16* b16 = bf16_copy(b_slot, B, b_numel, stream);
+  check_cublas(cublasGemmEx(cublas_handle(stream, false), ta, tb, m, n, k, &alpha, a16, CUDA_R_16BF, lda, b16,
+                            CUDA_R_16BF, ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               what);
+}
 }  // namespace
 
 // A handle must not be shared by threads that set its stream. Handles live until the process exits
@@ -29,8 +71,9 @@ cublasHandle_t cublas_handle(cudaStream_t stream, bool allow_tf32) {
     check_cublas(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
     it = handles.emplace(dev, h).first;
   }
-  check_cublas(cublasSetStream(it->second, stream), "cublasSetStream");
-  const bool tf32 = allow_tf32 && tf32_matmuls.load(std::memory_order_relaxed);
+  // cuBLAS is built without per-thread streams: its "0" is the legacy stream, so name this thread's own.
+  check_cublas(cublasSetStream(it->second, stream ? stream : cudaStreamPerThread), "cublasSetStream");
+  const bool tf32 = allow_tf32 && matmul_precision.load(std::memory_order_relaxed) == MatmulPrecision::tf32;
   check_cublas(cublasSetMathMode(it->second, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
                "cublasSetMathMode");
   return it->second;
@@ -38,10 +81,15 @@ cublasHandle_t cublas_handle(cudaStream_t stream, bool allow_tf32) {
 
 }  // namespace detail
 
-void set_tf32_matmuls(bool on) { detail::tf32_matmuls.store(on); }
+void set_matmul_precision(MatmulPrecision p) { detail::matmul_precision.store(p); }
 
 using detail::check_cublas;
 using detail::cublas_handle;
+using detail::gemm_bf16;
+
+namespace {
+bool bf16() { return detail::matmul_precision.load(std::memory_order_relaxed) == MatmulPrecision::bf16; }
+}  // namespace
 
 // out[N,OC] = inp[N,C] @ w[OC,C]^T.  Column-major: out^T[OC,N] = op_T(w: C x OC) * inp^T (C x N).
 void matmul_forward(float* out, const float* inp, const float* w, int N, int C, int OC, cudaStream_t stream) {
@@ -51,6 +99,10 @@ void matmul_forward(float* out, const float* inp, const float* w, int N, int C, 
     return;
   }
   const float one = 1.0f, zero = 0.0f;
+  const int64_t NC = static_cast<int64_t>(N) * C, OCC = static_cast<int64_t>(OC) * C;
+  if (bf16())
+    return gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, one, w, OCC, C, inp, NC, C, zero, out, OC, stream, 0, 1,
+                     "matmul_forward (bf16)");
   check_cublas(cublasSgemm(cublas_handle(stream, true), CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, w, C, inp, C, &zero, out,
                            OC),
                "matmul_forward");
@@ -62,6 +114,16 @@ void matmul_backward(float* dinp, float* dw, const float* dout, const float* inp
                      int OC, cudaStream_t stream) {
   if (N <= 0 || C <= 0 || OC <= 0) return;
   const float one = 1.0f;
+  if (bf16()) {  // operand slots: 0 the weight, 1 the input, 2 dout
+    const int64_t NC = static_cast<int64_t>(N) * C, OCC = static_cast<int64_t>(OC) * C, NOC = static_cast<int64_t>(N) * OC;
+    if (dinp)
+      gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, one, w, OCC, C, dout, NOC, OC, one, dinp, C, stream, 0, 2,
+                "matmul_backward(dinp, bf16)");
+    if (dw)
+      gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, one, inp, NC, C, dout, NOC, OC, one, dw, C, stream, 1, 2,
+                "matmul_backward(dw, bf16)");
+    return;
+  }
   if (dinp)
     check_cublas(cublasSgemm(cublas_handle(stream, true), CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, w, C, dout, OC, &one,
                              dinp, C),

@@ -22,11 +22,16 @@ namespace onestep::cuda {
 // True when the CUDA runtime loads and sees at least one device. Never throws.
 bool cuda_device_available();
 
-// Process-wide: the model's matmuls below run on TF32 tensor cores (10-bit mantissa inputs, fp32 accumulation)
-// instead of fp32 (the default). Newton–Schulz stays fp32.
-void set_tf32_matmuls(bool on);
+// Process-wide arithmetic of the model's matmuls below (train.precision). Storage stays fp32 everywhere:
+//  fp32: cuBLAS sgemm (the default; the CPU's reference arithmetic);
+//  tf32: the same call on TF32 tensor cores (inputs rounded to a 10-bit mantissa, fp32 accumulation);
+//  bf16: both operands rounded to bfloat16 (8-bit mantissa, round to nearest even) into stream-ordered
+//        scratch, multiplied on bf16 tensor cores with fp32 accumulation into the fp32 output (cublasGemmEx).
+//        The weights stay fp32 masters; the optimizers and Newton–Schulz never see bf16.
+enum class MatmulPrecision { fp32, tf32, bf16 };
+void set_matmul_precision(MatmulPrecision p);
 
-// out[N,OC] = inp[N,C] @ w[OC,C]^T            (cuBLAS sgemm: fp32, or TF32 after set_tf32_matmuls(true))
+// out[N,OC] = inp[N,C] @ w[OC,C]^T            (in the precision set above)
 void matmul_forward(float* out, const float* inp, const float* w, int N, int C, int OC, cudaStream_t stream = 0);
 // dinp[N,C] += dout @ w ; dw[OC,C] += dout^T @ inp. Either output may be null (skipped).
 void matmul_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w, int N, int C,
