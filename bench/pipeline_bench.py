@@ -3,7 +3,8 @@
 
 For each m, runs `onestep train` with both schedules alternately (rep 0: 1f1b then 2bw, rep 1: 2bw then 1f1b),
 with pipeline.trace on, and reads the steady state off the real timeline: the median time between successive
-optimizer steps of stage 0 (the first and last steps excluded), each stage's busy share of those windows,
+optimizer steps of stage 0 (without the first window, where the pipeline fills, and the last, where it
+drains), each stage's busy share of those windows,
 and the median forward/backward cost per stage. Those costs drive the discrete-event simulator
 (`onestep schedule --format summary`) whose predicted step time is compared with the measured one.
 Python standard library only. Usage: bench/pipeline_bench.py [--config configs/small.toml] [--m 2,4,8]
@@ -15,7 +16,7 @@ p.add_argument("--binary", default="build/onestep")
 p.add_argument("--config", default="configs/small.toml")
 p.add_argument("--m", default="2,4,8")
 p.add_argument("--micro-batch-size", type=int, default=2)
-p.add_argument("--steps", type=int, default=6)
+p.add_argument("--steps", type=int, default=8, help="optimizer steps per run (at least 5: 2 of them are not timed)")
 p.add_argument("--reps", type=int, default=2)
 p.add_argument("--transport", default="inproc")
 p.add_argument("--stages", type=int, default=2)
@@ -45,7 +46,9 @@ def run(schedule, m, workdir):
         events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
     subprocess.run(["rm", "-rf", out])
     steps = sorted(e["ts"] for e in events if e["tid"] == 0 and e["cat"] == "step")
-    windows = list(zip(steps[1:-1], steps[2:]))  # steady state: skip the fill and the drain
+    # Steady state: the windows between successive steps of stage 0, without the first (the pipeline fills) and
+    # the last (it drains: no forwards are left to overlap the last backwards, so stages wait by construction).
+    windows = list(zip(steps[1:-2], steps[2:-1]))
     step_us = statistics.median(b - a for a, b in windows)
     idle = []
     for s in range(P):
