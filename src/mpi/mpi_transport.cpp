@@ -116,11 +116,13 @@ void leak(T&& buffer) {
 }
 
 // A sum over all stages as point-to-point messages rather than MPI_Iallreduce: every rank sends its vector to
-// every other rank when it starts the sum and pre-posts the receives. A non-blocking collective advances only
-// while every rank is inside MPI, so a rank busy with a forward held up the others' optimizer steps (a traced
-// 2BW run under MPI lost 10-15% of a stage's time that way); these vectors are small (a few hundred doubles,
-// sent eagerly), so they travel the moment they are sent. Ranks add the vectors in rank order; every entry has
-// one nonzero contribution (train/stage_runner.cpp), so the result equals the in-process transport's exactly.
+// every other rank when it starts the sum (MpiTransport::start_sum) and pre-posts the receives here; waiting
+// needs only the receives. A non-blocking collective advances only while every rank is inside MPI, so a rank
+// busy with a forward held up the others' optimizer steps (a traced 2BW run under MPI lost 10-15% of a stage's
+// time that way); a sent vector is in the receiver's queue the moment it is sent, and a rank's own sends
+// complete in the background (their completion, too, can wait for the receiver, so nothing waits for them).
+// Ranks add the vectors in rank order; every entry has one nonzero contribution (train/stage_runner.cpp), so the
+// result equals the in-process transport's exactly.
 class MpiSum : public PendingSum {
  public:
   MpiSum(int stage, int stages, uint32_t tag, std::vector<double> data)
@@ -129,17 +131,14 @@ class MpiSum : public PendingSum {
   }
 
   void start(MPI_Comm comm) {
-    const std::vector<double>& mine = parts_[static_cast<size_t>(stage_)];
-    const int n = static_cast<int>(mine.size());
+    const int n = static_cast<int>(parts_[static_cast<size_t>(stage_)].size());
     for (int r = 0; r < static_cast<int>(parts_.size()); ++r) {
       if (r == stage_) continue;
-      parts_[static_cast<size_t>(r)].assign(mine.size(), 0.0);
+      parts_[static_cast<size_t>(r)].assign(static_cast<size_t>(n), 0.0);
       reqs_.emplace_back();
       check(MPI_Irecv(parts_[static_cast<size_t>(r)].data(), n, MPI_DOUBLE, r, static_cast<int>(tag_), comm,
                       &reqs_.back()),
             "MPI_Irecv (sum)");
-      reqs_.emplace_back();
-      check(MPI_Isend(mine.data(), n, MPI_DOUBLE, r, static_cast<int>(tag_), comm, &reqs_.back()), "MPI_Isend (sum)");
     }
   }
 
@@ -225,7 +224,7 @@ class MpiTransport : public Transport {
       std::fprintf(stderr, "%s\n", e.what());
     }
     if (!out_.empty()) {  // error path: the process is going down; keep in-flight buffers alive
-      for (auto& o : out_) leak(std::move(o.buf));
+      for (auto& o : out_) leak(std::move(o.buf)), leak(std::move(o.sum_part));
       return;
     }
     MPI_Comm_free(&p2p_);
@@ -280,14 +279,25 @@ class MpiTransport : public Transport {
   std::unique_ptr<PendingSum> start_sum(uint32_t tag, std::vector<double> local) override {
     check_args("sum with", rank_, tag, static_cast<int64_t>(local.size()));
     reap();
+    auto mine = std::make_shared<const std::vector<double>>(local);
+    for (int r = 0; r < size_; ++r) {
+      if (r == rank_) continue;
+      Outgoing o;
+      o.sum_part = mine;
+      check(MPI_Isend(mine->data(), static_cast<int>(mine->size()), MPI_DOUBLE, r, static_cast<int>(tag), coll_,
+                      &o.req),
+            "MPI_Isend (sum)");
+      out_.push_back(std::move(o));
+    }
     auto sum = std::make_unique<MpiSum>(rank_, size_, tag, std::move(local));
     sum->start(coll_);
     return sum;
   }
 
  private:
-  struct Outgoing {
+  struct Outgoing {  // a send in flight and the data it reads
     std::vector<float> buf;
+    std::shared_ptr<const std::vector<double>> sum_part;  // a sum's vector (shared by its sends to every rank)
     MPI_Request req = MPI_REQUEST_NULL;
   };
 
