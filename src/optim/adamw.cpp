@@ -21,19 +21,16 @@ void AdamWGroup::update(float* u, const float* x, const float* g, double lr_scal
   const float eps = static_cast<float>(h_.eps), lrf = static_cast<float>(lr);
   optim_detail::for_each_param(state_.params(), u, x, g, [&](size_t k, const ParamInfo& p, auto view) {
     const float wd = decays(p) ? static_cast<float>(h_.weight_decay) : 0.0f;
-    const auto slices = state_.slices<2>(k);
-    float *m = slices[0], *v = slices[1];
-    const float *g = view.g, *x = view.x;
-    float* u = view.u;
+    const auto [m, v] = state_.slices<2>(k);
     optim_detail::for_each_element(view.n, [=](int64_t i) {
-      const float gi = g[i];
+      const float gi = view.g[i];
       const float mi = b1 * m[i] + omb1 * gi;
       const float vi = b2 * v[i] + omb2 * (gi * gi);
       m[i] = mi;
       v[i] = vi;
       const float mhat = mi * inv_bc1;
       const float vhat = vi * inv_bc2;
-      u[i] = lrf * (mhat / (std::sqrt(vhat) + eps) + wd * x[i]);
+      view.u[i] = lrf * (mhat / (std::sqrt(vhat) + eps) + wd * view.x[i]);
     });
   });
 }

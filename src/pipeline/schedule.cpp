@@ -299,7 +299,10 @@ Schedule from_csv(const std::string& csv) {
     else if (key == "micro_batches") s.micro_batches = static_cast<int>(parse_int(val, ln, key)), have[2] = true;
     else if (key == "batches") s.batches = parse_int(val, ln, key), have[3] = true;
     else if (key == "sync_start_steps") s.sync_start_steps = parse_int(val, ln, key), have[4] = true;
-    else if (key == "lookahead") s.lookahead = static_cast<int>(parse_int(val, ln, key));  // optional: 0
+    else if (key == "lookahead") {  // optional (files written before it existed): 0
+      s.lookahead = static_cast<int>(parse_int(val, ln, key));
+      if (s.lookahead < 0) fail("lookahead must be >= 0 (got " + val + ")");
+    }
     else fail("unknown metadata key '" + key + "'");
   }
   const char* keys[] = {"name", "stages", "micro_batches", "batches", "sync_start_steps"};

@@ -64,10 +64,10 @@ int max_versions_alive(const std::string& schedule, int stages);
 //  sync_start: batches g < K as 1f1b with flush, then the 2bw stream (needs m >= p when batches > K).
 // Lookahead L (>= 0; not for the last stage, whose backward follows its forward at once, nor for pipedream,
 // whose per-stage versions would not exist yet when m = 1; capped so that no stage warms up with more than m
-// forwards): every other stage runs L forwards further ahead
-// than textbook 1F1B, so one activation waits queued at the next stage. That slack absorbs a neighbour's
-// optimizer step and the jitter of shared cores, at the cost of L more micro-batches of activations per stage;
-// the versions and the arithmetic do not change. L = 0 is the textbook order.
+// forwards): every other stage runs L forwards further ahead than textbook 1F1B, so one activation waits queued
+// at the next stage. That slack absorbs a neighbour's optimizer step and the jitter of shared cores, at the cost
+// of L more micro-batches of activations per stage; the versions and the arithmetic do not change. L = 0 is the
+// textbook order.
 // A forward on s > 0 is preceded by its recv_act; on s < p-1 followed by its send_act. A backward on s < p-1 is
 // preceded by its recv_grad; on s > 0 followed by its send_grad.
 Schedule make_schedule(const std::string& name, int stages, int micro_batches, int64_t batches,

@@ -265,7 +265,6 @@ void StageRunner::run(const std::vector<Action>& actions, const std::string& sch
     for (int k = 0; k <= max_versions_; ++k) grads_.emplace_back(st_.device()).zeros(st_.grad.size());
     grad_batch_.assign(grads_.size(), -1);
   }
-  const int s = tx_.stage();
   // Floats of one micro-batch crossing this stage's input and output cuts (wider inside an MLP).
   const int64_t in_n = static_cast<int64_t>(B_) * T_ * st_.stage.input_width();
   const int64_t out_n = static_cast<int64_t>(B_) * T_ * st_.stage.output_width();
@@ -301,7 +300,6 @@ void StageRunner::run(const std::vector<Action>& actions, const std::string& sch
   }
   while (!pending_.empty()) complete_step();
   st_.backend.synchronize();  // this thread's stream has finished: other threads may read the weights now
-  (void)s;
 }
 
 }  // namespace onestep

@@ -98,6 +98,7 @@ std::string prepare_run_dir(const RunConfig& config, const TrainOptions& options
       bad_input(cfg.string(), "[model]: the run in this folder has another model shape than " + config.source);
   }
   const std::string ckpt = latest_checkpoint(options.out_dir);
+  if (ckpt.empty()) return ckpt;  // stopped before its first checkpoint: a fresh start
   // The weights are fp32 masters in every precision, but switching the matmuls' arithmetic mid-run would make
   // the resumed run a different experiment: say so instead of mixing them.
   const std::string trained_in = checkpoint_config(ckpt).train.precision;

@@ -63,29 +63,50 @@ TEST(CudaKernels, Matmul) {
   expect_close(d_out.host(), std::vector<float>(12, 0.0f), 0.0, 0.0, "matmul C=0");
 }
 
+// The reduced-precision matmul tests: one random product out = inp w^T and its backward, computed by the CPU in
+// fp32 (on whatever operands it is given) and by the GPU in a MatmulPrecision.
+constexpr int kMmN = 96, kMmC = 512, kMmOC = 80;
+struct MatmulOperands {
+  std::vector<float> inp, w, dout;
+  explicit MatmulOperands(unsigned seed) {
+    std::mt19937 rng(seed);
+    inp = randn(static_cast<size_t>(kMmN) * kMmC, rng), w = randn(static_cast<size_t>(kMmOC) * kMmC, rng);
+    dout = randn(static_cast<size_t>(kMmN) * kMmOC, rng);
+  }
+};
+struct MatmulResult {
+  std::vector<float> out, dinp, dw;
+};
+MatmulResult cpu_matmul(const std::vector<float>& inp, const std::vector<float>& w, const std::vector<float>& dout) {
+  MatmulResult r{std::vector<float>(static_cast<size_t>(kMmN) * kMmOC), std::vector<float>(inp.size(), 0.f),
+                 std::vector<float>(w.size(), 0.f)};
+  cpu::matmul_forward(r.out.data(), inp.data(), w.data(), kMmN, kMmC, kMmOC);
+  cpu::matmul_backward(r.dinp.data(), r.dw.data(), dout.data(), inp.data(), w.data(), kMmN, kMmC, kMmOC);
+  return r;
+}
+MatmulResult gpu_matmul(const MatmulOperands& p, gpu::MatmulPrecision precision) {  // restores fp32 after
+  Dev<float> d_inp(p.inp), d_w(p.w), d_dout(p.dout), d_out(static_cast<size_t>(kMmN) * kMmOC), d_dinp(p.inp.size()),
+      d_dw(p.w.size());
+  gpu::set_matmul_precision(precision);
+  gpu::matmul_forward(d_out.get(), d_inp.get(), d_w.get(), kMmN, kMmC, kMmOC);
+  gpu::matmul_backward(d_dinp.get(), d_dw.get(), d_dout.get(), d_inp.get(), d_w.get(), kMmN, kMmC, kMmOC);
+  gpu::set_matmul_precision(gpu::MatmulPrecision::fp32);
+  return {d_out.host(), d_dinp.host(), d_dw.host()};
+}
+
 // TF32 tensor cores (train.precision = "tf32"): inputs rounded to a 10-bit mantissa, products accumulated in
 // fp32, so each output is within ~1e-3 of the fp32 result relative to the row's scale; 1e-2 of the tensor's
 // largest magnitude bounds it for C = 512 random inputs. The TF32 result must also differ from the fp32 one,
 // or the mode did not switch.
 TEST(CudaKernels, MatmulTf32) {
   REQUIRE_GPU();
-  std::mt19937 rng(21);
-  const int N = 96, C = 512, OC = 80;
-  const auto inp = randn(static_cast<size_t>(N) * C, rng), w = randn(static_cast<size_t>(OC) * C, rng);
-  const auto dout = randn(static_cast<size_t>(N) * OC, rng);
-  std::vector<float> out(static_cast<size_t>(N) * OC), dinp(inp.size(), 0.f), dw(w.size(), 0.f);
-  cpu::matmul_forward(out.data(), inp.data(), w.data(), N, C, OC);
-  cpu::matmul_backward(dinp.data(), dw.data(), dout.data(), inp.data(), w.data(), N, C, OC);
-  Dev<float> d_inp(inp), d_w(w), d_dout(dout), d_out(out.size()), d_ref(out.size()), d_dinp(inp.size()), d_dw(w.size());
-  gpu::matmul_forward(d_ref.get(), d_inp.get(), d_w.get(), N, C, OC);  // fp32
-  gpu::set_matmul_precision(gpu::MatmulPrecision::tf32);
-  gpu::matmul_forward(d_out.get(), d_inp.get(), d_w.get(), N, C, OC);
-  gpu::matmul_backward(d_dinp.get(), d_dw.get(), d_dout.get(), d_inp.get(), d_w.get(), N, C, OC);
-  gpu::set_matmul_precision(gpu::MatmulPrecision::fp32);
-  expect_close(d_out.host(), out, 0.0, 1e-2, "tf32 matmul out");
-  expect_close(d_dinp.host(), dinp, 0.0, 1e-2, "tf32 matmul dinp");
-  expect_close(d_dw.host(), dw, 0.0, 1e-2, "tf32 matmul dw");
-  EXPECT_NE(d_out.host(), d_ref.host()) << "TF32 gave the fp32 result bit for bit: the math mode did not switch";
+  const MatmulOperands p(21);
+  const MatmulResult cpu_fp32 = cpu_matmul(p.inp, p.w, p.dout);
+  const MatmulResult tf32 = gpu_matmul(p, gpu::MatmulPrecision::tf32), fp32 = gpu_matmul(p, gpu::MatmulPrecision::fp32);
+  expect_close(tf32.out, cpu_fp32.out, 0.0, 1e-2, "tf32 matmul out");
+  expect_close(tf32.dinp, cpu_fp32.dinp, 0.0, 1e-2, "tf32 matmul dinp");
+  expect_close(tf32.dw, cpu_fp32.dw, 0.0, 1e-2, "tf32 matmul dw");
+  EXPECT_NE(tf32.out, fp32.out) << "TF32 gave the fp32 result bit for bit: the math mode did not switch";
 }
 
 // bf16: the GPU product equals the CPU's fp32 product of the operands rounded to bfloat16 (products of bf16
@@ -93,25 +114,15 @@ TEST(CudaKernels, MatmulTf32) {
 // differs from the unrounded product by about bf16's precision (2^-8).
 TEST(CudaKernels, MatmulBf16) {
   REQUIRE_GPU();
-  std::mt19937 rng(22);
-  const int N = 96, C = 512, OC = 80;
-  const auto inp = randn(static_cast<size_t>(N) * C, rng), w = randn(static_cast<size_t>(OC) * C, rng);
-  const auto dout = randn(static_cast<size_t>(N) * OC, rng);
-  const auto inp16 = round_to_bf16(inp), w16 = round_to_bf16(w), dout16 = round_to_bf16(dout);
-  std::vector<float> out(static_cast<size_t>(N) * OC), dinp(inp.size(), 0.f), dw(w.size(), 0.f), exact(out.size());
-  cpu::matmul_forward(out.data(), inp16.data(), w16.data(), N, C, OC);
-  cpu::matmul_backward(dinp.data(), dw.data(), dout16.data(), inp16.data(), w16.data(), N, C, OC);
-  cpu::matmul_forward(exact.data(), inp.data(), w.data(), N, C, OC);
-  Dev<float> d_inp(inp), d_w(w), d_dout(dout), d_out(out.size()), d_dinp(inp.size()), d_dw(w.size());
-  gpu::set_matmul_precision(gpu::MatmulPrecision::bf16);
-  gpu::matmul_forward(d_out.get(), d_inp.get(), d_w.get(), N, C, OC);
-  gpu::matmul_backward(d_dinp.get(), d_dw.get(), d_dout.get(), d_inp.get(), d_w.get(), N, C, OC);
-  gpu::set_matmul_precision(gpu::MatmulPrecision::fp32);
-  expect_close(d_out.host(), out, 1e-4, 1e-5, "bf16 matmul out");
-  expect_close(d_dinp.host(), dinp, 1e-4, 1e-5, "bf16 matmul dinp");
-  expect_close(d_dw.host(), dw, 1e-3, 1e-5, "bf16 matmul dw");
-  expect_close(d_out.host(), exact, 0.0, 3e-2, "bf16 matmul against the unrounded product");
-  EXPECT_NE(d_out.host(), exact) << "bf16 gave the fp32 product: the operands were not rounded";
+  const MatmulOperands p(22);
+  const MatmulResult rounded = cpu_matmul(round_to_bf16(p.inp), round_to_bf16(p.w), round_to_bf16(p.dout));
+  const MatmulResult exact = cpu_matmul(p.inp, p.w, p.dout);
+  const MatmulResult bf16 = gpu_matmul(p, gpu::MatmulPrecision::bf16);
+  expect_close(bf16.out, rounded.out, 1e-4, 1e-5, "bf16 matmul out");
+  expect_close(bf16.dinp, rounded.dinp, 1e-4, 1e-5, "bf16 matmul dinp");
+  expect_close(bf16.dw, rounded.dw, 1e-3, 1e-5, "bf16 matmul dw");
+  expect_close(bf16.out, exact.out, 0.0, 3e-2, "bf16 matmul against the unrounded product");
+  EXPECT_NE(bf16.out, exact.out) << "bf16 gave the fp32 product: the operands were not rounded";
 }
 
 // The host rounding the bf16 test uses: round to nearest, ties to even, on the bit patterns.

@@ -321,6 +321,7 @@ TEST(Schedule, CsvFormAndErrors) {
     EXPECT_NE(msg.find(needle), std::string::npos) << msg;
   };
   expect_error("", "line 1: expected '# onestep pipeline schedule v1'");
+  expect_error(replace(csv, "lookahead=0", "lookahead=-1"), "line 2: lookahead must be >= 0 (got -1)");
   expect_error(replace(csv, "0,0,forward", "0,0,fwd"), "line 4: unknown op 'fwd'");
   expect_error(replace(csv, "0,0,forward,0,0,0,-1", "0,0,forward,0,x,0,-1"), "line 4: micro 'x' is not an integer");
   expect_error(replace(csv, "0,0,forward,0,0,0,-1", "0,0,forward,0,0,0"), "line 4: expected 7 fields");

@@ -231,3 +231,12 @@ TEST_F(TrainerTest, CheckpointOfAnotherPrecisionIsRejectedOnResume) {
   }
   EXPECT_EQ(metrics(run("p")), metrics_before);
 }
+
+// A run stopped before its first checkpoint (the folder holds only its config.toml) resumes as a fresh start.
+TEST_F(TrainerTest, ResumeWithoutACheckpointStartsFresh) {
+  const RunConfig c = config({"train.steps=2"});
+  fs::create_directories(run("q"));
+  std::ofstream(run("q") + "/config.toml") << to_toml(c);
+  run_training(c, {run("q"), true, -1});
+  EXPECT_EQ(latest_checkpoint(run("q")), run("q") + "/checkpoints/step_00000002");
+}

@@ -26,13 +26,7 @@ struct Bf16Operands {
   size_t cap[3] = {0, 0, 0};
 };
 
-__global__ void round_to_bf16_kernel(__nv_bfloat16* out, const float* in, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[i] = __float2bfloat16_rn(in[i]);
-}
-
-// Operand slot `k` (0..2) of this thread and stream holding `x` rounded to bf16.
+// Operand slot `k` (0..2) of this thread and stream holding `x` rounded to bf16 (round to nearest even).
 const __nv_bfloat16* bf16_copy(int k, const float* x, int64_t n, cudaStream_t stream) {
   thread_local std::map<cudaStream_t, Bf16Operands> scratch;
   Bf16Operands& s = scratch[stream];
@@ -41,18 +35,16 @@ const __nv_bfloat16* bf16_copy(int k, const float* x, int64_t n, cudaStream_t st
     ONESTEP_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&s.buf[k]), sizeof(__nv_bfloat16) * n, stream));
     s.cap[k] = static_cast<size_t>(n);
   }
-  round_to_bf16_kernel<<<grid_for(n), kThreads, 0, stream>>>(s.buf[k], x, n);
-  ONESTEP_CUDA_LAUNCHED("round_to_bf16");
-  return s.buf[k];
+  __nv_bfloat16* out = s.buf[k];
+  for_each_element(n, stream, "round_to_bf16", [=] __device__(int64_t i) { out[i] = __float2bfloat16_rn(x[i]); });
+  return out;
 }
 
-// C (column-major m x n, fp32, leading dimension ldc) = alpha op(A) op(B) + beta C with A and B rounded to bf16.
-void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha, const float* A,
-               int64_t a_numel, int lda, const float* B, int64_t b_numel, int ldb, float beta, float* C, int ldc,
-               cudaStream_t stream, int a_slot, int b_slot, const char* what) {
-  const __nv_bfloat16* a16 = bf16_copy(a_slot, A, a_numel, stream);
-  const __nv_bfloat16* b16 = bf16_copy(b_slot, B, b_numel, stream);
-  check_cublas(cublasGemmEx(cublas_handle(stream, false), ta, tb, m, n, k, &alpha, a16, CUDA_R_16BF, lda, b16,
+// C (column-major m x n, fp32, leading dimension ldc) = alpha op(A) op(B) + beta C, A and B already in bf16.
+void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha, const __nv_bfloat16* A,
+               int lda, const __nv_bfloat16* B, int ldb, float beta, float* C, int ldc, cudaStream_t stream,
+               const char* what) {
+  check_cublas(cublasGemmEx(cublas_handle(stream, false), ta, tb, m, n, k, &alpha, A, CUDA_R_16BF, lda, B,
                             CUDA_R_16BF, ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                what);
 }
@@ -85,6 +77,7 @@ void set_matmul_precision(MatmulPrecision p) { detail::matmul_precision.store(p)
 
 using detail::check_cublas;
 using detail::cublas_handle;
+using detail::bf16_copy;
 using detail::gemm_bf16;
 
 namespace {
@@ -99,9 +92,9 @@ void matmul_forward(float* out, const float* inp, const float* w, int N, int C, 
     return;
   }
   const float one = 1.0f, zero = 0.0f;
-  const int64_t NC = static_cast<int64_t>(N) * C, OCC = static_cast<int64_t>(OC) * C;
-  if (bf16())
-    return gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, one, w, OCC, C, inp, NC, C, zero, out, OC, stream, 0, 1,
+  if (bf16())  // operand slots: 0 the weight, 1 the input
+    return gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, one, bf16_copy(0, w, static_cast<int64_t>(OC) * C, stream),
+                     C, bf16_copy(1, inp, static_cast<int64_t>(N) * C, stream), C, zero, out, OC, stream,
                      "matmul_forward (bf16)");
   check_cublas(cublasSgemm(cublas_handle(stream, true), CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, w, C, inp, C, &zero, out,
                            OC),
@@ -114,14 +107,14 @@ void matmul_backward(float* dinp, float* dw, const float* dout, const float* inp
                      int OC, cudaStream_t stream) {
   if (N <= 0 || C <= 0 || OC <= 0) return;
   const float one = 1.0f;
-  if (bf16()) {  // operand slots: 0 the weight, 1 the input, 2 dout
-    const int64_t NC = static_cast<int64_t>(N) * C, OCC = static_cast<int64_t>(OC) * C, NOC = static_cast<int64_t>(N) * OC;
+  if (bf16()) {  // operand slots: 0 the weight, 1 the input, 2 dout (rounded once, read by both products)
+    const __nv_bfloat16* dout16 = bf16_copy(2, dout, static_cast<int64_t>(N) * OC, stream);
     if (dinp)
-      gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, one, w, OCC, C, dout, NOC, OC, one, dinp, C, stream, 0, 2,
-                "matmul_backward(dinp, bf16)");
+      gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, one, bf16_copy(0, w, static_cast<int64_t>(OC) * C, stream), C,
+                dout16, OC, one, dinp, C, stream, "matmul_backward(dinp, bf16)");
     if (dw)
-      gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, one, inp, NC, C, dout, NOC, OC, one, dw, C, stream, 1, 2,
-                "matmul_backward(dw, bf16)");
+      gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, one, bf16_copy(1, inp, static_cast<int64_t>(N) * C, stream), C,
+                dout16, OC, one, dw, C, stream, "matmul_backward(dw, bf16)");
     return;
   }
   if (dinp)

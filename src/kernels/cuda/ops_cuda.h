@@ -25,7 +25,7 @@ bool cuda_device_available();
 // Process-wide arithmetic of the model's matmuls below (train.precision). Storage stays fp32 everywhere:
 //  fp32: cuBLAS sgemm (the default; the CPU's reference arithmetic);
 //  tf32: the same call on TF32 tensor cores (inputs rounded to a 10-bit mantissa, fp32 accumulation);
-//  bf16: both operands rounded to bfloat16 (8-bit mantissa, round to nearest even) into stream-ordered
+//  bf16: both operands rounded to bfloat16 (7-bit mantissa, round to nearest even) into stream-ordered
 //        scratch, multiplied on bf16 tensor cores with fp32 accumulation into the fp32 output (cublasGemmEx).
 //        The weights stay fp32 masters; the optimizers and Newton–Schulz never see bf16.
 enum class MatmulPrecision { fp32, tf32, bf16 };
