@@ -44,13 +44,21 @@ void zero(void* p, size_t bytes) {
   check(cudaMemset(p, 0, bytes), "cudaMemset");
   check(cudaStreamSynchronize(cudaStreamPerThread), "cudaStreamSynchronize");
 }
+// cudaMemcpyDefault: the runtime tells the sides apart by address (unified addressing), so a copy may reach a
+// buffer on a GPU other than the calling thread's.
 void copy(void* dst, const void* src, size_t bytes, Copy kind) {
-  const cudaMemcpyKind k = kind == Copy::host_to_device   ? cudaMemcpyHostToDevice
-                           : kind == Copy::device_to_host ? cudaMemcpyDeviceToHost
-                                                          : cudaMemcpyDeviceToDevice;
-  check(cudaMemcpy(dst, src, bytes, k), "cudaMemcpy");
+  check(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault), "cudaMemcpy");
   if (kind == Copy::device_to_device) check(cudaStreamSynchronize(cudaStreamPerThread), "cudaStreamSynchronize");
 }
+int gpu_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // no driver or no device: clear the error so that no later call reports it
+    return 0;
+  }
+  return n;
+}
+void use_gpu(int ordinal) { check(cudaSetDevice(ordinal), "cudaSetDevice"); }
 }  // namespace device_memory
 
 #else  // a build without the CUDA backend
@@ -65,6 +73,8 @@ void* alloc(size_t) { no_cuda(); }
 void release(void*) {}
 void zero(void*, size_t) { no_cuda(); }
 void copy(void*, const void*, size_t, Copy) { no_cuda(); }
+int gpu_count() { return 0; }
+void use_gpu(int) { no_cuda(); }
 }  // namespace device_memory
 
 #endif

@@ -21,7 +21,11 @@ void* alloc(size_t bytes);
 void release(void* p);
 void zero(void* p, size_t bytes);
 enum class Copy { host_to_device, device_to_host, device_to_device };
-void copy(void* dst, const void* src, size_t bytes, Copy kind);
+void copy(void* dst, const void* src, size_t bytes, Copy kind);  // either side on any GPU of the process
+// GPUs: how many this process sees (0 without CUDA, a driver or a device), and which one the calling host
+// thread allocates on and launches on (cudaSetDevice; every new thread starts on GPU 0).
+int gpu_count();
+void use_gpu(int ordinal);
 }  // namespace device_memory
 
 template <class T>

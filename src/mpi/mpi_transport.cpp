@@ -1,119 +1,25 @@
 #include "mpi/mpi_transport.h"
 
 #include <mpi.h>
-#include <stdlib.h>  // on_exit (glibc)
 
 #include <algorithm>
-#include <atomic>
-#include <chrono>
 #include <climits>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <initializer_list>
-#include <mutex>
-#include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "core/error.h"
+#include "mpi/mpi_util.h"
 
 namespace onestep::pipeline {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-// Set once a peer has been declared dead or hung: destructors then stop waiting for anything in flight.
-std::atomic<bool> g_peer_lost{false};
-
-[[noreturn]] void peer_lost(const std::string& what) {
-  g_peer_lost = true;
-  internal_error(what);
-}
-
-std::string mpi_error_string(int rc) {
-  char buf[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  if (MPI_Error_string(rc, buf, &len) != MPI_SUCCESS) return "MPI error " + std::to_string(rc);
-  return std::string(buf, static_cast<size_t>(len));
-}
-
-void check(int rc, const std::string& what) {
-  if (rc != MPI_SUCCESS) internal_error("MPI: " + what + ": " + mpi_error_string(rc));
-}
-
-bool mpi_finalized() {
-  int fin = 0;
-  MPI_Finalized(&fin);
-  return fin != 0;
-}
-
-// Exit handler, registered only when this module initialised MPI. On failure we deliberately skip
-// MPI_Finalize (it synchronises with the other ranks, which may be waiting for us): the process then
-// exits "improperly" and mpirun aborts the whole job.
-void finalize_at_exit(int status, void*) {
-  if (status != 0) return;
-  int init = 0;
-  MPI_Initialized(&init);
-  if (init && !mpi_finalized()) MPI_Finalize();
-}
-
-void ensure_mpi() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    int init = 0;
-    MPI_Initialized(&init);
-    if (init) return;  // someone else initialised MPI and owns its finalisation
-    int provided = 0;
-    check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
-    on_exit(finalize_at_exit, nullptr);
-    if (provided < MPI_THREAD_FUNNELED)
-      internal_error("MPI: the library provides thread level " + std::to_string(provided) +
-                     ", at least MPI_THREAD_FUNNELED is needed");
-  });
-  if (mpi_finalized()) internal_error("MPI: used after MPI_Finalize");
-}
-
-std::string seconds_text(double s) {
-  std::ostringstream os;
-  os << s;
-  return os.str();
-}
-
-// Polls until ready() or the deadline: first ~50 us of polling with yields (a reply that is already on its
-// way costs no sleep), then sleeps of 50 us doubling to 250 us, so a waiting rank does not occupy a core
-// that another rank may share, yet notices a message soon (with a 1 ms cap, a hop of a ping-pong cost
-// ~1 ms: both sides settle into the longest sleep).
-template <class Ready>
-bool poll_until(Ready ready, Clock::time_point deadline) {
-  const auto spin_end = Clock::now() + std::chrono::microseconds(50);
-  int64_t sleep_us = 50;
-  for (;;) {
-    if (ready()) return true;
-    const auto now = Clock::now();
-    if (now >= deadline) return ready();
-    if (now < spin_end) {
-      std::this_thread::yield();
-    } else {
-      std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
-      sleep_us = std::min<int64_t>(sleep_us * 2, 250);
-    }
-  }
-}
-
-Clock::time_point deadline_from_now() {
-  return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(peer_timeout_s()));
-}
-
-// Buffers of operations that cannot be completed (error path): kept alive forever, since MPI may still
-// write into or read from them until the process ends.
-template <class T>
-void leak(T&& buffer) {
-  new std::decay_t<T>(std::forward<T>(buffer));  // NOLINT: intentional
-}
+using namespace mpi_detail;
 
 // A sum over all stages as point-to-point messages rather than MPI_Iallreduce: every rank sends its vector to
 // every other rank when it starts the sum (MpiTransport::start_sum) and pre-posts the receives here; waiting
@@ -155,7 +61,7 @@ class MpiSum : public PendingSum {
 
   ~MpiSum() override {
     if (done_ || reqs_.empty() || mpi_finalized()) return;
-    if (std::uncaught_exceptions() == 0 && !g_peer_lost) {
+    if (std::uncaught_exceptions() == 0 && !peer_was_lost()) {
       try {  // started messages must complete before MPI_Finalize; finish them quietly
         complete(deadline_from_now());
         return;
@@ -209,7 +115,7 @@ class MpiTransport : public Transport {
     if (mpi_finalized()) return;
     try {
       reap();
-      if (!out_.empty() && std::uncaught_exceptions() == 0 && !g_peer_lost) {
+      if (!out_.empty() && std::uncaught_exceptions() == 0 && !peer_was_lost()) {
         // Sends the peers will still receive: wait for them so MPI_Finalize finds nothing in flight.
         if (!poll_until(
                 [&] {

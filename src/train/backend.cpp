@@ -69,7 +69,7 @@ const Backend& backend_for(Device d) {
   static const CpuBackend cpu_backend;
   if (d == Device::cpu) return cpu_backend;
 #ifdef ONESTEP_HAVE_CUDA
-  if (!cuda::cuda_device_available()) bad_input("train.device", "'cuda': no CUDA device is visible on this machine");
+  if (device_memory::gpu_count() == 0) bad_input("train.device", "'cuda': no CUDA device is visible on this machine");
   return cuda_backend();
 #else
   bad_input("train.device", "'cuda' needs a build with the CUDA backend (cmake -DONESTEP_CUDA=ON, nvcc present)");

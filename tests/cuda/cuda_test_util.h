@@ -17,8 +17,8 @@
 #include "kernels/cuda/ops_cuda.h"
 
 // Every test starts with this: without a device it skips with the message ctest looks for.
-#define REQUIRE_GPU()                                       \
-  if (!onestep::cuda::cuda_device_available()) GTEST_SKIP() \
+#define REQUIRE_GPU()                                            \
+  if (onestep::device_memory::gpu_count() == 0) GTEST_SKIP() \
       << "no CUDA device: test skipped (needs an NVIDIA GPU)"
 
 namespace cuda_test {

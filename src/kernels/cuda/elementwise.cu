@@ -71,7 +71,7 @@ void fill_zero(float* y, int64_t n, cudaStream_t stream) {
 
 void copy_device(float* dst, const float* src, int64_t n, cudaStream_t stream) {
   if (n > 0)
-    ONESTEP_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(float) * static_cast<size_t>(n), cudaMemcpyDeviceToDevice, stream));
+    ONESTEP_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(float) * static_cast<size_t>(n), cudaMemcpyDefault, stream));
 }
 
 }  // namespace onestep::cuda

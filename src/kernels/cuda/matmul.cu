@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <map>
+#include <utility>
 #include <unordered_map>
 
 #include "kernels/cuda/common.cuh"
@@ -18,7 +19,7 @@ namespace detail {
 namespace {
 std::atomic<MatmulPrecision> matmul_precision{MatmulPrecision::fp32};
 
-// bf16 copies of the operands, per (host thread, stream): reused across calls on that stream (work on one stream
+// bf16 copies of the operands, per (host thread, device, stream): reused across calls on that stream (work on one stream
 // runs in order, so a copy is not overwritten before the product that reads it ran), grown when too small and
 // kept until the process exits, like the cuBLAS handles.
 struct Bf16Operands {
@@ -28,8 +29,10 @@ struct Bf16Operands {
 
 // Operand slot `k` (0..2) of this thread and stream holding `x` rounded to bf16 (round to nearest even).
 const __nv_bfloat16* bf16_copy(int k, const float* x, int64_t n, cudaStream_t stream) {
-  thread_local std::map<cudaStream_t, Bf16Operands> scratch;
-  Bf16Operands& s = scratch[stream];
+  thread_local std::map<std::pair<int, cudaStream_t>, Bf16Operands> scratch;  // cudaStreamPerThread: every device
+  int dev = 0;
+  ONESTEP_CUDA_CHECK(cudaGetDevice(&dev));
+  Bf16Operands& s = scratch[{dev, stream}];
   if (s.cap[k] < static_cast<size_t>(n)) {
     if (s.buf[k]) ONESTEP_CUDA_CHECK(cudaFreeAsync(s.buf[k], stream));
     ONESTEP_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&s.buf[k]), sizeof(__nv_bfloat16) * n, stream));

@@ -19,9 +19,6 @@
 
 namespace onestep::cuda {
 
-// True when the CUDA runtime loads and sees at least one device. Never throws.
-bool cuda_device_available();
-
 // Process-wide arithmetic of the model's matmuls below (train.precision). Storage stays fp32 everywhere:
 //  fp32: cuBLAS sgemm (the default; the CPU's reference arithmetic);
 //  tf32: the same call on TF32 tensor cores (inputs rounded to a 10-bit mantissa, fp32 accumulation);
@@ -93,7 +90,8 @@ double sum_squares(const float* x, int64_t n, cudaStream_t stream = 0);
 // The same sum written to the device double *result, asynchronously (no synchronisation; 0 for n <= 0).
 void sum_squares_async(double* result, const float* x, int64_t n, cudaStream_t stream = 0);
 void fill_zero(float* y, int64_t n, cudaStream_t stream = 0);
-// dst[0, n) = src[0, n), device to device, asynchronous on stream.
+// dst[0, n) = src[0, n), device to device (either GPU: the stages of one process may sit on different ones),
+// asynchronous on stream.
 void copy_device(float* dst, const float* src, int64_t n, cudaStream_t stream = 0);
 
 // The optimizers' updates, Newton–Schulz and the delay corrections: optim_cuda.h.
