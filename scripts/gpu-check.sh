@@ -22,7 +22,17 @@ say "- GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=c
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
   [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
 done
-wheel_libs="$(python3 -c 'import nvidia.cublas, nvidia.cuda_runtime, os; print(":".join(os.path.join(os.path.dirname(m.__file__), "lib") for m in (nvidia.cublas, nvidia.cuda_runtime)))' 2>/dev/null || true)"
+wheel_libs="$(python3 - <<'PY' 2>/dev/null || true
+import importlib, os
+dirs = []
+for name in ("nvidia.cublas", "nvidia.cuda_runtime", "nvidia.nccl"):  # nccl: dlopen'ed by the nccl transport
+    try:
+        dirs.append(os.path.join(list(importlib.import_module(name).__path__)[0], "lib"))
+    except Exception:
+        pass
+print(":".join(dirs))
+PY
+)"
 [ -n "$wheel_libs" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:$wheel_libs"
 if [ -x .gpu-carry/bin/onestep ]; then
   BIN=.gpu-carry/bin
@@ -37,6 +47,8 @@ else
   BIN=build-gpu
 fi
 "$BIN/onestep" --help > /dev/null 2>&1 || { say "- $BIN/onestep does not start: $(ldd $BIN/onestep | grep 'not found' | tr '\n' ' ')"; exit 1; }
+say "- build: $("$BIN/onestep" --version)"
+say "- GPUs visible: $(nvidia-smi -L 2>/dev/null | wc -l) (the nccl transport needs one per stage: not exercised with one GPU)"
 
 # 2. CUDA tests.
 say ""

@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "app/cmd_data.h"
 #include "app/commands.h"
@@ -11,8 +12,25 @@
 
 using namespace onestep;
 
+// `onestep --version`: what this binary was built with (the backends and transports are optional at build time).
+static std::string build_features() {
+  std::string s = "onestep; backends: cpu";
+#ifdef ONESTEP_HAVE_CUDA
+  s += ", cuda";
+#endif
+  s += "; pipeline transports: inproc";
+#ifdef ONESTEP_HAVE_MPI
+  s += ", mpi";
+#endif
+#ifdef ONESTEP_HAVE_NCCL
+  s += ", nccl";
+#endif
+  return s;
+}
+
 int main(int argc, char** argv) {
   CLI::App app{"onestep: asynchronous pipeline-parallel LLM pretraining (PipeDream-2BW, delay-robust optimizers)"};
+  app.set_version_flag("--version", build_features, "Print the backends and transports this binary was built with");
   app.require_subcommand(1);
   int rc = 0;
 
@@ -101,6 +119,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     app.exit(e);  // prints the message

@@ -268,7 +268,8 @@ void validate_run_config(const RunConfig& c, const std::string& where) {
   need(p.stages >= 1, "pipeline.stages", "at least 1");
   need(p.stages <= c.model.n_layers, "pipeline.stages",
        "at most model.n_layers (" + std::to_string(c.model.n_layers) + ")");
-  need(p.transport == "inproc" || p.transport == "mpi", "pipeline.transport", "inproc or mpi; got '" + p.transport + "'");
+  need(p.transport == "inproc" || p.transport == "mpi" || p.transport == "nccl", "pipeline.transport",
+       "inproc, mpi or nccl; got '" + p.transport + "'");
   need(p.sync_start_steps >= 0, "pipeline.sync_start_steps", "at least 0");
   need(p.lookahead >= 0 && p.lookahead <= 64, "pipeline.lookahead", "0..64 (extra micro-batches in flight per stage)");
   need(p.balance == "params" || p.balance == "measured", "pipeline.balance", "params or measured; got '" + p.balance + "'");

@@ -37,7 +37,7 @@ struct PipelineConfig {
   std::string schedule = "none";  // none gpipe 1f1b 2bw pipedream sync_start
   int64_t sync_start_steps = 0;
   int lookahead = 1;  // extra warm-up forwards per stage but the last (pipeline/schedule.h): slack against jitter
-  std::string transport = "inproc";  // inproc mpi
+  std::string transport = "inproc";  // inproc (threads) | mpi (a rank per stage) | nccl (a rank per GPU)
   bool trace = false;                // write DIR/trace.json: the real run's timeline (Chrome trace format)
   std::string balance = "params";    // params measured: what the partition balances (train/partition.h)
 };

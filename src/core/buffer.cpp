@@ -59,6 +59,25 @@ int gpu_count() {
   return n;
 }
 void use_gpu(int ordinal) { check(cudaSetDevice(ordinal), "cudaSetDevice"); }
+int current_gpu() {
+  int d = 0;
+  check(cudaGetDevice(&d), "cudaGetDevice");
+  return d;
+}
+void connect_gpus(int n) {
+  const int before = current_gpu();
+  for (int a = 0; a < n; ++a)
+    for (int b = 0; b < n; ++b) {
+      int can = 0;
+      if (a == b || cudaDeviceCanAccessPeer(&can, a, b) != cudaSuccess || !can) continue;
+      use_gpu(a);
+      const cudaError_t e = cudaDeviceEnablePeerAccess(b, 0);
+      if (e == cudaErrorPeerAccessAlreadyEnabled) cudaGetLastError();
+      else check(e, "cudaDeviceEnablePeerAccess");
+    }
+  cudaGetLastError();  // a refused cudaDeviceCanAccessPeer leaves nothing behind
+  use_gpu(before);
+}
 }  // namespace device_memory
 
 #else  // a build without the CUDA backend
@@ -75,6 +94,8 @@ void zero(void*, size_t) { no_cuda(); }
 void copy(void*, const void*, size_t, Copy) { no_cuda(); }
 int gpu_count() { return 0; }
 void use_gpu(int) { no_cuda(); }
+int current_gpu() { no_cuda(); }
+void connect_gpus(int) { no_cuda(); }
 }  // namespace device_memory
 
 #endif

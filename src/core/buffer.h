@@ -26,6 +26,10 @@ void copy(void* dst, const void* src, size_t bytes, Copy kind);  // either side 
 // thread allocates on and launches on (cudaSetDevice; every new thread starts on GPU 0).
 int gpu_count();
 void use_gpu(int ordinal);
+int current_gpu();
+// Lets GPUs 0..n-1 read each other's memory where the hardware allows (cudaDeviceEnablePeerAccess): copies between
+// them then skip the host. Copies work without it.
+void connect_gpus(int n);
 }  // namespace device_memory
 
 template <class T>

@@ -279,6 +279,21 @@ int mpi_rank() {
   return rank;
 }
 
+HostSlot host_slot() {
+  ensure_mpi();
+  MPI_Comm local = MPI_COMM_NULL;
+  check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local), "MPI_Comm_split_type");
+  HostSlot slot;
+  check(MPI_Comm_rank(local, &slot.local_rank), "MPI_Comm_rank");
+  check(MPI_Comm_size(local, &slot.local_ranks), "MPI_Comm_size");
+  MPI_Comm_free(&local);
+  char name[MPI_MAX_PROCESSOR_NAME];
+  int len = 0;
+  check(MPI_Get_processor_name(name, &len), "MPI_Get_processor_name");
+  slot.host.assign(name, static_cast<size_t>(len));
+  return slot;
+}
+
 bool launched_by_mpirun() {
   for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"}) {
     const char* s = std::getenv(v);

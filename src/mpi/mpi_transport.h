@@ -11,6 +11,7 @@
 // same rule.
 #pragma once
 #include <memory>
+#include <string>
 
 #include "pipeline/transport.h"
 
@@ -30,6 +31,12 @@ std::unique_ptr<Transport> make_mpi_transport();
 
 int mpi_world_size();  // initialise MPI if needed
 int mpi_rank();        // initialise MPI if needed
+// This rank's place among the ranks on its machine (MPI_COMM_TYPE_SHARED), e.g. to pick its GPU. Collective.
+struct HostSlot {
+  int local_rank = 0, local_ranks = 1;
+  std::string host;
+};
+HostSlot host_slot();
 // True when started by a process manager (OMPI_COMM_WORLD_SIZE, PMIX_RANK, PMI_SIZE or PMI_RANK
 // is set); needs no MPI.
 bool launched_by_mpirun();

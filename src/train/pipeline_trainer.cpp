@@ -1,6 +1,7 @@
-// `onestep train` with pipeline.schedule != none: one thread per stage (in-process transport), or one MPI
-// rank per stage (each process runs its own stage; rank 0 writes the shared files), each stage running its
-// action list through a StageRunner. The run is cut into segments at evaluation and checkpoint steps:
+// `onestep train` with pipeline.schedule != none: one thread per stage (in-process transport; on CUDA the stages
+// are spread over the process's GPUs), or one MPI rank per stage (the mpi transport on CPUs, the nccl transport
+// with one GPU per rank; each process runs its own stage and rank 0 writes the shared files), each stage running
+// its action list through a StageRunner. The run is cut into segments at evaluation and checkpoint steps:
 // each segment is a fresh stream of the schedule (warm-up, steady state, cool-down) over its batches, with
 // every forward/backward's weight version given by the schedule's rule on the absolute batch index, so
 // cutting changes the timing but never the arithmetic.
@@ -22,6 +23,9 @@
 #include "train/trainer_internal.h"
 #ifdef ONESTEP_HAVE_MPI
 #include "mpi/mpi_transport.h"
+#endif
+#ifdef ONESTEP_HAVE_NCCL
+#include "nccl/nccl_transport.h"
 #endif
 
 namespace onestep {
@@ -122,28 +126,56 @@ ModelCosts pipeline_costs(const RunConfig& c, int rank, pipeline::Transport* mpi
 
 }  // namespace
 
+// The mpi and nccl transports run one process per stage, started by mpirun.
+bool rank_per_stage(const RunConfig& c) { return c.pipeline.transport != "inproc"; }
+
 int pipeline_rank(const RunConfig& c) {
-  if (c.pipeline.transport != "mpi") return 0;
+  if (!rank_per_stage(c)) return 0;
 #ifdef ONESTEP_HAVE_MPI
   const int world = pipeline::mpi_world_size();
   if (world != c.pipeline.stages)
     bad_input(c.source, "pipeline.stages: " + std::to_string(c.pipeline.stages) + " stages, but mpirun started " +
                             std::to_string(world) + " ranks; expected mpirun -np " + std::to_string(c.pipeline.stages));
+  if (c.pipeline.transport == "nccl") {  // each rank takes the GPU of its place on its machine
+    const pipeline::HostSlot slot = pipeline::host_slot();
+    const int gpus = device_memory::gpu_count();
+    if (gpus < slot.local_ranks)
+      bad_input(c.source, "pipeline.transport: 'nccl' needs a GPU per stage, but " + std::to_string(slot.local_ranks) +
+                              " ranks run on " + slot.host + ", which has " + std::to_string(gpus) +
+                              " visible GPU(s) (fewer stages, more machines, or check CUDA_VISIBLE_DEVICES)");
+    device_memory::use_gpu(slot.local_rank);
+  }
   return pipeline::mpi_rank();
 #else
-  bad_input(c.source, "pipeline.transport: 'mpi', but this onestep was built without MPI (install libopenmpi-dev "
-                      "and rebuild)");
+  bad_input(c.source, "pipeline.transport: '" + c.pipeline.transport + "', but this onestep was built without MPI "
+                      "(install libopenmpi-dev and rebuild)");
 #endif
 }
 
 void run_pipeline(const RunConfig& c, RunIO& io) {
   const int p = c.pipeline.stages;
-  const bool mpi = c.pipeline.transport == "mpi";
+  const bool mpi = rank_per_stage(c);  // one stage per process (mpi or nccl transport)
   const int rank = pipeline_rank(c);
-  const Device device = parse_device(c.train.device);  // every stage on it (one GPU: stages share the device)
+  const Device device = parse_device(c.train.device);
   const Backend& backend = backend_for(device);
+  // The GPU of each stage: under nccl the one pipeline_rank chose; in-process, consecutive stages share the
+  // visible GPUs evenly (one GPU: all stages on it). Each thread that allocates or computes for stage s selects
+  // its GPU first (a new thread starts on GPU 0).
+  std::vector<int> gpu_of(p, 0);
+  if (device == Device::cuda) {
+    const int gpus = mpi ? 0 : std::min(p, device_memory::gpu_count());
+    for (int s = 0; s < p; ++s) gpu_of[s] = mpi ? device_memory::current_gpu() : s * gpus / p;
+    if (gpus > 1) device_memory::connect_gpus(gpus);  // messages and the gather copy GPU to GPU directly
+  }
+  auto use_gpu_of = [&](int s) {
+    if (device == Device::cuda) device_memory::use_gpu(gpu_of[s]);
+  };
   std::vector<std::unique_ptr<pipeline::Transport>> transports(p);
-  if (mpi) {
+  if (c.pipeline.transport == "nccl") {
+#ifdef ONESTEP_HAVE_NCCL
+    transports[rank] = pipeline::make_nccl_transport();
+#endif
+  } else if (mpi) {
 #ifdef ONESTEP_HAVE_MPI
     transports[rank] = pipeline::make_mpi_transport();
 #endif
@@ -166,6 +198,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
   std::vector<std::unique_ptr<StageState>> states(p);
   std::vector<StageState*> raw;
   for (int s : local) {
+    use_gpu_of(s);
     states[s] = std::make_unique<StageState>(c.model, specs[s], c.optim, lag_of(s), c.delay.correction == "ef", device);
     raw.push_back(states[s].get());
   }
@@ -173,21 +206,31 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
   if (!io.resume_from.empty()) {
     start = load_checkpoint(io.resume_from, raw);
   } else {
-    for (StageState* s : raw) s->init_weights(static_cast<uint64_t>(c.train.seed));  // older versions = W(0)
+    for (int s : local) {
+      use_gpu_of(s);
+      states[s]->init_weights(static_cast<uint64_t>(c.train.seed));  // older versions = W(0)
+    }
   }
   io.open_metrics(start);
-  if (io.writer)
-    std::printf("pipeline: %s, %d stages, %d micro-batches per step, %s transport\n%s", c.pipeline.schedule.c_str(), p,
-                c.train.micro_batches, mpi ? "MPI (one rank per stage)" : "in-process (one thread per stage)",
-                describe_partition(c.model, specs, costs).c_str());
+  if (io.writer) {
+    const std::string& tr = c.pipeline.transport;
+    std::string gpus;  // in-process on CUDA: which GPU each stage runs on
+    for (int s = 0; device == Device::cuda && !mpi && s < p; ++s) gpus += (s ? "," : " (GPUs ") + std::to_string(gpu_of[s]);
+    std::printf("pipeline: %s, %d stages, %d micro-batches per step, %s transport%s\n%s", c.pipeline.schedule.c_str(), p,
+                c.train.micro_batches,
+                tr == "nccl" ? "NCCL (one rank per GPU)" : tr == "mpi" ? "MPI (one rank per stage)" : "in-process (one thread per stage)",
+                gpus.empty() ? "" : (gpus + ")").c_str(), describe_partition(c.model, specs, costs).c_str());
+  }
 
   // The runners own the version history: the older versions move there (and back for checkpoints).
   std::vector<std::unique_ptr<StageRunner>> runners(p);
   for (int s : local) {
+    use_gpu_of(s);
     runners[s] = std::make_unique<StageRunner>(*states[s], *transports[s], c, io.train_data, start,
                                                std::move(states[s]->older));
     states[s]->older.clear();
   }
+  use_gpu_of(local.front());  // this thread's work from here on: the whole-model copy and the evaluations
   const Stage whole(c.model, whole_model(c.model));
   Buffer<float> whole_w(device);
   // Whole-model weights on the writer (rank 0 receives the other ranks' parameters under MPI).
@@ -198,10 +241,11 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
     gather_whole(states, whole, whole_w);  // rank 0's own stage; the others arrive below
     for (int s = 1; s < p; ++s) {
       const Stage remote(c.model, specs[s]);
-      std::vector<float> w(static_cast<size_t>(remote.params().total()));
+      Buffer<float> w(device);  // messages of the nccl transport live on the GPU
+      w.zeros(static_cast<size_t>(remote.params().total()));
       transports[0]->recv(s, tag, w.data(), static_cast<int64_t>(w.size()));
       for (const auto& prm : remote.params().all())
-        std::copy_n(w.data() + prm.offset, prm.numel, whole_w.data() + whole.params().at(prm.name).offset);
+        backend.copy(whole_w.data() + whole.params().at(prm.name).offset, w.data() + prm.offset, prm.numel);
     }
   };
   // Every rank passes here together: an all-stage sum used as a barrier.
@@ -227,6 +271,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
       threads.emplace_back([&, s] {
         try {
           set_num_threads(threads_per_stage);
+          use_gpu_of(s);
           runners[s]->run(sched.programs[s], sched.name);
         } catch (...) {
           errors[s] = std::current_exception();

@@ -59,14 +59,23 @@ void check_supported(const RunConfig& c) {
     bad_input(c.source, "train.micro_batches: " + sched + " needs micro_batches (m = " +
                             std::to_string(c.train.micro_batches) + ") >= pipeline.stages (p = " +
                             std::to_string(c.pipeline.stages) + ")");
+  const std::string& tr = c.pipeline.transport;
+  if (tr == "nccl" && c.train.device != "cuda")
+    bad_input(c.source, "pipeline.transport: 'nccl' moves GPU memory between processes; it needs train.device = "
+                        "\"cuda\" (on CPUs use 'mpi')");
+#ifndef ONESTEP_HAVE_NCCL
+  if (tr == "nccl")
+    bad_input(c.source, "pipeline.transport: 'nccl', but this onestep was built without the NCCL transport (it needs "
+                        "MPI, the CUDA backend and nccl.h at build time)");
+#endif
+  if (c.train.device == "cuda" && tr == "mpi")
+    bad_input(c.source, "pipeline.transport: 'mpi' moves host memory; with train.device = \"cuda\" use 'nccl' "
+                        "(a process per GPU) or 'inproc' (a thread per stage, on the process's GPUs)");
   backend_for(parse_device(c.train.device));  // a device this build or machine lacks: bad input, before any file
-  if (c.train.device == "cuda" && c.pipeline.transport == "mpi")
-    bad_input(c.source, "pipeline.transport: 'mpi' moves host memory; with train.device = \"cuda\" use 'inproc' "
-                        "(all stages on one GPU; NCCL between processes is not implemented yet)");
   if (c.train.device == "cuda" && c.delay.correction == "weight_prediction")
     bad_input(c.source, "delay.correction: 'weight_prediction' runs on train.device = \"cpu\" only so far");
-  if (c.pipeline.transport == "mpi" && !pipelined)
-    bad_input(c.source, "pipeline.transport: 'mpi' runs one stage per rank; it needs a pipeline.schedule");
+  if (tr != "inproc" && !pipelined)
+    bad_input(c.source, "pipeline.transport: '" + tr + "' runs one stage per rank; it needs a pipeline.schedule");
 }
 
 }  // namespace

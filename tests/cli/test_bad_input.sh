@@ -23,9 +23,23 @@ expect_error 2 magic.bin magic -- "$BIN" train --config micro.toml --set "data.t
 expect_error 2 tr_train.bin vocabulary -- "$BIN" train --config micro.toml --set model.vocab_size=100 --set data.tokenizer= --out r1
 expect_error 2 tok.tok vocab_size model.vocab_size -- "$BIN" train --config micro.toml --set model.vocab_size=300 --set "data.train=$WORK/va_train.bin" --out r1
 # A GPU where there is none (or a build without CUDA): named, before anything is written.
+PIPE2=(--set pipeline.schedule=2bw --set pipeline.stages=2)
 if ! nvidia-smi -L > /dev/null 2>&1; then
   expect_error 2 train.device cuda -- "$BIN" train --config micro.toml --set train.device=cuda --out r1
+  # The NCCL transport without a GPU: the missing GPU in a CUDA build, the missing transport in any other.
+  case "$("$BIN" --version)" in
+    *nccl*) expect_error 2 train.device "no CUDA device" -- "$BIN" train --config micro.toml "${PIPE2[@]}" \
+              --set pipeline.transport=nccl --set train.device=cuda --out r1 ;;
+    *) expect_error 2 pipeline.transport "built without the NCCL transport" -- "$BIN" train --config micro.toml \
+         "${PIPE2[@]}" --set pipeline.transport=nccl --set train.device=cuda --out r1 ;;
+  esac
 fi
+expect_error 2 micro.toml pipeline.transport nccl 'train.device = "cuda"' -- "$BIN" train --config micro.toml \
+  "${PIPE2[@]}" --set pipeline.transport=nccl --out r1
+expect_error 2 micro.toml pipeline.transport "'mpi' moves host memory" "'nccl'" -- "$BIN" train --config micro.toml \
+  "${PIPE2[@]}" --set pipeline.transport=mpi --set train.device=cuda --out r1
+expect_error 2 micro.toml pipeline.transport "inproc, mpi or nccl" -- "$BIN" train --config micro.toml \
+  "${PIPE2[@]}" --set pipeline.transport=pigeon --out r1
 [ ! -e r1 ] && ok "no run folder left behind by failed starts" || fail "a failed start created r1"
 
 # A folder holding another run is not overwritten.
