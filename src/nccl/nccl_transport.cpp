@@ -6,8 +6,6 @@
 #include <nccl.h>
 
 #include <cstdio>
-#include <deque>
-#include <exception>
 #include <map>
 #include <string>
 #include <type_traits>
@@ -17,6 +15,7 @@
 #include "core/error.h"
 #include "mpi/mpi_transport.h"
 #include "mpi/mpi_util.h"
+#include "mpi/staged_transport.h"
 
 namespace onestep::pipeline {
 
@@ -146,57 +145,30 @@ struct Link {
   cudaStream_t stream = nullptr;
 };
 
-class NcclTransport : public Transport {
+// The payloads on the GPU: a 2-rank communicator and stream per direction of every pair that talks, and device
+// staging buffers ordered by CUDA events against the caller's stream.
+class NcclPlane : public DataPlane {
  public:
-  NcclTransport() : sums_(make_mpi_transport()) {
+  NcclPlane() {
     ensure_mpi();
-    rank_ = sums_->stage();
-    size_ = sums_->stages();
-    check(MPI_Comm_dup(MPI_COMM_WORLD, &hdr_), "MPI_Comm_dup");
-    MPI_Comm_set_errhandler(hdr_, MPI_ERRORS_RETURN);
+    check(MPI_Comm_rank(MPI_COMM_WORLD, &rank_), "MPI_Comm_rank");
+    check(MPI_Comm_size(MPI_COMM_WORLD, &size_), "MPI_Comm_size");
     connect();
   }
-
-  ~NcclTransport() override {
-    const bool failing = std::uncaught_exceptions() > 0 || peer_was_lost() || mpi_finalized();
-    bool drained = !failing;
-    if (!failing) {
-      try {  // the peers still receive what we sent: wait for it, so that the communicators close cleanly
-        drained = poll_until(
-            [&] {
-              reap();
-              bool idle = out_.empty();
-              for (auto& [peer, l] : send_links_) idle = idle && cudaStreamQuery(l.stream) == cudaSuccess;
-              return idle;
-            },
-            deadline_from_now());
-        if (!drained) std::fprintf(stderr, "stage %d: NCCL sends not received within %s s\n", rank_,
-                                   seconds_text(peer_timeout_s()).c_str());
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "%s\n", e.what());
-        drained = false;
-      }
-    }
+  ~NcclPlane() override {
     for (auto* links : {&send_links_, &recv_links_})
       for (auto& [peer, l] : *links) {
-        if (drained) nccl().comm_destroy(l.comm), cudaStreamDestroy(l.stream);
-        else nccl().comm_abort(l.comm);  // streams and staging stay: kernels may still be queued on them
+        if (abandoned_) {
+          nccl().comm_abort(l.comm);  // its stream and staging buffers stay: kernels may still be queued there
+        } else {
+          nccl().comm_destroy(l.comm);
+          cudaStreamDestroy(l.stream);
+        }
       }
-    if (!drained) {
-      pool_.keep_alive();
-      for (auto& o : out_) leak(std::move(o.len));
-      return;
-    }
-    MPI_Comm_free(&hdr_);
   }
 
-  int stage() const override { return rank_; }
-  int stages() const override { return size_; }
-
-  void send(int peer, uint32_t tag, const float* data, int64_t n) override {
+  void send(int peer, const float* data, int64_t n) override {
     Link& l = link(send_links_, peer, "send to");
-    reap();
-    drain_headers();
     Staging* s = pool_.take(static_cast<size_t>(n));
     const cudaStream_t caller = cudaStreamPerThread;
     check_cuda(cudaMemcpyAsync(s->buf, data, sizeof(float) * static_cast<size_t>(n), cudaMemcpyDeviceToDevice, caller),
@@ -206,32 +178,19 @@ class NcclTransport : public Transport {
     check_nccl(nccl().send(s->buf, static_cast<size_t>(n), ncclFloat32, 1, l.comm, l.stream), "ncclSend");
     check_cuda(cudaEventRecord(s->done, l.stream), "cudaEventRecord");
     pool_.give_back(s);
-    // The header goes after ncclSend is queued: the receiver queues its ncclRecv when the header arrives.
-    Outgoing o;
-    o.len = std::make_unique<int64_t>(n);
-    check(MPI_Isend(o.len.get(), 1, MPI_INT64_T, peer, static_cast<int>(tag), hdr_, &o.req), "MPI_Isend (header)");
-    out_.push_back(std::move(o));
   }
 
-  void recv(int peer, uint32_t tag, float* data, int64_t n) override {
-    link(recv_links_, peer, "receive from");
-    auto& box = inbox_[{peer, tag}];
-    const bool arrived = poll_until(
-        [&] {
-          reap();
-          drain_headers();
-          return !box.empty();
-        },
-        deadline_from_now());
-    if (!arrived)
-      peer_lost("stage " + std::to_string(rank_) + ": no message from stage " + std::to_string(peer) + " (tag " +
-                std::to_string(tag) + ") within " + seconds_text(peer_timeout_s()) + " s; the peer died or hung");
-    auto [s, len] = box.front();
-    box.pop_front();
-    if (box.empty()) inbox_.erase({peer, tag});  // tags carry the batch: keep the map small
-    if (len != n)
-      internal_error("stage " + std::to_string(rank_) + ": message from stage " + std::to_string(peer) + " (tag " +
-                     std::to_string(tag) + ") has " + std::to_string(len) + " floats, expected " + std::to_string(n));
+  int64_t post_recv(int peer, int64_t n) override {
+    Link& l = link(recv_links_, peer, "receive from");
+    Staging* s = pool_.take(static_cast<size_t>(n));
+    check_nccl(nccl().recv(s->buf, static_cast<size_t>(n), ncclFloat32, 0, l.comm, l.stream), "ncclRecv");
+    check_cuda(cudaEventRecord(s->ready, l.stream), "cudaEventRecord");
+    received_[next_] = {s, n};
+    return next_++;
+  }
+
+  void deliver(int64_t handle, float* data) override {
+    const auto [s, n] = take(handle);
     const cudaStream_t caller = cudaStreamPerThread;
     check_cuda(cudaStreamWaitEvent(caller, s->ready, 0), "cudaStreamWaitEvent");
     check_cuda(cudaMemcpyAsync(data, s->buf, sizeof(float) * static_cast<size_t>(n), cudaMemcpyDeviceToDevice, caller),
@@ -240,16 +199,28 @@ class NcclTransport : public Transport {
     pool_.give_back(s);
   }
 
-  std::unique_ptr<PendingSum> start_sum(uint32_t tag, std::vector<double> local) override {
-    return sums_->start_sum(tag, std::move(local));
+  void discard(int64_t handle) override {
+    Staging* s = take(handle).first;  // free once its receive has completed
+    check_cuda(cudaStreamWaitEvent(cudaStreamPerThread, s->ready, 0), "cudaStreamWaitEvent");
+    check_cuda(cudaEventRecord(s->done, cudaStreamPerThread), "cudaEventRecord");
+    pool_.give_back(s);
+  }
+
+  bool sends_done() override {
+    for (auto& [peer, l] : send_links_) {
+      const cudaError_t e = cudaStreamQuery(l.stream);
+      if (e == cudaErrorNotReady) return false;
+      check_cuda(e, "cudaStreamQuery");
+    }
+    return true;
+  }
+
+  void abandon() override {
+    abandoned_ = true;
+    pool_.keep_alive();
   }
 
  private:
-  struct Outgoing {  // a header in flight
-    std::unique_ptr<int64_t> len;
-    MPI_Request req = MPI_REQUEST_NULL;
-  };
-
   // The communicators of every pair this rank belongs to: the sender of each makes its id and sends it over MPI,
   // then all of this rank's communicators start together (one NCCL group: no order to deadlock on).
   void connect() {
@@ -264,6 +235,7 @@ class NcclTransport : public Transport {
       for (int b = 0; b < size_; ++b)
         if (talks(a, b, size_) && (a == rank_ || b == rank_)) mine.push_back({a, b, {}});
     std::vector<MPI_Request> sent;
+    sent.reserve(mine.size());
     for (Pending& pr : mine)
       if (pr.from == rank_) {
         check_nccl(nccl().get_unique_id(&pr.id), "ncclGetUniqueId");
@@ -296,53 +268,28 @@ class NcclTransport : public Transport {
     return it->second;
   }
 
-  // Queues a receive for every header that has arrived, in arrival order (per sender, its send order).
-  void drain_headers() {
-    for (;;) {
-      int flag = 0;
-      MPI_Message msg = MPI_MESSAGE_NULL;
-      MPI_Status st;
-      check(MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, hdr_, &flag, &msg, &st), "MPI_Improbe (header)");
-      if (!flag) return;
-      int64_t n = 0;
-      check(MPI_Mrecv(&n, 1, MPI_INT64_T, &msg, MPI_STATUS_IGNORE), "MPI_Mrecv (header)");
-      const int peer = st.MPI_SOURCE;
-      Link& l = link(recv_links_, peer, "header from");
-      Staging* s = pool_.take(static_cast<size_t>(n));
-      check_nccl(nccl().recv(s->buf, static_cast<size_t>(n), ncclFloat32, 0, l.comm, l.stream), "ncclRecv");
-      check_cuda(cudaEventRecord(s->ready, l.stream), "cudaEventRecord");
-      inbox_[{peer, static_cast<uint32_t>(st.MPI_TAG)}].push_back({s, n});
-    }
+  std::pair<Staging*, int64_t> take(int64_t handle) {
+    auto it = received_.find(handle);
+    if (it == received_.end()) internal_error("NCCL plane: unknown receive " + std::to_string(handle));
+    const auto out = it->second;
+    received_.erase(it);
+    return out;
   }
 
-  void reap() {
-    for (size_t i = 0; i < out_.size();) {
-      int flag = 0;
-      check(MPI_Test(&out_[i].req, &flag, MPI_STATUS_IGNORE), "MPI_Test (header)");
-      if (flag) {
-        if (i + 1 != out_.size()) out_[i] = std::move(out_.back());
-        out_.pop_back();
-      } else {
-        ++i;
-      }
-    }
-  }
-
-  std::unique_ptr<Transport> sums_;  // MPI: the all-stage sums
   int rank_ = 0, size_ = 1;
-  MPI_Comm hdr_ = MPI_COMM_NULL;        // headers: tag = the message's tag, payload = its length
-  std::map<int, Link> send_links_;      // by receiver
-  std::map<int, Link> recv_links_;      // by sender
+  std::map<int, Link> send_links_;  // by receiver
+  std::map<int, Link> recv_links_;  // by sender
   StagingPool pool_;
-  std::vector<Outgoing> out_;
-  std::map<std::pair<int, uint32_t>, std::deque<std::pair<Staging*, int64_t>>> inbox_;  // (peer, tag): received
+  std::map<int64_t, std::pair<Staging*, int64_t>> received_;  // by handle: the staging slot and its length
+  int64_t next_ = 0;
+  bool abandoned_ = false;
 };
 
 }  // namespace
 
 std::unique_ptr<Transport> make_nccl_transport() {
   nccl();  // a missing library is bad input, before any collective
-  return std::make_unique<NcclTransport>();
+  return make_staged_transport(std::make_unique<NcclPlane>());
 }
 
 }  // namespace onestep::pipeline

@@ -1,5 +1,7 @@
-// The MPI transport under mpirun (2 or 3 ranks). Every test runs on every rank, in the same order, and
-// ends on a barrier; a rank's failures are printed with its rank, and all ranks exit with the worst result.
+// The MPI transport under mpirun (2 or 3 ranks), or with the argument `staged` the staged transport (the NCCL
+// transport's protocol: MPI headers, payloads on a data plane matched in order) over its host data plane. Every
+// test runs on every rank, in the same order, and ends on a barrier; a rank's failures are printed with its rank,
+// and all ranks exit with the worst result.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -13,6 +15,7 @@
 
 #include "core/error.h"
 #include "mpi/mpi_transport.h"
+#include "mpi/staged_transport.h"
 
 namespace onestep::pipeline {
 namespace {
@@ -234,7 +237,9 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
 int main(int argc, char** argv) {
   using namespace onestep::pipeline;
   ::testing::InitGoogleTest(&argc, argv);
-  auto transport = make_mpi_transport();  // initialises MPI; finalised at exit when the status is 0
+  const bool staged = argc > 1 && std::string(argv[1]) == "staged";
+  // Either initialises MPI; it is finalised at exit when the status is 0.
+  auto transport = staged ? make_staged_transport(make_mpi_data_plane()) : make_mpi_transport();
   g_t = transport.get();
   if (transport->stage() != 0) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
