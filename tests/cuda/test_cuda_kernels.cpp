@@ -229,42 +229,90 @@ struct AttnShape {
   }
 };
 
+// T around and across the 32-row tile, GQA groups, head dims that are and are not multiples of 32 (all of 16: the
+// bf16 tensor-core kernels take every one of them).
+const AttnShape kAttnShapes[] = {{1, 1, 1, 1, 16},  {2, 33, 4, 2, 32}, {1, 100, 4, 1, 64},
+                                 {2, 64, 2, 2, 128}, {2, 70, 6, 3, 48}, {1, 257, 2, 1, 64}};
+
+// Random inputs of one attention shape; the gradients start from random values (checks the += accumulation).
+struct AttnCase {
+  AttnShape s;
+  std::vector<float> q, k, v, dout, dq0, dk0, dv0;
+  AttnCase(const AttnShape& shape, std::mt19937& rng) : s(shape) {
+    q = randn(s.qn(), rng), k = randn(s.kn(), rng), v = randn(s.kn(), rng), dout = randn(s.qn(), rng);
+    dq0 = randn(s.qn(), rng), dk0 = randn(s.kn(), rng), dv0 = randn(s.kn(), rng);
+  }
+  size_t ln() const { return static_cast<size_t>(s.B) * s.H * s.T; }
+};
+struct AttnResult {
+  std::vector<float> out, lse, dq, dk, dv;
+};
+
+AttnResult cpu_attention(const AttnCase& c, const std::vector<float>& q, const std::vector<float>& k,
+                         const std::vector<float>& v, const std::vector<float>& dout) {
+  const AttnShape& s = c.s;
+  AttnResult r{std::vector<float>(s.qn()), std::vector<float>(c.ln()), c.dq0, c.dk0, c.dv0};
+  cpu::attention_forward(r.out.data(), r.lse.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.KV, s.D);
+  cpu::attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), dout.data(), q.data(), k.data(), v.data(),
+                          r.out.data(), r.lse.data(), s.B, s.T, s.H, s.KV, s.D);
+  return r;
+}
+
+AttnResult gpu_attention(const AttnCase& c, gpu::MatmulPrecision precision) {  // restores fp32 after
+  const AttnShape& s = c.s;
+  Dev<float> d_q(c.q), d_k(c.k), d_v(c.v), d_dout(c.dout), d_out(s.qn()), d_lse(c.ln()), d_dq(c.dq0), d_dk(c.dk0),
+      d_dv(c.dv0);
+  gpu::set_matmul_precision(precision);
+  gpu::attention_forward(d_out.get(), d_lse.get(), d_q.get(), d_k.get(), d_v.get(), s.B, s.T, s.H, s.KV, s.D);
+  gpu::attention_backward(d_dq.get(), d_dk.get(), d_dv.get(), d_dout.get(), d_q.get(), d_k.get(), d_v.get(),
+                          d_out.get(), d_lse.get(), s.B, s.T, s.H, s.KV, s.D);
+  gpu::set_matmul_precision(gpu::MatmulPrecision::fp32);
+  return {d_out.host(), d_lse.host(), d_dq.host(), d_dk.host(), d_dv.host()};
+}
+
+void expect_attention_close(const AttnResult& got, const AttnResult& want, double rtol, double atol,
+                            const std::string& tag) {
+  expect_close(got.out, want.out, rtol, atol, "attention out" + tag);
+  expect_close(got.lse, want.lse, rtol, atol, "attention lse" + tag);
+  expect_close(got.dq, want.dq, rtol, atol, "attention dq" + tag);
+  expect_close(got.dk, want.dk, rtol, atol, "attention dk" + tag);
+  expect_close(got.dv, want.dv, rtol, atol, "attention dv" + tag);
+}
+
+void expect_attention_bitwise(const AttnResult& got, const AttnResult& want, const std::string& tag) {
+  expect_bitwise_equal(got.out, want.out, "attention out rerun" + tag);
+  expect_bitwise_equal(got.dq, want.dq, "attention dq rerun" + tag);
+  expect_bitwise_equal(got.dk, want.dk, "attention dk rerun" + tag);
+  expect_bitwise_equal(got.dv, want.dv, "attention dv rerun" + tag);
+}
+
 TEST(CudaKernels, Attention) {
   REQUIRE_GPU();
   std::mt19937 rng(5);
-  // T around and across the 32-row tile, GQA groups, head dims that are and are not multiples of 32.
-  for (const AttnShape s : {AttnShape{1, 1, 1, 1, 16}, AttnShape{2, 33, 4, 2, 32}, AttnShape{1, 100, 4, 1, 64},
-                            AttnShape{2, 64, 2, 2, 128}, AttnShape{2, 70, 6, 3, 48}, AttnShape{1, 257, 2, 1, 64}}) {
-    const auto q = randn(s.qn(), rng), k = randn(s.kn(), rng), v = randn(s.kn(), rng);
-    const auto dout = randn(s.qn(), rng);
-    const auto dq0 = randn(s.qn(), rng), dk0 = randn(s.kn(), rng), dv0 = randn(s.kn(), rng);
-    const size_t ln = static_cast<size_t>(s.B) * s.H * s.T;
-    std::vector<float> out(s.qn()), lse(ln), dq = dq0, dk = dk0, dv = dv0;
-    cpu::attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.KV, s.D);
-    cpu::attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), out.data(),
-                            lse.data(), s.B, s.T, s.H, s.KV, s.D);
-
-    Dev<float> d_q(q), d_k(k), d_v(v), d_dout(dout), d_out(s.qn()), d_lse(ln), d_dq(dq0), d_dk(dk0), d_dv(dv0);
-    gpu::attention_forward(d_out.get(), d_lse.get(), d_q.get(), d_k.get(), d_v.get(), s.B, s.T, s.H, s.KV, s.D);
-    const auto g_out = d_out.host();
-    expect_close(g_out, out, kAttnTol, kAttnAtol, "attention out" + s.tag());
-    expect_close(d_lse.host(), lse, kAttnTol, kAttnAtol, "attention lse" + s.tag());
-    gpu::attention_backward(d_dq.get(), d_dk.get(), d_dv.get(), d_dout.get(), d_q.get(), d_k.get(), d_v.get(),
-                            d_out.get(), d_lse.get(), s.B, s.T, s.H, s.KV, s.D);
-    const auto g_dq = d_dq.host(), g_dk = d_dk.host(), g_dv = d_dv.host();
-    expect_close(g_dq, dq, kAttnTol, kAttnAtol, "attention dq" + s.tag());
-    expect_close(g_dk, dk, kAttnTol, kAttnAtol, "attention dk" + s.tag());
-    expect_close(g_dv, dv, kAttnTol, kAttnAtol, "attention dv" + s.tag());
-
+  for (const AttnShape& s : kAttnShapes) {
+    const AttnCase c(s, rng);
+    const AttnResult gpu_fp32 = gpu_attention(c, gpu::MatmulPrecision::fp32);
+    expect_attention_close(gpu_fp32, cpu_attention(c, c.q, c.k, c.v, c.dout), kAttnTol, kAttnAtol, s.tag());
     // Deterministic: a second run gives the same bits.
-    Dev<float> d_out2(s.qn()), d_lse2(ln), d_dq2(dq0), d_dk2(dk0), d_dv2(dv0);
-    gpu::attention_forward(d_out2.get(), d_lse2.get(), d_q.get(), d_k.get(), d_v.get(), s.B, s.T, s.H, s.KV, s.D);
-    gpu::attention_backward(d_dq2.get(), d_dk2.get(), d_dv2.get(), d_dout.get(), d_q.get(), d_k.get(), d_v.get(),
-                            d_out2.get(), d_lse2.get(), s.B, s.T, s.H, s.KV, s.D);
-    expect_bitwise_equal(d_out2.host(), g_out, "attention out rerun" + s.tag());
-    expect_bitwise_equal(d_dq2.host(), g_dq, "attention dq rerun" + s.tag());
-    expect_bitwise_equal(d_dk2.host(), g_dk, "attention dk rerun" + s.tag());
-    expect_bitwise_equal(d_dv2.host(), g_dv, "attention dv rerun" + s.tag());
+    expect_attention_bitwise(gpu_attention(c, gpu::MatmulPrecision::fp32), gpu_fp32, s.tag());
+  }
+}
+
+// train.precision = bf16: the tensor-core kernels against the CPU's fp32 attention of the bf16-rounded Q, K, V and
+// dO. They also round P and dS to bf16 (relative error 2^-9 each) before those multiply, so they are held to 2e-2
+// relative plus 1e-2 of each tensor's largest magnitude; deterministic too, and different from the fp32 kernels.
+TEST(CudaKernels, AttentionBf16) {
+  REQUIRE_GPU();
+  std::mt19937 rng(15);
+  for (const AttnShape& s : kAttnShapes) {
+    const AttnCase c(s, rng);
+    const AttnResult bf16 = gpu_attention(c, gpu::MatmulPrecision::bf16);
+    const AttnResult rounded = cpu_attention(c, round_to_bf16(c.q), round_to_bf16(c.k), round_to_bf16(c.v),
+                                             round_to_bf16(c.dout));
+    expect_attention_close(bf16, rounded, 2e-2, 1e-2, " (bf16)" + s.tag());
+    expect_attention_bitwise(gpu_attention(c, gpu::MatmulPrecision::bf16), bf16, " (bf16)" + s.tag());
+    EXPECT_NE(bf16.out, gpu_attention(c, gpu::MatmulPrecision::fp32).out)
+        << "bf16 attention gave the fp32 kernels' bits: the tensor-core path was not taken" << s.tag();
   }
 }
 

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <string>
 
+#include "kernels/cuda/attention_tiles.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops_cuda.h"
 
@@ -23,39 +24,9 @@ namespace onestep::cuda {
 
 namespace {
 
-constexpr int kTile = 32;        // query rows and keys per tile (= warp size, see above)
-constexpr int kAttnThreads = 256;  // 8 warps
+using namespace detail;
+
 constexpr int kLdS = kTile + 1;  // padded row stride of the score tiles
-
-struct Dims {
-  int B, T, H, KV, D, G, ntiles, ld;  // ld = D + 1: padded row stride of the [kTile, D] tiles in shared memory
-  int64_t ldq, ldk;                   // global row strides: H*D and KV*D
-  float scale;
-  __device__ int64_t qoff(int b, int t, int h) const {
-    return (static_cast<int64_t>(b) * T + t) * ldq + static_cast<int64_t>(h) * D;
-  }
-  __device__ int64_t koff(int b, int t, int kvh) const {
-    return (static_cast<int64_t>(b) * T + t) * ldk + static_cast<int64_t>(kvh) * D;
-  }
-  __device__ int64_t loff(int b, int h, int t) const { return (static_cast<int64_t>(b) * H + h) * T + t; }
-  __device__ int rows(int tile) const { return min(kTile, T - tile * kTile); }
-};
-
-Dims make_dims(int B, int T, int H, int KV, int D) {
-  Dims d;
-  d.B = B;
-  d.T = T;
-  d.H = H;
-  d.KV = KV;
-  d.D = D;
-  d.G = H / KV;
-  d.ntiles = (T + kTile - 1) / kTile;
-  d.ld = D + 1;
-  d.ldq = static_cast<int64_t>(H) * D;
-  d.ldk = static_cast<int64_t>(KV) * D;
-  d.scale = 1.0f / std::sqrt(static_cast<float>(D));
-  return d;
-}
 
 // dst[r, c] (row stride ld) = src[r * lds + c] for r < valid, 0 for valid <= r < kTile.
 __device__ inline void load_tile(float* dst, int ld, const float* src, int64_t lds, int valid, int D) {
@@ -300,25 +271,6 @@ size_t smem_bytes(int D, int tiles, int scores, int vecs) {
                           static_cast<size_t>(vecs) * kTile);
 }
 
-// Opts the kernel in to `bytes` of dynamic shared memory; throws if the device has less.
-template <class Kernel>
-void prepare_smem(Kernel kernel, size_t bytes, const char* name, int D) {
-  int dev = 0, optin = 0;
-  ONESTEP_CUDA_CHECK(cudaGetDevice(&dev));
-  ONESTEP_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  if (bytes > static_cast<size_t>(optin))
-    throw std::runtime_error(std::string(name) + ": head dim " + std::to_string(D) + " needs " +
-                             std::to_string(bytes) + " bytes of shared memory per block, the device offers " +
-                             std::to_string(optin));
-  ONESTEP_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-}
-
-void check_dims(int H, int KV, const char* name) {
-  if (KV <= 0 || H % KV != 0)
-    throw std::runtime_error(std::string(name) + ": H must be a positive multiple of KV");
-}
-
 }  // namespace
 
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, int B, int T, int H,
@@ -326,6 +278,8 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
   if (B <= 0 || T <= 0 || H <= 0 || D <= 0) return;
   check_dims(H, KV, "attention_forward");
   const Dims d = make_dims(B, T, H, KV, D);
+  if (current_matmul_precision() == MatmulPrecision::bf16 && bf16_attention_fits(D))
+    return attention_forward_bf16(out, lse, q, k, v, d, stream);
   const size_t smem = smem_bytes(D, 4, 1, 3);
   prepare_smem(attn_fwd_kernel, smem, "attention_forward", D);
   const int64_t blocks = static_cast<int64_t>(B) * H * d.ntiles;
@@ -339,14 +293,16 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   if (B <= 0 || T <= 0 || H <= 0 || D <= 0) return;
   check_dims(H, KV, "attention_backward");
   const Dims d = make_dims(B, T, H, KV, D);
-  const size_t smem_dq = smem_bytes(D, 5, 2, 2), smem_dkv = smem_bytes(D, 6, 2, 2);
-  prepare_smem(attn_bwd_dq_kernel, smem_dq, "attention_backward", D);
-  prepare_smem(attn_bwd_dkv_kernel, smem_dkv, "attention_backward", D);
-
   const int64_t rows = static_cast<int64_t>(B) * T * H;
   detail::Scratch delta(sizeof(float) * static_cast<size_t>(rows), stream);
   attn_delta_kernel<<<detail::grid_for(rows), detail::kThreads, 0, stream>>>(delta.as<float>(), dout, out, d);
   ONESTEP_CUDA_LAUNCHED("attention_backward(delta)");
+  if (current_matmul_precision() == MatmulPrecision::bf16 && bf16_attention_fits(D))
+    return attention_backward_bf16(dq, dk, dv, dout, q, k, v, lse, delta.as<float>(), d, stream);
+
+  const size_t smem_dq = smem_bytes(D, 5, 2, 2), smem_dkv = smem_bytes(D, 6, 2, 2);
+  prepare_smem(attn_bwd_dq_kernel, smem_dq, "attention_backward", D);
+  prepare_smem(attn_bwd_dkv_kernel, smem_dkv, "attention_backward", D);
 
   const int64_t nq = static_cast<int64_t>(B) * H * d.ntiles, nk = static_cast<int64_t>(B) * KV * d.ntiles;
   attn_bwd_dq_kernel<<<static_cast<unsigned>(nq), kAttnThreads, smem_dq, stream>>>(dq, dout, q, k, v, lse,

@@ -77,6 +77,7 @@ cublasHandle_t cublas_handle(cudaStream_t stream, bool allow_tf32) {
 }  // namespace detail
 
 void set_matmul_precision(MatmulPrecision p) { detail::matmul_precision.store(p); }
+MatmulPrecision current_matmul_precision() { return detail::matmul_precision.load(std::memory_order_relaxed); }
 
 using detail::check_cublas;
 using detail::cublas_handle;
@@ -84,7 +85,7 @@ using detail::bf16_copy;
 using detail::gemm_bf16;
 
 namespace {
-bool bf16() { return detail::matmul_precision.load(std::memory_order_relaxed) == MatmulPrecision::bf16; }
+bool bf16() { return current_matmul_precision() == MatmulPrecision::bf16; }
 }  // namespace
 
 // out[N,OC] = inp[N,C] @ w[OC,C]^T.  Column-major: out^T[OC,N] = op_T(w: C x OC) * inp^T (C x N).

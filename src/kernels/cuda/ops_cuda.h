@@ -25,8 +25,11 @@ namespace onestep::cuda {
 //  bf16: both operands rounded to bfloat16 (7-bit mantissa, round to nearest even) into stream-ordered
 //        scratch, multiplied on bf16 tensor cores with fp32 accumulation into the fp32 output (cublasGemmEx).
 //        The weights stay fp32 masters; the optimizers and Newton–Schulz never see bf16.
+// bf16 also runs attention's products on the tensor cores (bf16 Q, K, V, P, dO and dS; fp32 softmax and
+// accumulation) for head dims that are multiples of 16.
 enum class MatmulPrecision { fp32, tf32, bf16 };
 void set_matmul_precision(MatmulPrecision p);
+MatmulPrecision current_matmul_precision();
 
 // out[N,OC] = inp[N,C] @ w[OC,C]^T            (in the precision set above)
 void matmul_forward(float* out, const float* inp, const float* w, int N, int C, int OC, cudaStream_t stream = 0);

@@ -1,0 +1,76 @@
+// Private to src/kernels/cuda: what the two attention implementations share (attention.cu: fp32 on the CUDA
+// cores, the reference; attention_bf16.cu: bf16 operands on the tensor cores, used when train.precision = bf16).
+// Both tile the sequence in kTile rows and keys, one block per (batch, head, query tile) forward and the same
+// two backward kernels (dq per query tile; dk, dv per kv head and key tile), with no T x T matrix in memory.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/common.cuh"
+
+namespace onestep::cuda::detail {
+
+constexpr int kTile = 32;          // query rows and keys per tile (= warp size: in the softmax, lane j is key j)
+constexpr int kAttnThreads = 256;  // 8 warps
+
+struct Dims {
+  int B, T, H, KV, D, G, ntiles, ld;  // ld = D + 1: padded row stride of the fp32 kernels' [kTile, D] tiles
+  int64_t ldq, ldk;                   // global row strides: H*D and KV*D
+  float scale;
+  __device__ int64_t qoff(int b, int t, int h) const {
+    return (static_cast<int64_t>(b) * T + t) * ldq + static_cast<int64_t>(h) * D;
+  }
+  __device__ int64_t koff(int b, int t, int kvh) const {
+    return (static_cast<int64_t>(b) * T + t) * ldk + static_cast<int64_t>(kvh) * D;
+  }
+  __device__ int64_t loff(int b, int h, int t) const { return (static_cast<int64_t>(b) * H + h) * T + t; }
+  __device__ int rows(int tile) const { return min(kTile, T - tile * kTile); }
+};
+
+inline Dims make_dims(int B, int T, int H, int KV, int D) {
+  Dims d;
+  d.B = B;
+  d.T = T;
+  d.H = H;
+  d.KV = KV;
+  d.D = D;
+  d.G = H / KV;
+  d.ntiles = (T + kTile - 1) / kTile;
+  d.ld = D + 1;
+  d.ldq = static_cast<int64_t>(H) * D;
+  d.ldk = static_cast<int64_t>(KV) * D;
+  d.scale = 1.0f / std::sqrt(static_cast<float>(D));
+  return d;
+}
+
+// Opts the kernel in to `bytes` of dynamic shared memory; throws if the device has less.
+template <class Kernel>
+inline void prepare_smem(Kernel kernel, size_t bytes, const char* name, int D) {
+  int dev = 0, optin = 0;
+  ONESTEP_CUDA_CHECK(cudaGetDevice(&dev));
+  ONESTEP_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (bytes > static_cast<size_t>(optin))
+    throw std::runtime_error(std::string(name) + ": head dim " + std::to_string(D) + " needs " +
+                             std::to_string(bytes) + " bytes of shared memory per block, the device offers " +
+                             std::to_string(optin));
+  ONESTEP_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+inline void check_dims(int H, int KV, const char* name) {
+  if (KV <= 0 || H % KV != 0)
+    throw std::runtime_error(std::string(name) + ": H must be a positive multiple of KV");
+}
+
+// The bf16 tensor-core kernels (attention_bf16.cu), for head dims that are multiples of 16.
+inline bool bf16_attention_fits(int D) { return D % 16 == 0 && D <= 256; }
+void attention_forward_bf16(float* out, float* lse, const float* q, const float* k, const float* v, const Dims& d,
+                            cudaStream_t stream);
+void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                             const float* v, const float* lse, const float* delta, const Dims& d, cudaStream_t stream);
+
+}  // namespace onestep::cuda::detail
