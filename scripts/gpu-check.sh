@@ -81,6 +81,24 @@ PY
   done
 done
 
+# Where the bf16 step's time goes (onestep bench's profiled step: CUDA events around each kernel call).
+say ""
+say "## Time by kernel, bf16 (one profiled step; the rest is the optimizer step and host gaps)"
+for preset in smollm2-135m smollm2-360m; do
+  python3 - "$preset" "$OUTDIR/bench_${preset}_bf16.log" <<'PY' | tee -a "$SUMMARY"
+import json, sys
+try:
+    j = json.loads([l for l in open(sys.argv[2]) if l.startswith("{")][-1])
+    step_ms = 1e3 * j["profiled_step_s"]
+    ops = sorted(j["op_ms"].items(), key=lambda kv: -kv[1])
+    rest = step_ms - sum(ms for _, ms in ops)
+    parts = [f"{name} {ms:.1f} ms ({100 * ms / step_ms:.0f}%)" for name, ms in ops[:6]]
+    print(f"- {sys.argv[1]}: step {step_ms:.1f} ms: " + ", ".join(parts) + f", rest {rest:.1f} ms ({100 * rest / step_ms:.0f}%)")
+except Exception as e:
+    print(f"- {sys.argv[1]}: no profile ({e})")
+PY
+done
+
 # 4. A 2-stage 2BW pipeline on the one GPU against its single-device emulator (delay.emulate = one_step), on
 # smollm2-135m and a synthetic token shard (no data is downloaded): losses must agree (the same rule), and the
 # pipeline's tokens/s over the emulator's is the schedule's own overhead (issue #5 target: >= 90%).

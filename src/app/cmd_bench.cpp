@@ -5,6 +5,10 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
 #include <nlohmann/json.hpp>
 
 #include "app/commands.h"
@@ -12,6 +16,7 @@
 #include "core/rng.h"
 #include "core/threads.h"
 #include "core/timer.h"
+#include "kernels/op_profile.h"
 #include "train/backend.h"
 #include "train/stage_state.h"
 #ifdef ONESTEP_HAVE_CUDA
@@ -66,6 +71,25 @@ double gpu_sgemm_peak_gflops() { return 0; }  // unreachable: backend_for(cuda) 
 void add_gpu_report(nlohmann::json&, double) {}
 #endif
 
+// The profiled step's time by kernel, largest first; the rest (optimizer step, clearing the gradient, host
+// work between calls) is what the model's kernels do not account for.
+void print_op_profile(const std::map<std::string, OpTotal>& ops, double step_s, nlohmann::json& j) {
+  std::vector<std::pair<std::string, OpTotal>> rows(ops.begin(), ops.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+  std::printf("  one profiled step, %.3f s, by kernel:\n", step_s);
+  double covered = 0;
+  nlohmann::json op_ms = nlohmann::json::object();
+  for (const auto& [name, t] : rows) {
+    std::printf("    %-24s %6lld calls %10.2f ms %5.1f%%\n", name.c_str(), static_cast<long long>(t.calls), 1e3 * t.seconds,
+                100 * t.seconds / step_s);
+    covered += t.seconds;
+    op_ms[name] = 1e3 * t.seconds;
+  }
+  const double rest = std::max(0.0, step_s - covered);
+  std::printf("    %-24s %6s       %10.2f ms %5.1f%%\n", "(optimizer and the rest)", "", 1e3 * rest, 100 * rest / step_s);
+  j["profiled_step_s"] = step_s, j["op_ms"] = op_ms;
+}
+
 }  // namespace
 
 int cmd_bench(const std::string& config_path, const std::vector<std::string>& overrides, int steps) {
@@ -92,8 +116,7 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
   for (auto& x : in) x = static_cast<int32_t>(rng.below(m.vocab_size));
   for (auto& x : tgt) x = static_cast<int32_t>(rng.below(m.vocab_size));
 
-  std::vector<double> secs;
-  for (int i = 0; i < steps + 2; ++i) {
+  auto timed_step = [&] {  // seconds of one training step, queued work included
     be.synchronize();
     Stopwatch sw;
     be.fill_zero(s.grad.data(), static_cast<int64_t>(s.grad.size()));
@@ -104,11 +127,24 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
     reduce_tied_embedding_local(s);
     optimizer_step(s, 1.0, 1.0f, c.delay);
     be.synchronize();
-    if (i >= 2) secs.push_back(sw.seconds());  // two warm-up steps
+    return sw.seconds();
+  };
+  std::vector<double> secs;
+  for (int i = 0; i < steps + 2; ++i) {
+    const double t = timed_step();
+    if (i >= 2) secs.push_back(t);  // two warm-up steps
     std::fprintf(stderr, "\rbench step %d/%d", i + 1, steps + 2);
   }
   std::fprintf(stderr, "\n");
   const double step_s = median(secs);
+  // One more step with every kernel call of the model timed (not counted above: timing adds a little).
+  const auto profiler = be.make_op_profiler();
+  double profiled_s = 0;
+  {
+    const ActiveOpProfiler active(profiler.get());
+    profiled_s = timed_step();
+  }
+  const std::map<std::string, OpTotal> ops = profiler->totals();
   const double tokens = static_cast<double>(M) * B * T;
   // FLOPs per token (issue #2): 6 x non-embedding parameters + 6 x vocab x d_model (head)
   // + 12 x layers x d_model x seq (attention scores and values, forward + backward).
@@ -135,6 +171,7 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
                       {"step_s", step_s}, {"sgemm_peak_gflops", peak}, {"achieved_gflops", achieved},
                       {"frac_of_peak", achieved / peak}, {"tensor_mib", tensor_mib}, {"tokens_per_step", tokens},
                       {"threads", num_threads()}};
+  print_op_profile(ops, profiled_s, j);
   if (device == Device::cpu) {
     std::printf("  peak resident memory                %8.1f MiB = %.1f%% of the tensors\n", rss, 100 * rss / tensor_mib);
     j["peak_rss_mib"] = rss;

@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/optim_cuda.h"
+#include "gpu/cuda_op_profiler.h"
 #include "gpu/cuda_optimizer.h"
 #include "train/backend.h"
 
@@ -40,6 +41,7 @@ class CudaBackend final : public Backend {
   void synchronize() const override {
     if (cudaStreamSynchronize(ops_.stream) != cudaSuccess) internal_error("cudaStreamSynchronize failed");
   }
+  std::unique_ptr<OpProfiler> make_op_profiler() const override { return make_cuda_op_profiler(); }
 
  private:
   CudaOps ops_{};  // stream 0: the calling thread's own default stream (per-thread streams; core/buffer.cpp)

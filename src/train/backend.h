@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "core/buffer.h"
+#include "kernels/op_profile.h"
 #include "model/stage.h"
 #include "optim/optim_config.h"
 #include "optim/optimizer.h"
@@ -42,6 +43,8 @@ class Backend {
   virtual void apply_update(float* x, const float* u, float* u_prev, int64_t n, float c) const = 0;
   // Waits for the queued work (timing); the CPU's work is never queued.
   virtual void synchronize() const {}
+  // Times the model's kernel calls on this device while active (kernels/op_profile.h).
+  virtual std::unique_ptr<OpProfiler> make_op_profiler() const { return make_host_op_profiler(); }
 };
 
 // The backend of a device (one shared instance each). Device::cuda throws bad_input naming train.device in a

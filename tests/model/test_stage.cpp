@@ -6,6 +6,7 @@
 #include <random>
 
 #include "core/threads.h"
+#include "kernels/op_profile.h"
 #include "model/stage.h"
 
 using namespace onestep;
@@ -160,4 +161,40 @@ TEST(StageSpec, DescribesCutsInsideBlocks) {
   EXPECT_EQ(describe_units(4, 5), "attention of block 1");
   EXPECT_EQ(describe_units(7, 8), "MLP down of block 1");
   EXPECT_EQ(describe_units(4, 4), "no blocks");
+}
+
+// The op profiler (kernels/op_profile.h) sees every kernel call of a step under its name, the calls counted by
+// the model's structure; nothing is recorded once it is no longer active, and the step computes the same loss.
+TEST(OpProfile, CountsEveryKernelCallOfAStep) {
+  set_num_threads(1);
+  const ModelConfig c = micro_config();
+  Stage s(c, whole_model(c));
+  const int B = 2, T = c.seq_len;
+  std::vector<float> w(s.params().total(), 0.f), g(w.size(), 0.f);
+  s.init_weights(w.data(), 5);
+  const Batch b = random_batch(c, B, T, 3);
+  auto a = s.make_activations(B, T);
+  auto scratch = s.make_scratch(B, T);
+  const double plain = s.forward(w.data(), *a, b.tokens.data(), nullptr, b.targets.data());
+
+  const auto profiler = make_host_op_profiler();
+  double loss = 0;
+  {
+    const ActiveOpProfiler active(profiler.get());
+    loss = s.forward(w.data(), *a, b.tokens.data(), nullptr, b.targets.data());
+    s.backward(w.data(), g.data(), *a, *scratch, nullptr, 1.0f);
+  }
+  EXPECT_EQ(loss, plain);
+  s.forward(w.data(), *a, b.tokens.data(), nullptr, b.targets.data());  // not profiled any more
+  const auto ops = profiler->totals();
+  const int64_t L = c.n_layers;
+  auto calls = [&](const char* op) { return ops.count(op) ? ops.at(op).calls : int64_t{-1}; };
+  EXPECT_EQ(calls("matmul_forward"), 7 * L + 1);  // q, k, v, o, gate, up, down per layer; the (tied) head
+  EXPECT_EQ(calls("matmul_backward"), 7 * L + 1);
+  EXPECT_EQ(calls("attention_forward"), L);
+  EXPECT_EQ(calls("attention_backward"), L);
+  EXPECT_EQ(calls("rmsnorm_forward"), 2 * L + 1);  // two per layer and the final norm
+  EXPECT_EQ(calls("embedding_forward"), 1);
+  EXPECT_EQ(calls("cross_entropy_forward"), 1);
+  for (const auto& [name, t] : ops) EXPECT_GE(t.seconds, 0.0) << name;
 }

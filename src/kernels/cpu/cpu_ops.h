@@ -5,14 +5,15 @@
 
 #include "kernels/cpu/ops.h"
 #include "kernels/kernel_ops.h"
+#include "kernels/op_profile.h"
 
 namespace onestep {
 
 struct CpuOps {
-#define ONESTEP_CPU_OP(name) \
-  template <class... A>      \
-  auto name(A... a) const {  \
-    return cpu::name(a...);  \
+#define ONESTEP_CPU_OP(name)                                       \
+  template <class... A>                                            \
+  auto name(A... a) const {                                        \
+    return profiled(#name, [&] { return cpu::name(a...); });       \
   }
   ONESTEP_KERNEL_OPS(ONESTEP_CPU_OP)
 #undef ONESTEP_CPU_OP

@@ -3,15 +3,16 @@
 #pragma once
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/kernel_ops.h"
+#include "kernels/op_profile.h"
 
 namespace onestep {
 
 struct CudaOps {
   cudaStream_t stream = 0;
-#define ONESTEP_CUDA_OP(name)       \
-  template <class... A>             \
-  auto name(A... a) const {         \
-    return cuda::name(a..., stream); \
+#define ONESTEP_CUDA_OP(name)                                        \
+  template <class... A>                                              \
+  auto name(A... a) const {                                          \
+    return profiled(#name, [&] { return cuda::name(a..., stream); }); \
   }
   ONESTEP_KERNEL_OPS(ONESTEP_CUDA_OP)
 #undef ONESTEP_CUDA_OP
