@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <thread>
 
@@ -23,6 +24,7 @@
 #include "train/trainer_internal.h"
 #ifdef ONESTEP_HAVE_MPI
 #include "mpi/mpi_transport.h"
+#include "mpi/staged_transport.h"
 #endif
 #ifdef ONESTEP_HAVE_NCCL
 #include "nccl/nccl_transport.h"
@@ -177,7 +179,12 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
 #endif
   } else if (mpi) {
 #ifdef ONESTEP_HAVE_MPI
-    transports[rank] = pipeline::make_mpi_transport();
+    // ONESTEP_MPI_PAYLOADS=staged: the payloads go through the nccl transport's protocol (MPI headers, payloads
+    // matched in order per direction) on a host data plane, so that the CPU tests exercise that protocol.
+    const char* payloads = std::getenv("ONESTEP_MPI_PAYLOADS");
+    transports[rank] = payloads && std::string(payloads) == "staged"
+                           ? pipeline::make_staged_transport(pipeline::make_mpi_data_plane())
+                           : pipeline::make_mpi_transport();
 #endif
   } else {
     transports = pipeline::make_inproc_transports(p, device);

@@ -25,6 +25,14 @@ for sched in 2bw 1f1b; do
       && ok "$sched p=$p: MPI weights == in-process weights, bit for bit" || fail "$sched p=$p: MPI and in-process weights differ"
     [ -s "mpi_${sched}_$p/metrics.jsonl" ] && diff <(grep -o '"train_loss":[^,]*' "in_${sched}_$p/metrics.jsonl") <(grep -o '"train_loss":[^,]*' "mpi_${sched}_$p/metrics.jsonl") > /dev/null \
       && ok "$sched p=$p: same losses" || fail "$sched p=$p: losses differ"
+    [ "$p" = 3 ] || continue
+    # The nccl transport's protocol (MPI headers, payloads matched in order per direction) on a host data plane.
+    ONESTEP_MPI_PAYLOADS=staged "${MPIRUN[@]}" -np $p "$BIN" train --config micro.toml "${common[@]}" "${extra[@]}" \
+      --set pipeline.schedule=$sched --set pipeline.stages=$p --set pipeline.transport=mpi --out "staged_${sched}" \
+      > "staged_${sched}.log" 2>&1 || { cat "staged_${sched}.log"; fail "staged $sched p=$p"; }
+    "$BIN" export --checkpoint "staged_${sched}" --out "staged_${sched}.safetensors" > /dev/null || fail "export"
+    cmp -s "in_${sched}_$p.safetensors" "staged_${sched}.safetensors" \
+      && ok "$sched p=$p: staged protocol weights == in-process weights, bit for bit" || fail "$sched p=$p: staged protocol weights differ"
   done
 done
 
