@@ -4,6 +4,8 @@
 #include <cuda_bf16.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <string>
 #include <map>
 #include <utility>
 #include <unordered_map>
@@ -51,6 +53,25 @@ void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, 
                             CUDA_R_16BF, ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                what);
 }
+// C = alpha op(A) op(B) + beta C with fp32 A, B and C, which cuBLAS rounds to bf16 itself inside the product
+// (CUBLAS_COMPUTE_32F_FAST_16BF): no separate rounding pass over the operands, fp32 operand reads instead.
+void gemm_fast_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha, const float* A,
+                    int lda, const float* B, int ldb, float beta, float* C, int ldc, cudaStream_t stream,
+                    const char* what) {
+  check_cublas(cublasGemmEx(cublas_handle(stream, false), ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F,
+                            ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT),
+               what);
+}
+
+// ONESTEP_BF16_GEMM=fast: the bf16 products take fp32 operands (gemm_fast_bf16) instead of our rounded copies; a
+// variant for benchmarks (scripts/gpu-check.sh times both), until measurements pick one.
+bool fast_bf16_gemm() {
+  static const bool fast = [] {
+    const char* v = std::getenv("ONESTEP_BF16_GEMM");
+    return v && std::string(v) == "fast";
+  }();
+  return fast;
+}
 }  // namespace
 
 // A handle must not be shared by threads that set its stream. Handles live until the process exits
@@ -82,7 +103,9 @@ MatmulPrecision current_matmul_precision() { return detail::matmul_precision.loa
 using detail::check_cublas;
 using detail::cublas_handle;
 using detail::bf16_copy;
+using detail::fast_bf16_gemm;
 using detail::gemm_bf16;
+using detail::gemm_fast_bf16;
 
 namespace {
 bool bf16() { return current_matmul_precision() == MatmulPrecision::bf16; }
@@ -96,6 +119,9 @@ void matmul_forward(float* out, const float* inp, const float* w, int N, int C, 
     return;
   }
   const float one = 1.0f, zero = 0.0f;
+  if (bf16() && fast_bf16_gemm())
+    return gemm_fast_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, one, w, C, inp, C, zero, out, OC, stream,
+                          "matmul_forward (bf16, fast)");
   if (bf16())  // operand slots: 0 the weight, 1 the input
     return gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, one, bf16_copy(0, w, static_cast<int64_t>(OC) * C, stream),
                      C, bf16_copy(1, inp, static_cast<int64_t>(N) * C, stream), C, zero, out, OC, stream,
@@ -111,6 +137,15 @@ void matmul_backward(float* dinp, float* dw, const float* dout, const float* inp
                      int OC, cudaStream_t stream) {
   if (N <= 0 || C <= 0 || OC <= 0) return;
   const float one = 1.0f;
+  if (bf16() && fast_bf16_gemm()) {
+    if (dinp)
+      gemm_fast_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, one, w, C, dout, OC, one, dinp, C, stream,
+                     "matmul_backward(dinp, bf16, fast)");
+    if (dw)
+      gemm_fast_bf16(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, one, inp, C, dout, OC, one, dw, C, stream,
+                     "matmul_backward(dw, bf16, fast)");
+    return;
+  }
   if (bf16()) {  // operand slots: 0 the weight, 1 the input, 2 dout (rounded once, read by both products)
     const __nv_bfloat16* dout16 = bf16_copy(2, dout, static_cast<int64_t>(N) * OC, stream);
     if (dinp)
