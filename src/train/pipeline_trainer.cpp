@@ -156,7 +156,7 @@ int pipeline_rank(const RunConfig& c) {
 
 void run_pipeline(const RunConfig& c, RunIO& io) {
   const int p = c.pipeline.stages;
-  const bool mpi = rank_per_stage(c);  // one stage per process (mpi or nccl transport)
+  const bool multiprocess = rank_per_stage(c);  // one stage per process (mpi or nccl transport)
   const int rank = pipeline_rank(c);
   const Device device = parse_device(c.train.device);
   const Backend& backend = backend_for(device);
@@ -165,8 +165,8 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
   // its GPU first (a new thread starts on GPU 0).
   std::vector<int> gpu_of(p, 0);
   if (device == Device::cuda) {
-    const int gpus = mpi ? 0 : std::min(p, device_memory::gpu_count());
-    for (int s = 0; s < p; ++s) gpu_of[s] = mpi ? device_memory::current_gpu() : s * gpus / p;
+    const int gpus = multiprocess ? 0 : std::min(p, device_memory::gpu_count());
+    for (int s = 0; s < p; ++s) gpu_of[s] = multiprocess ? device_memory::current_gpu() : s * gpus / p;
     if (gpus > 1) device_memory::connect_gpus(gpus);  // messages and the gather copy GPU to GPU directly
   }
   auto use_gpu_of = [&](int s) {
@@ -177,7 +177,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
 #ifdef ONESTEP_HAVE_NCCL
     transports[rank] = pipeline::make_nccl_transport();
 #endif
-  } else if (mpi) {
+  } else if (multiprocess) {
 #ifdef ONESTEP_HAVE_MPI
     // ONESTEP_MPI_PAYLOADS=staged: the payloads go through the nccl transport's protocol (MPI headers, payloads
     // matched in order per direction) on a host data plane, so that the CPU tests exercise that protocol.
@@ -190,8 +190,9 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
     transports = pipeline::make_inproc_transports(p, device);
   }
   const int threads_per_stage =
-      mpi ? std::max(1, c.train.threads) : std::max(1, (c.train.threads > 0 ? c.train.threads : num_threads()) / p);
-  const ModelCosts costs = pipeline_costs(c, rank, mpi ? transports[rank].get() : nullptr, threads_per_stage);
+      multiprocess ? std::max(1, c.train.threads)
+                   : std::max(1, (c.train.threads > 0 ? c.train.threads : num_threads()) / p);
+  const ModelCosts costs = pipeline_costs(c, rank, multiprocess ? transports[rank].get() : nullptr, threads_per_stage);
   const std::vector<StageSpec> specs = partition_model(c.model, p, costs);
   // Versions below the newest each stage reads: 1 under 2BW's rule, p-1-s for PipeDream's stage s.
   auto lag_of = [&](int s) -> int {
@@ -201,7 +202,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
   // The stages this process runs: all of them in-process, its own one under MPI.
   std::vector<int> local;
   for (int s = 0; s < p; ++s)
-    if (!mpi || s == rank) local.push_back(s);
+    if (!multiprocess || s == rank) local.push_back(s);
   std::vector<std::unique_ptr<StageState>> states(p);
   std::vector<StageState*> raw;
   for (int s : local) {
@@ -221,12 +222,14 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
   io.open_metrics(start);
   if (io.writer) {
     const std::string& tr = c.pipeline.transport;
+    const char* how = tr == "nccl"  ? "NCCL (one rank per GPU)"
+                      : tr == "mpi" ? "MPI (one rank per stage)"
+                                    : "in-process (one thread per stage)";
     std::string gpus;  // in-process on CUDA: which GPU each stage runs on
-    for (int s = 0; device == Device::cuda && !mpi && s < p; ++s) gpus += (s ? "," : " (GPUs ") + std::to_string(gpu_of[s]);
-    std::printf("pipeline: %s, %d stages, %d micro-batches per step, %s transport%s\n%s", c.pipeline.schedule.c_str(), p,
-                c.train.micro_batches,
-                tr == "nccl" ? "NCCL (one rank per GPU)" : tr == "mpi" ? "MPI (one rank per stage)" : "in-process (one thread per stage)",
-                gpus.empty() ? "" : (gpus + ")").c_str(), describe_partition(c.model, specs, costs).c_str());
+    for (int s = 0; device == Device::cuda && !multiprocess && s < p; ++s)
+      gpus += (s ? "," : " (GPUs ") + std::to_string(gpu_of[s]) + (s == p - 1 ? ")" : "");
+    std::printf("pipeline: %s, %d stages, %d micro-batches per step, %s transport%s\n%s", c.pipeline.schedule.c_str(),
+                p, c.train.micro_batches, how, gpus.c_str(), describe_partition(c.model, specs, costs).c_str());
   }
 
   // The runners own the version history: the older versions move there (and back for checkpoints).
@@ -242,7 +245,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
   Buffer<float> whole_w(device);
   // Whole-model weights on the writer (rank 0 receives the other ranks' parameters under MPI).
   auto gather = [&](int64_t step) {
-    if (!mpi) return gather_whole(states, whole, whole_w);
+    if (!multiprocess) return gather_whole(states, whole, whole_w);
     const uint32_t tag = pipeline::message_tag(pipeline::MsgKind::weights, step, 1);
     if (rank != 0) return transports[rank]->send(0, tag, states[rank]->weights.data(), static_cast<int64_t>(states[rank]->weights.size()));
     gather_whole(states, whole, whole_w);  // rank 0's own stage; the others arrive below
@@ -257,7 +260,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
   };
   // Every rank passes here together: an all-stage sum used as a barrier.
   auto barrier = [&](int64_t step, int micro) {
-    if (mpi) transports[rank]->start_sum(pipeline::message_tag(pipeline::MsgKind::weights, step, micro), {0.0})->wait();
+    if (multiprocess) transports[rank]->start_sum(pipeline::message_tag(pipeline::MsgKind::weights, step, micro), {0.0})->wait();
   };
   if (start == 0) {
     gather(0);
@@ -316,7 +319,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
     }
     if (io.ckpt_due(end)) {
       for (int s : local) states[s]->older = runners[s]->older_versions(lag_of(s));
-      if (!mpi) {
+      if (!multiprocess) {
         save_checkpoint(io.options.out_dir, end, c, raw, c.train.keep_ckpts);
       } else {
         const std::string tmp = checkpoint_tmp_dir(io.options.out_dir, end);
@@ -334,7 +337,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
     first = end;
     if (end == io.options.stop_after_step) break;
   }
-  if (c.pipeline.trace) write_trace(io.options.out_dir + "/trace.json", runners, mpi ? transports[rank].get() : nullptr);
+  if (c.pipeline.trace) write_trace(io.options.out_dir + "/trace.json", runners, multiprocess ? transports[rank].get() : nullptr);
 }
 
 }  // namespace onestep
