@@ -69,12 +69,16 @@ say ""
 say "| preset | precision | micro-batch x seq | tokens/s | achieved TFLOP/s | GPU fp32 sgemm peak TFLOP/s | MFU vs dense bf16 peak | GPU memory in use |"
 say "|---|---|---|---|---|---|---|---|"
 for preset in smollm2-135m smollm2-360m; do
-  # bf16-fast: the bf16 products on fp32 operands rounded inside cuBLAS (ONESTEP_BF16_GEMM=fast) instead of our
-  # rounded copies: which of the two is faster is what this row is for.
-  for variant in fp32 tf32 bf16 bf16-fast; do
-    precision="${variant%-fast}"
+  # Candidates to choose between on the target preset: bf16-fast, the bf16 products on fp32 operands rounded
+  # inside cuBLAS (ONESTEP_BF16_GEMM=fast) instead of our rounded copies; bf16-flash, the FlashAttention-2-style
+  # attention kernels (ONESTEP_ATTENTION=flash) instead of the tile kernels.
+  variants="fp32 tf32 bf16"
+  [ "$preset" = smollm2-360m ] && variants="$variants bf16-fast bf16-flash"
+  for variant in $variants; do
+    precision="${variant%%-*}"
     log="$OUTDIR/bench_${preset}_$variant.log"
-    ONESTEP_BF16_GEMM="$([ "$variant" = bf16-fast ] && echo fast || echo rounded)" timeout 150 "$BIN/onestep" bench \
+    ONESTEP_BF16_GEMM="$([ "$variant" = bf16-fast ] && echo fast || echo rounded)" \
+    ONESTEP_ATTENTION="$([ "$variant" = bf16-flash ] && echo flash || echo tiles)" timeout 150 "$BIN/onestep" bench \
       --set model.preset=$preset --set train.device=cuda --set train.precision=$precision \
       --set train.micro_batch_size=4 --set train.micro_batches=1 > "$log" 2>&1
     json="$(grep '^{' "$log" | tail -n 1)"
@@ -92,8 +96,8 @@ done
 # Where the bf16 step's time goes (onestep bench's profiled step: CUDA events around each kernel call).
 say ""
 say "## Time by kernel, bf16 (one profiled step; the rest is the optimizer step and host gaps)"
-for preset in smollm2-135m smollm2-360m; do
-  python3 - "$preset" "$OUTDIR/bench_${preset}_bf16.log" <<'PY' | tee -a "$SUMMARY"
+for run in smollm2-135m_bf16 smollm2-360m_bf16 smollm2-360m_bf16-flash; do
+  python3 - "$run" "$OUTDIR/bench_$run.log" <<'PY' | tee -a "$SUMMARY"
 import json, sys
 try:
     j = json.loads([l for l in open(sys.argv[2]) if l.startswith("{")][-1])

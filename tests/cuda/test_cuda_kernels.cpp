@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -298,21 +299,32 @@ TEST(CudaKernels, Attention) {
   }
 }
 
-// train.precision = bf16: the tensor-core kernels against the CPU's fp32 attention of the bf16-rounded Q, K, V and
-// dO. They also round P and dS to bf16 (relative error 2^-9 each) before those multiply, so they are held to 2e-2
-// relative plus 1e-2 of each tensor's largest magnitude; deterministic too, and different from the fp32 kernels.
+// train.precision = bf16: the tensor-core kernels (both: the tile kernels and, with ONESTEP_ATTENTION=flash, the
+// FlashAttention-2-style ones) against the CPU's fp32 attention of the bf16-rounded Q, K, V and dO. They also round
+// P and dS to bf16 (relative error 2^-9 each) before those multiply, so they are held to 2e-2 relative plus 1e-2 of
+// each tensor's largest magnitude; deterministic too, and different from the fp32 kernels and (over several key tiles) from each other.
 TEST(CudaKernels, AttentionBf16) {
   REQUIRE_GPU();
   std::mt19937 rng(15);
   for (const AttnShape& s : kAttnShapes) {
     const AttnCase c(s, rng);
-    const AttnResult bf16 = gpu_attention(c, gpu::MatmulPrecision::bf16);
     const AttnResult rounded = cpu_attention(c, round_to_bf16(c.q), round_to_bf16(c.k), round_to_bf16(c.v),
                                              round_to_bf16(c.dout));
-    expect_attention_close(bf16, rounded, 2e-2, 1e-2, " (bf16)" + s.tag());
-    expect_attention_bitwise(gpu_attention(c, gpu::MatmulPrecision::bf16), bf16, " (bf16)" + s.tag());
-    EXPECT_NE(bf16.out, gpu_attention(c, gpu::MatmulPrecision::fp32).out)
-        << "bf16 attention gave the fp32 kernels' bits: the tensor-core path was not taken" << s.tag();
+    const AttnResult fp32 = gpu_attention(c, gpu::MatmulPrecision::fp32);
+    std::vector<AttnResult> results;
+    for (const char* variant : {"tiles", "flash"}) {
+      setenv("ONESTEP_ATTENTION", variant, 1);
+      const std::string tag = std::string(" (bf16, ") + variant + ")" + s.tag();
+      const AttnResult bf16 = gpu_attention(c, gpu::MatmulPrecision::bf16);
+      expect_attention_close(bf16, rounded, 2e-2, 1e-2, tag);
+      expect_attention_bitwise(gpu_attention(c, gpu::MatmulPrecision::bf16), bf16, tag);
+      EXPECT_NE(bf16.out, fp32.out) << "bf16 attention gave the fp32 kernels' bits: not the tensor cores" << tag;
+      results.push_back(bf16);
+    }
+    unsetenv("ONESTEP_ATTENTION");
+    if (s.T > 64) {  // several key tiles: the two summation orders differ
+      EXPECT_NE(results[0].dq, results[1].dq) << "the flash variant gave the tile kernels' bits: not selected" << s.tag();
+    }
   }
 }
 

@@ -14,6 +14,7 @@
 //   Every output element is written by one block and summed in a fixed order: no atomics.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 
 #include "kernels/cuda/attention_tiles.cuh"
@@ -273,13 +274,21 @@ size_t smem_bytes(int D, int tiles, int scores, int vecs) {
 
 }  // namespace
 
+namespace detail {
+bool use_flash_attention(int D) {
+  const char* v = std::getenv("ONESTEP_ATTENTION");  // read per call: the tests switch it
+  return v && std::string(v) == "flash" && D % 16 == 0 && D <= 128;
+}
+}  // namespace detail
+
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, int B, int T, int H,
                        int KV, int D, cudaStream_t stream) {
   if (B <= 0 || T <= 0 || H <= 0 || D <= 0) return;
   check_dims(H, KV, "attention_forward");
   const Dims d = make_dims(B, T, H, KV, D);
   if (current_matmul_precision() == MatmulPrecision::bf16 && bf16_attention_fits(D))
-    return attention_forward_bf16(out, lse, q, k, v, d, stream);
+    return use_flash_attention(D) ? attention_forward_flash(out, lse, q, k, v, d, stream)
+                                  : attention_forward_bf16(out, lse, q, k, v, d, stream);
   const size_t smem = smem_bytes(D, 4, 1, 3);
   prepare_smem(attn_fwd_kernel, smem, "attention_forward", D);
   const int64_t blocks = static_cast<int64_t>(B) * H * d.ntiles;
@@ -298,7 +307,9 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   attn_delta_kernel<<<detail::grid_for(rows), detail::kThreads, 0, stream>>>(delta.as<float>(), dout, out, d);
   ONESTEP_CUDA_LAUNCHED("attention_backward(delta)");
   if (current_matmul_precision() == MatmulPrecision::bf16 && bf16_attention_fits(D))
-    return attention_backward_bf16(dq, dk, dv, dout, q, k, v, lse, delta.as<float>(), d, stream);
+    return use_flash_attention(D)
+               ? attention_backward_flash(dq, dk, dv, dout, q, k, v, lse, delta.as<float>(), d, stream)
+               : attention_backward_bf16(dq, dk, dv, dout, q, k, v, lse, delta.as<float>(), d, stream);
 
   const size_t smem_dq = smem_bytes(D, 5, 2, 2), smem_dkv = smem_bytes(D, 6, 2, 2);
   prepare_smem(attn_bwd_dq_kernel, smem_dq, "attention_backward", D);

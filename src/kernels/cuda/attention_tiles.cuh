@@ -66,11 +66,19 @@ inline void check_dims(int H, int KV, const char* name) {
     throw std::runtime_error(std::string(name) + ": H must be a positive multiple of KV");
 }
 
-// The bf16 tensor-core kernels (attention_bf16.cu), for head dims that are multiples of 16.
+// The bf16 tensor-core kernels, for head dims that are multiples of 16: the tile kernels (attention_bf16.cu) and
+// the FlashAttention-2-style candidate (attention_flash.cu, head dims up to 128), which ONESTEP_ATTENTION=flash
+// selects until measurements on a GPU decide between them.
 inline bool bf16_attention_fits(int D) { return D % 16 == 0 && D <= 256; }
+bool use_flash_attention(int D);  // ONESTEP_ATTENTION=flash and D fits
 void attention_forward_bf16(float* out, float* lse, const float* q, const float* k, const float* v, const Dims& d,
                             cudaStream_t stream);
 void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                              const float* v, const float* lse, const float* delta, const Dims& d, cudaStream_t stream);
+void attention_forward_flash(float* out, float* lse, const float* q, const float* k, const float* v, const Dims& d,
+                             cudaStream_t stream);
+void attention_backward_flash(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                              const float* v, const float* lse, const float* delta, const Dims& d,
+                              cudaStream_t stream);
 
 }  // namespace onestep::cuda::detail
