@@ -50,6 +50,21 @@ void copy(void* dst, const void* src, size_t bytes, Copy kind) {
   check(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault), "cudaMemcpy");
   if (kind == Copy::device_to_device) check(cudaStreamSynchronize(cudaStreamPerThread), "cudaStreamSynchronize");
 }
+void copy_async(void* dst, const void* src, size_t bytes) {
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, cudaStreamPerThread), "cudaMemcpyAsync");
+}
+StreamMark mark() {
+  cudaEvent_t e = nullptr;
+  check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+  check(cudaEventRecord(e, cudaStreamPerThread), "cudaEventRecord");
+  return e;
+}
+void wait(StreamMark m) {
+  auto e = static_cast<cudaEvent_t>(m);
+  check(cudaStreamWaitEvent(cudaStreamPerThread, e, 0), "cudaStreamWaitEvent");
+  check(cudaEventDestroy(e), "cudaEventDestroy");  // the queued wait keeps what it needs
+}
+void drop(StreamMark m) { cudaEventDestroy(static_cast<cudaEvent_t>(m)); }
 int gpu_count() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -92,6 +107,10 @@ void* alloc(size_t) { no_cuda(); }
 void release(void*) {}
 void zero(void*, size_t) { no_cuda(); }
 void copy(void*, const void*, size_t, Copy) { no_cuda(); }
+void copy_async(void*, const void*, size_t) { no_cuda(); }
+StreamMark mark() { no_cuda(); }
+void wait(StreamMark) { no_cuda(); }
+void drop(StreamMark) {}
 int gpu_count() { return 0; }
 void use_gpu(int) { no_cuda(); }
 int current_gpu() { no_cuda(); }

@@ -27,6 +27,14 @@ void copy(void* dst, const void* src, size_t bytes, Copy kind);  // either side 
 int gpu_count();
 void use_gpu(int ordinal);
 int current_gpu();
+// Stream-ordered hand-over between host threads (each queues work on its own default stream): copy_async queues
+// a copy on the calling thread's stream; mark() records the point that stream has reached; wait(m) makes the
+// calling thread's stream wait for that point and releases m. Nothing blocks the host.
+using StreamMark = void*;  // a CUDA event
+void copy_async(void* dst, const void* src, size_t bytes);
+StreamMark mark();
+void wait(StreamMark m);
+void drop(StreamMark m);  // releases m unwaited (never throws)
 // Lets GPUs 0..n-1 read each other's memory where the hardware allows (cudaDeviceEnablePeerAccess): copies between
 // them then skip the host. Copies work without it.
 void connect_gpus(int n);

@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "core/buffer.h"
@@ -32,6 +33,27 @@ double peer_timeout_s() {
 
 namespace {
 
+// A message in a mailbox. On the GPU its copies are queued on the two threads' streams, never waited for on the
+// host: `ready` marks the sender's copy into it, `free_after` the receiver's copy out of it (a reuse waits for it).
+struct Message {
+  explicit Message(Device d) : buf(d) {}
+  Message(Message&& o) noexcept { *this = std::move(o); }
+  Message& operator=(Message&& o) noexcept {
+    if (this != &o) {
+      drop_marks();
+      buf = std::move(o.buf), ready = std::exchange(o.ready, nullptr), free_after = std::exchange(o.free_after, nullptr);
+    }
+    return *this;
+  }
+  ~Message() { drop_marks(); }
+  void drop_marks() {
+    for (auto* m : {&ready, &free_after})
+      if (*m) device_memory::drop(std::exchange(*m, nullptr));
+  }
+  Buffer<float> buf;
+  device_memory::StreamMark ready = nullptr, free_after = nullptr;
+};
+
 // Shared mailboxes and running sums of all in-process endpoints.
 struct Hub {
   Hub(int p, Device d) : stages(p), device(d) {}
@@ -39,8 +61,8 @@ struct Hub {
   Device device;  // where the messages' data lives (the stages' device): copies stay on it
   std::mutex mu;
   std::condition_variable cv;
-  std::map<std::tuple<int, int, uint32_t>, std::deque<Buffer<float>>> boxes;  // (from, to, tag)
-  std::vector<Buffer<float>> spare;  // delivered messages' buffers, reused (no allocation per message)
+  std::map<std::tuple<int, int, uint32_t>, std::deque<Message>> boxes;  // (from, to, tag)
+  std::vector<Message> spare;  // delivered messages' buffers, reused (no allocation per message)
   struct Sum {
     std::vector<double> total;
     int arrived = 0;
@@ -83,13 +105,21 @@ class InprocTransport : public Transport {
   int stages() const override { return hub_->stages; }
 
   void send(int peer, uint32_t tag, const float* data, int64_t n) override {
-    Buffer<float> msg(hub_->device);
+    Message msg(hub_->device);
     {
       std::lock_guard<std::mutex> lock(hub_->mu);
       if (!hub_->spare.empty()) msg = std::move(hub_->spare.back()), hub_->spare.pop_back();
     }
-    if (msg.size() != static_cast<size_t>(n)) msg.zeros(static_cast<size_t>(n));
-    copy(msg.data(), data, n);
+    const size_t bytes = sizeof(float) * static_cast<size_t>(n);
+    if (hub_->device == Device::cpu) {
+      if (msg.buf.size() != static_cast<size_t>(n)) msg.buf.zeros(static_cast<size_t>(n));
+      std::memcpy(msg.buf.data(), data, bytes);
+    } else {
+      if (msg.free_after) device_memory::wait(std::exchange(msg.free_after, nullptr));  // its last reader is done
+      if (msg.buf.size() != static_cast<size_t>(n)) msg.buf.zeros(static_cast<size_t>(n));
+      device_memory::copy_async(msg.buf.data(), data, bytes);
+      msg.ready = device_memory::mark();
+    }
     {
       std::lock_guard<std::mutex> lock(hub_->mu);
       hub_->boxes[{stage_, peer, tag}].push_back(std::move(msg));
@@ -103,11 +133,19 @@ class InprocTransport : public Transport {
     wait_or_timeout(lock, hub_->cv, [&] { return !box.empty(); },
                     "stage " + std::to_string(stage_) + ": no message from stage " + std::to_string(peer) +
                         " (tag " + std::to_string(tag) + ")");
-    if (static_cast<int64_t>(box.front().size()) != n)
-      internal_error("stage " + std::to_string(stage_) + ": message of " + std::to_string(box.front().size()) +
+    Message& msg = box.front();
+    if (static_cast<int64_t>(msg.buf.size()) != n)
+      internal_error("stage " + std::to_string(stage_) + ": message of " + std::to_string(msg.buf.size()) +
                      " floats, expected " + std::to_string(n));
-    copy(data, box.front().data(), n);
-    hub_->spare.push_back(std::move(box.front()));
+    const size_t bytes = sizeof(float) * static_cast<size_t>(n);
+    if (hub_->device == Device::cpu) {
+      std::memcpy(data, msg.buf.data(), bytes);
+    } else {  // this thread's stream waits for the sender's copy, then copies out; the host goes on
+      device_memory::wait(std::exchange(msg.ready, nullptr));
+      device_memory::copy_async(data, msg.buf.data(), bytes);
+      msg.free_after = device_memory::mark();
+    }
+    hub_->spare.push_back(std::move(msg));
     box.pop_front();
   }
 
@@ -126,10 +164,6 @@ class InprocTransport : public Transport {
   }
 
  private:
-  void copy(float* dst, const float* src, int64_t n) const {
-    if (hub_->device == Device::cpu) std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(n));
-    else device_memory::copy(dst, src, sizeof(float) * static_cast<size_t>(n), device_memory::Copy::device_to_device);
-  }
   std::shared_ptr<Hub> hub_;
   int stage_;
   int64_t calls_ = 0;

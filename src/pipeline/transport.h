@@ -42,7 +42,9 @@ class Transport {
 double peer_timeout_s();
 
 // p endpoints sharing in-memory mailboxes; endpoint s is used by the thread running stage s. Messages are
-// copied on `device` (device to device for stages on one GPU).
+// copied on `device`; on the GPU the copies are queued on the sending and receiving threads' own streams and
+// ordered by events (device_memory::mark / wait), so send and recv return without waiting for the GPU: work the
+// caller queues afterwards on its stream sees the message, and may overwrite the sent data.
 std::vector<std::unique_ptr<Transport>> make_inproc_transports(int stages, Device device = Device::cpu);
 
 }  // namespace onestep::pipeline
