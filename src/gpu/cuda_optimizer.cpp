@@ -11,6 +11,7 @@
 #include "optim/mars.h"
 #include "optim/muon.h"
 #include "optim/optim_names.h"
+#include "optim/soap.h"
 
 namespace onestep {
 namespace {
@@ -28,6 +29,8 @@ class CudaOptimizer final : public Optimizer {
   void compute_update(float* u, const float* x, const float* g, double lr_scale) override {
     ++t_;
     for (const auto& p : table_.all()) update_param(p, u + p.offset, x + p.offset, g + p.offset, lr_scale);
+    const int64_t s = t_ - 1;
+    if (c_.name == "soap" && (s == 0 || s % c_.precond_freq == 0)) soap_new_bases_on_host(s == 0);
   }
 
   std::vector<StateBuffer> state_buffers() override {
@@ -44,6 +47,28 @@ class CudaOptimizer final : public Optimizer {
   }
   float* state(const char* kind, const ParamInfo& p) { return bufs_[index_.at(kind + p.name)].data(); }
 
+  // SOAP's eigenbases, refreshed every precond_freq steps: on the host (LAPACK, as the CPU optimizer does it),
+  // from copies of L, R, Q_L, Q_R and V; Q_L, Q_R and the re-indexed V go back.
+  void soap_new_bases_on_host(bool first) {
+    std::vector<float> L, R, QL, QR, V;
+    auto down = [](std::vector<float>& h, const float* d, int64_t n) {
+      h.resize(static_cast<size_t>(n));
+      device_memory::copy(h.data(), d, sizeof(float) * h.size(), device_memory::Copy::device_to_host);
+    };
+    auto up = [](float* d, const std::vector<float>& h) {
+      device_memory::copy(d, h.data(), sizeof(float) * h.size(), device_memory::Copy::host_to_device);
+    };
+    for (const auto& p : table_.all()) {
+      if (!soap_takes(p)) continue;
+      const int m = static_cast<int>(p.rows()), n = static_cast<int>(p.cols());
+      down(L, state("soap.L.", p), int64_t{m} * m), down(QL, state("soap.Q_L.", p), int64_t{m} * m);
+      down(R, state("soap.R.", p), int64_t{n} * n), down(QR, state("soap.Q_R.", p), int64_t{n} * n);
+      down(V, state("soap.v.", p), p.numel);
+      soap_new_bases(L.data(), R.data(), QL.data(), QR.data(), V.data(), m, n, first);
+      up(state("soap.Q_L.", p), QL), up(state("soap.Q_R.", p), QR), up(state("soap.v.", p), V);
+    }
+  }
+
   void update_param(const ParamInfo& p, float* u, const float* x, const float* g, double lr_scale) {
     const std::string& n = c_.name;
     const double wd = decays(p) ? c_.weight_decay : 0.0;
@@ -55,7 +80,14 @@ class CudaOptimizer final : public Optimizer {
       return;
     }
     const double lr = c_.lr * lr_scale;
-    if (is_muon_family(n)) {
+    if (n == "soap" && soap_takes(p)) {
+      const int rows = static_cast<int>(p.rows()), cols = static_cast<int>(p.cols());
+      if (soap_scratch_.size() < static_cast<size_t>(2 * numel)) soap_scratch_.zeros(static_cast<size_t>(2 * numel));
+      gpu::soap_update(u, x, g, state("soap.m.", p), state("soap.v.", p), state("soap.L.", p), state("soap.R.", p),
+                       state("soap.Q_L.", p), state("soap.Q_R.", p), soap_scratch_.data(), soap_scratch_.data() + numel,
+                       rows, cols, gpu::soap_scalars(lr, c_.beta1, c_.beta2, c_.eps, t_),
+                       decays(p) ? static_cast<float>(lr * c_.weight_decay) : 0.0f, stream_);
+    } else if (is_muon_family(n)) {
       // NorMuon keeps Muon's Newton–Schulz eps; its eps is the row normalisation's (make_optimizer.cpp).
       const double ns_eps = n == "muon" ? c_.eps : MuonHyper{}.eps;
       const auto s = gpu::muon_scalars(lr, c_.momentum, c_.nesterov, c_.ns_steps, ns_eps,
@@ -77,7 +109,7 @@ class CudaOptimizer final : public Optimizer {
     } else if (n == "sgd") {
       gpu::sgd_update(u, x, g, state("sgd.momentum.", p), numel, gpu::sgd_scalars(lr, c_.momentum, c_.nesterov, wd),
                       stream_);
-    } else {  // adamw, and MARS's 1-D parameters (AdamW with MARS's lr, betas and eps)
+    } else {  // adamw; MARS's 1-D parameters and SOAP's other ones (AdamW with their lr, betas and eps)
       gpu::adamw_update(u, x, g, state("adamw.m.", p), state("adamw.v.", p), numel,
                         gpu::adamw_scalars(lr, c_.beta1, c_.beta2, c_.eps, wd, t_), stream_);
     }
@@ -89,6 +121,7 @@ class CudaOptimizer final : public Optimizer {
   std::vector<StateSpec> specs_;  // cuda_optimizer_state's list; bufs_[i] holds specs_[i]
   std::vector<Buffer<float>> bufs_;
   std::map<std::string, size_t> index_;
+  Buffer<float> soap_scratch_{Device::cuda};  // SOAP's two [m, n] products of the largest matrix
 };
 
 }  // namespace
@@ -96,10 +129,9 @@ class CudaOptimizer final : public Optimizer {
 std::vector<StateSpec> cuda_optimizer_state(const OptimConfig& config, const ParamTable& table) {
   OptimConfig c = config;
   resolve_optim_defaults(c, "[optim]");
-  if (c.name == "soap")
-    bad_input("[optim]", "optim.name: 'soap' has no CUDA kernels yet; use train.device = \"cpu\" or another optimizer");
   // Each parameter's state, under the CPU optimizers' checkpoint prefixes (src/optim/*.cpp).
   auto kinds = [&](const ParamInfo& p) -> std::vector<const char*> {
+    if (c.name == "soap" && soap_takes(p)) return {"soap.m.", "soap.v.", "soap.L.", "soap.R.", "soap.Q_L.", "soap.Q_R."};
     if (is_muon_family(c.name) && muon_takes(p))
       return c.name == "muon" ? std::vector<const char*>{"muon.momentum."}
                               : std::vector<const char*>{"normuon.momentum.", "normuon.v_row."};
@@ -109,10 +141,15 @@ std::vector<StateSpec> cuda_optimizer_state(const OptimConfig& config, const Par
     if (c.name == "sgd") return {"sgd.momentum."};
     return {"adamw.m.", "adamw.v."};  // adamw, and the AdamW group of muon / normuon / mars
   };
+  auto shape = [](const std::string& kind, const ParamInfo& p) -> std::vector<int64_t> {
+    if (kind == "normuon.v_row.") return {p.rows()};
+    if (kind == "soap.L." || kind == "soap.Q_L.") return {p.rows(), p.rows()};
+    if (kind == "soap.R." || kind == "soap.Q_R.") return {p.cols(), p.cols()};
+    return p.shape;
+  };
   std::vector<StateSpec> out;
   for (const auto& p : table.all())
-    for (const char* kind : kinds(p))
-      out.push_back({kind + p.name, std::string(kind) == "normuon.v_row." ? std::vector<int64_t>{p.rows()} : p.shape});
+    for (const char* kind : kinds(p)) out.push_back({kind + p.name, shape(kind, p)});
   return out;
 }
 

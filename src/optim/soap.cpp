@@ -81,22 +81,21 @@ void power_qr(const float* S, float* Q, int d, float* V, int64_t rows, int64_t c
 
 }  // namespace
 
-void Soap::new_bases(size_t k, bool first) {
-  const ParamInfo& p = mats_[k];
-  const int m = static_cast<int>(p.rows()), n = static_cast<int>(p.cols());
-  float* L = l_.data() + off_mm_[k];
-  float* R = r_.data() + off_nn_[k];
-  float* QL = ql_.data() + off_mm_[k];
-  float* QR = qr_.data() + off_nn_[k];
+void soap_new_bases(const float* L, const float* R, float* QL, float* QR, float* V, int m, int n, bool first) {
   LinalgWorkspace ws;
   if (first) {
     sym_eigvecs_desc(L, m, QL, nullptr, ws);
     sym_eigvecs_desc(R, n, QR, nullptr, ws);
   } else {
-    float* V = v_.data() + off_mn_[k];
     power_qr(L, QL, m, V, m, n, true, ws);
     power_qr(R, QR, n, V, m, n, false, ws);
   }
+}
+
+void Soap::new_bases(size_t k, bool first) {
+  const ParamInfo& p = mats_[k];
+  soap_new_bases(l_.data() + off_mm_[k], r_.data() + off_nn_[k], ql_.data() + off_mm_[k], qr_.data() + off_nn_[k],
+                 v_.data() + off_mn_[k], static_cast<int>(p.rows()), static_cast<int>(p.cols()), first);
 }
 
 void Soap::compute_update(float* u, const float* x, const float* g, double lr_scale) {

@@ -40,6 +40,11 @@ struct SoapHyper {
 
 bool soap_takes(const ParamInfo& p);
 
+// One matrix's new bases (host arrays, row-major; L, Q_L [m, m], R, Q_R [n, n], V [m, n]): at the first step the
+// eigenvectors of L and R, later one power-iteration + QR step from the current Q_L, Q_R, re-indexing V to match.
+// The CPU optimizer and the GPU one (gpu/cuda_optimizer.cpp, on host copies) share it.
+void soap_new_bases(const float* L, const float* R, float* QL, float* QR, float* V, int m, int n, bool first);
+
 class Soap final : public Optimizer {
  public:
   Soap(const ParamTable& table, SoapHyper h);

@@ -102,6 +102,34 @@ inline LionScalars lion_scalars(double lr, double beta1, double beta2, double we
 void lion_update(float* u, const float* x, const float* g, float* m, int64_t n, const LionScalars& s,
                  cudaStream_t stream = 0);
 
+// ---- SOAP (src/optim/soap.cpp) ------------------------------------------------------------------------
+
+// The float scalars of one SOAP call t >= 1 (Adam step s = t - 1), derived as Soap::compute_update does.
+struct SoapScalars {
+  float lr, beta1, one_minus_beta1, beta2, one_minus_beta2, inv_bc1, inv_bc2, eps;
+  bool first;  // t = 1: the update is 0, only the statistics move
+};
+inline SoapScalars soap_scalars(double lr, double beta1, double beta2, double eps, int64_t t) {
+  const int64_t s = t - 1;
+  const double sd = static_cast<double>(s);
+  return SoapScalars{static_cast<float>(lr),
+                     static_cast<float>(beta1),
+                     static_cast<float>(1.0 - beta1),
+                     static_cast<float>(beta2),
+                     static_cast<float>(1.0 - beta2),
+                     s > 0 ? static_cast<float>(1.0 / (1.0 - std::pow(beta1, sd))) : 0.0f,
+                     s > 0 ? static_cast<float>(1.0 / (1.0 - std::pow(beta2, sd))) : 0.0f,
+                     static_cast<float>(eps),
+                     s == 0};
+}
+// One SOAP matrix G = g [m, n] (row-major) with its state M, V [m, n], L, Q_L [m, m], R, Q_R [n, n] and scratch
+// A, B [m, n]: for t >= 2 V, M and u = lr Q_L N' Q_R^T + decay x (decay = lr wd, or 0), for t = 1 u = 0; then
+// L = b2 L + (1-b2) G G^T and R = b2 R + (1-b2) G^T G. The rotations are cuBLAS sgemm (fp32, no TF32). The bases
+// Q_L, Q_R are refreshed by the caller on the host (soap_new_bases, src/optim/soap.h).
+void soap_update(float* u, const float* x, const float* g, float* M, float* V, float* L, float* R, const float* QL,
+                 const float* QR, float* A, float* B, int m, int n, const SoapScalars& s, float decay,
+                 cudaStream_t stream = 0);
+
 // ---- SGD with momentum (src/optim/sgd.cpp) -----------------------------------------------------------
 
 struct SgdScalars {
