@@ -48,7 +48,7 @@ else
 fi
 "$BIN/onestep" --help > /dev/null 2>&1 || { say "- $BIN/onestep does not start: $(ldd $BIN/onestep | grep 'not found' | tr '\n' ' ')"; exit 1; }
 say "- build: $("$BIN/onestep" --version)"
-say "- GPUs visible: $(nvidia-smi -L 2>/dev/null | wc -l) (the nccl transport needs one per stage: not exercised with one GPU)"
+say "- GPUs visible: $(nvidia-smi -L 2>/dev/null | wc -l) (nccl pipelines need one per stage and mpirun: this script runs none)"
 
 # 2. CUDA tests.
 say ""
