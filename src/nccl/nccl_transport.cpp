@@ -34,6 +34,7 @@ struct NcclApi {
   decltype(&ncclSend) send = nullptr;
   decltype(&ncclRecv) recv = nullptr;
   decltype(&ncclGetErrorString) error_string = nullptr;
+  decltype(&ncclGetVersion) get_version = nullptr;
 };
 
 const NcclApi& nccl() {
@@ -59,6 +60,7 @@ const NcclApi& nccl() {
     sym(a.send, "ncclSend");
     sym(a.recv, "ncclRecv");
     sym(a.error_string, "ncclGetErrorString");
+    sym(a.get_version, "ncclGetVersion");
     return a;
   }();
   return api;
@@ -286,6 +288,36 @@ class NcclPlane : public DataPlane {
 };
 
 }  // namespace
+
+int nccl_version() {
+  int v = 0;
+  check_nccl(nccl().get_version(&v), "ncclGetVersion");
+  return v;
+}
+
+std::vector<float> nccl_loopback(const std::vector<float>& data) {
+  const size_t n = data.size();
+  float *src = nullptr, *dst = nullptr;
+  cudaStream_t stream = nullptr;
+  ncclComm_t comm = nullptr;
+  ncclUniqueId id;
+  check_nccl(nccl().get_unique_id(&id), "ncclGetUniqueId");
+  check_nccl(nccl().comm_init_rank(&comm, 1, id, 0), "ncclCommInitRank");
+  check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  check_cuda(cudaMalloc(&src, sizeof(float) * (n ? n : 1)), "cudaMalloc");
+  check_cuda(cudaMalloc(&dst, sizeof(float) * (n ? n : 1)), "cudaMalloc");
+  check_cuda(cudaMemcpy(src, data.data(), sizeof(float) * n, cudaMemcpyHostToDevice), "cudaMemcpy");
+  check_nccl(nccl().group_start(), "ncclGroupStart");  // a send to oneself needs its receive in the same group
+  check_nccl(nccl().send(src, n, ncclFloat32, 0, comm, stream), "ncclSend");
+  check_nccl(nccl().recv(dst, n, ncclFloat32, 0, comm, stream), "ncclRecv");
+  check_nccl(nccl().group_end(), "ncclGroupEnd");
+  check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  std::vector<float> out(n);
+  check_cuda(cudaMemcpy(out.data(), dst, sizeof(float) * n, cudaMemcpyDeviceToHost), "cudaMemcpy");
+  cudaFree(src), cudaFree(dst), cudaStreamDestroy(stream);
+  check_nccl(nccl().comm_destroy(comm), "ncclCommDestroy");
+  return out;
+}
 
 std::unique_ptr<Transport> make_nccl_transport() {
   nccl();  // a missing library is bad input, before any collective

@@ -17,6 +17,7 @@
 // default stream (cudaStreamPerThread). The caller selects the GPU (cudaSetDevice) before making the transport.
 #pragma once
 #include <memory>
+#include <vector>
 
 #include "pipeline/transport.h"
 
@@ -25,5 +26,11 @@ namespace onestep::pipeline {
 // Collective over MPI_COMM_WORLD: every rank must call it at the same point. Throws Error(bad_input) when
 // libnccl.so.2 cannot be loaded.
 std::unique_ptr<Transport> make_nccl_transport();
+
+// What one GPU can check of NCCL (scripts/gpu-check.sh, through tests/cuda): the library's version code
+// (e.g. 22807 for 2.28.7), and n floats sent by a one-rank communicator to itself on the current GPU, through
+// the same loaded entry points the transport uses. Throws Error(bad_input) when libnccl.so.2 does not load.
+int nccl_version();
+std::vector<float> nccl_loopback(const std::vector<float>& data);
 
 }  // namespace onestep::pipeline

@@ -20,6 +20,9 @@
 #include "train/backend.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
+#ifdef ONESTEP_HAVE_NCCL
+#include "nccl/nccl_transport.h"
+#endif
 
 namespace fs = std::filesystem;
 using namespace onestep;
@@ -144,3 +147,18 @@ TEST_F(CudaTrainer, PipelinesEqualTheirEmulators) {
 }
 
 }  // namespace
+
+#ifdef ONESTEP_HAVE_NCCL
+// The nccl transport loads libnccl.so.2 at run time: every entry point it uses resolves (the loader checks each
+// one) and the library reports its version. Needs no GPU.
+TEST(CudaHost, NcclLibraryLoads) { EXPECT_GE(onestep::pipeline::nccl_version(), 21800) << "NCCL older than 2.18"; }
+
+// What one GPU can check of the nccl transport: NCCL moves data on this GPU through the transport's entry points
+// (a one-rank communicator sending to itself). Pipelines over NCCL need two GPUs.
+TEST(CudaNccl, MovesDataOnThisGpu) {
+  REQUIRE_GPU();
+  std::vector<float> data(100003);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<float>(i) * 0.5f - 7.0f;
+  EXPECT_EQ(onestep::pipeline::nccl_loopback(data), data);
+}
+#endif
