@@ -33,26 +33,11 @@ struct Strides {
   __host__ __device__ explicit Strides(int D) : ldh(D + 8), ldf(D + 4) {}
 };
 
-// Bump allocation of dynamic shared memory; every array starts on a 128-byte boundary. With a null base it only
-// counts (the host's size of the launch), so the kernels and the sizes cannot disagree.
-struct Carve {
-  unsigned char* p;
-  size_t used = 0;
-  template <class T>
-  __host__ __device__ T* take(size_t n) {
-    T* out = p ? reinterpret_cast<T*>(p + used) : nullptr;
-    used += (n * sizeof(T) + 127) / 128 * 128;
-    return out;
-  }
-};
 static_assert(kTile == 2 * 16, "scores() gives each of 4 warps one 16x16 fragment of a [kTile, kTile] tile");
 
-// dst[r, c] (row stride ldh) = bf16(src[r * lds + c]) for r < valid, 0 for valid <= r < kTile.
+// dst = the [kTile, D] tile at src in bf16, rows from `valid` on zero.
 __device__ inline void load_tile_bf16(bf16* dst, int ldh, const float* src, int64_t lds, int valid, int D) {
-  for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {
-    const int r = idx / D, c = idx - r * D;
-    dst[r * ldh + c] = __float2bfloat16_rn(r < valid ? src[r * lds + c] : 0.0f);
-  }
+  load_rows_bf16(dst, ldh, src, lds, valid, kTile, D);
 }
 
 __device__ inline void zero_floats(float* x, int n) {

@@ -48,26 +48,6 @@ struct FlashDims {
   __device__ int rows(int tile) const { return min(kRows, d.T - tile * kRows); }
 };
 
-// Bump allocation of dynamic shared memory on 128-byte boundaries; with a null base it only counts (the host's size).
-struct Carve {
-  unsigned char* p;
-  size_t used = 0;
-  template <class T>
-  __host__ __device__ T* take(size_t n) {
-    T* out = p ? reinterpret_cast<T*>(p + used) : nullptr;
-    used += (n * sizeof(T) + 127) / 128 * 128;
-    return out;
-  }
-};
-
-// dst[r, c] (row stride ldh) = bf16(src[r * lds + c]) for r < valid, 0 up to `rows`; by the whole block.
-__device__ inline void load_rows(bf16* dst, int ldh, const float* src, int64_t lds, int valid, int rows, int D) {
-  for (int idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
-    const int r = idx / D, c = idx - r * D;
-    dst[r * ldh + c] = __float2bfloat16_rn(r < valid ? src[r * lds + c] : 0.0f);
-  }
-}
-
 // C[16, kRows] (fp32, row-major, ldc) = A[16, D] B^T where B is [kRows, D] row-major in shared memory (read
 // column-major as B^T); A's D/16 fragments are in registers.
 template <int DF>
@@ -178,7 +158,7 @@ __global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(float* out, fl
 
   // Q: staged through the K slot into this warp's fragments.
   FragA qf[DF];
-  load_rows(sK, f.ldh, q + d.qoff(b, i0, h), d.ldq, m, kRows, D);
+  load_rows_bf16(sK, f.ldh, q + d.qoff(b, i0, h), d.ldq, m, kRows, D);
   __syncthreads();
   load_row_frags<DF>(qf, sK, f.ldh, warp);
   for (int i = lane; i < 16 * f.ldf; i += 32) sO[i] = 0.0f;
@@ -190,8 +170,8 @@ __global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(float* out, fl
   for (int kt = 0; kt <= last_kt; ++kt) {
     const int j0 = kt * kRows, kn = f.rows(kt);
     __syncthreads();  // every warp is done with the previous K, V (and the Q staging)
-    load_rows(sK, f.ldh, k + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
-    load_rows(sV, f.ldh, v + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
+    load_rows_bf16(sK, f.ldh, k + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
+    load_rows_bf16(sV, f.ldh, v + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
     __syncthreads();
     scores_16xN<DF>(sS, kLdScore, qf, sK, f.ldh);
     __syncwarp();
@@ -303,8 +283,8 @@ __global__ void __launch_bounds__(kFlashThreads)
   const int r0 = i0 + warp * 16;
 
   FragA qf[DF], dof[DF];
-  load_rows(sK, f.ldh, q + d.qoff(b, i0, h), d.ldq, m, kRows, D);
-  load_rows(sV, f.ldh, dout + d.qoff(b, i0, h), d.ldq, m, kRows, D);
+  load_rows_bf16(sK, f.ldh, q + d.qoff(b, i0, h), d.ldq, m, kRows, D);
+  load_rows_bf16(sV, f.ldh, dout + d.qoff(b, i0, h), d.ldq, m, kRows, D);
   __syncthreads();
   load_row_frags<DF>(qf, sK, f.ldh, warp);
   load_row_frags<DF>(dof, sV, f.ldh, warp);
@@ -320,8 +300,8 @@ __global__ void __launch_bounds__(kFlashThreads)
   for (int kt = 0; kt <= last_kt; ++kt) {
     const int j0 = kt * kRows, kn = f.rows(kt);
     __syncthreads();
-    load_rows(sK, f.ldh, k + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
-    load_rows(sV, f.ldh, v + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
+    load_rows_bf16(sK, f.ldh, k + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
+    load_rows_bf16(sV, f.ldh, v + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
     __syncthreads();
     scores_16xN<DF>(sS, kLdScore, qf, sK, f.ldh);    // S = Q K^T
     scores_16xN<DF>(sdP, kLdScore, dof, sV, f.ldh);  // dP = dO V^T
@@ -374,8 +354,8 @@ __global__ void __launch_bounds__(kFlashThreads)
   const int r0 = j0 + warp * 16;  // this warp's first key
 
   FragA kf[DF], vf[DF];
-  load_rows(sQ, f.ldh, k + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
-  load_rows(sdO, f.ldh, v + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
+  load_rows_bf16(sQ, f.ldh, k + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
+  load_rows_bf16(sdO, f.ldh, v + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
   __syncthreads();
   load_row_frags<DF>(kf, sQ, f.ldh, warp);
   load_row_frags<DF>(vf, sdO, f.ldh, warp);
@@ -388,8 +368,8 @@ __global__ void __launch_bounds__(kFlashThreads)
     for (int qt = kt; qt < f.ntiles; ++qt) {
       const int i0 = qt * kRows, m = f.rows(qt);
       __syncthreads();  // every warp is done with the previous Q, dO, lse, delta (and the K, V staging)
-      load_rows(sQ, f.ldh, q + d.qoff(b, i0, h), d.ldq, m, kRows, D);
-      load_rows(sdO, f.ldh, dout + d.qoff(b, i0, h), d.ldq, m, kRows, D);
+      load_rows_bf16(sQ, f.ldh, q + d.qoff(b, i0, h), d.ldq, m, kRows, D);
+      load_rows_bf16(sdO, f.ldh, dout + d.qoff(b, i0, h), d.ldq, m, kRows, D);
       for (int i = threadIdx.x; i < kRows; i += blockDim.x) {
         sLse[i] = i < m ? lse[d.loff(b, h, i0 + i)] : 0.0f;
         sDelta[i] = i < m ? delta[d.loff(b, h, i0 + i)] : 0.0f;

@@ -3,6 +3,7 @@
 // Both tile the sequence in kTile rows and keys, one block per (batch, head, query tile) forward and the same
 // two backward kernels (dq per query tile; dk, dv per kv head and key tile), with no T x T matrix in memory.
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -64,6 +65,28 @@ inline void prepare_smem(Kernel kernel, size_t bytes, const char* name, int D) {
 inline void check_dims(int H, int KV, const char* name) {
   if (KV <= 0 || H % KV != 0)
     throw std::runtime_error(std::string(name) + ": H must be a positive multiple of KV");
+}
+
+// Bump allocation of dynamic shared memory for the bf16 kernels; every array starts on a 128-byte boundary (WMMA
+// wants 32). With a null base it only counts: the host's launch size comes from the kernel's own carving.
+struct Carve {
+  unsigned char* p;
+  size_t used = 0;
+  template <class T>
+  __host__ __device__ T* take(size_t n) {
+    T* out = p ? reinterpret_cast<T*>(p + used) : nullptr;
+    used += (n * sizeof(T) + 127) / 128 * 128;
+    return out;
+  }
+};
+
+// dst[r, c] (row stride ldh) = bf16(src[r * lds + c]) for r < valid, 0 for valid <= r < rows; by the whole block.
+__device__ inline void load_rows_bf16(__nv_bfloat16* dst, int ldh, const float* src, int64_t lds, int valid, int rows,
+                                      int D) {
+  for (int idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
+    const int r = idx / D, c = idx - r * D;
+    dst[r * ldh + c] = __float2bfloat16_rn(r < valid ? src[r * lds + c] : 0.0f);
+  }
 }
 
 // The bf16 tensor-core kernels, for head dims that are multiples of 16: the tile kernels (attention_bf16.cu) and
