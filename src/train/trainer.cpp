@@ -71,7 +71,9 @@ void check_supported(const RunConfig& c) {
   if (c.train.device == "cuda" && tr == "mpi")
     bad_input(c.source, "pipeline.transport: 'mpi' moves host memory; with train.device = \"cuda\" use 'nccl' "
                         "(a process per GPU) or 'inproc' (a thread per stage, on the process's GPUs)");
-  backend_for(parse_device(c.train.device));  // a device this build or machine lacks: bad input, before any file
+  // A device this build or machine lacks: bad input, before any file. (Under nccl pipeline_rank says it instead,
+  // with the ranks and GPUs it counted on the machine.)
+  if (tr != "nccl") backend_for(parse_device(c.train.device));
   if (c.train.device == "cuda" && c.delay.correction == "weight_prediction")
     bad_input(c.source, "delay.correction: 'weight_prediction' runs on train.device = \"cpu\" only so far");
   if (tr != "inproc" && !pipelined)

@@ -61,6 +61,14 @@ pairs = [(fwd[(s - 1, b, m)], e) for (s, b, m), e in fwd.items() if s > 0]
 assert pairs and all(prev["ts"] + prev["dur"] <= e["ts"] + 1 for prev, e in pairs), "a forward precedes its input"
 PY
 
+# The nccl transport on a machine without GPUs (in a build that has it): every rank counts the GPUs of its machine.
+if "$BIN" --version | grep -q nccl && ! nvidia-smi -L > /dev/null 2>&1; then
+  err="$("${MPIRUN[@]}" -np 2 "$BIN" train --config micro.toml --set pipeline.schedule=2bw --set pipeline.stages=2 \
+    --set pipeline.transport=nccl --set train.device=cuda --out nccl_bad 2>&1)"; rc=$?
+  [ "$rc" != 0 ] && [ ! -e nccl_bad ] && case "$err" in *"needs a GPU per stage, but 2 ranks run on"*"0 visible GPU"*) true ;; *) false ;; esac \
+    && ok "nccl with fewer GPUs than ranks refused (exit $rc)" || fail "nccl without GPUs: rc $rc: $err"
+fi
+
 err="$("${MPIRUN[@]}" -np 3 "$BIN" train --config micro.toml --set pipeline.schedule=2bw --set pipeline.stages=2 \
   --set pipeline.transport=mpi --out bad 2>&1)"; rc=$?
 [ "$rc" != 0 ] && case "$err" in *"pipeline.stages"*"mpirun -np 2"*) true ;; *) false ;; esac \
