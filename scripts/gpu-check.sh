@@ -66,8 +66,8 @@ say "- MatmulBf16 with ONESTEP_BF16_GEMM=fast: exit $? (0: cuBLAS rounds like ou
 say ""
 say "## Training throughput, AdamW, one GPU (onestep bench, median of 5 steps after 2 warm-ups)"
 say ""
-say "| preset | precision | micro-batch x seq | tokens/s | achieved TFLOP/s | GPU fp32 sgemm peak TFLOP/s | MFU vs dense bf16 peak | GPU memory in use |"
-say "|---|---|---|---|---|---|---|---|"
+say "| preset | precision | micro-batch x seq | tokens/s | achieved TFLOP/s | GPU fp32 sgemm peak TFLOP/s | MFU vs dense bf16 peak | peak GPU memory (buffers + scratch) | GPU memory in use |"
+say "|---|---|---|---|---|---|---|---|---|"
 for preset in smollm2-135m smollm2-360m; do
   # Candidates to choose between on the target preset: bf16-fast, the bf16 products on fp32 operands rounded
   # inside cuBLAS (ONESTEP_BF16_GEMM=fast) instead of our rounded copies; bf16-flash, the FlashAttention-2-style
@@ -82,13 +82,14 @@ for preset in smollm2-135m smollm2-360m; do
       --set model.preset=$preset --set train.device=cuda --set train.precision=$precision \
       --set train.micro_batch_size=4 --set train.micro_batches=1 > "$log" 2>&1
     json="$(grep '^{' "$log" | tail -n 1)"
-    if [ -z "$json" ]; then say "| $preset | $variant | failed: $(tail -n 1 "$log") | | | | | |"; continue; fi
+    if [ -z "$json" ]; then say "| $preset | $variant | failed: $(tail -n 1 "$log") | | | | | | |"; continue; fi
     python3 - "$preset" "$json" "$variant" <<'PY' | tee -a "$SUMMARY"
 import json, sys
 j = json.loads(sys.argv[2])
 mfu = f"{100 * j['mfu_bf16']:.1f}% of {j['bf16_peak_tflops']:.0f}" if "mfu_bf16" in j else "n/a (unknown GPU)"
 print(f"| {sys.argv[1]} | {sys.argv[3]} | 4 x 2048 | {j['tokens_per_s']:.0f} | {j['achieved_gflops'] / 1e3:.1f} | "
-      f"{j['sgemm_peak_gflops'] / 1e3:.1f} | {mfu} | {j['gpu_memory_used_mib']:.0f} MiB |")
+      f"{j['sgemm_peak_gflops'] / 1e3:.1f} | {mfu} | {j['gpu_peak_mib']:.0f} MiB ({j['gpu_buffer_peak_mib']:.0f} + "
+      f"{j['gpu_scratch_peak_mib']:.0f}) | {j['gpu_memory_used_mib']:.0f} MiB |")
 PY
   done
 done

@@ -56,17 +56,27 @@ double gpu_sgemm_peak_gflops() { return 1e3 * cublas_sgemm_tflops(8192, 12); }
 void add_gpu_report(nlohmann::json& j, double achieved_gflops) {
   const GpuInfo g = gpu_info();
   const double used = gpu_memory_used_mib();
+  const double buffers = device_memory::memory_stats().peak / 1048576.0, scratch = gpu_scratch_peak_mib();
   std::printf("  GPU %s (sm_%d%d), %d SMs, %.0f MiB; in use after the steps %.0f MiB\n", g.name.c_str(), g.cc_major,
               g.cc_minor, g.sm_count, g.memory_mib, used);
+  std::printf("  peak GPU memory of the training     %8.1f MiB = %.1f buffers + %.1f stream-ordered scratch "
+              "(each its own peak)\n", buffers + scratch, buffers, scratch);
   j["gpu"] = g.name, j["gpu_arch"] = "sm_" + std::to_string(g.cc_major) + std::to_string(g.cc_minor);
   j["gpu_memory_used_mib"] = used;
+  j["gpu_peak_mib"] = buffers + scratch, j["gpu_buffer_peak_mib"] = buffers, j["gpu_scratch_peak_mib"] = scratch;
   if (g.bf16_dense_tflops > 0) {
     const double mfu = achieved_gflops / (g.bf16_dense_tflops * 1e3);
     std::printf("  MFU against the dense bf16 peak (%.1f TFLOP/s)  %.2f%%\n", g.bf16_dense_tflops, 100 * mfu);
     j["bf16_peak_tflops"] = g.bf16_dense_tflops, j["mfu_bf16"] = mfu;
   }
 }
+// The peaks count from here: the sgemm measurement's own buffers are gone.
+void reset_gpu_peaks() {
+  device_memory::reset_peak();
+  gpu_scratch_peak_mib(true);
+}
 #else
+void reset_gpu_peaks() {}
 double gpu_sgemm_peak_gflops() { return 0; }  // unreachable: backend_for(cuda) refused already
 void add_gpu_report(nlohmann::json&, double) {}
 #endif
@@ -107,6 +117,7 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
   use_precision(device, c.train.precision);
   // The practical matmul peak of the device the step runs on, measured in the same run.
   const double peak = device == Device::cpu ? sgemm_peak_gflops(2048, 12) : gpu_sgemm_peak_gflops();
+  if (device == Device::cuda) reset_gpu_peaks();
   StageState s(m, whole_model(m), c.optim, 0, c.delay.correction == "ef", device);
   s.init_weights(1);
   auto acts = s.stage.make_activations(B, T, device);

@@ -1,6 +1,9 @@
 #include "core/buffer.h"
 
+#include <algorithm>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include "core/error.h"
 
@@ -19,9 +22,9 @@ namespace {
 void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) internal_error(std::string("CUDA ") + what + ": " + cudaGetErrorString(e));
 }
-}  // namespace
 
-void* alloc(size_t bytes) {
+// cudaMalloc; out of memory is bad input naming the bytes needed and free.
+void* raw_alloc(size_t bytes) {
   void* p = nullptr;
   const cudaError_t e = cudaMalloc(&p, bytes);
   if (e == cudaErrorMemoryAllocation) {
@@ -35,7 +38,38 @@ void* alloc(size_t bytes) {
   check(e, "cudaMalloc");
   return p;
 }
-void release(void* p) { cudaFree(p); }  // never throws: called from destructors
+
+std::mutex g_stats_mu;
+std::unordered_map<const void*, size_t> g_sizes;  // live allocations
+MemoryStats g_stats;
+}  // namespace
+
+MemoryStats memory_stats() {
+  std::lock_guard<std::mutex> lock(g_stats_mu);
+  return g_stats;
+}
+void reset_peak() {
+  std::lock_guard<std::mutex> lock(g_stats_mu);
+  g_stats.peak = g_stats.in_use;
+}
+
+void* alloc(size_t bytes) {
+  void* p = raw_alloc(bytes);
+  std::lock_guard<std::mutex> lock(g_stats_mu);
+  g_sizes[p] = bytes;
+  g_stats.in_use += static_cast<int64_t>(bytes);
+  g_stats.peak = std::max(g_stats.peak, g_stats.in_use);
+  return p;
+}
+void release(void* p) {  // never throws: called from destructors
+  {
+    std::lock_guard<std::mutex> lock(g_stats_mu);
+    auto it = g_sizes.find(p);
+    if (it != g_sizes.end()) g_stats.in_use -= static_cast<int64_t>(it->second), g_sizes.erase(it);
+  }
+  cudaFree(p);
+}
+
 // Every host thread queues its work on its own default stream (CUDA_API_PER_THREAD_DEFAULT_STREAM, set by the
 // build): the stages of an in-process pipeline run concurrently on one GPU. A buffer one thread fills may be
 // read by another (a message, a weight version, a whole-model gather), so these calls return only when the
@@ -103,6 +137,8 @@ namespace {
   bad_input("train.device", "'cuda' needs a build with the CUDA backend (cmake -DONESTEP_CUDA=ON, nvcc present)");
 }
 }  // namespace
+MemoryStats memory_stats() { return {}; }
+void reset_peak() {}
 void* alloc(size_t) { no_cuda(); }
 void release(void*) {}
 void zero(void*, size_t) { no_cuda(); }

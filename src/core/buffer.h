@@ -22,6 +22,13 @@ void release(void* p);
 void zero(void* p, size_t bytes);
 enum class Copy { host_to_device, device_to_host, device_to_device };
 void copy(void* dst, const void* src, size_t bytes, Copy kind);  // either side on any GPU of the process
+// Bytes of device memory held by Buffers (alloc / release) on all GPUs: now, and the most since the last
+// reset_peak(). Stream-ordered scratch (cudaMallocAsync) is not counted here (gpu/gpu_info.h reports its pool).
+struct MemoryStats {
+  int64_t in_use = 0, peak = 0;
+};
+MemoryStats memory_stats();
+void reset_peak();  // peak = in_use
 // GPUs: how many this process sees (0 without CUDA, a driver or a device), and which one the calling host
 // thread allocates on and launches on (cudaSetDevice; every new thread starts on GPU 0).
 int gpu_count();

@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "core/buffer.h"
@@ -48,6 +49,20 @@ double gpu_memory_used_mib() {
   size_t free_b = 0, total_b = 0;
   check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
   return static_cast<double>(total_b - free_b) / 1048576.0;
+}
+
+double gpu_scratch_peak_mib(bool reset) {
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  cudaMemPool_t pool = nullptr;
+  check(cudaDeviceGetDefaultMemPool(&pool, dev), "cudaDeviceGetDefaultMemPool");
+  std::uint64_t high = 0;  // cuuint64_t
+  check(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high), "cudaMemPoolGetAttribute");
+  if (reset) {
+    std::uint64_t zero = 0;
+    check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero), "cudaMemPoolSetAttribute");
+  }
+  return static_cast<double>(high) / 1048576.0;
 }
 
 double cublas_sgemm_tflops(int n, int reps) {

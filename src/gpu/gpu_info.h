@@ -13,6 +13,9 @@ struct GpuInfo {
 };
 GpuInfo gpu_info();                                // the current device
 double gpu_memory_used_mib();                      // total - free, as the driver reports it
+// The high-water mark of the current GPU's stream-ordered scratch (its default cudaMallocAsync pool) since the last
+// call with reset = true; Buffers are counted by device_memory::memory_stats().
+double gpu_scratch_peak_mib(bool reset = false);
 double cublas_sgemm_tflops(int n, int reps);       // best of reps square fp32 sgemm (no TF32), after a warm-up
 
 }  // namespace onestep

@@ -162,3 +162,19 @@ TEST(CudaNccl, MovesDataOnThisGpu) {
   EXPECT_EQ(onestep::pipeline::nccl_loopback(data), data);
 }
 #endif
+
+// Buffers on the GPU are counted (onestep bench's peak GPU memory): in use while alive, the peak kept after.
+TEST(CudaMemory, BuffersAreCounted) {
+  REQUIRE_GPU();
+  namespace dm = onestep::device_memory;
+  dm::reset_peak();
+  const dm::MemoryStats before = dm::memory_stats();
+  {
+    onestep::Buffer<float> a(onestep::Device::cuda), b(onestep::Device::cuda);
+    a.zeros(1 << 20), b.zeros(3 << 20);
+    EXPECT_EQ(dm::memory_stats().in_use - before.in_use, int64_t{4} << 22);
+  }
+  const dm::MemoryStats after = dm::memory_stats();
+  EXPECT_EQ(after.in_use, before.in_use);
+  EXPECT_EQ(after.peak - before.in_use, int64_t{4} << 22);
+}
