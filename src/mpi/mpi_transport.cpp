@@ -74,16 +74,7 @@ class MpiSum : public PendingSum {
 
  private:
   void complete(Clock::time_point deadline) {
-    int flag = 0;
-    int rc = MPI_SUCCESS;
-    const bool ok = poll_until(
-        [&] {
-          rc = MPI_Testall(static_cast<int>(reqs_.size()), reqs_.data(), &flag, MPI_STATUSES_IGNORE);
-          return rc != MPI_SUCCESS || flag != 0;
-        },
-        deadline);
-    check(rc, "MPI_Testall (sum)");
-    if (!ok)
+    if (!wait_all(reqs_.data(), static_cast<int>(reqs_.size()), deadline, [] {}, "MPI_Testall (sum)"))
       peer_lost("stage " + std::to_string(stage_) + ": sum (tag " + std::to_string(tag_) + ") incomplete within " +
                 seconds_text(peer_timeout_s()) + " s; a peer stage died or hung");
   }
@@ -105,10 +96,7 @@ class MpiTransport : public Transport {
     MPI_Comm_set_errhandler(coll_, MPI_ERRORS_RETURN);
     check(MPI_Comm_rank(p2p_, &rank_), "MPI_Comm_rank");
     check(MPI_Comm_size(p2p_, &size_), "MPI_Comm_size");
-    void* ub = nullptr;
-    int flag = 0;
-    check(MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag), "MPI_Comm_get_attr(MPI_TAG_UB)");
-    tag_ub_ = flag ? *static_cast<int*>(ub) : 32767;  // 32767: the smallest bound the standard allows
+    tag_ub_ = tag_upper_bound();
   }
 
   ~MpiTransport() override {
@@ -208,46 +196,20 @@ class MpiTransport : public Transport {
   };
 
   void check_args(const char* what, int peer, uint32_t tag, int64_t n) const {
-    if (peer < 0 || peer >= size_)
-      internal_error("stage " + std::to_string(rank_) + ": " + what + " stage " + std::to_string(peer) + " of " +
-                     std::to_string(size_));
-    if (tag > static_cast<uint32_t>(tag_ub_))
-      internal_error("stage " + std::to_string(rank_) + ": tag " + std::to_string(tag) + " exceeds MPI_TAG_UB " +
-                     std::to_string(tag_ub_));
-    if (n < 0 || n > INT_MAX)
-      internal_error("stage " + std::to_string(rank_) + ": message of " + std::to_string(n) +
-                     " floats (at most 2^31-1)");
+    check_message(rank_, size_, tag_ub_, what, peer, tag, n, true);
   }
 
   // Completes every finished send and drops its buffer.
   void reap() {
-    for (size_t i = 0; i < out_.size();) {
-      int flag = 0;
-      check(MPI_Test(&out_[i].req, &flag, MPI_STATUS_IGNORE), "MPI_Test (send)");
-      if (flag) {
-        if (i + 1 != out_.size()) out_[i] = std::move(out_.back());
-        out_.pop_back();
-      } else {
-        ++i;
-      }
-    }
+    remove_done(out_, [](Outgoing& o) { return test_done(o.req, "MPI_Test (send)"); });
   }
 
   // The matched message is ours; its data may still need the sender's progress (rendezvous).
   void complete_receive(void* buf, int count, MPI_Datatype type, MPI_Message* msg, int peer, uint32_t tag) {
     MPI_Request req = MPI_REQUEST_NULL;
     check(MPI_Imrecv(buf, count, type, msg, &req), "MPI_Imrecv");
-    int flag = 0;
-    int rc = MPI_SUCCESS;
-    const bool ok = poll_until(
-        [&] {
-          reap();
-          rc = MPI_Test(&req, &flag, MPI_STATUS_IGNORE);
-          return rc != MPI_SUCCESS || flag != 0;
-        },
-        deadline_from_now());  // the header arrived in time; the payload gets a full timeout of its own
-    check(rc, "MPI_Test (recv)");
-    if (!ok)
+    // The header arrived in time; the payload gets a full timeout of its own.
+    if (!wait_all(&req, 1, deadline_from_now(), [&] { reap(); }, "MPI_Test (recv)"))
       peer_lost("stage " + std::to_string(rank_) + ": message from stage " + std::to_string(peer) + " (tag " +
                 std::to_string(tag) + ") started but did not complete within " + seconds_text(peer_timeout_s()) +
                 " s; the peer died or hung");

@@ -3,6 +3,7 @@
 #include <stdlib.h>  // on_exit (glibc)
 
 #include <atomic>
+#include <climits>
 #include <mutex>
 #include <sstream>
 
@@ -71,6 +72,25 @@ std::string seconds_text(double s) {
   std::ostringstream os;
   os << s;
   return os.str();
+}
+
+int tag_upper_bound() {
+  void* ub = nullptr;
+  int flag = 0;
+  check(MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag), "MPI_Comm_get_attr(MPI_TAG_UB)");
+  return flag ? *static_cast<int*>(ub) : 32767;
+}
+
+void check_message(int rank, int stages, int tag_ub, const char* what, int peer, uint32_t tag, int64_t n,
+                   bool self_ok) {
+  if (peer < 0 || peer >= stages || (peer == rank && !self_ok))
+    internal_error("stage " + std::to_string(rank) + ": " + what + " stage " + std::to_string(peer) + " of " +
+                   std::to_string(stages));
+  if (tag > static_cast<uint32_t>(tag_ub))
+    internal_error("stage " + std::to_string(rank) + ": tag " + std::to_string(tag) + " exceeds MPI_TAG_UB " +
+                   std::to_string(tag_ub));
+  if (n < 0 || n > INT_MAX)
+    internal_error("stage " + std::to_string(rank) + ": message of " + std::to_string(n) + " floats (at most 2^31-1)");
 }
 
 Clock::time_point deadline_from_now() {

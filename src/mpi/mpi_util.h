@@ -11,6 +11,7 @@
 #include <thread>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace onestep::pipeline::mpi_detail {
 
@@ -45,6 +46,50 @@ bool poll_until(Ready ready, Clock::time_point deadline) {
       sleep_us = std::min<int64_t>(sleep_us * 2, 250);
     }
   }
+}
+
+// MPI_TAG_UB of MPI_COMM_WORLD (32767, the smallest bound the standard allows, where it is not set).
+int tag_upper_bound();
+// The checks both MPI-based transports make of a message: peer a stage other than this one (or this one too, when
+// self_ok), tag within MPI_TAG_UB, length within an int. Internal errors naming stage `rank`.
+void check_message(int rank, int stages, int tag_ub, const char* what, int peer, uint32_t tag, int64_t n,
+                   bool self_ok);
+
+// Polls MPI_Testall on reqs[0, n) until all complete (true) or the deadline passes (false), running progress()
+// between tests (e.g. reaping finished sends). MPI errors are internal errors naming `what`.
+template <class Progress>
+bool wait_all(MPI_Request* reqs, int n, Clock::time_point deadline, Progress progress, const char* what) {
+  int flag = 0;
+  int rc = MPI_SUCCESS;
+  const bool ok = poll_until(
+      [&] {
+        progress();
+        rc = MPI_Testall(n, reqs, &flag, MPI_STATUSES_IGNORE);
+        return rc != MPI_SUCCESS || flag != 0;
+      },
+      deadline);
+  check(rc, what);
+  return ok;
+}
+
+// Drops the elements of v for which done(element) is true; the order of the others is not kept.
+template <class T, class Done>
+void remove_done(std::vector<T>& v, Done done) {
+  for (size_t i = 0; i < v.size();) {
+    if (done(v[i])) {
+      if (i + 1 != v.size()) v[i] = std::move(v.back());
+      v.pop_back();
+    } else {
+      ++i;
+    }
+  }
+}
+
+// True once the request has completed (MPI_Test; an MPI error is an internal error naming `what`).
+inline bool test_done(MPI_Request& req, const char* what) {
+  int flag = 0;
+  check(MPI_Test(&req, &flag, MPI_STATUS_IGNORE), what);
+  return flag != 0;
 }
 
 // Buffers of operations that cannot be completed (error path): kept alive forever, since MPI (or a GPU) may

@@ -2,7 +2,6 @@
 
 #include <mpi.h>
 
-#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -29,10 +28,7 @@ class StagedTransport : public Transport {
     size_ = sums_->stages();
     check(MPI_Comm_dup(MPI_COMM_WORLD, &hdr_), "MPI_Comm_dup");
     MPI_Comm_set_errhandler(hdr_, MPI_ERRORS_RETURN);
-    void* ub = nullptr;
-    int flag = 0;
-    check(MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag), "MPI_Comm_get_attr(MPI_TAG_UB)");
-    tag_ub_ = flag ? *static_cast<int*>(ub) : 32767;
+    tag_ub_ = tag_upper_bound();
   }
 
   ~StagedTransport() override {
@@ -112,15 +108,7 @@ class StagedTransport : public Transport {
   };
 
   void check_args(const char* what, int peer, uint32_t tag, int64_t n) const {
-    if (peer < 0 || peer >= size_ || peer == rank_)
-      internal_error("stage " + std::to_string(rank_) + ": " + what + " stage " + std::to_string(peer) + " of " +
-                     std::to_string(size_));
-    if (tag > static_cast<uint32_t>(tag_ub_))
-      internal_error("stage " + std::to_string(rank_) + ": tag " + std::to_string(tag) + " exceeds MPI_TAG_UB " +
-                     std::to_string(tag_ub_));
-    if (n < 0 || n > INT_MAX)
-      internal_error("stage " + std::to_string(rank_) + ": message of " + std::to_string(n) +
-                     " floats (at most 2^31-1)");
+    check_message(rank_, size_, tag_ub_, what, peer, tag, n, false);
   }
 
   // Queues a receive for every header that has arrived, in arrival order (per sender, its send order).
@@ -139,16 +127,7 @@ class StagedTransport : public Transport {
   }
 
   void reap() {
-    for (size_t i = 0; i < out_.size();) {
-      int flag = 0;
-      check(MPI_Test(&out_[i].req, &flag, MPI_STATUS_IGNORE), "MPI_Test (header)");
-      if (flag) {
-        if (i + 1 != out_.size()) out_[i] = std::move(out_.back());
-        out_.pop_back();
-      } else {
-        ++i;
-      }
-    }
+    remove_done(out_, [](Outgoing& o) { return test_done(o.req, "MPI_Test (header)"); });
   }
 
   std::unique_ptr<Transport> sums_;  // MPI: the all-stage sums
@@ -186,15 +165,8 @@ class MpiDataPlane : public DataPlane {
   }
   void deliver(int64_t handle, float* data) override {
     Slot& s = receiving_.at(handle);
-    int flag = 0;
-    const bool ok = poll_until(
-        [&] {
-          reap();
-          check(MPI_Test(&s.req, &flag, MPI_STATUS_IGNORE), "MPI_Test (payload)");
-          return flag != 0;
-        },
-        deadline_from_now());
-    if (!ok) peer_lost("a message's payload did not arrive within " + seconds_text(peer_timeout_s()) + " s");
+    if (!wait_all(&s.req, 1, deadline_from_now(), [&] { reap(); }, "MPI_Test (payload)"))
+      peer_lost("a message's payload did not arrive within " + seconds_text(peer_timeout_s()) + " s");
     if (!s.buf.empty()) std::memcpy(data, s.buf.data(), sizeof(float) * s.buf.size());
     receiving_.erase(handle);
   }
@@ -216,21 +188,9 @@ class MpiDataPlane : public DataPlane {
     bool unread = false;
   };
   void reap() {
-    for (size_t i = 0; i < sending_.size();) {
-      int flag = 0;
-      check(MPI_Test(&sending_[i].req, &flag, MPI_STATUS_IGNORE), "MPI_Test (payload)");
-      if (flag) {
-        if (i + 1 != sending_.size()) sending_[i] = std::move(sending_.back());
-        sending_.pop_back();
-      } else {
-        ++i;
-      }
-    }
-    for (auto it = receiving_.begin(); it != receiving_.end();) {  // discarded ones, once they have arrived
-      int flag = 0;
-      if (it->second.unread) check(MPI_Test(&it->second.req, &flag, MPI_STATUS_IGNORE), "MPI_Test (payload)");
-      it = flag ? receiving_.erase(it) : std::next(it);
-    }
+    remove_done(sending_, [](Slot& s) { return test_done(s.req, "MPI_Test (payload)"); });
+    for (auto it = receiving_.begin(); it != receiving_.end();)  // discarded ones, once they have arrived
+      it = it->second.unread && test_done(it->second.req, "MPI_Test (payload)") ? receiving_.erase(it) : std::next(it);
   }
 
   MPI_Comm comm_ = MPI_COMM_NULL;

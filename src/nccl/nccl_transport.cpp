@@ -111,15 +111,11 @@ class StagingPool {
   void keep_alive() { keep_ = true; }
 
   Staging* take(size_t n) {
-    for (size_t i = 0; i < busy_.size();) {  // reclaim the finished ones
-      if (event_done(busy_[i]->done)) {
-        free_.push_back(busy_[i]);
-        busy_[i] = busy_.back();
-        busy_.pop_back();
-      } else {
-        ++i;
-      }
-    }
+    remove_done(busy_, [&](Staging* s) {  // reclaim the finished ones
+      if (!event_done(s->done)) return false;
+      free_.push_back(s);
+      return true;
+    });
     for (size_t i = 0; i < free_.size(); ++i)
       if (free_[i]->cap >= n) {
         Staging* s = free_[i];
