@@ -60,10 +60,8 @@ __global__ void __launch_bounds__(kAttnThreads)
   float* sL = sM + kTile;
   float* sA = sL + kTile;
 
-  // The longest rows (last query tiles) first.
-  const int task = blockIdx.x;
-  const int qt = d.ntiles - 1 - task % d.ntiles, bh = task / d.ntiles, h = bh % d.H, b = bh / d.H;
-  const int kvh = h / d.G;
+  const QueryBlock blk = query_block(d, d.ntiles);
+  const int b = blk.b, h = blk.h, kvh = blk.kvh, qt = blk.tile;
   const int i0 = qt * kTile, m = d.rows(qt);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
 
@@ -170,18 +168,14 @@ __global__ void __launch_bounds__(kAttnThreads)
   float* sLse = sdS + kTile * kLdS;
   float* sDelta = sLse + kTile;
 
-  const int task = blockIdx.x;
-  const int qt = d.ntiles - 1 - task % d.ntiles, bh = task / d.ntiles, h = bh % d.H, b = bh / d.H;
-  const int kvh = h / d.G;
+  const QueryBlock blk = query_block(d, d.ntiles);
+  const int b = blk.b, h = blk.h, kvh = blk.kvh, qt = blk.tile;
   const int i0 = qt * kTile, m = d.rows(qt);
 
   load_tile(sQ, ld, q + d.qoff(b, i0, h), d.ldq, m, D);
   load_tile(sdO, ld, dout + d.qoff(b, i0, h), d.ldq, m, D);
   for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) sdQ[(idx / D) * ld + idx % D] = 0.0f;
-  for (int i = threadIdx.x; i < kTile; i += blockDim.x) {
-    sLse[i] = i < m ? lse[d.loff(b, h, i0 + i)] : 0.0f;
-    sDelta[i] = i < m ? delta[d.loff(b, h, i0 + i)] : 0.0f;
-  }
+  load_row_stats(sLse, sDelta, lse, delta, d, b, h, i0, m, kTile);
   for (int kt = 0; kt <= qt; ++kt) {
     const int j0 = kt * kTile, kn = d.rows(kt);
     __syncthreads();
@@ -220,9 +214,8 @@ __global__ void __launch_bounds__(kAttnThreads)
   float* sLse = sdS + kTile * kLdS;
   float* sDelta = sLse + kTile;
 
-  // The first key tiles see the most query tiles: they go first.
-  const int task = blockIdx.x;
-  const int kt = task % d.ntiles, bk = task / d.ntiles, kvh = bk % d.KV, b = bk / d.KV;
+  const KeyBlock blk = key_block(d, d.ntiles);
+  const int b = blk.b, kvh = blk.kvh, kt = blk.tile;
   const int j0 = kt * kTile, kn = d.rows(kt);
 
   load_tile(sK, ld, k + d.koff(b, j0, kvh), d.ldk, kn, D);
@@ -238,10 +231,7 @@ __global__ void __launch_bounds__(kAttnThreads)
       __syncthreads();  // readers of sQ, sdO, sP, sdS, sLse, sDelta from the previous step are done
       load_tile(sQ, ld, q + d.qoff(b, i0, h), d.ldq, m, D);
       load_tile(sdO, ld, dout + d.qoff(b, i0, h), d.ldq, m, D);
-      for (int i = threadIdx.x; i < kTile; i += blockDim.x) {
-        sLse[i] = i < m ? lse[d.loff(b, h, i0 + i)] : 0.0f;
-        sDelta[i] = i < m ? delta[d.loff(b, h, i0 + i)] : 0.0f;
-      }
+      load_row_stats(sLse, sDelta, lse, delta, d, b, h, i0, m, kTile);
       __syncthreads();
       attn_probs_bwd(sP, sdS, sQ, sdO, sK, sV, sLse, sDelta, i0, m, j0, kn, ld, D, d.scale);
       __syncthreads();

@@ -13,6 +13,8 @@
 #include <cuda_bf16.h>
 #include <mma.h>
 
+#include <type_traits>
+
 #include "kernels/cuda/attention_tiles.cuh"
 #include "kernels/cuda/common.cuh"
 
@@ -95,15 +97,54 @@ __device__ inline void probs_bwd(bf16* sP, bf16* sdS, const float* sS, const flo
   }
 }
 
-size_t fwd_smem(int D) {
+// C[kTile, D] (fp32, ldf) += A B over the block's warps (2 x D/16 output fragments, one warp each): A is a
+// [kTile, kTile] bf16 tile (row stride kLdP) read row-major, or column-major for its transpose (LayoutA =
+// col_major); B is a [kTile, D] bf16 tile (row stride ldh), row-major.
+template <class LayoutA>
+__device__ inline void tile_product(float* C, int ldf, const bf16* A, const bf16* B, int ldh, int D) {
+  constexpr bool transposed = std::is_same_v<LayoutA, wmma::col_major>;
+  const int dfrags = D / kFrag, nwarps = blockDim.x >> 5;
+  for (int f = threadIdx.x >> 5; f < 2 * dfrags; f += nwarps) {
+    const int mi = f / dfrags, nj = f % dfrags;
+    warp_product<LayoutA, wmma::row_major>(C + mi * kFrag * ldf + nj * kFrag, ldf, true,
+                                           A + (transposed ? mi * kFrag : mi * kFrag * kLdP), kLdP,
+                                           transposed ? kFrag * kLdP : kFrag, B + nj * kFrag, ldh, kFrag * ldh,
+                                           kKeySteps);
+  }
+}
+
+// Each kernel's shared memory, one function for the kernel (on its dynamic shared memory) and the host (a null
+// base: the launch size).
+struct FwdTiles {
+  bf16 *Q, *K, *V, *P;
+  float *S, *O, *M, *L, *A;  // M, L, A: the rows' running max, sum and rescale factor
+};
+__host__ __device__ inline FwdTiles fwd_tiles(Carve& c, int D) {
   const Strides st(D);
-  Carve c{nullptr};
-  c.take<bf16>(3 * kTile * st.ldh);  // Q, K, V
-  c.take<float>(kTile * kLdSf);      // S
-  c.take<bf16>(kTile * kLdP);        // P
-  c.take<float>(kTile * st.ldf);     // O
-  c.take<float>(3 * kTile);          // m, l, alpha
-  return c.used;
+  FwdTiles t;
+  t.Q = c.take<bf16>(kTile * st.ldh), t.K = c.take<bf16>(kTile * st.ldh), t.V = c.take<bf16>(kTile * st.ldh);
+  t.S = c.take<float>(kTile * kLdSf), t.P = c.take<bf16>(kTile * kLdP), t.O = c.take<float>(kTile * st.ldf);
+  t.M = c.take<float>(kTile), t.L = c.take<float>(kTile), t.A = c.take<float>(kTile);
+  return t;
+}
+
+struct BwdTiles {  // dq: dK and dV unused; dkv: dQ unused
+  bf16 *Q, *dO, *K, *V, *P, *dS;
+  float *S, *dP, *dQ, *dK, *dV, *lse, *delta;
+};
+__host__ __device__ inline BwdTiles bwd_tiles(Carve& c, int D, bool dkv) {
+  const Strides st(D);
+  BwdTiles t{};
+  t.Q = c.take<bf16>(kTile * st.ldh), t.dO = c.take<bf16>(kTile * st.ldh);
+  t.K = c.take<bf16>(kTile * st.ldh), t.V = c.take<bf16>(kTile * st.ldh);
+  t.S = c.take<float>(kTile * kLdSf), t.dP = c.take<float>(kTile * kLdSf), t.dS = c.take<bf16>(kTile * kLdP);
+  if (dkv) {
+    t.P = c.take<bf16>(kTile * kLdP), t.dK = c.take<float>(kTile * st.ldf), t.dV = c.take<float>(kTile * st.ldf);
+  } else {
+    t.dQ = c.take<float>(kTile * st.ldf);
+  }
+  t.lse = c.take<float>(kTile), t.delta = c.take<float>(kTile);
+  return t;
 }
 
 __global__ void __launch_bounds__(kAttnThreads)
@@ -112,84 +153,57 @@ __global__ void __launch_bounds__(kAttnThreads)
   const int D = d.D;
   const Strides st(D);
   Carve c{smem};
-  bf16* sQ = c.take<bf16>(3 * kTile * st.ldh);
-  bf16* sK = sQ + kTile * st.ldh;
-  bf16* sV = sK + kTile * st.ldh;
-  float* sS = c.take<float>(kTile * kLdSf);
-  bf16* sP = c.take<bf16>(kTile * kLdP);
-  float* sO = c.take<float>(kTile * st.ldf);
-  float* sM = c.take<float>(3 * kTile);
-  float* sL = sM + kTile;
-  float* sA = sL + kTile;
-
-  const int task = blockIdx.x;  // the longest rows (last query tiles) first
-  const int qt = d.ntiles - 1 - task % d.ntiles, bh = task / d.ntiles, h = bh % d.H, b = bh / d.H;
-  const int kvh = h / d.G;
+  const FwdTiles t = fwd_tiles(c, D);
+  const QueryBlock blk = query_block(d, d.ntiles);
+  const int b = blk.b, h = blk.h, kvh = blk.kvh, qt = blk.tile;
   const int i0 = qt * kTile, m = d.rows(qt);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
-  const int dfrags = D / kFrag;
 
-  load_tile_bf16(sQ, st.ldh, q + d.qoff(b, i0, h), d.ldq, m, D);
-  zero_floats(sO, kTile * st.ldf);
+  load_tile_bf16(t.Q, st.ldh, q + d.qoff(b, i0, h), d.ldq, m, D);
+  zero_floats(t.O, kTile * st.ldf);
   for (int i = threadIdx.x; i < kTile; i += blockDim.x) {
-    sM[i] = -INFINITY;
-    sL[i] = 0.0f;
+    t.M[i] = -INFINITY;
+    t.L[i] = 0.0f;
   }
   for (int kt = 0; kt <= qt; ++kt) {
     const int j0 = kt * kTile, kn = d.rows(kt);
-    __syncthreads();  // the previous tile's readers of sK, sV, sP are done
-    load_tile_bf16(sK, st.ldh, k + d.koff(b, j0, kvh), d.ldk, kn, D);
-    load_tile_bf16(sV, st.ldh, v + d.koff(b, j0, kvh), d.ldk, kn, D);
+    __syncthreads();  // the previous tile's readers of K, V, P are done
+    load_tile_bf16(t.K, st.ldh, k + d.koff(b, j0, kvh), d.ldk, kn, D);
+    load_tile_bf16(t.V, st.ldh, v + d.koff(b, j0, kvh), d.ldk, kn, D);
     __syncthreads();
-    scores(sS, nullptr, sQ, sK, nullptr, nullptr, st.ldh, D);
+    scores(t.S, nullptr, t.Q, t.K, nullptr, nullptr, st.ldh, D);
     __syncthreads();
     // Online softmax, as in the fp32 kernel: warp w takes rows w, w + nwarps, ...; lane j is key j.
     for (int i = warp; i < kTile; i += nwarps) {
       const bool valid = lane < kn && j0 + lane <= i0 + i;
-      const float x = valid ? sS[i * kLdSf + lane] * d.scale : -INFINITY;
+      const float x = valid ? t.S[i * kLdSf + lane] * d.scale : -INFINITY;
       const float mx = warp_max(x);
-      const float mold = sM[i], mnew = fmaxf(mold, mx);
+      const float mold = t.M[i], mnew = fmaxf(mold, mx);
       const bool none = mnew == -INFINITY;
       const float p = none ? 0.0f : expf(x - mnew);
       const float alpha = none ? 1.0f : expf(mold - mnew);
       const float sum = warp_sum(p);
-      sP[i * kLdP + lane] = __float2bfloat16_rn(p);
+      t.P[i * kLdP + lane] = __float2bfloat16_rn(p);
       if (lane == 0) {
-        sM[i] = mnew;
-        sL[i] = sL[i] * alpha + sum;
-        sA[i] = alpha;
+        t.M[i] = mnew;
+        t.L[i] = t.L[i] * alpha + sum;
+        t.A[i] = alpha;
       }
     }
     __syncthreads();
     for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {  // O *= alpha, row by row
       const int i = idx / D;
-      sO[i * st.ldf + (idx - i * D)] *= sA[i];
+      t.O[i * st.ldf + (idx - i * D)] *= t.A[i];
     }
     __syncthreads();
-    for (int f = warp; f < 2 * dfrags; f += nwarps) {  // O += P V
-      const int mi = f / dfrags, nj = f % dfrags;
-      warp_product<wmma::row_major, wmma::row_major>(sO + mi * kFrag * st.ldf + nj * kFrag, st.ldf, true,
-                                                     sP + mi * kFrag * kLdP, kLdP, kFrag, sV + nj * kFrag, st.ldh,
-                                                     kFrag * st.ldh, kKeySteps);
-    }
+    tile_product<wmma::row_major>(t.O, st.ldf, t.P, t.V, st.ldh, D);  // O += P V
   }
   __syncthreads();
   for (int idx = threadIdx.x; idx < m * D; idx += blockDim.x) {
     const int i = idx / D, col = idx - i * D;
-    out[d.qoff(b, i0 + i, h) + col] = sO[i * st.ldf + col] * (1.0f / sL[i]);
+    out[d.qoff(b, i0 + i, h) + col] = t.O[i * st.ldf + col] * (1.0f / t.L[i]);
   }
-  for (int i = threadIdx.x; i < m; i += blockDim.x) lse[d.loff(b, h, i0 + i)] = sM[i] + logf(sL[i]);
-}
-
-size_t dq_smem(int D) {
-  const Strides st(D);
-  Carve c{nullptr};
-  c.take<bf16>(4 * kTile * st.ldh);  // Q, dO, K, V
-  c.take<float>(2 * kTile * kLdSf);  // S, dP
-  c.take<bf16>(kTile * kLdP);        // dS
-  c.take<float>(kTile * st.ldf);     // dQ
-  c.take<float>(2 * kTile);          // lse, delta
-  return c.used;
+  for (int i = threadIdx.x; i < m; i += blockDim.x) lse[d.loff(b, h, i0 + i)] = t.M[i] + logf(t.L[i]);
 }
 
 __global__ void __launch_bounds__(kAttnThreads)
@@ -199,64 +213,32 @@ __global__ void __launch_bounds__(kAttnThreads)
   const int D = d.D;
   const Strides st(D);
   Carve c{smem};
-  bf16* sQ = c.take<bf16>(4 * kTile * st.ldh);
-  bf16* sdO = sQ + kTile * st.ldh;
-  bf16* sK = sdO + kTile * st.ldh;
-  bf16* sV = sK + kTile * st.ldh;
-  float* sS = c.take<float>(2 * kTile * kLdSf);
-  float* sdP = sS + kTile * kLdSf;
-  bf16* sdS = c.take<bf16>(kTile * kLdP);
-  float* sdQ = c.take<float>(kTile * st.ldf);
-  float* sLse = c.take<float>(2 * kTile);
-  float* sDelta = sLse + kTile;
-
-  const int task = blockIdx.x;
-  const int qt = d.ntiles - 1 - task % d.ntiles, bh = task / d.ntiles, h = bh % d.H, b = bh / d.H;
-  const int kvh = h / d.G;
+  const BwdTiles t = bwd_tiles(c, D, false);
+  const QueryBlock blk = query_block(d, d.ntiles);
+  const int b = blk.b, h = blk.h, kvh = blk.kvh, qt = blk.tile;
   const int i0 = qt * kTile, m = d.rows(qt);
-  const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  const int dfrags = D / kFrag;
 
-  load_tile_bf16(sQ, st.ldh, q + d.qoff(b, i0, h), d.ldq, m, D);
-  load_tile_bf16(sdO, st.ldh, dout + d.qoff(b, i0, h), d.ldq, m, D);
-  zero_floats(sdQ, kTile * st.ldf);
-  for (int i = threadIdx.x; i < kTile; i += blockDim.x) {
-    sLse[i] = i < m ? lse[d.loff(b, h, i0 + i)] : 0.0f;
-    sDelta[i] = i < m ? delta[d.loff(b, h, i0 + i)] : 0.0f;
-  }
+  load_tile_bf16(t.Q, st.ldh, q + d.qoff(b, i0, h), d.ldq, m, D);
+  load_tile_bf16(t.dO, st.ldh, dout + d.qoff(b, i0, h), d.ldq, m, D);
+  zero_floats(t.dQ, kTile * st.ldf);
+  load_row_stats(t.lse, t.delta, lse, delta, d, b, h, i0, m, kTile);
   for (int kt = 0; kt <= qt; ++kt) {
     const int j0 = kt * kTile, kn = d.rows(kt);
     __syncthreads();
-    load_tile_bf16(sK, st.ldh, k + d.koff(b, j0, kvh), d.ldk, kn, D);
-    load_tile_bf16(sV, st.ldh, v + d.koff(b, j0, kvh), d.ldk, kn, D);
+    load_tile_bf16(t.K, st.ldh, k + d.koff(b, j0, kvh), d.ldk, kn, D);
+    load_tile_bf16(t.V, st.ldh, v + d.koff(b, j0, kvh), d.ldk, kn, D);
     __syncthreads();
-    scores(sS, sdP, sQ, sK, sdO, sV, st.ldh, D);
+    scores(t.S, t.dP, t.Q, t.K, t.dO, t.V, st.ldh, D);
     __syncthreads();
-    probs_bwd(nullptr, sdS, sS, sdP, sLse, sDelta, i0, m, j0, kn, d.scale);
+    probs_bwd(nullptr, t.dS, t.S, t.dP, t.lse, t.delta, i0, m, j0, kn, d.scale);
     __syncthreads();
-    for (int f = warp; f < 2 * dfrags; f += nwarps) {  // dQ += dS K
-      const int mi = f / dfrags, nj = f % dfrags;
-      warp_product<wmma::row_major, wmma::row_major>(sdQ + mi * kFrag * st.ldf + nj * kFrag, st.ldf, true,
-                                                     sdS + mi * kFrag * kLdP, kLdP, kFrag, sK + nj * kFrag, st.ldh,
-                                                     kFrag * st.ldh, kKeySteps);
-    }
+    tile_product<wmma::row_major>(t.dQ, st.ldf, t.dS, t.K, st.ldh, D);  // dQ += dS K
   }
   __syncthreads();
   for (int idx = threadIdx.x; idx < m * D; idx += blockDim.x) {
     const int i = idx / D, col = idx - i * D;
-    dq[d.qoff(b, i0 + i, h) + col] += sdQ[i * st.ldf + col];
+    dq[d.qoff(b, i0 + i, h) + col] += t.dQ[i * st.ldf + col];
   }
-}
-
-size_t dkv_smem(int D) {
-  const Strides st(D);
-  Carve c{nullptr};
-  c.take<bf16>(4 * kTile * st.ldh);  // K, V, Q, dO
-  c.take<float>(2 * kTile * kLdSf);  // S, dP
-  c.take<bf16>(2 * kTile * kLdP);    // P, dS
-  c.take<float>(2 * kTile * st.ldf); // dK, dV
-  c.take<float>(2 * kTile);          // lse, delta
-  return c.used;
 }
 
 __global__ void __launch_bounds__(kAttnThreads)
@@ -266,60 +248,39 @@ __global__ void __launch_bounds__(kAttnThreads)
   const int D = d.D;
   const Strides st(D);
   Carve c{smem};
-  bf16* sK = c.take<bf16>(4 * kTile * st.ldh);
-  bf16* sV = sK + kTile * st.ldh;
-  bf16* sQ = sV + kTile * st.ldh;
-  bf16* sdO = sQ + kTile * st.ldh;
-  float* sS = c.take<float>(2 * kTile * kLdSf);
-  float* sdP = sS + kTile * kLdSf;
-  bf16* sP = c.take<bf16>(2 * kTile * kLdP);
-  bf16* sdS = sP + kTile * kLdP;
-  float* sdK = c.take<float>(2 * kTile * st.ldf);
-  float* sdV = sdK + kTile * st.ldf;
-  float* sLse = c.take<float>(2 * kTile);
-  float* sDelta = sLse + kTile;
-
-  const int task = blockIdx.x;  // the first key tiles see the most query tiles: they go first
-  const int kt = task % d.ntiles, bk = task / d.ntiles, kvh = bk % d.KV, b = bk / d.KV;
+  const BwdTiles t = bwd_tiles(c, D, true);
+  const KeyBlock blk = key_block(d, d.ntiles);
+  const int b = blk.b, kvh = blk.kvh, kt = blk.tile;
   const int j0 = kt * kTile, kn = d.rows(kt);
-  const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  const int dfrags = D / kFrag;
 
-  load_tile_bf16(sK, st.ldh, k + d.koff(b, j0, kvh), d.ldk, kn, D);
-  load_tile_bf16(sV, st.ldh, v + d.koff(b, j0, kvh), d.ldk, kn, D);
-  zero_floats(sdK, 2 * kTile * st.ldf);
+  load_tile_bf16(t.K, st.ldh, k + d.koff(b, j0, kvh), d.ldk, kn, D);
+  load_tile_bf16(t.V, st.ldh, v + d.koff(b, j0, kvh), d.ldk, kn, D);
+  zero_floats(t.dK, kTile * st.ldf);
+  zero_floats(t.dV, kTile * st.ldf);
   for (int g = 0; g < d.G; ++g) {
     const int h = kvh * d.G + g;
     for (int qt = kt; qt < d.ntiles; ++qt) {
       const int i0 = qt * kTile, m = d.rows(qt);
-      __syncthreads();  // the previous step's readers of sQ, sdO, sP, sdS, sLse, sDelta are done
-      load_tile_bf16(sQ, st.ldh, q + d.qoff(b, i0, h), d.ldq, m, D);
-      load_tile_bf16(sdO, st.ldh, dout + d.qoff(b, i0, h), d.ldq, m, D);
-      for (int i = threadIdx.x; i < kTile; i += blockDim.x) {
-        sLse[i] = i < m ? lse[d.loff(b, h, i0 + i)] : 0.0f;
-        sDelta[i] = i < m ? delta[d.loff(b, h, i0 + i)] : 0.0f;
-      }
+      __syncthreads();  // the previous step's readers of Q, dO, P, dS, lse, delta are done
+      load_tile_bf16(t.Q, st.ldh, q + d.qoff(b, i0, h), d.ldq, m, D);
+      load_tile_bf16(t.dO, st.ldh, dout + d.qoff(b, i0, h), d.ldq, m, D);
+      load_row_stats(t.lse, t.delta, lse, delta, d, b, h, i0, m, kTile);
       __syncthreads();
-      scores(sS, sdP, sQ, sK, sdO, sV, st.ldh, D);
+      scores(t.S, t.dP, t.Q, t.K, t.dO, t.V, st.ldh, D);
       __syncthreads();
-      probs_bwd(sP, sdS, sS, sdP, sLse, sDelta, i0, m, j0, kn, d.scale);
+      probs_bwd(t.P, t.dS, t.S, t.dP, t.lse, t.delta, i0, m, j0, kn, d.scale);
       __syncthreads();
-      // dV += P^T dO and dK += dS^T Q: rows are keys; P and dS ([query, key]) read column-major are P^T and dS^T.
-      for (int f = warp; f < 4 * dfrags; f += nwarps) {
-        const bool for_k = f >= 2 * dfrags;
-        const int r = f % (2 * dfrags), mi = r / dfrags, nj = r % dfrags;
-        warp_product<wmma::col_major, wmma::row_major>(
-            (for_k ? sdK : sdV) + mi * kFrag * st.ldf + nj * kFrag, st.ldf, true, (for_k ? sdS : sP) + mi * kFrag,
-            kLdP, kFrag * kLdP, (for_k ? sQ : sdO) + nj * kFrag, st.ldh, kFrag * st.ldh, kKeySteps);
-      }
+      // Rows are keys: P and dS ([query, key]) read column-major are P^T and dS^T.
+      tile_product<wmma::col_major>(t.dV, st.ldf, t.P, t.dO, st.ldh, D);  // dV += P^T dO
+      tile_product<wmma::col_major>(t.dK, st.ldf, t.dS, t.Q, st.ldh, D);  // dK += dS^T Q
     }
   }
   __syncthreads();
   for (int idx = threadIdx.x; idx < kn * D; idx += blockDim.x) {
     const int j = idx / D, col = idx - j * D;
     const int64_t o = d.koff(b, j0 + j, kvh) + col;
-    dk[o] += sdK[j * st.ldf + col];
-    dv[o] += sdV[j * st.ldf + col];
+    dk[o] += t.dK[j * st.ldf + col];
+    dv[o] += t.dV[j * st.ldf + col];
   }
 }
 
@@ -335,7 +296,9 @@ void require_tensor_cores(const char* name) {
 void attention_forward_bf16(float* out, float* lse, const float* q, const float* k, const float* v, const Dims& d,
                             cudaStream_t stream) {
   require_tensor_cores("attention_forward (bf16)");
-  const size_t smem = fwd_smem(d.D);
+  Carve layout{nullptr};
+  fwd_tiles(layout, d.D);
+  const size_t smem = layout.used;
   prepare_smem(attn_fwd_bf16_kernel, smem, "attention_forward (bf16)", d.D);
   const int64_t blocks = static_cast<int64_t>(d.B) * d.H * d.ntiles;
   attn_fwd_bf16_kernel<<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(out, lse, q, k, v, d);
@@ -345,7 +308,9 @@ void attention_forward_bf16(float* out, float* lse, const float* q, const float*
 void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                              const float* v, const float* lse, const float* delta, const Dims& d, cudaStream_t stream) {
   require_tensor_cores("attention_backward (bf16)");
-  const size_t smem_dq = dq_smem(d.D), smem_dkv = dkv_smem(d.D);
+  Carve dq_layout{nullptr}, dkv_layout{nullptr};
+  bwd_tiles(dq_layout, d.D, false), bwd_tiles(dkv_layout, d.D, true);
+  const size_t smem_dq = dq_layout.used, smem_dkv = dkv_layout.used;
   prepare_smem(attn_bwd_dq_bf16_kernel, smem_dq, "attention_backward (bf16)", d.D);
   prepare_smem(attn_bwd_dkv_bf16_kernel, smem_dkv, "attention_backward (bf16)", d.D);
   const int64_t nq = static_cast<int64_t>(d.B) * d.H * d.ntiles, nk = static_cast<int64_t>(d.B) * d.KV * d.ntiles;

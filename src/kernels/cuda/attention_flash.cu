@@ -116,15 +116,41 @@ __device__ inline void add_rows(float* dst, int64_t ld, int valid, const FragC* 
 }
 
 // ---------------------------------------------------------------------------------------------------
-size_t flash_fwd_smem(const FlashDims& f) {
+// A kernel's shared memory, one function for the kernel (on its dynamic shared memory) and the host (a null base:
+// the launch size). The block streams two bf16 [kRows, D] tiles (K and V; for dk/dv Q and dO, with the query
+// tile's lse and delta); each warp has fp32 [16, kRows] scores (S; dP in the backward), bf16 [16, kRows] tiles
+// (P in the forward and dk/dv; dS in the backward), the forward's O [16, D], and 2 x 16 row values (forward:
+// alpha, then l; dq: lse and delta).
+enum class FlashKernel { fwd, dq, dkv };
+struct FlashTiles {
+  bf16 *tile0 = nullptr, *tile1 = nullptr;   // the block's streamed tiles
+  float *lse = nullptr, *delta = nullptr;    // dk/dv: the streamed query tile's
+  float *S = nullptr, *dP = nullptr;         // this warp's
+  bf16 *P = nullptr, *dS = nullptr;
+  float *O = nullptr, *rows = nullptr;
+};
+__host__ __device__ inline void warp_tiles(Carve& c, const FlashDims& f, FlashKernel kind, FlashTiles& t) {
+  t.S = c.take<float>(16 * kLdScore);
+  if (kind != FlashKernel::fwd) t.dP = c.take<float>(16 * kLdScore), t.dS = c.take<bf16>(16 * kLdTile);
+  if (kind != FlashKernel::dq) t.P = c.take<bf16>(16 * kLdTile);
+  if (kind == FlashKernel::fwd) t.O = c.take<float>(16 * f.ldf);
+  if (kind != FlashKernel::dkv) t.rows = c.take<float>(2 * 16);
+}
+__host__ __device__ inline FlashTiles flash_tiles(Carve& c, const FlashDims& f, FlashKernel kind, int warp) {
+  FlashTiles t;
+  t.tile0 = c.take<bf16>(kRows * f.ldh), t.tile1 = c.take<bf16>(kRows * f.ldh);
+  if (kind == FlashKernel::dkv) t.lse = c.take<float>(kRows), t.delta = c.take<float>(kRows);
+  Carve one{nullptr};  // one warp's share (a multiple of 128 bytes): the warps' pieces follow in warp order
+  FlashTiles sizes;
+  warp_tiles(one, f, kind, sizes);
+  c.used += warp * one.used;
+  warp_tiles(c, f, kind, t);
+  c.used += (kWarps - 1 - warp) * one.used;
+  return t;
+}
+size_t flash_smem(const FlashDims& f, FlashKernel kind) {
   Carve c{nullptr};
-  c.take<bf16>(2 * kRows * f.ldh);                 // K, V (Q staged in the K slot first)
-  for (int w = 0; w < kWarps; ++w) {
-    c.take<float>(16 * kLdScore);                  // S
-    c.take<bf16>(16 * kLdTile);                    // P
-    c.take<float>(16 * f.ldf);                     // O
-    c.take<float>(16);                             // alpha
-  }
+  flash_tiles(c, f, kind, 0);
   return c.used;
 }
 
@@ -137,22 +163,11 @@ __global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(float* out, fl
   const int D = DF * 16;  // = d.D (a template parameter: the fragment arrays then live in registers)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   Carve c{smem};
-  bf16* sK = c.take<bf16>(2 * kRows * f.ldh);
-  bf16* sV = sK + kRows * f.ldh;
-  float* sS = nullptr;
-  bf16* sP = nullptr;
-  float *sO = nullptr, *sA = nullptr;
-  for (int w = 0; w < kWarps; ++w) {  // the same carving as flash_fwd_smem; keep this warp's pieces
-    float* s = c.take<float>(16 * kLdScore);
-    bf16* p = c.take<bf16>(16 * kLdTile);
-    float* o = c.take<float>(16 * f.ldf);
-    float* a = c.take<float>(16);
-    if (w == warp) sS = s, sP = p, sO = o, sA = a;
-  }
-
-  const int task = blockIdx.x;  // the longest rows (last query tiles) first
-  const int qt = f.ntiles - 1 - task % f.ntiles, bh = task / f.ntiles, h = bh % d.H, b = bh / d.H;
-  const int kvh = h / d.G;
+  const FlashTiles t = flash_tiles(c, f, FlashKernel::fwd, warp);
+  bf16 *sK = t.tile0, *sV = t.tile1, *sP = t.P;
+  float *sS = t.S, *sO = t.O, *sA = t.rows;
+  const QueryBlock blk = query_block(d, f.ntiles);
+  const int b = blk.b, h = blk.h, kvh = blk.kvh, qt = blk.tile;
   const int i0 = qt * kRows, m = f.rows(qt);
   const int r0 = i0 + warp * 16;  // this warp's first query row
 
@@ -244,17 +259,6 @@ __device__ inline void probs_warp(bf16* sP, bf16* sdS, const float* sS, const fl
   }
 }
 
-size_t flash_dq_smem(const FlashDims& f) {
-  Carve c{nullptr};
-  c.take<bf16>(2 * kRows * f.ldh);  // K, V (Q and dO staged there first)
-  for (int w = 0; w < kWarps; ++w) {
-    c.take<float>(2 * 16 * kLdScore);  // S, dP
-    c.take<bf16>(16 * kLdTile);        // dS
-    c.take<float>(2 * 16);             // lse, delta
-  }
-  return c.used;
-}
-
 template <int DF>
 __global__ void __launch_bounds__(kFlashThreads)
     flash_bwd_dq_kernel(float* dq, const float* dout, const float* q, const float* k, const float* v,
@@ -265,20 +269,11 @@ __global__ void __launch_bounds__(kFlashThreads)
   const int D = DF * 16;  // = d.D (a template parameter: the fragment arrays then live in registers)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   Carve c{smem};
-  bf16* sK = c.take<bf16>(2 * kRows * f.ldh);
-  bf16* sV = sK + kRows * f.ldh;
-  float *sS = nullptr, *sdP = nullptr, *sStat = nullptr;
-  bf16* sdS = nullptr;
-  for (int w = 0; w < kWarps; ++w) {
-    float* s = c.take<float>(2 * 16 * kLdScore);
-    bf16* ds = c.take<bf16>(16 * kLdTile);
-    float* st = c.take<float>(2 * 16);
-    if (w == warp) sS = s, sdP = s + 16 * kLdScore, sdS = ds, sStat = st;
-  }
-
-  const int task = blockIdx.x;
-  const int qt = f.ntiles - 1 - task % f.ntiles, bh = task / f.ntiles, h = bh % d.H, b = bh / d.H;
-  const int kvh = h / d.G;
+  const FlashTiles t = flash_tiles(c, f, FlashKernel::dq, warp);
+  bf16 *sK = t.tile0, *sV = t.tile1, *sdS = t.dS;
+  float *sS = t.S, *sdP = t.dP, *sStat = t.rows;
+  const QueryBlock blk = query_block(d, f.ntiles);
+  const int b = blk.b, h = blk.h, kvh = blk.kvh, qt = blk.tile;
   const int i0 = qt * kRows, m = f.rows(qt);
   const int r0 = i0 + warp * 16;
 
@@ -315,17 +310,6 @@ __global__ void __launch_bounds__(kFlashThreads)
 #endif
 }
 
-size_t flash_dkv_smem(const FlashDims& f) {
-  Carve c{nullptr};
-  c.take<bf16>(2 * kRows * f.ldh);  // Q, dO (K and V staged there first)
-  c.take<float>(2 * kRows);         // lse, delta of the query tile
-  for (int w = 0; w < kWarps; ++w) {
-    c.take<float>(2 * 16 * kLdScore);  // S^T, dP^T
-    c.take<bf16>(2 * 16 * kLdTile);    // P^T, dS^T
-  }
-  return c.used;
-}
-
 template <int DF>
 __global__ void __launch_bounds__(kFlashThreads)
     flash_bwd_dkv_kernel(float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v,
@@ -336,20 +320,11 @@ __global__ void __launch_bounds__(kFlashThreads)
   const int D = DF * 16;  // = d.D (a template parameter: the fragment arrays then live in registers)
   const int warp = threadIdx.x >> 5;
   Carve c{smem};
-  bf16* sQ = c.take<bf16>(2 * kRows * f.ldh);
-  bf16* sdO = sQ + kRows * f.ldh;
-  float* sLse = c.take<float>(2 * kRows);
-  float* sDelta = sLse + kRows;
-  float *sS = nullptr, *sdP = nullptr;
-  bf16 *sP = nullptr, *sdS = nullptr;
-  for (int w = 0; w < kWarps; ++w) {
-    float* s = c.take<float>(2 * 16 * kLdScore);
-    bf16* p = c.take<bf16>(2 * 16 * kLdTile);
-    if (w == warp) sS = s, sdP = s + 16 * kLdScore, sP = p, sdS = p + 16 * kLdTile;
-  }
-
-  const int task = blockIdx.x;  // the first key tiles see the most query tiles: they go first
-  const int kt = task % f.ntiles, bk = task / f.ntiles, kvh = bk % d.KV, b = bk / d.KV;
+  const FlashTiles t = flash_tiles(c, f, FlashKernel::dkv, warp);
+  bf16 *sQ = t.tile0, *sdO = t.tile1, *sP = t.P, *sdS = t.dS;
+  float *sLse = t.lse, *sDelta = t.delta, *sS = t.S, *sdP = t.dP;
+  const KeyBlock blk = key_block(d, f.ntiles);
+  const int b = blk.b, kvh = blk.kvh, kt = blk.tile;
   const int j0 = kt * kRows, kn = f.rows(kt);
   const int r0 = j0 + warp * 16;  // this warp's first key
 
@@ -370,10 +345,7 @@ __global__ void __launch_bounds__(kFlashThreads)
       __syncthreads();  // every warp is done with the previous Q, dO, lse, delta (and the K, V staging)
       load_rows_bf16(sQ, f.ldh, q + d.qoff(b, i0, h), d.ldq, m, kRows, D);
       load_rows_bf16(sdO, f.ldh, dout + d.qoff(b, i0, h), d.ldq, m, kRows, D);
-      for (int i = threadIdx.x; i < kRows; i += blockDim.x) {
-        sLse[i] = i < m ? lse[d.loff(b, h, i0 + i)] : 0.0f;
-        sDelta[i] = i < m ? delta[d.loff(b, h, i0 + i)] : 0.0f;
-      }
+      load_row_stats(sLse, sDelta, lse, delta, d, b, h, i0, m, kRows);
       __syncthreads();
       scores_16xN<DF>(sS, kLdScore, kf, sQ, f.ldh);    // S^T = K Q^T
       scores_16xN<DF>(sdP, kLdScore, vf, sdO, f.ldh);  // dP^T = V dO^T
@@ -413,7 +385,7 @@ void attention_forward_flash(float* out, float* lse, const float* q, const float
   const FlashDims f(d);
   with_head_frags(d.D, [&](auto df) {
     constexpr int DF = decltype(df)::value;
-    const size_t smem = flash_fwd_smem(f);
+    const size_t smem = flash_smem(f, FlashKernel::fwd);
     prepare_smem(flash_fwd_kernel<DF>, smem, "attention_forward (flash)", d.D);
     const int64_t blocks = static_cast<int64_t>(d.B) * d.H * f.ntiles;
     flash_fwd_kernel<DF><<<static_cast<unsigned>(blocks), kFlashThreads, smem, stream>>>(out, lse, q, k, v, f);
@@ -427,7 +399,7 @@ void attention_backward_flash(float* dq, float* dk, float* dv, const float* dout
   const FlashDims f(d);
   with_head_frags(d.D, [&](auto df) {
     constexpr int DF = decltype(df)::value;
-    const size_t smem_dq = flash_dq_smem(f), smem_dkv = flash_dkv_smem(f);
+    const size_t smem_dq = flash_smem(f, FlashKernel::dq), smem_dkv = flash_smem(f, FlashKernel::dkv);
     prepare_smem(flash_bwd_dq_kernel<DF>, smem_dq, "attention_backward (flash)", d.D);
     prepare_smem(flash_bwd_dkv_kernel<DF>, smem_dkv, "attention_backward (flash)", d.D);
     const int64_t nq = static_cast<int64_t>(d.B) * d.H * f.ntiles, nk = static_cast<int64_t>(d.B) * d.KV * f.ntiles;

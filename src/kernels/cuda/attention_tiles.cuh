@@ -67,8 +67,35 @@ inline void check_dims(int H, int KV, const char* name) {
     throw std::runtime_error(std::string(name) + ": H must be a positive multiple of KV");
 }
 
+// The block's task. Forward and dq: (batch, head, query tile), the last query tiles (the longest rows) first.
+// dk/dv: (batch, kv head, key tile), the first key tiles (which the most query tiles see) first.
+struct QueryBlock {
+  int b, h, kvh, tile;
+};
+__device__ inline QueryBlock query_block(const Dims& d, int ntiles) {
+  const int task = blockIdx.x, bh = task / ntiles, h = bh % d.H;
+  return {bh / d.H, h, h / d.G, ntiles - 1 - task % ntiles};
+}
+struct KeyBlock {
+  int b, kvh, tile;
+};
+__device__ inline KeyBlock key_block(const Dims& d, int ntiles) {
+  const int task = blockIdx.x, bk = task / ntiles;
+  return {bk / d.KV, bk % d.KV, task % ntiles};
+}
+
+// s_lse[i], s_delta[i] = lse, delta of query row i0 + i for i < valid, 0 up to `rows`; by the whole block.
+__device__ inline void load_row_stats(float* s_lse, float* s_delta, const float* lse, const float* delta,
+                                      const Dims& d, int b, int h, int i0, int valid, int rows) {
+  for (int i = threadIdx.x; i < rows; i += blockDim.x) {
+    s_lse[i] = i < valid ? lse[d.loff(b, h, i0 + i)] : 0.0f;
+    s_delta[i] = i < valid ? delta[d.loff(b, h, i0 + i)] : 0.0f;
+  }
+}
+
 // Bump allocation of dynamic shared memory for the bf16 kernels; every array starts on a 128-byte boundary (WMMA
-// wants 32). With a null base it only counts: the host's launch size comes from the kernel's own carving.
+// wants 32). With a null base it only counts: each kernel's layout is one __host__ __device__ function, which the
+// kernel calls on its shared memory and the host on a null base for the launch size.
 struct Carve {
   unsigned char* p;
   size_t used = 0;
