@@ -120,7 +120,7 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
   if (device == Device::cuda) reset_gpu_peaks();
   StageState s(m, whole_model(m), c.optim, 0, c.delay.correction == "ef", device);
   s.init_weights(1);
-  auto acts = s.stage.make_activations(B, T, device);
+  auto acts = be.make_activations(s.stage, B, T);
   auto scratch = s.stage.make_scratch(B, T, device);
   std::vector<int32_t> in(static_cast<size_t>(B) * T), tgt(in.size());
   CounterRng rng(1, RngStream::test, 0);

@@ -1,5 +1,8 @@
 // The CUDA backend (train/backend.h): the model code with CudaOps, the optimizers of gpu/cuda_optimizer.h and
 // the trainer's vector operations as kernels, all on the default stream of the current device.
+#include <cstdlib>
+#include <string>
+
 #include "core/error.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/optim_cuda.h"
@@ -17,11 +20,23 @@ class CudaBackend final : public Backend {
   Device device() const override { return Device::cuda; }
   double forward(const Stage& s, const float* w, Activations& a, const int32_t* tokens, const float* in_hidden,
                  const int32_t* targets) const override {
+    if (a.operands == OperandStorage::bf16) return s.forward_on(bf16_ops_, w, a, tokens, in_hidden, targets);
     return s.forward_on(ops_, w, a, tokens, in_hidden, targets);
   }
   void backward(const Stage& s, const float* w, float* grad, Activations& a, BackwardScratch& scratch,
                 const float* dout_hidden, float loss_scale) const override {
+    if (a.operands == OperandStorage::bf16) return s.backward_on(bf16_ops_, w, grad, a, scratch, dout_hidden, loss_scale);
     s.backward_on(ops_, w, grad, a, scratch, dout_hidden, loss_scale);
+  }
+  // bf16 precision stores the matmul operands in bf16, unless ONESTEP_BF16_OPERANDS=fp32 keeps them in fp32 (each
+  // matmul then rounds its input per call: the earlier design, kept for benchmarks to compare).
+  OperandStorage operand_storage() const override {
+    static const bool fp32_requested = [] {
+      const char* v = std::getenv("ONESTEP_BF16_OPERANDS");
+      return v && std::string(v) == "fp32";
+    }();
+    const bool bf16 = gpu::current_matmul_precision() == gpu::MatmulPrecision::bf16 && !fp32_requested;
+    return bf16 ? OperandStorage::bf16 : OperandStorage::fp32;
   }
   std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& c, const ParamTable& table) const override {
     return make_cuda_optimizer(c, table, ops_.stream);
@@ -45,6 +60,7 @@ class CudaBackend final : public Backend {
 
  private:
   CudaOps ops_{};  // stream 0: the calling thread's own default stream (per-thread streams; core/buffer.cpp)
+  CudaBf16Ops bf16_ops_{};
 };
 
 }  // namespace

@@ -121,20 +121,20 @@ void Stage::init_weights(float* w, uint64_t seed) const {
   }
 }
 
-std::unique_ptr<Activations> Stage::make_activations(int B, int T, Device device) const {
+std::unique_ptr<Activations> Stage::make_activations(int B, int T, Device device, OperandStorage operands) const {
   auto a = std::make_unique<Activations>(device);
-  a->B = B, a->T = T;
+  a->B = B, a->T = T, a->operands = operands;
   const size_t N = static_cast<size_t>(B) * T, C = cfg_.d_model, KVd = cfg_.kv_dim(), F = cfg_.ffn_hidden;
   const size_t L = blocks_.size(), H = cfg_.n_heads, LA = attn_halves_, LM = mlp_halves_;
   a->x.zeros((L + 1) * N * C);
-  a->ln1.zeros(LA * N * C), a->rstd1.zeros(LA * N);
+  a->ln1.zeros(LA * N * C, operands), a->rstd1.zeros(LA * N);
   a->q.zeros(LA * N * C), a->k.zeros(LA * N * KVd), a->v.zeros(LA * N * KVd);
-  a->att.zeros(LA * N * C), a->lse.zeros(LA * B * H * T);
+  a->att.zeros(LA * N * C, operands), a->lse.zeros(LA * B * H * T);
   a->x_mid.zeros(LA * N * C);
-  a->ln2.zeros(LM * N * C), a->rstd2.zeros(LM * N);
-  a->gate.zeros(LM * N * F), a->up.zeros(LM * N * F), a->h.zeros(LM * N * F);
+  a->ln2.zeros(LM * N * C, operands), a->rstd2.zeros(LM * N);
+  a->gate.zeros(LM * N * F), a->up.zeros(LM * N * F), a->h.zeros(LM * N * F, operands);
   if (spec_.has_head) {
-    a->lnf.zeros(N * C), a->rstdf.zeros(N);
+    a->lnf.zeros(N * C, operands), a->rstdf.zeros(N);
     a->logits.zeros(N * cfg_.vocab_size), a->losses.zeros(N);
   }
   if (!spec_.has_embedding) a->d_input.zeros(N * input_width());

@@ -5,9 +5,12 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/buffer.h"
+#include "core/error.h"
 #include "model/model_config.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "model/params.h"
@@ -39,18 +42,64 @@ int boundary_width(const ModelConfig& c, int unit);
 StageSpec whole_model(const ModelConfig& c);
 std::string describe_units(int first_unit, int end_unit);  // "blocks [0, 4) + attention, MLP gate of block 4"
 
+// How the activations that only matmuls read are stored: the norms' outputs (ln1, ln2, lnf), attention's output
+// (att; its backward also reads it) and SwiGLU's output (h). fp32, or bf16 in bf16 precision on the GPU, where the
+// matmuls round their operands to bf16 anyway: half the memory and traffic, and no rounding pass before each
+// product. Backend::operand_storage() picks it; the ops object that computes on the activations names it
+// (Ops::Operand: float or bf16).
+enum class OperandStorage { fp32, bf16 };
+template <class T>
+constexpr OperandStorage storage_of() {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>, "operands are float or bf16");
+  return std::is_same_v<T, float> ? OperandStorage::fp32 : OperandStorage::bf16;
+}
+inline size_t element_bytes(OperandStorage s) { return s == OperandStorage::fp32 ? 4 : 2; }
+
+// A Buffer of matmul operands in either storage, read as the ops object's Operand type (checked).
+class OperandBuffer {
+ public:
+  explicit OperandBuffer(Device d) : bytes_(d) {}
+  void zeros(size_t n, OperandStorage s) { storage_ = s, bytes_.zeros(n * element_bytes(s)); }
+  template <class T>
+  T* as() {
+    check<T>();
+    return reinterpret_cast<T*>(bytes_.data());
+  }
+  template <class T>
+  const T* as() const {
+    check<T>();
+    return reinterpret_cast<const T*>(bytes_.data());
+  }
+  OperandStorage storage() const { return storage_; }
+  int64_t bytes() const { return bytes_.bytes(); }
+
+ private:
+  template <class T>
+  void check() const {
+    if (storage_of<T>() != storage_)
+      internal_error("activations stored in " + std::string(storage_ == OperandStorage::fp32 ? "fp32" : "bf16") +
+                     " read as the other type (made for one precision, used with another)");
+  }
+  Buffer<std::byte> bytes_;
+  OperandStorage storage_ = OperandStorage::fp32;
+};
+
 // Activation memory of one micro-batch of B sequences of length T on one stage (explicit, like llm.c), on the
 // device the stage computes on. Buffers are per block slice of the stage (x) or per attention / MLP half it
 // holds (the rest).
 struct Activations {
   explicit Activations(Device d = Device::cpu)
-      : x(d), ln1(d), rstd1(d), q(d), k(d), v(d), att(d), lse(d), x_mid(d), ln2(d), rstd2(d), gate(d), up(d), h(d),
+      : x(d), ln1(d), att(d), rstd1(d), q(d), k(d), v(d), lse(d), x_mid(d), ln2(d), h(d), rstd2(d), gate(d), up(d),
         lnf(d), rstdf(d), logits(d), losses(d), d_input(d), boundary(d), tokens(d), targets(d) {}
   int B = 0, T = 0;
+  OperandStorage operands = OperandStorage::fp32;  // of ln1, att, ln2, h and lnf
   Buffer<float> x;  // residual stream at each block slice's input, (slices+1) x [N, C]; the last is the output
-  Buffer<float> ln1, rstd1, q, k, v, att, lse, x_mid;  // per attention half (x_mid: the stream after it)
-  Buffer<float> ln2, rstd2, gate, up, h;               // per MLP half
-  Buffer<float> lnf, rstdf, logits, losses;  // head (last stage only); logits become dlogits in backward
+  OperandBuffer ln1, att;                     // per attention half
+  Buffer<float> rstd1, q, k, v, lse, x_mid;   // per attention half (x_mid: the stream after it)
+  OperandBuffer ln2, h;                       // per MLP half
+  Buffer<float> rstd2, gate, up;              // per MLP half
+  OperandBuffer lnf;                          // head (last stage only)
+  Buffer<float> rstdf, logits, losses;        // head; logits become dlogits in backward
   Buffer<float> d_input;  // dLoss/d(input boundary) after backward (stages without the embedding)
   Buffer<float> boundary;  // the output of a stage that ends inside an MLP (wider than the stream)
   Buffer<int32_t> tokens, targets;  // copies kept for the backward (embedding / loss)
@@ -86,7 +135,8 @@ class Stage {
   void init_weights(float* w, uint64_t seed) const;
 
   // Buffers on `device` (the CUDA ones need a build with ONESTEP_CUDA).
-  std::unique_ptr<Activations> make_activations(int B, int T, Device device = Device::cpu) const;
+  std::unique_ptr<Activations> make_activations(int B, int T, Device device = Device::cpu,
+                                               OperandStorage operands = OperandStorage::fp32) const;
   std::unique_ptr<BackwardScratch> make_scratch(int B, int T, Device device = Device::cpu) const;
 
   // Floats per token this stage receives / sends (0 at the model's ends): boundary_width of its cuts.

@@ -1,6 +1,7 @@
 // The stage's forward and backward, written once against an ops object (kernels/kernel_ops.h) and
 // instantiated per backend: CpuOps in model/stage.cpp, CudaOps in the CUDA backend (src/gpu). Included only
-// by those two translation units.
+// by those two translation units. Ops::Operand (float or bf16) is the storage of the activations only matmuls
+// read (model/stage.h: OperandStorage); ops.copy converts between it and the fp32 boundary tensors.
 #pragma once
 #include "model/stage.h"
 
@@ -12,6 +13,7 @@ double Stage::forward_on(const Ops& ops, const float* w, Activations& a, const i
   const int B = a.B, T = a.T, N = B * T, C = cfg_.d_model, F = cfg_.ffn_hidden;
   const int H = cfg_.n_heads, KV = cfg_.n_kv_heads, D = cfg_.head_dim(), KVd = cfg_.kv_dim();
   const size_t NC = static_cast<size_t>(N) * C, NKV = static_cast<size_t>(N) * KVd, NF = static_cast<size_t>(N) * F;
+  using Operand = typename Ops::Operand;
   if (spec_.has_embedding) {
     a.tokens.upload(tokens, N);
     ops.embedding_forward(a.x.data(), a.tokens.data(), w + embed_, N, C);
@@ -26,8 +28,9 @@ double Stage::forward_on(const Ops& ops, const float* w, Activations& a, const i
     if (b.attn >= 0) {
       // Attention half: x_mid = x + o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))), n = rmsnorm(x).
       const size_t i = b.attn;
-      float *ln1 = a.ln1.data() + i * NC, *q = a.q.data() + i * NC, *k = a.k.data() + i * NKV;
-      float *v = a.v.data() + i * NKV, *att = a.att.data() + i * NC, *x_mid = a.x_mid.data() + i * NC;
+      Operand *ln1 = a.ln1.as<Operand>() + i * NC, *att = a.att.as<Operand>() + i * NC;
+      float *q = a.q.data() + i * NC, *k = a.k.data() + i * NKV, *v = a.v.data() + i * NKV;
+      float* x_mid = a.x_mid.data() + i * NC;
       ops.rmsnorm_forward(ln1, a.rstd1.data() + i * N, x, w + b.ln1, N, C, cfg_.norm_eps);
       ops.matmul_forward(q, ln1, w + b.q, N, C, C);
       ops.matmul_forward(k, ln1, w + b.k, N, C, KVd);
@@ -43,8 +46,8 @@ double Stage::forward_on(const Ops& ops, const float* w, Activations& a, const i
       // MLP: x_next = x_mid + down(h), h = silu(gate(n)) * up(n), n = rmsnorm(x_mid). Its gate, up and down parts
       // may sit on two stages (model/stage.h): what the later part needs then crosses the cut with the stream.
       const size_t i = b.mlp;
-      float *ln2 = a.ln2.data() + i * NC, *gate = a.gate.data() + i * NF, *up = a.up.data() + i * NF;
-      float* h = a.h.data() + i * NF;
+      Operand *ln2 = a.ln2.as<Operand>() + i * NC, *h = a.h.as<Operand>() + i * NF;
+      float *gate = a.gate.data() + i * NF, *up = a.up.data() + i * NF;
       const bool has_gate = b.gate >= 0, has_up = b.up >= 0, has_down = b.down >= 0;
       if (has_gate) {
         ops.rmsnorm_forward(ln2, a.rstd2.data() + i * N, mid, w + b.ln2, N, C, cfg_.norm_eps);
@@ -75,8 +78,9 @@ double Stage::forward_on(const Ops& ops, const float* w, Activations& a, const i
     }
   }
   if (!spec_.has_head) return 0.0;
-  ops.rmsnorm_forward(a.lnf.data(), a.rstdf.data(), output(a), w + final_norm_, N, C, cfg_.norm_eps);
-  ops.matmul_forward(a.logits.data(), a.lnf.data(), w + head_, N, C, cfg_.vocab_size);
+  Operand* lnf = a.lnf.as<Operand>();
+  ops.rmsnorm_forward(lnf, a.rstdf.data(), output(a), w + final_norm_, N, C, cfg_.norm_eps);
+  ops.matmul_forward(a.logits.data(), lnf, w + head_, N, C, cfg_.vocab_size);
   if (!targets) return 0.0;
   a.targets.upload(targets, N);
   a.valid_targets = 0;
@@ -90,6 +94,7 @@ void Stage::backward_on(const Ops& ops, const float* w, float* grad, Activations
   const int B = a.B, T = a.T, N = B * T, C = cfg_.d_model, F = cfg_.ffn_hidden, V = cfg_.vocab_size;
   const int H = cfg_.n_heads, KV = cfg_.n_kv_heads, D = cfg_.head_dim(), KVd = cfg_.kv_dim();
   const size_t NC = static_cast<size_t>(N) * C, NKV = static_cast<size_t>(N) * KVd, NF = static_cast<size_t>(N) * F;
+  using Operand = typename Ops::Operand;
   float* dres = s.dres.data();  // dLoss/d(residual stream), walked from the top block down
 
   if (spec_.has_head) {
@@ -97,7 +102,7 @@ void Stage::backward_on(const Ops& ops, const float* w, float* grad, Activations
     const float scale = a.valid_targets > 0 ? loss_scale / static_cast<float>(a.valid_targets) : 0.f;
     ops.cross_entropy_backward(a.logits.data(), a.logits.data(), a.targets.data(), N, V, scale);
     ops.fill_zero(s.dln.data(), NC);
-    ops.matmul_backward(s.dln.data(), grad + head_, a.logits.data(), a.lnf.data(), w + head_, N, C, V);
+    ops.matmul_backward(s.dln.data(), grad + head_, a.logits.data(), a.lnf.as<Operand>(), w + head_, N, C, V);
     ops.fill_zero(dres, NC);
     ops.rmsnorm_backward(dres, grad + final_norm_, s.dln.data(), output(a), w + final_norm_, a.rstdf.data(), N, C);
   } else {
@@ -111,8 +116,8 @@ void Stage::backward_on(const Ops& ops, const float* w, float* grad, Activations
     if (b.mlp >= 0) {
       // MLP (dres holds dLoss/dx_next; the residual passes it straight through to x_mid).
       const size_t i = b.mlp;
-      const float *ln2 = a.ln2.data() + i * NC, *gate = a.gate.data() + i * NF, *up = a.up.data() + i * NF;
-      const float* h = a.h.data() + i * NF;
+      const Operand *ln2 = a.ln2.as<Operand>() + i * NC, *h = a.h.as<Operand>() + i * NF;
+      const float *gate = a.gate.data() + i * NF, *up = a.up.data() + i * NF;
       const bool has_gate = b.gate >= 0, has_up = b.up >= 0, has_down = b.down >= 0;
       if (has_down) {
         ops.fill_zero(s.dh.data(), NF);
@@ -142,8 +147,8 @@ void Stage::backward_on(const Ops& ops, const float* w, float* grad, Activations
     if (b.attn >= 0) {
       // Attention half (dres now holds dLoss/dx_mid).
       const size_t i = b.attn;
-      const float *ln1 = a.ln1.data() + i * NC, *q = a.q.data() + i * NC, *k = a.k.data() + i * NKV;
-      const float *v = a.v.data() + i * NKV, *att = a.att.data() + i * NC;
+      const Operand *ln1 = a.ln1.as<Operand>() + i * NC, *att = a.att.as<Operand>() + i * NC;
+      const float *q = a.q.data() + i * NC, *k = a.k.data() + i * NKV, *v = a.v.data() + i * NKV;
       ops.fill_zero(s.datt.data(), NC);
       ops.matmul_backward(s.datt.data(), grad + b.o, dres, att, w + b.o, N, C, C);
       ops.fill_zero(s.dq.data(), NC), ops.fill_zero(s.dk.data(), NKV), ops.fill_zero(s.dv.data(), NKV);

@@ -24,6 +24,12 @@ class Backend {
                          const float* in_hidden, const int32_t* targets) const = 0;
   virtual void backward(const Stage& s, const float* w, float* grad, Activations& a, BackwardScratch& scratch,
                         const float* dout_hidden, float loss_scale) const = 0;
+  // How the activations this backend computes on store their matmul operands (model/stage.h), and activations
+  // made that way for a micro-batch of B sequences of length T.
+  virtual OperandStorage operand_storage() const { return OperandStorage::fp32; }
+  std::unique_ptr<Activations> make_activations(const Stage& s, int B, int T) const {
+    return s.make_activations(B, T, device(), operand_storage());
+  }
   // make_optimizer's routing and hyper-parameters, its state on this device.
   virtual std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& c, const ParamTable& table) const = 0;
 
@@ -52,7 +58,8 @@ class Backend {
 const Backend& backend_for(Device d);
 Device parse_device(const std::string& name);  // "cpu" | "cuda" (validated by the config parser)
 // train.precision for the process (validated by the config: "tf32" and "bf16" only with "cuda"): on CUDA, the
-// arithmetic of the model's matmuls (kernels/cuda/ops_cuda.h: MatmulPrecision). Storage stays fp32.
+// arithmetic of the model's matmuls (kernels/cuda/ops_cuda.h: MatmulPrecision); in bf16 also the storage of the
+// matmul operands among the activations (Backend::operand_storage). Weights, gradients and optimizer state stay fp32.
 void use_precision(Device d, const std::string& precision);
 
 #ifdef ONESTEP_HAVE_CUDA

@@ -13,7 +13,7 @@ double evaluate_loss(const Stage& stage, const float* weights, const TokenDatase
     bad_input(val.files().empty() ? "data.val" : val.files()[0],
               "holds " + std::to_string(val.size()) + " tokens; need more than seq_len (" + std::to_string(T) + ")");
   const int64_t windows = std::min(available, std::max<int64_t>(1, (max_tokens + T - 1) / T));
-  auto acts = stage.make_activations(B, T, backend.device());
+  auto acts = backend.make_activations(stage, B, T);
   std::vector<int32_t> in(static_cast<size_t>(B) * T), tgt(in.size());
   double total = 0.0;
   int64_t count = 0;

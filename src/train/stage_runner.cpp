@@ -71,7 +71,7 @@ Activations& StageRunner::activations(int64_t batch, int micro) {
   peak_acts_in_flight_ = std::max(peak_acts_in_flight_, acts_.size());
   if (!slot) {
     if (free_acts_.empty()) {
-      slot = st_.stage.make_activations(B_, T_, st_.device());
+      slot = st_.backend.make_activations(st_.stage, B_, T_);
     } else {
       slot = std::move(free_acts_.back());
       free_acts_.pop_back();

@@ -237,7 +237,7 @@ void run_single_device(const RunConfig& c, RunIO& io) {
     state.init_weights(static_cast<uint64_t>(c.train.seed));  // older versions = W(0): the startup convention
   }
   io.open_metrics(start_step);
-  auto acts = state.stage.make_activations(B, T, be.device());
+  auto acts = be.make_activations(state.stage, B, T);
   auto scratch = state.stage.make_scratch(B, T, be.device());
   std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
   if (start_step == 0) io.initial_eval(state.stage, state.weights.data(), be);

@@ -8,6 +8,8 @@
 #include "core/threads.h"
 #include "kernels/op_profile.h"
 #include "model/stage.h"
+#include "model/stage_compute.h"
+#include "cpu_bf16_ops.h"
 
 using namespace onestep;
 
@@ -107,8 +109,9 @@ TEST(StageInit, IndependentOfPartition) {
 // every cut: between blocks, between the attention half and the MLP, and inside the MLP, where the norm's and
 // the gate's outputs (before the up part) or SwiGLU's output (before the down part) cross with the stream (the
 // tied embedding's two copies included:
-// their sum is formed by the trainer's explicit reduction).
-TEST(StageSplit, TwoStagesEqualTheWholeModelAtEveryCut) {
+// their sum is formed by the trainer's explicit reduction). `ops` computes, storing the matmul operands as `storage`.
+template <class Ops>
+void expect_every_cut_equals_whole(const Ops& ops, OperandStorage storage) {
   set_num_threads(1);
   ModelConfig c = micro_config();
   const int B = 2, T = c.seq_len;
@@ -116,11 +119,11 @@ TEST(StageSplit, TwoStagesEqualTheWholeModelAtEveryCut) {
   std::vector<float> ww(whole.params().total());
   whole.init_weights(ww.data(), 9);
   Batch b = random_batch(c, B, T, 5);
-  auto aw = whole.make_activations(B, T);
+  auto aw = whole.make_activations(B, T, Device::cpu, storage);
   auto sw = whole.make_scratch(B, T);
   std::vector<float> gw(ww.size(), 0.f);
-  const double lw = whole.forward(ww.data(), *aw, b.tokens.data(), nullptr, b.targets.data());
-  whole.backward(ww.data(), gw.data(), *aw, *sw, nullptr, 1.f);
+  const double lw = whole.forward_on(ops, ww.data(), *aw, b.tokens.data(), nullptr, b.targets.data());
+  whole.backward_on(ops, ww.data(), gw.data(), *aw, *sw, nullptr, 1.f);
   for (int cut = 1; cut < model_units(c); ++cut) {
     SCOPED_TRACE("cut after unit " + std::to_string(cut));
     Stage s0(c, StageSpec{0, cut, true, false}), s1(c, StageSpec{cut, model_units(c), false, true});
@@ -129,13 +132,13 @@ TEST(StageSplit, TwoStagesEqualTheWholeModelAtEveryCut) {
     std::vector<float> w0(s0.params().total()), w1(s1.params().total());
     s0.init_weights(w0.data(), 9), s1.init_weights(w1.data(), 9);
     std::vector<float> g0(w0.size(), 0.f), g1(w1.size(), 0.f);
-    auto a0 = s0.make_activations(B, T), a1 = s1.make_activations(B, T);
+    auto a0 = s0.make_activations(B, T, Device::cpu, storage), a1 = s1.make_activations(B, T, Device::cpu, storage);
     auto ss0 = s0.make_scratch(B, T), ss1 = s1.make_scratch(B, T);
-    s0.forward(w0.data(), *a0, b.tokens.data(), nullptr, nullptr);
-    const double l1 = s1.forward(w1.data(), *a1, nullptr, s0.output(*a0), b.targets.data());
+    s0.forward_on(ops, w0.data(), *a0, b.tokens.data(), nullptr, nullptr);
+    const double l1 = s1.forward_on(ops, w1.data(), *a1, nullptr, s0.output(*a0), b.targets.data());
     EXPECT_EQ(lw, l1);
-    s1.backward(w1.data(), g1.data(), *a1, *ss1, nullptr, 1.f);
-    s0.backward(w0.data(), g0.data(), *a0, *ss0, a1->d_input.data(), 1.f);
+    s1.backward_on(ops, w1.data(), g1.data(), *a1, *ss1, nullptr, 1.f);
+    s0.backward_on(ops, w0.data(), g0.data(), *a0, *ss0, a1->d_input.data(), 1.f);
     int compared = 0;
     for (const auto* st : {&s0, &s1}) {
       const auto& g = st == &s0 ? g0 : g1;
@@ -147,6 +150,66 @@ TEST(StageSplit, TwoStagesEqualTheWholeModelAtEveryCut) {
     }
     EXPECT_EQ(compared, static_cast<int>(whole.params().size()));
   }
+}
+
+TEST(StageSplit, TwoStagesEqualTheWholeModelAtEveryCut) {
+  expect_every_cut_equals_whole(CpuOps{}, OperandStorage::fp32);
+}
+
+// bf16 operand storage (the GPU's bf16 precision), run on the CPU through test::CpuBf16Ops: what crosses a cut is
+// fp32 (widened exactly from bf16 and narrowed back exactly), so the split still equals the whole bit for bit.
+TEST(StageBf16Operands, TwoStagesEqualTheWholeModelAtEveryCut) {
+  expect_every_cut_equals_whole(test::CpuBf16Ops{}, OperandStorage::bf16);
+}
+
+// The matmul operands are stored as bf16 (half the bytes), hold the rounding of what fp32 storage holds (first
+// block's norm output, computed from the same exact embedding), and the whole model's loss and gradients follow
+// the fp32 model's to bf16 accuracy, without equalling them.
+TEST(StageBf16Operands, StoreRoundedOperandsAndTrackFp32) {
+  set_num_threads(1);
+  const ModelConfig c = micro_config();
+  const int B = 2, T = c.seq_len, N = B * T;
+  Stage s(c, whole_model(c));
+  std::vector<float> w(s.params().total());
+  s.init_weights(w.data(), 4);
+  const Batch b = random_batch(c, B, T, 6);
+  auto a32 = s.make_activations(B, T), a16 = s.make_activations(B, T, Device::cpu, OperandStorage::bf16);
+  auto sc = s.make_scratch(B, T);
+  const int64_t operand_bytes = a32->ln1.bytes() + a32->att.bytes() + a32->ln2.bytes() + a32->h.bytes() +
+                                a32->lnf.bytes();
+  EXPECT_EQ(a16->bytes(), a32->bytes() - operand_bytes / 2);
+
+  std::vector<float> g32(w.size(), 0.f), g16(w.size(), 0.f);
+  const double l32 = s.forward(w.data(), *a32, b.tokens.data(), nullptr, b.targets.data());
+  const double l16 = s.forward_on(test::CpuBf16Ops{}, w.data(), *a16, b.tokens.data(), nullptr, b.targets.data());
+  const float* ln1_32 = a32->ln1.as<float>();
+  const bf16* ln1_16 = a16->ln1.as<bf16>();
+  for (int i = 0; i < N * c.d_model; ++i) ASSERT_EQ(ln1_16[i].bits, to_bf16(ln1_32[i]).bits) << i;
+
+  EXPECT_NE(l16, l32);
+  EXPECT_NEAR(l16, l32, 1e-2 * l32);
+  s.backward(w.data(), g32.data(), *a32, *sc, nullptr, 1.f);
+  s.backward_on(test::CpuBf16Ops{}, w.data(), g16.data(), *a16, *sc, nullptr, 1.f);
+  for (const auto& p : s.params().all()) {
+    double err = 0, norm = 0;
+    for (int64_t i = p.offset; i < p.offset + p.numel; ++i)
+      err += (g16[i] - g32[i]) * double(g16[i] - g32[i]), norm += g32[i] * double(g32[i]);
+    EXPECT_GT(err, 0.0) << p.name << ": bf16 storage changed nothing";
+    EXPECT_LT(std::sqrt(err), 3e-2 * std::sqrt(norm)) << p.name;
+  }
+}
+
+// Activations made for one storage and computed on with the other's ops: an internal error, never a reinterpretation.
+TEST(StageBf16Operands, MismatchedStorageIsRefused) {
+  const ModelConfig c = micro_config();
+  Stage s(c, whole_model(c));
+  std::vector<float> w(s.params().total());
+  s.init_weights(w.data(), 4);
+  const Batch b = random_batch(c, 1, c.seq_len, 6);
+  auto a16 = s.make_activations(1, c.seq_len, Device::cpu, OperandStorage::bf16);
+  auto a32 = s.make_activations(1, c.seq_len);
+  EXPECT_THROW(s.forward(w.data(), *a16, b.tokens.data(), nullptr, b.targets.data()), Error);
+  EXPECT_THROW(s.forward_on(test::CpuBf16Ops{}, w.data(), *a32, b.tokens.data(), nullptr, b.targets.data()), Error);
 }
 
 TEST(StageSpec, DescribesCutsInsideBlocks) {

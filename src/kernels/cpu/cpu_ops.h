@@ -10,6 +10,7 @@
 namespace onestep {
 
 struct CpuOps {
+  using Operand = float;  // the CPU kernels store every activation in fp32
 #define ONESTEP_CPU_OP(name)                                       \
   template <class... A>                                            \
   auto name(A... a) const {                                        \

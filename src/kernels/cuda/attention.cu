@@ -47,8 +47,9 @@ __device__ inline float dot_rows(const float* A, const float* B, int i, int j, i
 }
 
 // ---------------------------------------------------------------------------------------------------
+template <class Out>  // float, or __nv_bfloat16 (bf16 operand storage)
 __global__ void __launch_bounds__(kAttnThreads)
-    attn_fwd_kernel(float* out, float* lse, const float* q, const float* k, const float* v, Dims d) {
+    attn_fwd_kernel(Out* out, float* lse, const float* q, const float* k, const float* v, Dims d) {
   extern __shared__ float smem[];
   const int ld = d.ld, D = d.D;
   float* sQ = smem;
@@ -113,13 +114,14 @@ __global__ void __launch_bounds__(kAttnThreads)
   __syncthreads();
   for (int idx = threadIdx.x; idx < m * D; idx += blockDim.x) {
     const int i = idx / D, c = idx - i * D;
-    out[d.qoff(b, i0 + i, h) + c] = sO[i * ld + c] * (1.0f / sL[i]);
+    store_value(out + d.qoff(b, i0 + i, h) + c, sO[i * ld + c] * (1.0f / sL[i]));
   }
   for (int i = threadIdx.x; i < m; i += blockDim.x) lse[d.loff(b, h, i0 + i)] = sM[i] + logf(sL[i]);
 }
 
 // delta[b, h, t] = sum_c dout * out, one thread per (b, t, h) row.
-__global__ void attn_delta_kernel(float* delta, const float* dout, const float* out, Dims d) {
+template <class Out>
+__global__ void attn_delta_kernel(float* delta, const float* dout, const Out* out, Dims d) {
   const int64_t rows = static_cast<int64_t>(d.B) * d.T * d.H;
   for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < rows;
        r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -127,9 +129,9 @@ __global__ void attn_delta_kernel(float* delta, const float* dout, const float* 
     const int64_t bt = r / d.H;
     const int t = static_cast<int>(bt % d.T), b = static_cast<int>(bt / d.T);
     const float* g = dout + r * d.D;
-    const float* o = out + r * d.D;
+    const Out* o = out + r * d.D;
     float s = 0.0f;
-    for (int c = 0; c < d.D; ++c) s = fmaf(g[c], o[c], s);
+    for (int c = 0; c < d.D; ++c) s = fmaf(g[c], load_value(o + c), s);
     delta[d.loff(b, h, t)] = s;
   }
 }
@@ -271,8 +273,10 @@ bool use_flash_attention(int D) {
 }
 }  // namespace detail
 
-void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, int B, int T, int H,
-                       int KV, int D, cudaStream_t stream) {
+namespace {
+template <class Out>  // float, or __nv_bfloat16 (bf16 operand storage)
+void attention_forward_to(Out* out, float* lse, const float* q, const float* k, const float* v, int B, int T, int H,
+                          int KV, int D, cudaStream_t stream) {
   if (B <= 0 || T <= 0 || H <= 0 || D <= 0) return;
   check_dims(H, KV, "attention_forward");
   const Dims d = make_dims(B, T, H, KV, D);
@@ -280,15 +284,16 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
     return use_flash_attention(D) ? attention_forward_flash(out, lse, q, k, v, d, stream)
                                   : attention_forward_bf16(out, lse, q, k, v, d, stream);
   const size_t smem = smem_bytes(D, 4, 1, 3);
-  prepare_smem(attn_fwd_kernel, smem, "attention_forward", D);
+  prepare_smem(attn_fwd_kernel<Out>, smem, "attention_forward", D);
   const int64_t blocks = static_cast<int64_t>(B) * H * d.ntiles;
-  attn_fwd_kernel<<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(out, lse, q, k, v, d);
+  attn_fwd_kernel<Out><<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(out, lse, q, k, v, d);
   ONESTEP_CUDA_LAUNCHED("attention_forward");
 }
 
-void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                        const float* v, const float* out, const float* lse, int B, int T, int H, int KV, int D,
-                        cudaStream_t stream) {
+template <class Out>
+void attention_backward_from(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                             const float* v, const Out* out, const float* lse, int B, int T, int H, int KV, int D,
+                             cudaStream_t stream) {
   if (B <= 0 || T <= 0 || H <= 0 || D <= 0) return;
   check_dims(H, KV, "attention_backward");
   const Dims d = make_dims(B, T, H, KV, D);
@@ -312,6 +317,26 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   attn_bwd_dkv_kernel<<<static_cast<unsigned>(nk), kAttnThreads, smem_dkv, stream>>>(dk, dv, dout, q, k, v, lse,
                                                                                      delta.as<float>(), d);
   ONESTEP_CUDA_LAUNCHED("attention_backward(dkv)");
+}
+}  // namespace
+
+void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, int B, int T, int H,
+                       int KV, int D, cudaStream_t stream) {
+  attention_forward_to(out, lse, q, k, v, B, T, H, KV, D, stream);
+}
+void attention_forward(onestep::bf16* out, float* lse, const float* q, const float* k, const float* v, int B, int T,
+                       int H, int KV, int D, cudaStream_t stream) {
+  attention_forward_to(device_type(out), lse, q, k, v, B, T, H, KV, D, stream);
+}
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                        const float* v, const float* out, const float* lse, int B, int T, int H, int KV, int D,
+                        cudaStream_t stream) {
+  attention_backward_from(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KV, D, stream);
+}
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                        const float* v, const onestep::bf16* out, const float* lse, int B, int T, int H, int KV, int D,
+                        cudaStream_t stream) {
+  attention_backward_from(dq, dk, dv, dout, q, k, v, device_type(out), lse, B, T, H, KV, D, stream);
 }
 
 }  // namespace onestep::cuda

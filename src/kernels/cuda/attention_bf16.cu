@@ -147,8 +147,9 @@ __host__ __device__ inline BwdTiles bwd_tiles(Carve& c, int D, bool dkv) {
   return t;
 }
 
+template <class Out>
 __global__ void __launch_bounds__(kAttnThreads)
-    attn_fwd_bf16_kernel(float* out, float* lse, const float* q, const float* k, const float* v, Dims d) {
+    attn_fwd_bf16_kernel(Out* out, float* lse, const float* q, const float* k, const float* v, Dims d) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int D = d.D;
   const Strides st(D);
@@ -201,7 +202,7 @@ __global__ void __launch_bounds__(kAttnThreads)
   __syncthreads();
   for (int idx = threadIdx.x; idx < m * D; idx += blockDim.x) {
     const int i = idx / D, col = idx - i * D;
-    out[d.qoff(b, i0 + i, h) + col] = t.O[i * st.ldf + col] * (1.0f / t.L[i]);
+    store_value(out + d.qoff(b, i0 + i, h) + col, t.O[i * st.ldf + col] * (1.0f / t.L[i]));
   }
   for (int i = threadIdx.x; i < m; i += blockDim.x) lse[d.loff(b, h, i0 + i)] = t.M[i] + logf(t.L[i]);
 }
@@ -293,17 +294,22 @@ void require_tensor_cores(const char* name) {
 
 }  // namespace
 
-void attention_forward_bf16(float* out, float* lse, const float* q, const float* k, const float* v, const Dims& d,
+template <class Out>
+void attention_forward_bf16(Out* out, float* lse, const float* q, const float* k, const float* v, const Dims& d,
                             cudaStream_t stream) {
   require_tensor_cores("attention_forward (bf16)");
   Carve layout{nullptr};
   fwd_tiles(layout, d.D);
   const size_t smem = layout.used;
-  prepare_smem(attn_fwd_bf16_kernel, smem, "attention_forward (bf16)", d.D);
+  prepare_smem(attn_fwd_bf16_kernel<Out>, smem, "attention_forward (bf16)", d.D);
   const int64_t blocks = static_cast<int64_t>(d.B) * d.H * d.ntiles;
-  attn_fwd_bf16_kernel<<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(out, lse, q, k, v, d);
+  attn_fwd_bf16_kernel<Out><<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(out, lse, q, k, v, d);
   ONESTEP_CUDA_LAUNCHED("attention_forward (bf16)");
 }
+template void attention_forward_bf16(float*, float*, const float*, const float*, const float*, const Dims&,
+                                     cudaStream_t);
+template void attention_forward_bf16(__nv_bfloat16*, float*, const float*, const float*, const float*, const Dims&,
+                                     cudaStream_t);
 
 void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                              const float* v, const float* lse, const float* delta, const Dims& d, cudaStream_t stream) {

@@ -154,8 +154,8 @@ size_t flash_smem(const FlashDims& f, FlashKernel kind) {
   return c.used;
 }
 
-template <int DF>
-__global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(float* out, float* lse, const float* q, const float* k,
+template <int DF, class Out>
+__global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(Out* out, float* lse, const float* q, const float* k,
                                                              const float* v, FlashDims f) {
 #if __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
@@ -232,7 +232,7 @@ __global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(float* out, fl
   __syncwarp();
   for (int idx = lane; idx < 16 * D; idx += 32) {
     const int r = idx / D, col = idx - r * D;
-    if (r0 + r < d.T) out[d.qoff(b, r0 + r, h) + col] = sO[r * f.ldf + col] * (1.0f / sA[r]);
+    if (r0 + r < d.T) store_value(out + d.qoff(b, r0 + r, h) + col, sO[r * f.ldf + col] * (1.0f / sA[r]));
   }
   if (half == 0 && r0 + row < d.T) lse[d.loff(b, h, r0 + row)] = m_run + logf(l_run);
 #endif
@@ -380,18 +380,23 @@ void with_head_frags(int D, F f) {
 
 }  // namespace
 
-void attention_forward_flash(float* out, float* lse, const float* q, const float* k, const float* v, const Dims& d,
+template <class Out>
+void attention_forward_flash(Out* out, float* lse, const float* q, const float* k, const float* v, const Dims& d,
                              cudaStream_t stream) {
   const FlashDims f(d);
   with_head_frags(d.D, [&](auto df) {
     constexpr int DF = decltype(df)::value;
     const size_t smem = flash_smem(f, FlashKernel::fwd);
-    prepare_smem(flash_fwd_kernel<DF>, smem, "attention_forward (flash)", d.D);
+    prepare_smem(flash_fwd_kernel<DF, Out>, smem, "attention_forward (flash)", d.D);
     const int64_t blocks = static_cast<int64_t>(d.B) * d.H * f.ntiles;
-    flash_fwd_kernel<DF><<<static_cast<unsigned>(blocks), kFlashThreads, smem, stream>>>(out, lse, q, k, v, f);
+    flash_fwd_kernel<DF, Out><<<static_cast<unsigned>(blocks), kFlashThreads, smem, stream>>>(out, lse, q, k, v, f);
     ONESTEP_CUDA_LAUNCHED("attention_forward (flash)");
   });
 }
+template void attention_forward_flash(float*, float*, const float*, const float*, const float*, const Dims&,
+                                      cudaStream_t);
+template void attention_forward_flash(__nv_bfloat16*, float*, const float*, const float*, const float*, const Dims&,
+                                      cudaStream_t);
 
 void attention_backward_flash(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                               const float* v, const float* lse, const float* delta, const Dims& d,

@@ -121,11 +121,14 @@ __device__ inline void load_rows_bf16(__nv_bfloat16* dst, int ldh, const float* 
 // selects until measurements on a GPU decide between them.
 inline bool bf16_attention_fits(int D) { return D % 16 == 0 && D <= 256; }
 bool use_flash_attention(int D);  // ONESTEP_ATTENTION=flash and D fits
-void attention_forward_bf16(float* out, float* lse, const float* q, const float* k, const float* v, const Dims& d,
+// The forwards write `out` as float or __nv_bfloat16 (bf16 operand storage); both are instantiated.
+template <class Out>
+void attention_forward_bf16(Out* out, float* lse, const float* q, const float* k, const float* v, const Dims& d,
                             cudaStream_t stream);
 void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                              const float* v, const float* lse, const float* delta, const Dims& d, cudaStream_t stream);
-void attention_forward_flash(float* out, float* lse, const float* q, const float* k, const float* v, const Dims& d,
+template <class Out>
+void attention_forward_flash(Out* out, float* lse, const float* q, const float* k, const float* v, const Dims& d,
                              cudaStream_t stream);
 void attention_backward_flash(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                               const float* v, const float* lse, const float* delta, const Dims& d,

@@ -1,10 +1,13 @@
 // Private to src/kernels/cuda: error checks, launch sizes, deterministic reductions, stream-ordered scratch.
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+
+#include "core/bf16.h"
 
 namespace onestep::cuda::detail {
 
@@ -20,6 +23,17 @@ inline void check(cudaError_t e, const char* what, const char* file, int line) {
 #define ONESTEP_CUDA_LAUNCHED(name) ::onestep::cuda::detail::check(cudaGetLastError(), name, __FILE__, __LINE__)
 
 inline constexpr int kThreads = 256;
+
+// Activations in either storage (model/stage.h: OperandStorage): the host's bf16 is CUDA's __nv_bfloat16 (same
+// bits). Kernels templated on the element type read and write through these; arithmetic stays fp32.
+inline __nv_bfloat16* device_type(onestep::bf16* p) { return reinterpret_cast<__nv_bfloat16*>(p); }
+inline const __nv_bfloat16* device_type(const onestep::bf16* p) { return reinterpret_cast<const __nv_bfloat16*>(p); }
+inline float* device_type(float* p) { return p; }
+inline const float* device_type(const float* p) { return p; }
+__device__ inline void store_value(float* p, float x) { *p = x; }
+__device__ inline void store_value(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
+__device__ inline float load_value(const float* p) { return *p; }
+__device__ inline float load_value(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 
 // Blocks for a grid-stride loop over n elements: a function of n only (never of the device), capped.
 inline unsigned grid_for(int64_t n, int threads = kThreads, int64_t max_blocks = 4096) {

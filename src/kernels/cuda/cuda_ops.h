@@ -1,5 +1,6 @@
 // The CUDA kernels (ops_cuda.h) as an ops object (see kernels/kernel_ops.h): the same calls as CpuOps, each
-// queued on `stream`. Plain C++17.
+// queued on `stream`. OperandT is the storage of the activations only matmuls read (model/stage.h): float, or
+// bf16 in bf16 precision; ops_cuda.h overloads the kernels that write or read them. Plain C++17.
 #pragma once
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/kernel_ops.h"
@@ -7,7 +8,9 @@
 
 namespace onestep {
 
-struct CudaOps {
+template <class OperandT>
+struct CudaOpsOf {
+  using Operand = OperandT;
   cudaStream_t stream = 0;
 #define ONESTEP_CUDA_OP(name)                                        \
   template <class... A>                                              \
@@ -16,7 +19,13 @@ struct CudaOps {
   }
   ONESTEP_KERNEL_OPS(ONESTEP_CUDA_OP)
 #undef ONESTEP_CUDA_OP
-  void copy(float* dst, const float* src, int64_t n) const { cuda::copy_device(dst, src, n, stream); }
+  // fp32 to fp32, or converting between fp32 and the bf16 operands (the boundary tensors between stages are fp32).
+  template <class Dst, class Src>
+  void copy(Dst* dst, const Src* src, int64_t n) const {
+    cuda::copy_device(dst, src, n, stream);
+  }
 };
+using CudaOps = CudaOpsOf<float>;      // fp32 storage (fp32 and tf32 precision)
+using CudaBf16Ops = CudaOpsOf<bf16>;   // bf16 operand storage (bf16 precision)
 
 }  // namespace onestep

@@ -1,5 +1,6 @@
 // Matrix multiply through cuBLAS in the process's matmul precision (ops_cuda.h): sgemm in fp32 or on TF32
-// tensor cores, or cublasGemmEx on bf16 copies of the operands with fp32 accumulation. Row-major A[r,c] is the
+// tensor cores, or cublasGemmEx on bf16 operands (rounded copies, or the activation itself when it is stored in
+// bf16) with fp32 accumulation. Row-major A[r,c] is the
 // column-major matrix A^T, so each row-major product C = A B is issued as the column-major C^T = B^T A^T.
 #include <cuda_bf16.h>
 
@@ -44,6 +45,12 @@ const __nv_bfloat16* bf16_copy(int k, const float* x, int64_t n, cudaStream_t st
   for_each_element(n, stream, "round_to_bf16", [=] __device__(int64_t i) { out[i] = __float2bfloat16_rn(x[i]); });
   return out;
 }
+
+// The bf16 operand of slot k: a rounded copy of fp32 x, or x itself when it is stored in bf16 already.
+const __nv_bfloat16* bf16_operand(int k, const float* x, int64_t n, cudaStream_t stream) {
+  return bf16_copy(k, x, n, stream);
+}
+const __nv_bfloat16* bf16_operand(int, const onestep::bf16* x, int64_t, cudaStream_t) { return device_type(x); }
 
 // C (column-major m x n, fp32, leading dimension ldc) = alpha op(A) op(B) + beta C, A and B already in bf16.
 void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha, const __nv_bfloat16* A,
@@ -102,40 +109,65 @@ MatmulPrecision current_matmul_precision() { return detail::matmul_precision.loa
 
 using detail::check_cublas;
 using detail::cublas_handle;
-using detail::bf16_copy;
+using detail::bf16_operand;
 using detail::fast_bf16_gemm;
 using detail::gemm_bf16;
 using detail::gemm_fast_bf16;
 
 namespace {
 bool bf16() { return current_matmul_precision() == MatmulPrecision::bf16; }
+
+// Products with an empty side: nothing to do, or (forward, C = 0) a zero output. True when handled.
+bool empty_forward(float* out, int N, int C, int OC, cudaStream_t stream) {
+  if (N <= 0 || OC <= 0) return true;
+  if (C > 0) return false;
+  ONESTEP_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(float) * static_cast<size_t>(N) * OC, stream));
+  return true;
+}
+bool empty_backward(int N, int C, int OC) { return N <= 0 || C <= 0 || OC <= 0; }
+
+// The bf16 products of matmul_forward / matmul_backward; `In` (the input activation) is fp32, rounded per call,
+// or already bf16. Operand slots: 0 the weight, 1 the input, 2 dout (rounded once, read by both backward products).
+template <class In>
+void matmul_forward_bf16(float* out, const In* inp, const float* w, int N, int C, int OC, cudaStream_t stream) {
+  gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.0f, bf16_operand(0, w, static_cast<int64_t>(OC) * C, stream), C,
+            bf16_operand(1, inp, static_cast<int64_t>(N) * C, stream), C, 0.0f, out, OC, stream,
+            "matmul_forward (bf16)");
+}
+template <class In>
+void matmul_backward_bf16(float* dinp, float* dw, const float* dout, const In* inp, const float* w, int N, int C,
+                          int OC, cudaStream_t stream) {
+  const __nv_bfloat16* dout16 = bf16_operand(2, dout, static_cast<int64_t>(N) * OC, stream);
+  if (dinp)
+    gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.0f, bf16_operand(0, w, static_cast<int64_t>(OC) * C, stream), C,
+              dout16, OC, 1.0f, dinp, C, stream, "matmul_backward(dinp, bf16)");
+  if (dw)
+    gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, 1.0f, bf16_operand(1, inp, static_cast<int64_t>(N) * C, stream), C,
+              dout16, OC, 1.0f, dw, C, stream, "matmul_backward(dw, bf16)");
+}
 }  // namespace
 
 // out[N,OC] = inp[N,C] @ w[OC,C]^T.  Column-major: out^T[OC,N] = op_T(w: C x OC) * inp^T (C x N).
 void matmul_forward(float* out, const float* inp, const float* w, int N, int C, int OC, cudaStream_t stream) {
-  if (N <= 0 || OC <= 0) return;
-  if (C <= 0) {
-    ONESTEP_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(float) * static_cast<size_t>(N) * OC, stream));
-    return;
-  }
+  if (empty_forward(out, N, C, OC, stream)) return;
   const float one = 1.0f, zero = 0.0f;
   if (bf16() && fast_bf16_gemm())
     return gemm_fast_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, one, w, C, inp, C, zero, out, OC, stream,
                           "matmul_forward (bf16, fast)");
-  if (bf16())  // operand slots: 0 the weight, 1 the input
-    return gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, one, bf16_copy(0, w, static_cast<int64_t>(OC) * C, stream),
-                     C, bf16_copy(1, inp, static_cast<int64_t>(N) * C, stream), C, zero, out, OC, stream,
-                     "matmul_forward (bf16)");
+  if (bf16()) return matmul_forward_bf16(out, inp, w, N, C, OC, stream);
   check_cublas(cublasSgemm(cublas_handle(stream, true), CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, w, C, inp, C, &zero, out,
                            OC),
                "matmul_forward");
+}
+void matmul_forward(float* out, const onestep::bf16* inp, const float* w, int N, int C, int OC, cudaStream_t stream) {
+  if (!empty_forward(out, N, C, OC, stream)) matmul_forward_bf16(out, inp, w, N, C, OC, stream);
 }
 
 // dinp[N,C] += dout[N,OC] @ w[OC,C]:  dinp^T[C,N] += w^T(C x OC, as stored) * dout^T(OC x N, as stored).
 // dw[OC,C] += dout^T @ inp:           dw^T[C,OC] += inp^T(C x N, as stored) * op_T(dout^T: OC x N).
 void matmul_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w, int N, int C,
                      int OC, cudaStream_t stream) {
-  if (N <= 0 || C <= 0 || OC <= 0) return;
+  if (empty_backward(N, C, OC)) return;
   const float one = 1.0f;
   if (bf16() && fast_bf16_gemm()) {
     if (dinp)
@@ -146,16 +178,7 @@ void matmul_backward(float* dinp, float* dw, const float* dout, const float* inp
                      "matmul_backward(dw, bf16, fast)");
     return;
   }
-  if (bf16()) {  // operand slots: 0 the weight, 1 the input, 2 dout (rounded once, read by both products)
-    const __nv_bfloat16* dout16 = bf16_copy(2, dout, static_cast<int64_t>(N) * OC, stream);
-    if (dinp)
-      gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, one, bf16_copy(0, w, static_cast<int64_t>(OC) * C, stream), C,
-                dout16, OC, one, dinp, C, stream, "matmul_backward(dinp, bf16)");
-    if (dw)
-      gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, one, bf16_copy(1, inp, static_cast<int64_t>(N) * C, stream), C,
-                dout16, OC, one, dw, C, stream, "matmul_backward(dw, bf16)");
-    return;
-  }
+  if (bf16()) return matmul_backward_bf16(dinp, dw, dout, inp, w, N, C, OC, stream);
   if (dinp)
     check_cublas(cublasSgemm(cublas_handle(stream, true), CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, w, C, dout, OC, &one,
                              dinp, C),
@@ -164,6 +187,10 @@ void matmul_backward(float* dinp, float* dw, const float* dout, const float* inp
     check_cublas(cublasSgemm(cublas_handle(stream, true), CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, inp, C, dout, OC, &one,
                              dw, C),
                  "matmul_backward(dw)");
+}
+void matmul_backward(float* dinp, float* dw, const float* dout, const onestep::bf16* inp, const float* w, int N, int C,
+                     int OC, cudaStream_t stream) {
+  if (!empty_backward(N, C, OC)) matmul_backward_bf16(dinp, dw, dout, inp, w, N, C, OC, stream);
 }
 
 }  // namespace onestep::cuda

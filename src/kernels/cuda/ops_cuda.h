@@ -17,9 +17,11 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/bf16.h"
+
 namespace onestep::cuda {
 
-// Process-wide arithmetic of the model's matmuls below (train.precision). Storage stays fp32 everywhere:
+// Process-wide arithmetic of the model's matmuls below (train.precision). In these fp32 signatures storage is fp32:
 //  fp32: cuBLAS sgemm (the default; the CPU's reference arithmetic);
 //  tf32: the same call on TF32 tensor cores (inputs rounded to a 10-bit mantissa, fp32 accumulation);
 //  bf16: both operands rounded to bfloat16 (7-bit mantissa, round to nearest even) into stream-ordered
@@ -96,6 +98,28 @@ void fill_zero(float* y, int64_t n, cudaStream_t stream = 0);
 // dst[0, n) = src[0, n), device to device (either GPU: the stages of one process may sit on different ones),
 // asynchronous on stream.
 void copy_device(float* dst, const float* src, int64_t n, cudaStream_t stream = 0);
+
+// bf16 operand storage (train.precision = bf16; model/stage.h: OperandStorage): the activations only matmuls read
+// are kept in bf16. The producers write their outputs rounded to bf16 (round to nearest even) and otherwise compute
+// as above; the matmuls take the bf16 input as it is, round the weight (and in backward dout) as above, and
+// accumulate in fp32 into fp32 outputs, so each product equals the fp32-input call's on the rounded input, bit for
+// bit. Attention's backward reads its bf16 output for delta = rowsum(dout * out).
+void matmul_forward(float* out, const onestep::bf16* inp, const float* w, int N, int C, int OC,
+                    cudaStream_t stream = 0);
+void matmul_backward(float* dinp, float* dw, const float* dout, const onestep::bf16* inp, const float* w, int N, int C,
+                     int OC, cudaStream_t stream = 0);
+void rmsnorm_forward(onestep::bf16* out, float* rstd, const float* x, const float* w, int N, int C, float eps,
+                     cudaStream_t stream = 0);
+void attention_forward(onestep::bf16* out, float* lse, const float* q, const float* k, const float* v, int B, int T,
+                       int H, int KV, int D, cudaStream_t stream = 0);
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                        const float* v, const onestep::bf16* out, const float* lse, int B, int T, int H, int KV, int D,
+                        cudaStream_t stream = 0);
+void swiglu_forward(onestep::bf16* out, const float* gate, const float* up, int N, int F, cudaStream_t stream = 0);
+// The boundary tensors between stages stay fp32: bf16 -> fp32 is exact, fp32 -> bf16 rounds (and is exact on values
+// that came from bf16).
+void copy_device(onestep::bf16* dst, const float* src, int64_t n, cudaStream_t stream = 0);
+void copy_device(float* dst, const onestep::bf16* src, int64_t n, cudaStream_t stream = 0);
 
 // The optimizers' updates, Newton–Schulz and the delay corrections: optim_cuda.h.
 

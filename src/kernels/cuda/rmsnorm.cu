@@ -8,7 +8,8 @@ namespace onestep::cuda {
 namespace {
 constexpr int kRowsPerChunk = 64;  // rows summed by one thread of the dw partial pass
 
-__global__ void rmsnorm_fwd_kernel(float* out, float* rstd, const float* x, const float* w, int C, float eps) {
+template <class Out>  // float, or __nv_bfloat16 (bf16 operand storage)
+__global__ void rmsnorm_fwd_kernel(Out* out, float* rstd, const float* x, const float* w, int C, float eps) {
   const int64_t off = static_cast<int64_t>(blockIdx.x) * C;
   const float* xr = x + off;
   float ss = 0.0f;
@@ -16,7 +17,7 @@ __global__ void rmsnorm_fwd_kernel(float* out, float* rstd, const float* x, cons
   ss = detail::block_sum(ss);
   const float r = 1.0f / sqrtf(ss / static_cast<float>(C) + eps);
   if (rstd && threadIdx.x == 0) rstd[blockIdx.x] = r;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) out[off + c] = xr[c] * r * w[c];
+  for (int c = threadIdx.x; c < C; c += blockDim.x) detail::store_value(out + off + c, xr[c] * r * w[c]);
 }
 
 // dx += rstd * (w * dout - x * k),  k = sum_c(w * dout * x) * rstd^2 / C.
@@ -54,13 +55,23 @@ __global__ void rmsnorm_bwd_dw_final_kernel(float* dw, const float* partial, int
   for (int k = 0; k < nchunks; ++k) acc += partial[static_cast<int64_t>(k) * C + c];
   dw[c] += acc;
 }
+
+template <class Out>
+void rmsnorm_forward_to(Out* out, float* rstd, const float* x, const float* w, int N, int C, float eps,
+                        cudaStream_t stream) {
+  if (N <= 0 || C <= 0) return;
+  rmsnorm_fwd_kernel<<<N, detail::kThreads, 0, stream>>>(detail::device_type(out), rstd, x, w, C, eps);
+  ONESTEP_CUDA_LAUNCHED("rmsnorm_forward");
+}
 }  // namespace
 
 void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int N, int C, float eps,
                      cudaStream_t stream) {
-  if (N <= 0 || C <= 0) return;
-  rmsnorm_fwd_kernel<<<N, detail::kThreads, 0, stream>>>(out, rstd, x, w, C, eps);
-  ONESTEP_CUDA_LAUNCHED("rmsnorm_forward");
+  rmsnorm_forward_to(out, rstd, x, w, N, C, eps, stream);
+}
+void rmsnorm_forward(onestep::bf16* out, float* rstd, const float* x, const float* w, int N, int C, float eps,
+                     cudaStream_t stream) {
+  rmsnorm_forward_to(out, rstd, x, w, N, C, eps, stream);
 }
 
 void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w, const float* rstd,

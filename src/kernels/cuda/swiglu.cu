@@ -7,11 +7,12 @@ namespace onestep::cuda {
 namespace {
 __device__ inline float sigmoidf(float g) { return 1.0f / (1.0f + expf(-g)); }
 
-__global__ void swiglu_fwd_kernel(float* out, const float* gate, const float* up, int64_t n) {
+template <class Out>  // float, or __nv_bfloat16 (bf16 operand storage)
+__global__ void swiglu_fwd_kernel(Out* out, const float* gate, const float* up, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float g = gate[i];
-    out[i] = g * sigmoidf(g) * up[i];
+    detail::store_value(out + i, g * sigmoidf(g) * up[i]);
   }
 }
 
@@ -25,13 +26,21 @@ __global__ void swiglu_bwd_kernel(float* dgate, float* dup, const float* dout, c
     if (dup) dup[i] += d * (g * s);
   }
 }
+
+template <class Out>
+void swiglu_forward_to(Out* out, const float* gate, const float* up, int N, int F, cudaStream_t stream) {
+  const int64_t n = static_cast<int64_t>(N) * F;
+  if (n <= 0) return;
+  swiglu_fwd_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(detail::device_type(out), gate, up, n);
+  ONESTEP_CUDA_LAUNCHED("swiglu_forward");
+}
 }  // namespace
 
 void swiglu_forward(float* out, const float* gate, const float* up, int N, int F, cudaStream_t stream) {
-  const int64_t n = static_cast<int64_t>(N) * F;
-  if (n <= 0) return;
-  swiglu_fwd_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(out, gate, up, n);
-  ONESTEP_CUDA_LAUNCHED("swiglu_forward");
+  swiglu_forward_to(out, gate, up, N, F, stream);
+}
+void swiglu_forward(onestep::bf16* out, const float* gate, const float* up, int N, int F, cudaStream_t stream) {
+  swiglu_forward_to(out, gate, up, N, F, stream);
 }
 
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int N, int F,

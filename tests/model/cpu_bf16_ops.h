@@ -1,0 +1,70 @@
+// The CPU kernels with the GPU's bf16 operand storage (model/stage.h: OperandStorage::bf16), as a test oracle: the
+// producers of the matmul operands (RMSNorm, attention, SwiGLU) write their outputs rounded to bf16, and every
+// matmul multiplies bf16-rounded weight, input and (backward) output gradient with fp32 accumulation, as the CUDA
+// backend's bf16 matmuls do. The CPU trainer never uses it (the CPU computes in fp32); the tests run the model's
+// bf16 plumbing (which buffers hold bf16, the conversions at stage boundaries) through it.
+#pragma once
+#include <vector>
+
+#include "core/bf16.h"
+#include "kernels/cpu/cpu_ops.h"
+
+namespace onestep::test {
+
+inline std::vector<float> widened(const bf16* x, int64_t n) {
+  std::vector<float> out(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) out[i] = to_float(x[i]);
+  return out;
+}
+inline std::vector<float> rounded(const float* x, int64_t n) {
+  std::vector<float> out(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) out[i] = round_to_bf16(x[i]);
+  return out;
+}
+inline void narrow(bf16* dst, const std::vector<float>& src) {
+  for (size_t i = 0; i < src.size(); ++i) dst[i] = to_bf16(src[i]);
+}
+
+struct CpuBf16Ops : CpuOps {
+  using Operand = bf16;
+  using CpuOps::copy;
+
+  void matmul_forward(float* out, const bf16* inp, const float* w, int N, int C, int OC) const {
+    CpuOps::matmul_forward(out, widened(inp, int64_t{N} * C).data(), rounded(w, int64_t{OC} * C).data(), N, C, OC);
+  }
+  void matmul_backward(float* dinp, float* dw, const float* dout, const bf16* inp, const float* w, int N, int C,
+                       int OC) const {
+    CpuOps::matmul_backward(dinp, dw, rounded(dout, int64_t{N} * OC).data(), widened(inp, int64_t{N} * C).data(),
+                            rounded(w, int64_t{OC} * C).data(), N, C, OC);
+  }
+  void rmsnorm_forward(bf16* out, float* rstd, const float* x, const float* w, int N, int C, float eps) const {
+    std::vector<float> o(static_cast<size_t>(N) * C);
+    CpuOps::rmsnorm_forward(o.data(), rstd, x, w, N, C, eps);
+    narrow(out, o);
+  }
+  void attention_forward(bf16* out, float* lse, const float* q, const float* k, const float* v, int B, int T, int H,
+                         int KV, int D) const {
+    std::vector<float> o(static_cast<size_t>(B) * T * H * D);
+    CpuOps::attention_forward(o.data(), lse, q, k, v, B, T, H, KV, D);
+    narrow(out, o);
+  }
+  void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                          const float* v, const bf16* out, const float* lse, int B, int T, int H, int KV,
+                          int D) const {
+    CpuOps::attention_backward(dq, dk, dv, dout, q, k, v, widened(out, int64_t{B} * T * H * D).data(), lse, B, T, H,
+                               KV, D);
+  }
+  void swiglu_forward(bf16* out, const float* gate, const float* up, int N, int F) const {
+    std::vector<float> o(static_cast<size_t>(N) * F);
+    CpuOps::swiglu_forward(o.data(), gate, up, N, F);
+    narrow(out, o);
+  }
+  void copy(bf16* dst, const float* src, int64_t n) const {
+    for (int64_t i = 0; i < n; ++i) dst[i] = to_bf16(src[i]);
+  }
+  void copy(float* dst, const bf16* src, int64_t n) const {
+    for (int64_t i = 0; i < n; ++i) dst[i] = to_float(src[i]);
+  }
+};
+
+}  // namespace onestep::test
