@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../kernels/kernel_test_util.h"
+#include "core/bf16.h"
 #include "core/buffer.h"
 #include "kernels/cuda/ops_cuda.h"
 
@@ -40,16 +41,11 @@ class Dev : public onestep::Buffer<T> {
 using kt::expect_close;
 using kt::randn;
 
-// bfloat16 rounding on the host (round to nearest, ties to even; finite inputs), returned as floats: the
-// reference for the GPU's bf16 matmul operands.
+// bfloat16 rounding on the host (core/bf16.h: round to nearest, ties to even), returned as floats: the reference
+// for the GPU's bf16 matmul operands.
 inline std::vector<float> round_to_bf16(const std::vector<float>& x) {
   std::vector<float> out(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    uint32_t u;
-    std::memcpy(&u, &x[i], 4);
-    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-    std::memcpy(&out[i], &u, 4);
-  }
+  for (size_t i = 0; i < x.size(); ++i) out[i] = onestep::round_to_bf16(x[i]);
   return out;
 }
 
