@@ -128,11 +128,11 @@ std::unique_ptr<Activations> Stage::make_activations(int B, int T, Device device
   const size_t L = blocks_.size(), H = cfg_.n_heads, LA = attn_halves_, LM = mlp_halves_;
   a->x.zeros((L + 1) * N * C);
   a->ln1.zeros(LA * N * C, operands), a->rstd1.zeros(LA * N);
-  a->q.zeros(LA * N * C), a->k.zeros(LA * N * KVd), a->v.zeros(LA * N * KVd);
+  a->q.zeros(LA * N * C, operands), a->k.zeros(LA * N * KVd, operands), a->v.zeros(LA * N * KVd, operands);
   a->att.zeros(LA * N * C, operands), a->lse.zeros(LA * B * H * T);
   a->x_mid.zeros(LA * N * C);
   a->ln2.zeros(LM * N * C, operands), a->rstd2.zeros(LM * N);
-  a->gate.zeros(LM * N * F), a->up.zeros(LM * N * F), a->h.zeros(LM * N * F, operands);
+  a->gate.zeros(LM * N * F, operands), a->up.zeros(LM * N * F, operands), a->h.zeros(LM * N * F, operands);
   if (spec_.has_head) {
     a->lnf.zeros(N * C, operands), a->rstdf.zeros(N);
     a->logits.zeros(N * cfg_.vocab_size), a->losses.zeros(N);

@@ -42,11 +42,12 @@ int boundary_width(const ModelConfig& c, int unit);
 StageSpec whole_model(const ModelConfig& c);
 std::string describe_units(int first_unit, int end_unit);  // "blocks [0, 4) + attention, MLP gate of block 4"
 
-// How the activations that only matmuls read are stored: the norms' outputs (ln1, ln2, lnf), attention's output
-// (att; its backward also reads it) and SwiGLU's output (h). fp32, or bf16 in bf16 precision on the GPU, where the
-// matmuls round their operands to bf16 anyway: half the memory and traffic, and no rounding pass before each
-// product. Backend::operand_storage() picks it; the ops object that computes on the activations names it
-// (Ops::Operand: float or bf16).
+// How the operands of a block's products are stored: the norms' outputs (ln1, ln2, lnf), q, k, v, attention's
+// output (att), the gate and up projections and SwiGLU's output (h); everything the matmuls and attention multiply
+// and nothing else: the residual stream (x, x_mid), the statistics (rstd, lse), the logits and every gradient stay
+// fp32. fp32, or bf16 in bf16 precision on the GPU, where the products round their operands to bf16 anyway: half
+// the memory and traffic, and no rounding pass before each product. Backend::operand_storage() picks it; the ops
+// object that computes on the activations names it (Ops::Operand: float or bf16).
 enum class OperandStorage { fp32, bf16 };
 template <class T>
 constexpr OperandStorage storage_of() {
@@ -89,15 +90,15 @@ class OperandBuffer {
 // holds (the rest).
 struct Activations {
   explicit Activations(Device d = Device::cpu)
-      : x(d), ln1(d), att(d), rstd1(d), q(d), k(d), v(d), lse(d), x_mid(d), ln2(d), h(d), rstd2(d), gate(d), up(d),
+      : x(d), ln1(d), q(d), k(d), v(d), att(d), rstd1(d), lse(d), x_mid(d), ln2(d), gate(d), up(d), h(d), rstd2(d),
         lnf(d), rstdf(d), logits(d), losses(d), d_input(d), boundary(d), tokens(d), targets(d) {}
   int B = 0, T = 0;
-  OperandStorage operands = OperandStorage::fp32;  // of ln1, att, ln2, h and lnf
+  OperandStorage operands = OperandStorage::fp32;  // of the OperandBuffers below
   Buffer<float> x;  // residual stream at each block slice's input, (slices+1) x [N, C]; the last is the output
-  OperandBuffer ln1, att;                     // per attention half
-  Buffer<float> rstd1, q, k, v, lse, x_mid;   // per attention half (x_mid: the stream after it)
-  OperandBuffer ln2, h;                       // per MLP half
-  Buffer<float> rstd2, gate, up;              // per MLP half
+  OperandBuffer ln1, q, k, v, att;            // per attention half
+  Buffer<float> rstd1, lse, x_mid;            // per attention half (x_mid: the stream after it)
+  OperandBuffer ln2, gate, up, h;             // per MLP half
+  Buffer<float> rstd2;                        // per MLP half
   OperandBuffer lnf;                          // head (last stage only)
   Buffer<float> rstdf, logits, losses;        // head; logits become dlogits in backward
   Buffer<float> d_input;  // dLoss/d(input boundary) after backward (stages without the embedding)

@@ -29,7 +29,7 @@ double Stage::forward_on(const Ops& ops, const float* w, Activations& a, const i
       // Attention half: x_mid = x + o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))), n = rmsnorm(x).
       const size_t i = b.attn;
       Operand *ln1 = a.ln1.as<Operand>() + i * NC, *att = a.att.as<Operand>() + i * NC;
-      float *q = a.q.data() + i * NC, *k = a.k.data() + i * NKV, *v = a.v.data() + i * NKV;
+      Operand *q = a.q.as<Operand>() + i * NC, *k = a.k.as<Operand>() + i * NKV, *v = a.v.as<Operand>() + i * NKV;
       float* x_mid = a.x_mid.data() + i * NC;
       ops.rmsnorm_forward(ln1, a.rstd1.data() + i * N, x, w + b.ln1, N, C, cfg_.norm_eps);
       ops.matmul_forward(q, ln1, w + b.q, N, C, C);
@@ -47,7 +47,7 @@ double Stage::forward_on(const Ops& ops, const float* w, Activations& a, const i
       // may sit on two stages (model/stage.h): what the later part needs then crosses the cut with the stream.
       const size_t i = b.mlp;
       Operand *ln2 = a.ln2.as<Operand>() + i * NC, *h = a.h.as<Operand>() + i * NF;
-      float *gate = a.gate.data() + i * NF, *up = a.up.data() + i * NF;
+      Operand *gate = a.gate.as<Operand>() + i * NF, *up = a.up.as<Operand>() + i * NF;
       const bool has_gate = b.gate >= 0, has_up = b.up >= 0, has_down = b.down >= 0;
       if (has_gate) {
         ops.rmsnorm_forward(ln2, a.rstd2.data() + i * N, mid, w + b.ln2, N, C, cfg_.norm_eps);
@@ -117,7 +117,7 @@ void Stage::backward_on(const Ops& ops, const float* w, float* grad, Activations
       // MLP (dres holds dLoss/dx_next; the residual passes it straight through to x_mid).
       const size_t i = b.mlp;
       const Operand *ln2 = a.ln2.as<Operand>() + i * NC, *h = a.h.as<Operand>() + i * NF;
-      const float *gate = a.gate.data() + i * NF, *up = a.up.data() + i * NF;
+      const Operand *gate = a.gate.as<Operand>() + i * NF, *up = a.up.as<Operand>() + i * NF;
       const bool has_gate = b.gate >= 0, has_up = b.up >= 0, has_down = b.down >= 0;
       if (has_down) {
         ops.fill_zero(s.dh.data(), NF);
@@ -148,7 +148,7 @@ void Stage::backward_on(const Ops& ops, const float* w, float* grad, Activations
       // Attention half (dres now holds dLoss/dx_mid).
       const size_t i = b.attn;
       const Operand *ln1 = a.ln1.as<Operand>() + i * NC, *att = a.att.as<Operand>() + i * NC;
-      const float *q = a.q.data() + i * NC, *k = a.k.data() + i * NKV, *v = a.v.data() + i * NKV;
+      const Operand *q = a.q.as<Operand>() + i * NC, *k = a.k.as<Operand>() + i * NKV, *v = a.v.as<Operand>() + i * NKV;
       ops.fill_zero(s.datt.data(), NC);
       ops.matmul_backward(s.datt.data(), grad + b.o, dres, att, w + b.o, N, C, C);
       ops.fill_zero(s.dq.data(), NC), ops.fill_zero(s.dk.data(), NKV), ops.fill_zero(s.dv.data(), NKV);

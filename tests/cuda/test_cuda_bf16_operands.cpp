@@ -3,9 +3,9 @@
 // oracle test::CpuBf16Ops.
 //
 // The kernels' arithmetic is the same in both storages, only the store (rounded to nearest even) or the load
-// (exact) differs, so these checks are bit for bit: a producer's bf16 output is the rounding of its fp32 output; a
-// matmul on a bf16 input equals the fp32-input call on the rounded values; attention's backward from its bf16
-// output equals the backward from that output widened.
+// (exact) differs, so these checks are bit for bit: a kernel given bf16 inputs and writing a bf16 output gives the
+// rounding of what its fp32 version gives on the widened inputs; a matmul on a bf16 input equals the fp32-input
+// call on the same values.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -38,6 +38,11 @@ std::vector<uint16_t> bits_of(const std::vector<bf16>& x) {
   return out;
 }
 std::vector<float> widened(const std::vector<bf16>& x) { return test::widened(x.data(), static_cast<int64_t>(x.size())); }
+std::vector<bf16> narrowed(const std::vector<float>& x) {
+  std::vector<bf16> out(x.size());
+  test::narrow(out.data(), x);
+  return out;
+}
 
 // Sets the process's matmul precision for one scope (it is process-wide; the other tests expect fp32).
 struct PrecisionScope {
@@ -45,7 +50,7 @@ struct PrecisionScope {
   ~PrecisionScope() { gpu::set_matmul_precision(gpu::MatmulPrecision::fp32); }
 };
 
-TEST(CudaBf16Operands, ProducersStoreTheRoundingOfTheirFp32Output) {
+TEST(CudaBf16Operands, ElementwiseKernelsStoreTheRoundingOfTheirFp32Output) {
   REQUIRE_GPU();
   std::mt19937 rng(31);
   const int N = 37, C = 200, F = 333;
@@ -57,16 +62,32 @@ TEST(CudaBf16Operands, ProducersStoreTheRoundingOfTheirFp32Output) {
   EXPECT_EQ(bits_of(d_out16.host()), bf16_bits(d_out.host())) << "rmsnorm";
   expect_bitwise_equal(d_rstd16.host(), d_rstd.host(), "rmsnorm rstd");
 
-  const auto gate = randn(static_cast<size_t>(N) * F, rng, 3.0f), up = randn(gate.size(), rng);
-  Dev<float> d_gate(gate), d_up(up), d_h(gate.size());
-  Dev<bf16> d_h16(gate.size());
+  // SwiGLU on bf16 gate and up; its backward reads them too (into fp32 gradients).
+  const auto gate = round_to_bf16(randn(static_cast<size_t>(N) * F, rng, 3.0f)), up = round_to_bf16(randn(gate.size(), rng));
+  const auto dh = randn(gate.size(), rng), dg0 = randn(gate.size(), rng), du0 = randn(gate.size(), rng);
+  Dev<float> d_gate(gate), d_up(up), d_h(gate.size()), d_dh(dh), d_dg(dg0), d_du(du0), d_dg16(dg0), d_du16(du0);
+  Dev<bf16> d_gate16(narrowed(gate)), d_up16(narrowed(up)), d_h16(gate.size());
   gpu::swiglu_forward(d_h.get(), d_gate.get(), d_up.get(), N, F);
-  gpu::swiglu_forward(d_h16.get(), d_gate.get(), d_up.get(), N, F);
+  gpu::swiglu_forward(d_h16.get(), d_gate16.get(), d_up16.get(), N, F);
   EXPECT_EQ(bits_of(d_h16.host()), bf16_bits(d_h.host())) << "swiglu";
+  gpu::swiglu_backward(d_dg.get(), d_du.get(), d_dh.get(), d_gate.get(), d_up.get(), N, F);
+  gpu::swiglu_backward(d_dg16.get(), d_du16.get(), d_dh.get(), d_gate16.get(), d_up16.get(), N, F);
+  expect_bitwise_equal(d_dg16.host(), d_dg.host(), "swiglu dgate");
+  expect_bitwise_equal(d_du16.host(), d_du.host(), "swiglu dup");
+
+  // RoPE in place on bf16 q.
+  const int B = 2, T = 19, H = 3, D = 32;
+  const auto q = round_to_bf16(randn(static_cast<size_t>(B) * T * H * D, rng));
+  Dev<float> d_q(q);
+  Dev<bf16> d_q16(narrowed(q));
+  gpu::rope_forward(d_q.get(), d_q.get(), B, T, H, D, 10000.0f);
+  gpu::rope_forward(d_q16.get(), d_q16.get(), B, T, H, D, 10000.0f);
+  EXPECT_EQ(bits_of(d_q16.host()), bf16_bits(d_q.host())) << "rope";
 }
 
 // In bf16 precision the matmul rounds an fp32 input itself; handed the rounded input in bf16 it must give the same
-// bits, forward and backward (dinp and dw accumulate into random starting values).
+// bits, forward and backward (dinp and dw accumulate into random starting values), and a bf16 output is the
+// rounding of the fp32 one (cuBLAS accumulates in fp32 and rounds once).
 TEST(CudaBf16Operands, MatmulOnBf16InputEqualsTheRoundedFp32Call) {
   REQUIRE_GPU();
   std::mt19937 rng(32);
@@ -84,13 +105,16 @@ TEST(CudaBf16Operands, MatmulOnBf16InputEqualsTheRoundedFp32Call) {
   gpu::matmul_backward(d_dinp.get(), d_dw.get(), d_dout.get(), d_inp.get(), d_w.get(), N, C, OC);
   gpu::matmul_backward(d_dinp16.get(), d_dw16.get(), d_dout.get(), d_inp16.get(), d_w.get(), N, C, OC);
   expect_bitwise_equal(d_out16.host(), d_out.host(), "matmul out");
+  Dev<bf16> d_out_bf16(d_out.size());
+  gpu::matmul_forward(d_out_bf16.get(), d_inp16.get(), d_w.get(), N, C, OC);
+  EXPECT_EQ(bits_of(d_out_bf16.host()), bf16_bits(d_out.host())) << "matmul bf16 out";
   expect_bitwise_equal(d_dinp16.host(), d_dinp.host(), "matmul dinp");
   expect_bitwise_equal(d_dw16.host(), d_dw.host(), "matmul dw");
 }
 
-// Every attention kernel (fp32 CUDA cores; bf16 tiles; flash) with a bf16 output: the rounding of its fp32 output,
-// the same lse, and a backward from it equal to the backward from the widened output.
-TEST(CudaBf16Operands, AttentionStoresAndReadsBf16Output) {
+// Every attention kernel (fp32 CUDA cores; bf16 tiles; flash) on bf16 q, k, v: the rounding of its output on the
+// widened inputs, the same lse, and a backward (reading bf16 q, k, v and out) equal to the one on the widened values.
+TEST(CudaBf16Operands, AttentionReadsAndWritesBf16) {
   REQUIRE_GPU();
   std::mt19937 rng(33);
   struct Shape {
@@ -103,7 +127,8 @@ TEST(CudaBf16Operands, AttentionStoresAndReadsBf16Output) {
   for (const Shape s : {Shape{2, 70, 4, 2, 64}, Shape{1, 33, 3, 1, 24}}) {
     const size_t qn = static_cast<size_t>(s.B) * s.T * s.H * s.D, kn = static_cast<size_t>(s.B) * s.T * s.KV * s.D;
     const size_t ln = static_cast<size_t>(s.B) * s.H * s.T;
-    const auto q = randn(qn, rng), k = randn(kn, rng), v = randn(kn, rng), dout = randn(qn, rng);
+    const auto q = round_to_bf16(randn(qn, rng)), k = round_to_bf16(randn(kn, rng)), v = round_to_bf16(randn(kn, rng));
+    const auto dout = randn(qn, rng);
     for (const Variant var : {Variant{gpu::MatmulPrecision::fp32, "tiles"}, Variant{gpu::MatmulPrecision::bf16, "tiles"},
                               Variant{gpu::MatmulPrecision::bf16, "flash"}}) {
       const std::string tag = std::string(var.precision == gpu::MatmulPrecision::fp32 ? " fp32" : " bf16") + " " +
@@ -111,9 +136,10 @@ TEST(CudaBf16Operands, AttentionStoresAndReadsBf16Output) {
       setenv("ONESTEP_ATTENTION", var.attention, 1);
       const PrecisionScope precision(var.precision);
       Dev<float> d_q(q), d_k(k), d_v(v), d_dout(dout), d_out(qn), d_lse(ln), d_lse16(ln);
-      Dev<bf16> d_out16(qn);
+      Dev<bf16> d_q16(narrowed(q)), d_k16(narrowed(k)), d_v16(narrowed(v)), d_out16(qn);
       gpu::attention_forward(d_out.get(), d_lse.get(), d_q.get(), d_k.get(), d_v.get(), s.B, s.T, s.H, s.KV, s.D);
-      gpu::attention_forward(d_out16.get(), d_lse16.get(), d_q.get(), d_k.get(), d_v.get(), s.B, s.T, s.H, s.KV, s.D);
+      gpu::attention_forward(d_out16.get(), d_lse16.get(), d_q16.get(), d_k16.get(), d_v16.get(), s.B, s.T, s.H, s.KV,
+                             s.D);
       EXPECT_EQ(bits_of(d_out16.host()), bf16_bits(d_out.host())) << "attention out" << tag;
       expect_bitwise_equal(d_lse16.host(), d_lse.host(), "attention lse" + tag);
 
@@ -121,8 +147,8 @@ TEST(CudaBf16Operands, AttentionStoresAndReadsBf16Output) {
       Dev<float> d_dq(qn), d_dk(kn), d_dv(kn), d_dq16(qn), d_dk16(kn), d_dv16(kn);
       gpu::attention_backward(d_dq.get(), d_dk.get(), d_dv.get(), d_dout.get(), d_q.get(), d_k.get(), d_v.get(),
                               d_out_widened.get(), d_lse.get(), s.B, s.T, s.H, s.KV, s.D);
-      gpu::attention_backward(d_dq16.get(), d_dk16.get(), d_dv16.get(), d_dout.get(), d_q.get(), d_k.get(), d_v.get(),
-                              d_out16.get(), d_lse.get(), s.B, s.T, s.H, s.KV, s.D);
+      gpu::attention_backward(d_dq16.get(), d_dk16.get(), d_dv16.get(), d_dout.get(), d_q16.get(), d_k16.get(),
+                              d_v16.get(), d_out16.get(), d_lse.get(), s.B, s.T, s.H, s.KV, s.D);
       expect_bitwise_equal(d_dq16.host(), d_dq.host(), "attention dq" + tag);
       expect_bitwise_equal(d_dk16.host(), d_dk.host(), "attention dk" + tag);
       expect_bitwise_equal(d_dv16.host(), d_dv.host(), "attention dv" + tag);
@@ -162,7 +188,7 @@ TEST(CudaBf16Operands, BackendPicksTheStorageOfThePrecision) {
 }
 
 // The whole model and two stages cut inside the MLP (before the up part: the norm's bf16 output crosses widened)
-// with CudaBf16Ops against test::CpuBf16Ops. The GPU's bf16 attention also rounds Q, K, V, P and dS, which the
+// with CudaBf16Ops against test::CpuBf16Ops. The GPU's bf16 attention also rounds P, dO and dS, which the
 // oracle does not, so they agree to bf16 accuracy: the loss to 1e-2 relative, each parameter's gradient to 5e-2 of
 // its norm (relative L2); what crosses the cut is compared the same way.
 TEST(CudaBf16Operands, ModelMatchesTheCpuOracle) {

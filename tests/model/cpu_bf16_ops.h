@@ -1,7 +1,7 @@
-// The CPU kernels with the GPU's bf16 operand storage (model/stage.h: OperandStorage::bf16), as a test oracle: the
-// producers of the matmul operands (RMSNorm, attention, SwiGLU) write their outputs rounded to bf16, and every
-// matmul multiplies bf16-rounded weight, input and (backward) output gradient with fp32 accumulation, as the CUDA
-// backend's bf16 matmuls do. The CPU trainer never uses it (the CPU computes in fp32); the tests run the model's
+// The CPU kernels with the GPU's bf16 operand storage (model/stage.h: OperandStorage::bf16), as a test oracle: every
+// kernel computes in fp32 on its bf16 inputs widened, a bf16 output is rounded once, and every matmul multiplies
+// bf16-rounded weight, input and (backward) output gradient with fp32 accumulation, as the CUDA backend's bf16
+// matmuls do. The CPU trainer never uses it (the CPU computes in fp32); the tests run the model's
 // bf16 plumbing (which buffers hold bf16, the conversions at stage boundaries) through it.
 #pragma once
 #include <vector>
@@ -32,6 +32,11 @@ struct CpuBf16Ops : CpuOps {
   void matmul_forward(float* out, const bf16* inp, const float* w, int N, int C, int OC) const {
     CpuOps::matmul_forward(out, widened(inp, int64_t{N} * C).data(), rounded(w, int64_t{OC} * C).data(), N, C, OC);
   }
+  void matmul_forward(bf16* out, const bf16* inp, const float* w, int N, int C, int OC) const {
+    std::vector<float> o(static_cast<size_t>(N) * OC);
+    matmul_forward(o.data(), inp, w, N, C, OC);
+    narrow(out, o);
+  }
   void matmul_backward(float* dinp, float* dw, const float* dout, const bf16* inp, const float* w, int N, int C,
                        int OC) const {
     CpuOps::matmul_backward(dinp, dw, rounded(dout, int64_t{N} * OC).data(), widened(inp, int64_t{N} * C).data(),
@@ -42,22 +47,35 @@ struct CpuBf16Ops : CpuOps {
     CpuOps::rmsnorm_forward(o.data(), rstd, x, w, N, C, eps);
     narrow(out, o);
   }
-  void attention_forward(bf16* out, float* lse, const float* q, const float* k, const float* v, int B, int T, int H,
+  void rope_forward(bf16* out, const bf16* x, int B, int T, int H, int D, float theta) const {
+    std::vector<float> o = widened(x, int64_t{B} * T * H * D);
+    CpuOps::rope_forward(o.data(), o.data(), B, T, H, D, theta);
+    narrow(out, o);
+  }
+  void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H,
                          int KV, int D) const {
     std::vector<float> o(static_cast<size_t>(B) * T * H * D);
-    CpuOps::attention_forward(o.data(), lse, q, k, v, B, T, H, KV, D);
+    const int64_t qn = int64_t{B} * T * H * D, kn = int64_t{B} * T * KV * D;
+    CpuOps::attention_forward(o.data(), lse, widened(q, qn).data(), widened(k, kn).data(), widened(v, kn).data(), B, T,
+                              H, KV, D);
     narrow(out, o);
   }
-  void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                          const float* v, const bf16* out, const float* lse, int B, int T, int H, int KV,
-                          int D) const {
-    CpuOps::attention_backward(dq, dk, dv, dout, q, k, v, widened(out, int64_t{B} * T * H * D).data(), lse, B, T, H,
-                               KV, D);
+  void attention_backward(float* dq, float* dk, float* dv, const float* dout, const bf16* q, const bf16* k,
+                          const bf16* v, const bf16* out, const float* lse, int B, int T, int H, int KV, int D) const {
+    const int64_t qn = int64_t{B} * T * H * D, kn = int64_t{B} * T * KV * D;
+    CpuOps::attention_backward(dq, dk, dv, dout, widened(q, qn).data(), widened(k, kn).data(), widened(v, kn).data(),
+                               widened(out, qn).data(), lse, B, T, H, KV, D);
   }
-  void swiglu_forward(bf16* out, const float* gate, const float* up, int N, int F) const {
-    std::vector<float> o(static_cast<size_t>(N) * F);
-    CpuOps::swiglu_forward(o.data(), gate, up, N, F);
+  void swiglu_forward(bf16* out, const bf16* gate, const bf16* up, int N, int F) const {
+    const int64_t n = int64_t{N} * F;
+    std::vector<float> o(static_cast<size_t>(n));
+    CpuOps::swiglu_forward(o.data(), widened(gate, n).data(), widened(up, n).data(), N, F);
     narrow(out, o);
+  }
+  void swiglu_backward(float* dgate, float* dup, const float* dout, const bf16* gate, const bf16* up, int N,
+                       int F) const {
+    const int64_t n = int64_t{N} * F;
+    CpuOps::swiglu_backward(dgate, dup, dout, widened(gate, n).data(), widened(up, n).data(), N, F);
   }
   void copy(bf16* dst, const float* src, int64_t n) const {
     for (int64_t i = 0; i < n; ++i) dst[i] = to_bf16(src[i]);

@@ -30,10 +30,12 @@ using namespace detail;
 constexpr int kLdS = kTile + 1;  // padded row stride of the score tiles
 
 // dst[r, c] (row stride ld) = src[r * lds + c] for r < valid, 0 for valid <= r < kTile.
-__device__ inline void load_tile(float* dst, int ld, const float* src, int64_t lds, int valid, int D) {
+// src is fp32 or bf16 (widened exactly).
+template <class Src>
+__device__ inline void load_tile(float* dst, int ld, const Src* src, int64_t lds, int valid, int D) {
   for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {
     const int r = idx / D, c = idx - r * D;
-    dst[r * ld + c] = r < valid ? src[r * lds + c] : 0.0f;
+    dst[r * ld + c] = r < valid ? load_value(src + r * lds + c) : 0.0f;
   }
 }
 
@@ -47,9 +49,9 @@ __device__ inline float dot_rows(const float* A, const float* B, int i, int j, i
 }
 
 // ---------------------------------------------------------------------------------------------------
-template <class Out>  // float, or __nv_bfloat16 (bf16 operand storage)
+template <class Act>  // the storage of q, k, v and out: float, or __nv_bfloat16 (bf16 operand storage)
 __global__ void __launch_bounds__(kAttnThreads)
-    attn_fwd_kernel(Out* out, float* lse, const float* q, const float* k, const float* v, Dims d) {
+    attn_fwd_kernel(Act* out, float* lse, const Act* q, const Act* k, const Act* v, Dims d) {
   extern __shared__ float smem[];
   const int ld = d.ld, D = d.D;
   float* sQ = smem;
@@ -120,8 +122,8 @@ __global__ void __launch_bounds__(kAttnThreads)
 }
 
 // delta[b, h, t] = sum_c dout * out, one thread per (b, t, h) row.
-template <class Out>
-__global__ void attn_delta_kernel(float* delta, const float* dout, const Out* out, Dims d) {
+template <class Act>
+__global__ void attn_delta_kernel(float* delta, const float* dout, const Act* out, Dims d) {
   const int64_t rows = static_cast<int64_t>(d.B) * d.T * d.H;
   for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < rows;
        r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -129,7 +131,7 @@ __global__ void attn_delta_kernel(float* delta, const float* dout, const Out* ou
     const int64_t bt = r / d.H;
     const int t = static_cast<int>(bt % d.T), b = static_cast<int>(bt / d.T);
     const float* g = dout + r * d.D;
-    const Out* o = out + r * d.D;
+    const Act* o = out + r * d.D;
     float s = 0.0f;
     for (int c = 0; c < d.D; ++c) s = fmaf(g[c], load_value(o + c), s);
     delta[d.loff(b, h, t)] = s;
@@ -155,8 +157,9 @@ __device__ inline void attn_probs_bwd(float* sP, float* sdS, const float* sQ, co
   }
 }
 
+template <class Act>
 __global__ void __launch_bounds__(kAttnThreads)
-    attn_bwd_dq_kernel(float* dq, const float* dout, const float* q, const float* k, const float* v,
+    attn_bwd_dq_kernel(float* dq, const float* dout, const Act* q, const Act* k, const Act* v,
                        const float* lse, const float* delta, Dims d) {
   extern __shared__ float smem[];
   const int ld = d.ld, D = d.D;
@@ -200,8 +203,9 @@ __global__ void __launch_bounds__(kAttnThreads)
   }
 }
 
+template <class Act>
 __global__ void __launch_bounds__(kAttnThreads)
-    attn_bwd_dkv_kernel(float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v,
+    attn_bwd_dkv_kernel(float* dk, float* dv, const float* dout, const Act* q, const Act* k, const Act* v,
                         const float* lse, const float* delta, Dims d) {
   extern __shared__ float smem[];
   const int ld = d.ld, D = d.D;
@@ -274,9 +278,9 @@ bool use_flash_attention(int D) {
 }  // namespace detail
 
 namespace {
-template <class Out>  // float, or __nv_bfloat16 (bf16 operand storage)
-void attention_forward_to(Out* out, float* lse, const float* q, const float* k, const float* v, int B, int T, int H,
-                          int KV, int D, cudaStream_t stream) {
+template <class Act>  // the storage of q, k, v and out: float, or __nv_bfloat16 (bf16 operand storage)
+void attention_forward_as(Act* out, float* lse, const Act* q, const Act* k, const Act* v, int B, int T, int H, int KV,
+                          int D, cudaStream_t stream) {
   if (B <= 0 || T <= 0 || H <= 0 || D <= 0) return;
   check_dims(H, KV, "attention_forward");
   const Dims d = make_dims(B, T, H, KV, D);
@@ -284,16 +288,15 @@ void attention_forward_to(Out* out, float* lse, const float* q, const float* k, 
     return use_flash_attention(D) ? attention_forward_flash(out, lse, q, k, v, d, stream)
                                   : attention_forward_bf16(out, lse, q, k, v, d, stream);
   const size_t smem = smem_bytes(D, 4, 1, 3);
-  prepare_smem(attn_fwd_kernel<Out>, smem, "attention_forward", D);
+  prepare_smem(attn_fwd_kernel<Act>, smem, "attention_forward", D);
   const int64_t blocks = static_cast<int64_t>(B) * H * d.ntiles;
-  attn_fwd_kernel<Out><<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(out, lse, q, k, v, d);
+  attn_fwd_kernel<Act><<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(out, lse, q, k, v, d);
   ONESTEP_CUDA_LAUNCHED("attention_forward");
 }
 
-template <class Out>
-void attention_backward_from(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                             const float* v, const Out* out, const float* lse, int B, int T, int H, int KV, int D,
-                             cudaStream_t stream) {
+template <class Act>
+void attention_backward_as(float* dq, float* dk, float* dv, const float* dout, const Act* q, const Act* k, const Act* v,
+                           const Act* out, const float* lse, int B, int T, int H, int KV, int D, cudaStream_t stream) {
   if (B <= 0 || T <= 0 || H <= 0 || D <= 0) return;
   check_dims(H, KV, "attention_backward");
   const Dims d = make_dims(B, T, H, KV, D);
@@ -307,36 +310,37 @@ void attention_backward_from(float* dq, float* dk, float* dv, const float* dout,
                : attention_backward_bf16(dq, dk, dv, dout, q, k, v, lse, delta.as<float>(), d, stream);
 
   const size_t smem_dq = smem_bytes(D, 5, 2, 2), smem_dkv = smem_bytes(D, 6, 2, 2);
-  prepare_smem(attn_bwd_dq_kernel, smem_dq, "attention_backward", D);
-  prepare_smem(attn_bwd_dkv_kernel, smem_dkv, "attention_backward", D);
+  prepare_smem(attn_bwd_dq_kernel<Act>, smem_dq, "attention_backward", D);
+  prepare_smem(attn_bwd_dkv_kernel<Act>, smem_dkv, "attention_backward", D);
 
   const int64_t nq = static_cast<int64_t>(B) * H * d.ntiles, nk = static_cast<int64_t>(B) * KV * d.ntiles;
-  attn_bwd_dq_kernel<<<static_cast<unsigned>(nq), kAttnThreads, smem_dq, stream>>>(dq, dout, q, k, v, lse,
-                                                                                   delta.as<float>(), d);
+  attn_bwd_dq_kernel<Act><<<static_cast<unsigned>(nq), kAttnThreads, smem_dq, stream>>>(dq, dout, q, k, v, lse,
+                                                                                        delta.as<float>(), d);
   ONESTEP_CUDA_LAUNCHED("attention_backward(dq)");
-  attn_bwd_dkv_kernel<<<static_cast<unsigned>(nk), kAttnThreads, smem_dkv, stream>>>(dk, dv, dout, q, k, v, lse,
-                                                                                     delta.as<float>(), d);
+  attn_bwd_dkv_kernel<Act><<<static_cast<unsigned>(nk), kAttnThreads, smem_dkv, stream>>>(dk, dv, dout, q, k, v, lse,
+                                                                                          delta.as<float>(), d);
   ONESTEP_CUDA_LAUNCHED("attention_backward(dkv)");
 }
 }  // namespace
 
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, int B, int T, int H,
                        int KV, int D, cudaStream_t stream) {
-  attention_forward_to(out, lse, q, k, v, B, T, H, KV, D, stream);
+  attention_forward_as(out, lse, q, k, v, B, T, H, KV, D, stream);
 }
-void attention_forward(onestep::bf16* out, float* lse, const float* q, const float* k, const float* v, int B, int T,
-                       int H, int KV, int D, cudaStream_t stream) {
-  attention_forward_to(device_type(out), lse, q, k, v, B, T, H, KV, D, stream);
+void attention_forward(onestep::bf16* out, float* lse, const onestep::bf16* q, const onestep::bf16* k,
+                       const onestep::bf16* v, int B, int T, int H, int KV, int D, cudaStream_t stream) {
+  attention_forward_as(device_type(out), lse, device_type(q), device_type(k), device_type(v), B, T, H, KV, D, stream);
 }
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                         const float* v, const float* out, const float* lse, int B, int T, int H, int KV, int D,
                         cudaStream_t stream) {
-  attention_backward_from(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KV, D, stream);
+  attention_backward_as(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KV, D, stream);
 }
-void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                        const float* v, const onestep::bf16* out, const float* lse, int B, int T, int H, int KV, int D,
-                        cudaStream_t stream) {
-  attention_backward_from(dq, dk, dv, dout, q, k, v, device_type(out), lse, B, T, H, KV, D, stream);
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const onestep::bf16* q,
+                        const onestep::bf16* k, const onestep::bf16* v, const onestep::bf16* out, const float* lse,
+                        int B, int T, int H, int KV, int D, cudaStream_t stream) {
+  attention_backward_as(dq, dk, dv, dout, device_type(q), device_type(k), device_type(v), device_type(out), lse, B, T,
+                        H, KV, D, stream);
 }
 
 }  // namespace onestep::cuda

@@ -38,7 +38,8 @@ struct Strides {
 static_assert(kTile == 2 * 16, "scores() gives each of 4 warps one 16x16 fragment of a [kTile, kTile] tile");
 
 // dst = the [kTile, D] tile at src in bf16, rows from `valid` on zero.
-__device__ inline void load_tile_bf16(bf16* dst, int ldh, const float* src, int64_t lds, int valid, int D) {
+template <class Src>
+__device__ inline void load_tile_bf16(bf16* dst, int ldh, const Src* src, int64_t lds, int valid, int D) {
   load_rows_bf16(dst, ldh, src, lds, valid, kTile, D);
 }
 
@@ -147,9 +148,9 @@ __host__ __device__ inline BwdTiles bwd_tiles(Carve& c, int D, bool dkv) {
   return t;
 }
 
-template <class Out>
+template <class Act>  // the storage of q, k, v and out: float, or bf16 (bf16 operand storage)
 __global__ void __launch_bounds__(kAttnThreads)
-    attn_fwd_bf16_kernel(Out* out, float* lse, const float* q, const float* k, const float* v, Dims d) {
+    attn_fwd_bf16_kernel(Act* out, float* lse, const Act* q, const Act* k, const Act* v, Dims d) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int D = d.D;
   const Strides st(D);
@@ -207,8 +208,9 @@ __global__ void __launch_bounds__(kAttnThreads)
   for (int i = threadIdx.x; i < m; i += blockDim.x) lse[d.loff(b, h, i0 + i)] = t.M[i] + logf(t.L[i]);
 }
 
+template <class Act>
 __global__ void __launch_bounds__(kAttnThreads)
-    attn_bwd_dq_bf16_kernel(float* dq, const float* dout, const float* q, const float* k, const float* v,
+    attn_bwd_dq_bf16_kernel(float* dq, const float* dout, const Act* q, const Act* k, const Act* v,
                             const float* lse, const float* delta, Dims d) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int D = d.D;
@@ -242,9 +244,10 @@ __global__ void __launch_bounds__(kAttnThreads)
   }
 }
 
+template <class Act>
 __global__ void __launch_bounds__(kAttnThreads)
-    attn_bwd_dkv_bf16_kernel(float* dk, float* dv, const float* dout, const float* q, const float* k,
-                             const float* v, const float* lse, const float* delta, Dims d) {
+    attn_bwd_dkv_bf16_kernel(float* dk, float* dv, const float* dout, const Act* q, const Act* k,
+                             const Act* v, const float* lse, const float* delta, Dims d) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int D = d.D;
   const Strides st(D);
@@ -294,38 +297,43 @@ void require_tensor_cores(const char* name) {
 
 }  // namespace
 
-template <class Out>
-void attention_forward_bf16(Out* out, float* lse, const float* q, const float* k, const float* v, const Dims& d,
+template <class Act>
+void attention_forward_bf16(Act* out, float* lse, const Act* q, const Act* k, const Act* v, const Dims& d,
                             cudaStream_t stream) {
   require_tensor_cores("attention_forward (bf16)");
   Carve layout{nullptr};
   fwd_tiles(layout, d.D);
   const size_t smem = layout.used;
-  prepare_smem(attn_fwd_bf16_kernel<Out>, smem, "attention_forward (bf16)", d.D);
+  prepare_smem(attn_fwd_bf16_kernel<Act>, smem, "attention_forward (bf16)", d.D);
   const int64_t blocks = static_cast<int64_t>(d.B) * d.H * d.ntiles;
-  attn_fwd_bf16_kernel<Out><<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(out, lse, q, k, v, d);
+  attn_fwd_bf16_kernel<Act><<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(out, lse, q, k, v, d);
   ONESTEP_CUDA_LAUNCHED("attention_forward (bf16)");
 }
-template void attention_forward_bf16(float*, float*, const float*, const float*, const float*, const Dims&,
-                                     cudaStream_t);
-template void attention_forward_bf16(__nv_bfloat16*, float*, const float*, const float*, const float*, const Dims&,
-                                     cudaStream_t);
 
-void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                             const float* v, const float* lse, const float* delta, const Dims& d, cudaStream_t stream) {
+template <class Act>
+void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout, const Act* q, const Act* k,
+                             const Act* v, const float* lse, const float* delta, const Dims& d, cudaStream_t stream) {
   require_tensor_cores("attention_backward (bf16)");
   Carve dq_layout{nullptr}, dkv_layout{nullptr};
   bwd_tiles(dq_layout, d.D, false), bwd_tiles(dkv_layout, d.D, true);
   const size_t smem_dq = dq_layout.used, smem_dkv = dkv_layout.used;
-  prepare_smem(attn_bwd_dq_bf16_kernel, smem_dq, "attention_backward (bf16)", d.D);
-  prepare_smem(attn_bwd_dkv_bf16_kernel, smem_dkv, "attention_backward (bf16)", d.D);
+  prepare_smem(attn_bwd_dq_bf16_kernel<Act>, smem_dq, "attention_backward (bf16)", d.D);
+  prepare_smem(attn_bwd_dkv_bf16_kernel<Act>, smem_dkv, "attention_backward (bf16)", d.D);
   const int64_t nq = static_cast<int64_t>(d.B) * d.H * d.ntiles, nk = static_cast<int64_t>(d.B) * d.KV * d.ntiles;
-  attn_bwd_dq_bf16_kernel<<<static_cast<unsigned>(nq), kAttnThreads, smem_dq, stream>>>(dq, dout, q, k, v, lse,
-                                                                                        delta, d);
+  attn_bwd_dq_bf16_kernel<Act><<<static_cast<unsigned>(nq), kAttnThreads, smem_dq, stream>>>(dq, dout, q, k, v, lse,
+                                                                                             delta, d);
   ONESTEP_CUDA_LAUNCHED("attention_backward (bf16, dq)");
-  attn_bwd_dkv_bf16_kernel<<<static_cast<unsigned>(nk), kAttnThreads, smem_dkv, stream>>>(dk, dv, dout, q, k, v,
-                                                                                          lse, delta, d);
+  attn_bwd_dkv_bf16_kernel<Act><<<static_cast<unsigned>(nk), kAttnThreads, smem_dkv, stream>>>(dk, dv, dout, q, k, v,
+                                                                                               lse, delta, d);
   ONESTEP_CUDA_LAUNCHED("attention_backward (bf16, dkv)");
 }
+
+#define ONESTEP_ATTENTION_BF16(Act)                                                                                \
+  template void attention_forward_bf16(Act*, float*, const Act*, const Act*, const Act*, const Dims&, cudaStream_t); \
+  template void attention_backward_bf16(float*, float*, float*, const float*, const Act*, const Act*, const Act*,    \
+                                        const float*, const float*, const Dims&, cudaStream_t);
+ONESTEP_ATTENTION_BF16(float)
+ONESTEP_ATTENTION_BF16(__nv_bfloat16)
+#undef ONESTEP_ATTENTION_BF16
 
 }  // namespace onestep::cuda::detail

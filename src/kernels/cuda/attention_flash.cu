@@ -154,9 +154,9 @@ size_t flash_smem(const FlashDims& f, FlashKernel kind) {
   return c.used;
 }
 
-template <int DF, class Out>
-__global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(Out* out, float* lse, const float* q, const float* k,
-                                                             const float* v, FlashDims f) {
+template <int DF, class Act>  // Act: the storage of q, k, v and out (float, or bf16: bf16 operand storage)
+__global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(Act* out, float* lse, const Act* q, const Act* k,
+                                                             const Act* v, FlashDims f) {
 #if __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
   const Dims& d = f.d;
@@ -259,9 +259,9 @@ __device__ inline void probs_warp(bf16* sP, bf16* sdS, const float* sS, const fl
   }
 }
 
-template <int DF>
+template <int DF, class Act>
 __global__ void __launch_bounds__(kFlashThreads)
-    flash_bwd_dq_kernel(float* dq, const float* dout, const float* q, const float* k, const float* v,
+    flash_bwd_dq_kernel(float* dq, const float* dout, const Act* q, const Act* k, const Act* v,
                         const float* lse, const float* delta, FlashDims f) {
 #if __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
@@ -310,9 +310,9 @@ __global__ void __launch_bounds__(kFlashThreads)
 #endif
 }
 
-template <int DF>
+template <int DF, class Act>
 __global__ void __launch_bounds__(kFlashThreads)
-    flash_bwd_dkv_kernel(float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v,
+    flash_bwd_dkv_kernel(float* dk, float* dv, const float* dout, const Act* q, const Act* k, const Act* v,
                          const float* lse, const float* delta, FlashDims f) {
 #if __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
@@ -380,41 +380,46 @@ void with_head_frags(int D, F f) {
 
 }  // namespace
 
-template <class Out>
-void attention_forward_flash(Out* out, float* lse, const float* q, const float* k, const float* v, const Dims& d,
+template <class Act>
+void attention_forward_flash(Act* out, float* lse, const Act* q, const Act* k, const Act* v, const Dims& d,
                              cudaStream_t stream) {
   const FlashDims f(d);
   with_head_frags(d.D, [&](auto df) {
     constexpr int DF = decltype(df)::value;
     const size_t smem = flash_smem(f, FlashKernel::fwd);
-    prepare_smem(flash_fwd_kernel<DF, Out>, smem, "attention_forward (flash)", d.D);
+    prepare_smem(flash_fwd_kernel<DF, Act>, smem, "attention_forward (flash)", d.D);
     const int64_t blocks = static_cast<int64_t>(d.B) * d.H * f.ntiles;
-    flash_fwd_kernel<DF, Out><<<static_cast<unsigned>(blocks), kFlashThreads, smem, stream>>>(out, lse, q, k, v, f);
+    flash_fwd_kernel<DF, Act><<<static_cast<unsigned>(blocks), kFlashThreads, smem, stream>>>(out, lse, q, k, v, f);
     ONESTEP_CUDA_LAUNCHED("attention_forward (flash)");
   });
 }
-template void attention_forward_flash(float*, float*, const float*, const float*, const float*, const Dims&,
-                                      cudaStream_t);
-template void attention_forward_flash(__nv_bfloat16*, float*, const float*, const float*, const float*, const Dims&,
-                                      cudaStream_t);
 
-void attention_backward_flash(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                              const float* v, const float* lse, const float* delta, const Dims& d,
+template <class Act>
+void attention_backward_flash(float* dq, float* dk, float* dv, const float* dout, const Act* q, const Act* k,
+                              const Act* v, const float* lse, const float* delta, const Dims& d,
                               cudaStream_t stream) {
   const FlashDims f(d);
   with_head_frags(d.D, [&](auto df) {
     constexpr int DF = decltype(df)::value;
     const size_t smem_dq = flash_smem(f, FlashKernel::dq), smem_dkv = flash_smem(f, FlashKernel::dkv);
-    prepare_smem(flash_bwd_dq_kernel<DF>, smem_dq, "attention_backward (flash)", d.D);
-    prepare_smem(flash_bwd_dkv_kernel<DF>, smem_dkv, "attention_backward (flash)", d.D);
+    prepare_smem(flash_bwd_dq_kernel<DF, Act>, smem_dq, "attention_backward (flash)", d.D);
+    prepare_smem(flash_bwd_dkv_kernel<DF, Act>, smem_dkv, "attention_backward (flash)", d.D);
     const int64_t nq = static_cast<int64_t>(d.B) * d.H * f.ntiles, nk = static_cast<int64_t>(d.B) * d.KV * f.ntiles;
-    flash_bwd_dq_kernel<DF><<<static_cast<unsigned>(nq), kFlashThreads, smem_dq, stream>>>(dq, dout, q, k, v, lse, delta,
-                                                                                      f);
+    flash_bwd_dq_kernel<DF, Act><<<static_cast<unsigned>(nq), kFlashThreads, smem_dq, stream>>>(dq, dout, q, k, v, lse,
+                                                                                              delta, f);
     ONESTEP_CUDA_LAUNCHED("attention_backward (flash, dq)");
-    flash_bwd_dkv_kernel<DF><<<static_cast<unsigned>(nk), kFlashThreads, smem_dkv, stream>>>(dk, dv, dout, q, k, v, lse,
-                                                                                        delta, f);
+    flash_bwd_dkv_kernel<DF, Act><<<static_cast<unsigned>(nk), kFlashThreads, smem_dkv, stream>>>(dk, dv, dout, q, k, v,
+                                                                                                lse, delta, f);
     ONESTEP_CUDA_LAUNCHED("attention_backward (flash, dkv)");
   });
 }
+
+#define ONESTEP_ATTENTION_FLASH(Act)                                                                                 \
+  template void attention_forward_flash(Act*, float*, const Act*, const Act*, const Act*, const Dims&, cudaStream_t); \
+  template void attention_backward_flash(float*, float*, float*, const float*, const Act*, const Act*, const Act*,    \
+                                         const float*, const float*, const Dims&, cudaStream_t);
+ONESTEP_ATTENTION_FLASH(float)
+ONESTEP_ATTENTION_FLASH(__nv_bfloat16)
+#undef ONESTEP_ATTENTION_FLASH
 
 }  // namespace onestep::cuda::detail

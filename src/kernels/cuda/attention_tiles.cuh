@@ -108,11 +108,13 @@ struct Carve {
 };
 
 // dst[r, c] (row stride ldh) = bf16(src[r * lds + c]) for r < valid, 0 for valid <= r < rows; by the whole block.
-__device__ inline void load_rows_bf16(__nv_bfloat16* dst, int ldh, const float* src, int64_t lds, int valid, int rows,
+// src is fp32 (rounded here) or bf16 (copied).
+template <class Src>
+__device__ inline void load_rows_bf16(__nv_bfloat16* dst, int ldh, const Src* src, int64_t lds, int valid, int rows,
                                       int D) {
   for (int idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
     const int r = idx / D, c = idx - r * D;
-    dst[r * ldh + c] = __float2bfloat16_rn(r < valid ? src[r * lds + c] : 0.0f);
+    dst[r * ldh + c] = r < valid ? to_bf16_value(src[r * lds + c]) : __float2bfloat16_rn(0.0f);
   }
 }
 
@@ -121,17 +123,19 @@ __device__ inline void load_rows_bf16(__nv_bfloat16* dst, int ldh, const float* 
 // selects until measurements on a GPU decide between them.
 inline bool bf16_attention_fits(int D) { return D % 16 == 0 && D <= 256; }
 bool use_flash_attention(int D);  // ONESTEP_ATTENTION=flash and D fits
-// The forwards write `out` as float or __nv_bfloat16 (bf16 operand storage); both are instantiated.
-template <class Out>
-void attention_forward_bf16(Out* out, float* lse, const float* q, const float* k, const float* v, const Dims& d,
+// Act, the storage of q, k, v and out, is float or __nv_bfloat16 (bf16 operand storage); both are instantiated.
+template <class Act>
+void attention_forward_bf16(Act* out, float* lse, const Act* q, const Act* k, const Act* v, const Dims& d,
                             cudaStream_t stream);
-void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                             const float* v, const float* lse, const float* delta, const Dims& d, cudaStream_t stream);
-template <class Out>
-void attention_forward_flash(Out* out, float* lse, const float* q, const float* k, const float* v, const Dims& d,
+template <class Act>
+void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout, const Act* q, const Act* k,
+                             const Act* v, const float* lse, const float* delta, const Dims& d, cudaStream_t stream);
+template <class Act>
+void attention_forward_flash(Act* out, float* lse, const Act* q, const Act* k, const Act* v, const Dims& d,
                              cudaStream_t stream);
-void attention_backward_flash(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                              const float* v, const float* lse, const float* delta, const Dims& d,
+template <class Act>
+void attention_backward_flash(float* dq, float* dk, float* dv, const float* dout, const Act* q, const Act* k,
+                              const Act* v, const float* lse, const float* delta, const Dims& d,
                               cudaStream_t stream);
 
 }  // namespace onestep::cuda::detail

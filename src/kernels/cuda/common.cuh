@@ -34,6 +34,8 @@ __device__ inline void store_value(float* p, float x) { *p = x; }
 __device__ inline void store_value(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
 __device__ inline float load_value(const float* p) { return *p; }
 __device__ inline float load_value(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ inline __nv_bfloat16 to_bf16_value(float x) { return __float2bfloat16_rn(x); }
+__device__ inline __nv_bfloat16 to_bf16_value(__nv_bfloat16 x) { return x; }
 
 // Blocks for a grid-stride loop over n elements: a function of n only (never of the device), capped.
 inline unsigned grid_for(int64_t n, int threads = kThreads, int64_t max_blocks = 4096) {

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <string>
 #include <map>
+#include <type_traits>
 #include <utility>
 #include <unordered_map>
 
@@ -52,12 +53,15 @@ const __nv_bfloat16* bf16_operand(int k, const float* x, int64_t n, cudaStream_t
 }
 const __nv_bfloat16* bf16_operand(int, const onestep::bf16* x, int64_t, cudaStream_t) { return device_type(x); }
 
-// C (column-major m x n, fp32, leading dimension ldc) = alpha op(A) op(B) + beta C, A and B already in bf16.
+// C (column-major m x n, fp32 or bf16, leading dimension ldc) = alpha op(A) op(B) + beta C, A and B already in
+// bf16, accumulated in fp32 (a bf16 C is rounded once, at the end).
+template <class Out>
 void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha, const __nv_bfloat16* A,
-               int lda, const __nv_bfloat16* B, int ldb, float beta, float* C, int ldc, cudaStream_t stream,
+               int lda, const __nv_bfloat16* B, int ldb, float beta, Out* C, int ldc, cudaStream_t stream,
                const char* what) {
+  const cudaDataType_t c_type = std::is_same_v<Out, float> ? CUDA_R_32F : CUDA_R_16BF;
   check_cublas(cublasGemmEx(cublas_handle(stream, false), ta, tb, m, n, k, &alpha, A, CUDA_R_16BF, lda, B,
-                            CUDA_R_16BF, ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                            CUDA_R_16BF, ldb, &beta, C, c_type, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                what);
 }
 // C = alpha op(A) op(B) + beta C with fp32 A, B and C, which cuBLAS rounds to bf16 itself inside the product
@@ -118,18 +122,20 @@ namespace {
 bool bf16() { return current_matmul_precision() == MatmulPrecision::bf16; }
 
 // Products with an empty side: nothing to do, or (forward, C = 0) a zero output. True when handled.
-bool empty_forward(float* out, int N, int C, int OC, cudaStream_t stream) {
+template <class Out>
+bool empty_forward(Out* out, int N, int C, int OC, cudaStream_t stream) {
   if (N <= 0 || OC <= 0) return true;
   if (C > 0) return false;
-  ONESTEP_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(float) * static_cast<size_t>(N) * OC, stream));
+  ONESTEP_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(Out) * static_cast<size_t>(N) * OC, stream));  // +0 in both
   return true;
 }
 bool empty_backward(int N, int C, int OC) { return N <= 0 || C <= 0 || OC <= 0; }
 
 // The bf16 products of matmul_forward / matmul_backward; `In` (the input activation) is fp32, rounded per call,
-// or already bf16. Operand slots: 0 the weight, 1 the input, 2 dout (rounded once, read by both backward products).
-template <class In>
-void matmul_forward_bf16(float* out, const In* inp, const float* w, int N, int C, int OC, cudaStream_t stream) {
+// or already bf16; the forward's `Out` is fp32 or bf16. Operand slots: 0 the weight, 1 the input, 2 dout (rounded
+// once, read by both backward products).
+template <class In, class Out>
+void matmul_forward_bf16(Out* out, const In* inp, const float* w, int N, int C, int OC, cudaStream_t stream) {
   gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.0f, bf16_operand(0, w, static_cast<int64_t>(OC) * C, stream), C,
             bf16_operand(1, inp, static_cast<int64_t>(N) * C, stream), C, 0.0f, out, OC, stream,
             "matmul_forward (bf16)");
@@ -161,6 +167,11 @@ void matmul_forward(float* out, const float* inp, const float* w, int N, int C, 
 }
 void matmul_forward(float* out, const onestep::bf16* inp, const float* w, int N, int C, int OC, cudaStream_t stream) {
   if (!empty_forward(out, N, C, OC, stream)) matmul_forward_bf16(out, inp, w, N, C, OC, stream);
+}
+void matmul_forward(onestep::bf16* out, const onestep::bf16* inp, const float* w, int N, int C, int OC,
+                    cudaStream_t stream) {
+  __nv_bfloat16* out16 = detail::device_type(out);
+  if (!empty_forward(out16, N, C, OC, stream)) matmul_forward_bf16(out16, inp, w, N, C, OC, stream);
 }
 
 // dinp[N,C] += dout[N,OC] @ w[OC,C]:  dinp^T[C,N] += w^T(C x OC, as stored) * dout^T(OC x N, as stored).

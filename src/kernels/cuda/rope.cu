@@ -54,8 +54,9 @@ DeviceRopeTable rope_table(int T, int D, float theta) {
 }
 
 // One thread per (row, head, i < D/2) pair; x and out may be equal (each pair is read, then written, by
-// the same thread).
-__global__ void rope_fwd_kernel(float* out, const float* x, const float* cs, const float* sn, int64_t total, int T,
+// the same thread). Act: float, or __nv_bfloat16 (bf16 operand storage: the pair is rotated in fp32, then rounded).
+template <class Act>
+__global__ void rope_fwd_kernel(Act* out, const Act* x, const float* cs, const float* sn, int64_t total, int T,
                                 int H, int D, int half) {
   for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < total;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -64,9 +65,9 @@ __global__ void rope_fwd_kernel(float* out, const float* x, const float* cs, con
     const int t = static_cast<int>((rh / H) % T);
     const int64_t off = rh * D;
     const float c = cs[static_cast<int64_t>(t) * half + i], s = sn[static_cast<int64_t>(t) * half + i];
-    const float x1 = x[off + i], x2 = x[off + i + half];
-    out[off + i] = x1 * c - x2 * s;
-    out[off + i + half] = x2 * c + x1 * s;
+    const float x1 = detail::load_value(x + off + i), x2 = detail::load_value(x + off + i + half);
+    detail::store_value(out + off + i, x1 * c - x2 * s);
+    detail::store_value(out + off + i + half, x2 * c + x1 * s);
   }
 }
 
@@ -84,9 +85,9 @@ __global__ void rope_bwd_kernel(float* dx, const float* dout, const float* cs, c
     dx[off + i + half] += g2 * c - g1 * s;
   }
 }
-}  // namespace
 
-void rope_forward(float* out, const float* x, int B, int T, int H, int D, float theta, cudaStream_t stream) {
+template <class Act>
+void rope_forward_as(Act* out, const Act* x, int B, int T, int H, int D, float theta, cudaStream_t stream) {
   const int half = D / 2;
   const int64_t total = static_cast<int64_t>(B) * T * H * half;
   if (total <= 0) return;
@@ -94,6 +95,15 @@ void rope_forward(float* out, const float* x, int B, int T, int H, int D, float 
   rope_fwd_kernel<<<detail::grid_for(total), detail::kThreads, 0, stream>>>(out, x, tab.cos, tab.sin, total, T, H,
                                                                             D, half);
   ONESTEP_CUDA_LAUNCHED("rope_forward");
+}
+}  // namespace
+
+void rope_forward(float* out, const float* x, int B, int T, int H, int D, float theta, cudaStream_t stream) {
+  rope_forward_as(out, x, B, T, H, D, theta, stream);
+}
+void rope_forward(onestep::bf16* out, const onestep::bf16* x, int B, int T, int H, int D, float theta,
+                  cudaStream_t stream) {
+  rope_forward_as(detail::device_type(out), detail::device_type(x), B, T, H, D, theta, stream);
 }
 
 void rope_backward(float* dx, const float* dout, int B, int T, int H, int D, float theta, cudaStream_t stream) {

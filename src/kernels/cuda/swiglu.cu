@@ -7,48 +7,58 @@ namespace onestep::cuda {
 namespace {
 __device__ inline float sigmoidf(float g) { return 1.0f / (1.0f + expf(-g)); }
 
-template <class Out>  // float, or __nv_bfloat16 (bf16 operand storage)
-__global__ void swiglu_fwd_kernel(Out* out, const float* gate, const float* up, int64_t n) {
+template <class Act>  // the storage of out, gate and up: float, or __nv_bfloat16 (bf16 operand storage)
+__global__ void swiglu_fwd_kernel(Act* out, const Act* gate, const Act* up, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float g = gate[i];
-    detail::store_value(out + i, g * sigmoidf(g) * up[i]);
+    const float g = detail::load_value(gate + i);
+    detail::store_value(out + i, g * sigmoidf(g) * detail::load_value(up + i));
   }
 }
 
 // silu'(g) = s * (1 + g * (1 - s)).  dgate += dout * up * silu'(g) ; dup += dout * silu(g).
-__global__ void swiglu_bwd_kernel(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+template <class Act>
+__global__ void swiglu_bwd_kernel(float* dgate, float* dup, const float* dout, const Act* gate, const Act* up,
                                   int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float g = gate[i], s = sigmoidf(g), d = dout[i];
-    if (dgate) dgate[i] += d * up[i] * (s * fmaf(g, 1.0f - s, 1.0f));
+    const float g = detail::load_value(gate + i), s = sigmoidf(g), d = dout[i];
+    if (dgate) dgate[i] += d * detail::load_value(up + i) * (s * fmaf(g, 1.0f - s, 1.0f));
     if (dup) dup[i] += d * (g * s);
   }
 }
 
-template <class Out>
-void swiglu_forward_to(Out* out, const float* gate, const float* up, int N, int F, cudaStream_t stream) {
+template <class Act>
+void swiglu_forward_as(Act* out, const Act* gate, const Act* up, int N, int F, cudaStream_t stream) {
   const int64_t n = static_cast<int64_t>(N) * F;
   if (n <= 0) return;
-  swiglu_fwd_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(detail::device_type(out), gate, up, n);
+  swiglu_fwd_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(out, gate, up, n);
   ONESTEP_CUDA_LAUNCHED("swiglu_forward");
 }
-}  // namespace
-
-void swiglu_forward(float* out, const float* gate, const float* up, int N, int F, cudaStream_t stream) {
-  swiglu_forward_to(out, gate, up, N, F, stream);
-}
-void swiglu_forward(onestep::bf16* out, const float* gate, const float* up, int N, int F, cudaStream_t stream) {
-  swiglu_forward_to(out, gate, up, N, F, stream);
-}
-
-void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int N, int F,
-                     cudaStream_t stream) {
+template <class Act>
+void swiglu_backward_as(float* dgate, float* dup, const float* dout, const Act* gate, const Act* up, int N, int F,
+                        cudaStream_t stream) {
   const int64_t n = static_cast<int64_t>(N) * F;
   if (n <= 0 || (!dgate && !dup)) return;
   swiglu_bwd_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(dgate, dup, dout, gate, up, n);
   ONESTEP_CUDA_LAUNCHED("swiglu_backward");
+}
+}  // namespace
+
+void swiglu_forward(float* out, const float* gate, const float* up, int N, int F, cudaStream_t stream) {
+  swiglu_forward_as(out, gate, up, N, F, stream);
+}
+void swiglu_forward(onestep::bf16* out, const onestep::bf16* gate, const onestep::bf16* up, int N, int F,
+                    cudaStream_t stream) {
+  swiglu_forward_as(detail::device_type(out), detail::device_type(gate), detail::device_type(up), N, F, stream);
+}
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int N, int F,
+                     cudaStream_t stream) {
+  swiglu_backward_as(dgate, dup, dout, gate, up, N, F, stream);
+}
+void swiglu_backward(float* dgate, float* dup, const float* dout, const onestep::bf16* gate, const onestep::bf16* up,
+                     int N, int F, cudaStream_t stream) {
+  swiglu_backward_as(dgate, dup, dout, detail::device_type(gate), detail::device_type(up), N, F, stream);
 }
 
 }  // namespace onestep::cuda
