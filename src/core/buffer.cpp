@@ -68,12 +68,14 @@ void release(void* p) {  // never throws: called from destructors
     if (it != g_sizes.end()) g_stats.in_use -= static_cast<int64_t>(it->second), g_sizes.erase(it);
   }
   cudaFree(p);
+  cudaGetLastError();  // a failed free must not be reported later as the error of an unrelated launch
 }
 
 // Every host thread queues its work on its own default stream (CUDA_API_PER_THREAD_DEFAULT_STREAM, set by the
 // build): the stages of an in-process pipeline run concurrently on one GPU. A buffer one thread fills may be
 // read by another (a message, a weight version, a whole-model gather), so these calls return only when the
-// device has finished them: cudaMemset and device-to-device cudaMemcpy would otherwise return early.
+// device has finished them: cudaMemset, device-to-device cudaMemcpy and a cudaMemcpy from pageable host memory
+// (which returns once the data is staged, maybe before it lands) would otherwise return early.
 void zero(void* p, size_t bytes) {
   check(cudaMemset(p, 0, bytes), "cudaMemset");
   check(cudaStreamSynchronize(cudaStreamPerThread), "cudaStreamSynchronize");
@@ -82,7 +84,7 @@ void zero(void* p, size_t bytes) {
 // buffer on a GPU other than the calling thread's.
 void copy(void* dst, const void* src, size_t bytes, Copy kind) {
   check(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault), "cudaMemcpy");
-  if (kind == Copy::device_to_device) check(cudaStreamSynchronize(cudaStreamPerThread), "cudaStreamSynchronize");
+  if (kind != Copy::device_to_host) check(cudaStreamSynchronize(cudaStreamPerThread), "cudaStreamSynchronize");
 }
 void copy_async(void* dst, const void* src, size_t bytes) {
   check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, cudaStreamPerThread), "cudaMemcpyAsync");

@@ -153,16 +153,18 @@ class NcclPlane : public DataPlane {
     check(MPI_Comm_size(MPI_COMM_WORLD, &size_), "MPI_Comm_size");
     connect();
   }
+  // In the global order of connect(): destroying a communicator may wait for its other rank to destroy it too, and
+  // with one order on every rank the first communicator left is always the next one of both its ranks.
   ~NcclPlane() override {
-    for (auto* links : {&send_links_, &recv_links_})
-      for (auto& [peer, l] : *links) {
-        if (abandoned_) {
-          nccl().comm_abort(l.comm);  // its stream and staging buffers stay: kernels may still be queued there
-        } else {
-          nccl().comm_destroy(l.comm);
-          cudaStreamDestroy(l.stream);
-        }
+    for (const auto& [from, to] : pairs_) {
+      Link& l = from == rank_ ? send_links_[to] : recv_links_[from];
+      if (abandoned_) {
+        nccl().comm_abort(l.comm);  // its stream and staging buffers stay: kernels may still be queued there
+      } else {
+        nccl().comm_destroy(l.comm);
+        cudaStreamDestroy(l.stream);
       }
+    }
   }
 
   void send(int peer, const float* data, int64_t n) override {
@@ -220,7 +222,10 @@ class NcclPlane : public DataPlane {
 
  private:
   // The communicators of every pair this rank belongs to: the sender of each makes its id and sends it over MPI,
-  // then all of this rank's communicators start together (one NCCL group: no order to deadlock on).
+  // then all of this rank's communicators start together (one NCCL group: no order to deadlock on). NCCL connects a
+  // communicator's point-to-point channel lazily, on its first send or receive, and that setup blocks the host until
+  // the other rank reaches it too; a first ncclSend would then wait for an ncclRecv its peer only posts after the
+  // send's MPI header arrives. So every link exchanges one float here, where all ranks are present, in one group.
   void connect() {
     MPI_Comm boot = MPI_COMM_NULL;
     check(MPI_Comm_dup(MPI_COMM_WORLD, &boot), "MPI_Comm_dup");
@@ -254,8 +259,28 @@ class NcclPlane : public DataPlane {
       Link& l = sender ? send_links_[pr.to] : recv_links_[pr.from];
       check_cuda(cudaStreamCreateWithFlags(&l.stream, cudaStreamNonBlocking), "cudaStreamCreate");
       check_nccl(nccl().comm_init_rank(&l.comm, 2, pr.id, sender ? 0 : 1), "ncclCommInitRank");
+      pairs_.emplace_back(pr.from, pr.to);  // (from, to) ascending: the same order on every rank
     }
     check_nccl(nccl().group_end(), "ncclGroupEnd (starting the communicators)");
+
+    float* warm = nullptr;  // one float per link, so no two receives write the same bytes
+    check_cuda(cudaMalloc(&warm, sizeof(float) * pairs_.size()), "cudaMalloc (connecting the NCCL links)");
+    check_cuda(cudaMemset(warm, 0, sizeof(float) * pairs_.size()), "cudaMemset");
+    check_nccl(nccl().group_start(), "ncclGroupStart");
+    for (size_t i = 0; i < pairs_.size(); ++i) {
+      const auto [from, to] = pairs_[i];
+      if (from == rank_) {
+        const Link& l = send_links_[to];
+        check_nccl(nccl().send(warm + i, 1, ncclFloat32, 1, l.comm, l.stream), "ncclSend (connecting)");
+      } else {
+        const Link& l = recv_links_[from];
+        check_nccl(nccl().recv(warm + i, 1, ncclFloat32, 0, l.comm, l.stream), "ncclRecv (connecting)");
+      }
+    }
+    check_nccl(nccl().group_end(), "ncclGroupEnd (connecting the links)");
+    for (auto* links : {&send_links_, &recv_links_})
+      for (auto& [peer, l] : *links) check_cuda(cudaStreamSynchronize(l.stream), "cudaStreamSynchronize (connecting)");
+    check_cuda(cudaFree(warm), "cudaFree");
   }
 
   Link& link(std::map<int, Link>& links, int peer, const char* what) {
@@ -277,6 +302,7 @@ class NcclPlane : public DataPlane {
   int rank_ = 0, size_ = 1;
   std::map<int, Link> send_links_;  // by receiver
   std::map<int, Link> recv_links_;  // by sender
+  std::vector<std::pair<int, int>> pairs_;  // (from, to) of every link, in one order shared by all ranks
   StagingPool pool_;
   std::map<int64_t, std::pair<Staging*, int64_t>> received_;  // by handle: the staging slot and its length
   int64_t next_ = 0;

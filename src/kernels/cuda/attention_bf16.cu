@@ -288,14 +288,14 @@ __global__ void __launch_bounds__(kAttnThreads)
   }
 }
 
+}  // namespace
+
 void require_tensor_cores(const char* name) {
   int dev = 0, major = 0;
   ONESTEP_CUDA_CHECK(cudaGetDevice(&dev));
   ONESTEP_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   if (major < 8) throw std::runtime_error(std::string(name) + ": bf16 tensor cores need compute capability 8.0+");
 }
-
-}  // namespace
 
 template <class Act>
 void attention_forward_bf16(Act* out, float* lse, const Act* q, const Act* k, const Act* v, const Dims& d,

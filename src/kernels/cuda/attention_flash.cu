@@ -235,6 +235,8 @@ __global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(Act* out, floa
     if (r0 + r < d.T) store_value(out + d.qoff(b, r0 + r, h) + col, sO[r * f.ldf + col] * (1.0f / sA[r]));
   }
   if (half == 0 && r0 + row < d.T) lse[d.loff(b, h, r0 + row)] = m_run + logf(l_run);
+#else
+  __trap();  // compiled without sm_80+ code (bf16 WMMA): fail loudly rather than leave the outputs unwritten
 #endif
 }
 
@@ -307,6 +309,8 @@ __global__ void __launch_bounds__(kFlashThreads)
   }
   __syncwarp();
   add_rows<DF>(dq + d.qoff(b, r0, h), d.ldq, d.T - r0, acc, sS);
+#else
+  __trap();  // compiled without sm_80+ code (bf16 WMMA): fail loudly rather than leave the outputs unwritten
 #endif
 }
 
@@ -359,6 +363,8 @@ __global__ void __launch_bounds__(kFlashThreads)
   __syncwarp();
   add_rows<DF>(dk + d.koff(b, r0, kvh), d.ldk, d.T - r0, dk_acc, sS);
   add_rows<DF>(dv + d.koff(b, r0, kvh), d.ldk, d.T - r0, dv_acc, sS);
+#else
+  __trap();  // compiled without sm_80+ code (bf16 WMMA): fail loudly rather than leave the outputs unwritten
 #endif
 }
 
@@ -383,6 +389,7 @@ void with_head_frags(int D, F f) {
 template <class Act>
 void attention_forward_flash(Act* out, float* lse, const Act* q, const Act* k, const Act* v, const Dims& d,
                              cudaStream_t stream) {
+  require_tensor_cores("attention_forward (flash)");
   const FlashDims f(d);
   with_head_frags(d.D, [&](auto df) {
     constexpr int DF = decltype(df)::value;
@@ -398,6 +405,7 @@ template <class Act>
 void attention_backward_flash(float* dq, float* dk, float* dv, const float* dout, const Act* q, const Act* k,
                               const Act* v, const float* lse, const float* delta, const Dims& d,
                               cudaStream_t stream) {
+  require_tensor_cores("attention_backward (flash)");
   const FlashDims f(d);
   with_head_frags(d.D, [&](auto df) {
     constexpr int DF = decltype(df)::value;

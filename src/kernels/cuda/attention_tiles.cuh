@@ -123,6 +123,7 @@ __device__ inline void load_rows_bf16(__nv_bfloat16* dst, int ldh, const Src* sr
 // selects until measurements on a GPU decide between them.
 inline bool bf16_attention_fits(int D) { return D % 16 == 0 && D <= 256; }
 bool use_flash_attention(int D);  // ONESTEP_ATTENTION=flash and D fits
+void require_tensor_cores(const char* name);  // throws on a GPU older than sm_80
 // Act, the storage of q, k, v and out, is float or __nv_bfloat16 (bf16 operand storage); both are instantiated.
 template <class Act>
 void attention_forward_bf16(Act* out, float* lse, const Act* q, const Act* k, const Act* v, const Dims& d,

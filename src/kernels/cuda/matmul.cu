@@ -23,20 +23,50 @@ namespace detail {
 namespace {
 std::atomic<MatmulPrecision> matmul_precision{MatmulPrecision::fp32};
 
-// bf16 copies of the operands, per (host thread, device, stream): reused across calls on that stream (work on one stream
-// runs in order, so a copy is not overwritten before the product that reads it ran), grown when too small and
-// kept until the process exits, like the cuBLAS handles.
+// bf16 copies of the operands, per (host thread, device, stream): reused across calls on that stream (work on one
+// stream runs in order, so a copy is not overwritten before the product that reads it ran) and grown when too small.
 struct Bf16Operands {
   __nv_bfloat16* buf[3] = {nullptr, nullptr, nullptr};
   size_t cap[3] = {0, 0, 0};
 };
 
+// What a host thread holds on the GPU for its products: a cuBLAS handle per device (a handle must not be shared by
+// threads that set its stream) and the bf16 operand scratch per (device, stream). Released when the thread ends: a
+// pipeline starts new stage threads for every segment between evaluations and checkpoints, and each would otherwise
+// leave a handle with its workspace and the scratch (for the head's output gradient N x vocab bf16) behind. The
+// main thread's are released at exit, before any static object is destroyed, so while the CUDA runtime is alive.
+struct ThreadResources {
+  std::unordered_map<int, cublasHandle_t> handles;
+  std::map<std::pair<int, cudaStream_t>, Bf16Operands> scratch;
+  ThreadResources() = default;
+  ThreadResources(const ThreadResources&) = delete;
+  ThreadResources& operator=(const ThreadResources&) = delete;
+  ~ThreadResources() {  // never throws; a failure here only leaks
+    int current = 0;
+    if (cudaGetDevice(&current) != cudaSuccess) return;
+    for (auto& [key, s] : scratch) {
+      cudaSetDevice(key.first);
+      for (__nv_bfloat16* b : s.buf)
+        if (b) cudaFreeAsync(b, key.second);  // after the products queued on its stream
+    }
+    for (auto& [dev, h] : handles) {
+      cudaSetDevice(dev);
+      cublasDestroy(h);
+    }
+    cudaSetDevice(current);
+    cudaGetLastError();
+  }
+};
+ThreadResources& thread_resources() {
+  thread_local ThreadResources r;
+  return r;
+}
+
 // Operand slot `k` (0..2) of this thread and stream holding `x` rounded to bf16 (round to nearest even).
 const __nv_bfloat16* bf16_copy(int k, const float* x, int64_t n, cudaStream_t stream) {
-  thread_local std::map<std::pair<int, cudaStream_t>, Bf16Operands> scratch;  // cudaStreamPerThread: every device
   int dev = 0;
   ONESTEP_CUDA_CHECK(cudaGetDevice(&dev));
-  Bf16Operands& s = scratch[{dev, stream}];
+  Bf16Operands& s = thread_resources().scratch[{dev, stream}];
   if (s.cap[k] < static_cast<size_t>(n)) {
     if (s.buf[k]) ONESTEP_CUDA_CHECK(cudaFreeAsync(s.buf[k], stream));
     ONESTEP_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&s.buf[k]), sizeof(__nv_bfloat16) * n, stream));
@@ -85,10 +115,9 @@ bool fast_bf16_gemm() {
 }
 }  // namespace
 
-// A handle must not be shared by threads that set its stream. Handles live until the process exits
-// (destroying them during static destruction can race the runtime's own teardown).
+// The calling thread's handle for the current device (ThreadResources), set to `stream` and the precision's math mode.
 cublasHandle_t cublas_handle(cudaStream_t stream, bool allow_tf32) {
-  thread_local std::unordered_map<int, cublasHandle_t> handles;
+  auto& handles = thread_resources().handles;
   int dev = 0;
   ONESTEP_CUDA_CHECK(cudaGetDevice(&dev));
   auto it = handles.find(dev);
