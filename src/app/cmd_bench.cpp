@@ -121,7 +121,7 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
   StageState s(m, whole_model(m), c.optim, 0, c.delay.correction == "ef", device);
   s.init_weights(1);
   auto acts = be.make_activations(s.stage, B, T);
-  auto scratch = s.stage.make_scratch(B, T, device);
+  auto scratch = be.make_scratch(s.stage, B, T);
   std::vector<int32_t> in(static_cast<size_t>(B) * T), tgt(in.size());
   CounterRng rng(1, RngStream::test, 0);
   for (auto& x : in) x = static_cast<int32_t>(rng.below(m.vocab_size));

@@ -65,7 +65,7 @@ int64_t Activations::bytes() const {
                    d_input, boundary);
 }
 int64_t BackwardScratch::bytes() const {
-  return sum_bytes(dres, dln, datt, dq, dk, dv, dq_pre, dk_pre, dgate, dup, dh);
+  return sum_bytes(dres, dln, datt, dq, dk, dv, dh, dq_pre, dk_pre, dgate, dup);
 }
 
 Stage::Stage(const ModelConfig& config, StageSpec spec) : cfg_(config), spec_(spec) {
@@ -142,13 +142,14 @@ std::unique_ptr<Activations> Stage::make_activations(int B, int T, Device device
   return a;
 }
 
-std::unique_ptr<BackwardScratch> Stage::make_scratch(int B, int T, Device device) const {
+std::unique_ptr<BackwardScratch> Stage::make_scratch(int B, int T, Device device, OperandStorage operands) const {
   auto s = std::make_unique<BackwardScratch>(device);
+  s->operands = operands;
   const size_t N = static_cast<size_t>(B) * T, C = cfg_.d_model, KVd = cfg_.kv_dim(), F = cfg_.ffn_hidden;
   s->dres.zeros(N * C), s->dln.zeros(N * C), s->datt.zeros(N * C);
   s->dq.zeros(N * C), s->dk.zeros(N * KVd), s->dv.zeros(N * KVd);
-  s->dq_pre.zeros(N * C), s->dk_pre.zeros(N * KVd);
-  s->dgate.zeros(N * F), s->dup.zeros(N * F), s->dh.zeros(N * F);
+  s->dq_pre.zeros(N * C, operands), s->dk_pre.zeros(N * KVd, operands);
+  s->dgate.zeros(N * F, operands), s->dup.zeros(N * F, operands), s->dh.zeros(N * F);
   return s;
 }
 

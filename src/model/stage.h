@@ -109,11 +109,16 @@ struct Activations {
   int64_t bytes() const;
 };
 
-// Scratch gradients of one block, shared by all blocks of a stage (backward runs one block at a time).
+// Scratch gradients of one block, shared by all blocks of a stage (backward runs one block at a time). The
+// gradients whose only reader is a matmul, which rounds them to bf16 in bf16 precision anyway, are stored as
+// operands (OperandStorage): those of the q and k projections' outputs (after RoPE's backward) and of the gate and
+// up projections' outputs. Accumulating into a zeroed bf16 buffer rounds once, exactly as the product would.
 struct BackwardScratch {
   explicit BackwardScratch(Device d = Device::cpu)
-      : dres(d), dln(d), datt(d), dq(d), dk(d), dv(d), dq_pre(d), dk_pre(d), dgate(d), dup(d), dh(d) {}
-  Buffer<float> dres, dln, datt, dq, dk, dv, dq_pre, dk_pre, dgate, dup, dh;
+      : dres(d), dln(d), datt(d), dq(d), dk(d), dv(d), dh(d), dq_pre(d), dk_pre(d), dgate(d), dup(d) {}
+  OperandStorage operands = OperandStorage::fp32;  // of the OperandBuffers below
+  Buffer<float> dres, dln, datt, dq, dk, dv, dh;
+  OperandBuffer dq_pre, dk_pre, dgate, dup;
   int64_t bytes() const;
 };
 
@@ -138,7 +143,8 @@ class Stage {
   // Buffers on `device` (the CUDA ones need a build with ONESTEP_CUDA).
   std::unique_ptr<Activations> make_activations(int B, int T, Device device = Device::cpu,
                                                OperandStorage operands = OperandStorage::fp32) const;
-  std::unique_ptr<BackwardScratch> make_scratch(int B, int T, Device device = Device::cpu) const;
+  std::unique_ptr<BackwardScratch> make_scratch(int B, int T, Device device = Device::cpu,
+                                               OperandStorage operands = OperandStorage::fp32) const;
 
   // Floats per token this stage receives / sends (0 at the model's ends): boundary_width of its cuts.
   int input_width() const { return spec_.has_embedding ? 0 : boundary_width(cfg_, spec_.first_unit); }

@@ -125,21 +125,22 @@ void Stage::backward_on(const Ops& ops, const float* w, float* grad, Activations
       } else if (has_up) {
         ops.copy(s.dh.data(), dout_hidden + NC, NF);  // dLoss/dh arrived with dLoss/dx_next
       }
+      Operand *dgate = s.dgate.as<Operand>(), *dup = s.dup.as<Operand>();
       if (has_up) {
-        ops.fill_zero(s.dgate.data(), NF), ops.fill_zero(s.dup.data(), NF);
-        ops.swiglu_backward(s.dgate.data(), s.dup.data(), s.dh.data(), gate, up, N, F);
+        ops.fill_zero(dgate, NF), ops.fill_zero(dup, NF);
+        ops.swiglu_backward(dgate, dup, s.dh.data(), gate, up, N, F);
         ops.fill_zero(s.dln.data(), NC);
-        ops.matmul_backward(s.dln.data(), grad + b.up, s.dup.data(), ln2, w + b.up, N, C, F);
+        ops.matmul_backward(s.dln.data(), grad + b.up, dup, ln2, w + b.up, N, C, F);
       } else if (has_gate) {  // dLoss/dn (the up part's share) and dLoss/dgate arrived with dLoss/dx_next
         ops.copy(s.dln.data(), dout_hidden + NC, NC);
-        ops.copy(s.dgate.data(), dout_hidden + 2 * NC, NF);
+        ops.copy(dgate, dout_hidden + 2 * NC, NF);
       }
       if (has_gate) {
-        ops.matmul_backward(s.dln.data(), grad + b.gate, s.dgate.data(), ln2, w + b.gate, N, C, F);
+        ops.matmul_backward(s.dln.data(), grad + b.gate, dgate, ln2, w + b.gate, N, C, F);
         ops.rmsnorm_backward(dres, grad + b.ln2, s.dln.data(), mid, w + b.ln2, a.rstd2.data() + i * N, N, C);
       } else if (has_up) {  // the stage starts at the up part: dLoss/dn and dLoss/dgate go back
         ops.copy(a.d_input.data() + NC, s.dln.data(), NC);
-        ops.copy(a.d_input.data() + 2 * NC, s.dgate.data(), NF);
+        ops.copy(a.d_input.data() + 2 * NC, dgate, NF);
       } else {
         ops.copy(a.d_input.data() + NC, s.dh.data(), NF);  // the stage starts at the down part: dLoss/dh goes back
       }
@@ -154,12 +155,13 @@ void Stage::backward_on(const Ops& ops, const float* w, float* grad, Activations
       ops.fill_zero(s.dq.data(), NC), ops.fill_zero(s.dk.data(), NKV), ops.fill_zero(s.dv.data(), NKV);
       ops.attention_backward(s.dq.data(), s.dk.data(), s.dv.data(), s.datt.data(), q, k, v, att,
                          a.lse.data() + i * B * H * T, B, T, H, KV, D);
-      ops.fill_zero(s.dq_pre.data(), NC), ops.fill_zero(s.dk_pre.data(), NKV);
-      ops.rope_backward(s.dq_pre.data(), s.dq.data(), B, T, H, D, cfg_.rope_theta);
-      ops.rope_backward(s.dk_pre.data(), s.dk.data(), B, T, KV, D, cfg_.rope_theta);
+      Operand *dq_pre = s.dq_pre.as<Operand>(), *dk_pre = s.dk_pre.as<Operand>();
+      ops.fill_zero(dq_pre, NC), ops.fill_zero(dk_pre, NKV);
+      ops.rope_backward(dq_pre, s.dq.data(), B, T, H, D, cfg_.rope_theta);
+      ops.rope_backward(dk_pre, s.dk.data(), B, T, KV, D, cfg_.rope_theta);
       ops.fill_zero(s.dln.data(), NC);
-      ops.matmul_backward(s.dln.data(), grad + b.q, s.dq_pre.data(), ln1, w + b.q, N, C, C);
-      ops.matmul_backward(s.dln.data(), grad + b.k, s.dk_pre.data(), ln1, w + b.k, N, C, KVd);
+      ops.matmul_backward(s.dln.data(), grad + b.q, dq_pre, ln1, w + b.q, N, C, C);
+      ops.matmul_backward(s.dln.data(), grad + b.k, dk_pre, ln1, w + b.k, N, C, KVd);
       ops.matmul_backward(s.dln.data(), grad + b.v, s.dv.data(), ln1, w + b.v, N, C, KVd);
       ops.rmsnorm_backward(dres, grad + b.ln1, s.dln.data(), x, w + b.ln1, a.rstd1.data() + i * N, N, C);
     }

@@ -24,11 +24,14 @@ class Backend {
                          const float* in_hidden, const int32_t* targets) const = 0;
   virtual void backward(const Stage& s, const float* w, float* grad, Activations& a, BackwardScratch& scratch,
                         const float* dout_hidden, float loss_scale) const = 0;
-  // How the activations this backend computes on store their matmul operands (model/stage.h), and activations
-  // made that way for a micro-batch of B sequences of length T.
+  // How the activations and backward scratch this backend computes on store the products' operands (model/stage.h),
+  // and activations and scratch made that way for a micro-batch of B sequences of length T.
   virtual OperandStorage operand_storage() const { return OperandStorage::fp32; }
   std::unique_ptr<Activations> make_activations(const Stage& s, int B, int T) const {
     return s.make_activations(B, T, device(), operand_storage());
+  }
+  std::unique_ptr<BackwardScratch> make_scratch(const Stage& s, int B, int T) const {
+    return s.make_scratch(B, T, device(), operand_storage());
   }
   // make_optimizer's routing and hyper-parameters, its state on this device.
   virtual std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& c, const ParamTable& table) const = 0;

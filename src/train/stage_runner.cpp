@@ -34,7 +34,7 @@ StageRunner::StageRunner(StageState& state, pipeline::Transport& transport, cons
       t0_(now_s()) {
   for (size_t i = 0; i < older.size(); ++i)
     if (newest_ - 1 - static_cast<int64_t>(i) >= 0) history_[newest_ - 1 - static_cast<int64_t>(i)] = std::move(older[i]);
-  scratch_ = st_.stage.make_scratch(B_, T_, st_.device());
+  scratch_ = st_.backend.make_scratch(st_.stage, B_, T_);
   const Stage whole(c_.model, whole_model(c_.model));
   n_global_params_ = static_cast<int>(whole.params().size());
   for (const auto& p : st_.stage.params().all()) {

@@ -238,7 +238,7 @@ void run_single_device(const RunConfig& c, RunIO& io) {
   }
   io.open_metrics(start_step);
   auto acts = be.make_activations(state.stage, B, T);
-  auto scratch = state.stage.make_scratch(B, T, be.device());
+  auto scratch = be.make_scratch(state.stage, B, T);
   std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
   if (start_step == 0) io.initial_eval(state.stage, state.weights.data(), be);
 

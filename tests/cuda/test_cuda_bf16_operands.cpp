@@ -50,7 +50,7 @@ struct PrecisionScope {
   ~PrecisionScope() { gpu::set_matmul_precision(gpu::MatmulPrecision::fp32); }
 };
 
-TEST(CudaBf16Operands, ElementwiseKernelsStoreTheRoundingOfTheirFp32Output) {
+TEST(CudaBf16Operands, ElementwiseKernelsStoreTheRoundingOfTheirFp32Result) {
   REQUIRE_GPU();
   std::mt19937 rng(31);
   const int N = 37, C = 200, F = 333;
@@ -62,27 +62,36 @@ TEST(CudaBf16Operands, ElementwiseKernelsStoreTheRoundingOfTheirFp32Output) {
   EXPECT_EQ(bits_of(d_out16.host()), bf16_bits(d_out.host())) << "rmsnorm";
   expect_bitwise_equal(d_rstd16.host(), d_rstd.host(), "rmsnorm rstd");
 
-  // SwiGLU on bf16 gate and up; its backward reads them too (into fp32 gradients).
+  // SwiGLU on bf16 gate and up; its backward reads them too, and accumulates into bf16 dgate and dup (from random
+  // starting values: the += adds in fp32, then rounds once).
   const auto gate = round_to_bf16(randn(static_cast<size_t>(N) * F, rng, 3.0f)), up = round_to_bf16(randn(gate.size(), rng));
-  const auto dh = randn(gate.size(), rng), dg0 = randn(gate.size(), rng), du0 = randn(gate.size(), rng);
-  Dev<float> d_gate(gate), d_up(up), d_h(gate.size()), d_dh(dh), d_dg(dg0), d_du(du0), d_dg16(dg0), d_du16(du0);
-  Dev<bf16> d_gate16(narrowed(gate)), d_up16(narrowed(up)), d_h16(gate.size());
+  const auto dh = randn(gate.size(), rng), dg0 = round_to_bf16(randn(gate.size(), rng)), du0 = round_to_bf16(randn(gate.size(), rng));
+  Dev<float> d_gate(gate), d_up(up), d_h(gate.size()), d_dh(dh), d_dg(dg0), d_du(du0);
+  Dev<bf16> d_gate16(narrowed(gate)), d_up16(narrowed(up)), d_h16(gate.size()), d_dg16(narrowed(dg0)), d_du16(narrowed(du0));
   gpu::swiglu_forward(d_h.get(), d_gate.get(), d_up.get(), N, F);
   gpu::swiglu_forward(d_h16.get(), d_gate16.get(), d_up16.get(), N, F);
   EXPECT_EQ(bits_of(d_h16.host()), bf16_bits(d_h.host())) << "swiglu";
   gpu::swiglu_backward(d_dg.get(), d_du.get(), d_dh.get(), d_gate.get(), d_up.get(), N, F);
   gpu::swiglu_backward(d_dg16.get(), d_du16.get(), d_dh.get(), d_gate16.get(), d_up16.get(), N, F);
-  expect_bitwise_equal(d_dg16.host(), d_dg.host(), "swiglu dgate");
-  expect_bitwise_equal(d_du16.host(), d_du.host(), "swiglu dup");
+  EXPECT_EQ(bits_of(d_dg16.host()), bf16_bits(d_dg.host())) << "swiglu dgate";
+  EXPECT_EQ(bits_of(d_du16.host()), bf16_bits(d_du.host())) << "swiglu dup";
 
-  // RoPE in place on bf16 q.
+  // RoPE in place on bf16 q; its backward accumulates into a bf16 gradient.
   const int B = 2, T = 19, H = 3, D = 32;
-  const auto q = round_to_bf16(randn(static_cast<size_t>(B) * T * H * D, rng));
-  Dev<float> d_q(q);
-  Dev<bf16> d_q16(narrowed(q));
+  const size_t qn = static_cast<size_t>(B) * T * H * D;
+  const auto q = round_to_bf16(randn(qn, rng)), dq = randn(qn, rng), dx0 = round_to_bf16(randn(qn, rng));
+  Dev<float> d_q(q), d_dq(dq), d_dx(dx0);
+  Dev<bf16> d_q16(narrowed(q)), d_dx16(narrowed(dx0));
   gpu::rope_forward(d_q.get(), d_q.get(), B, T, H, D, 10000.0f);
   gpu::rope_forward(d_q16.get(), d_q16.get(), B, T, H, D, 10000.0f);
   EXPECT_EQ(bits_of(d_q16.host()), bf16_bits(d_q.host())) << "rope";
+  gpu::rope_backward(d_dx.get(), d_dq.get(), B, T, H, D, 10000.0f);
+  gpu::rope_backward(d_dx16.get(), d_dq.get(), B, T, H, D, 10000.0f);
+  EXPECT_EQ(bits_of(d_dx16.host()), bf16_bits(d_dx.host())) << "rope backward";
+
+  Dev<bf16> d_zero16(narrowed(x));
+  gpu::fill_zero(d_zero16.get(), static_cast<int64_t>(x.size()));
+  EXPECT_EQ(bits_of(d_zero16.host()), std::vector<uint16_t>(x.size(), 0)) << "fill_zero (bf16)";
 }
 
 // In bf16 precision the matmul rounds an fp32 input itself; handed the rounded input in bf16 it must give the same
@@ -105,6 +114,14 @@ TEST(CudaBf16Operands, MatmulOnBf16InputEqualsTheRoundedFp32Call) {
   gpu::matmul_backward(d_dinp.get(), d_dw.get(), d_dout.get(), d_inp.get(), d_w.get(), N, C, OC);
   gpu::matmul_backward(d_dinp16.get(), d_dw16.get(), d_dout.get(), d_inp16.get(), d_w.get(), N, C, OC);
   expect_bitwise_equal(d_out16.host(), d_out.host(), "matmul out");
+  // A bf16 output gradient (the bf16 gradient operands): the same as the fp32 one holding the same values.
+  const auto dout_rounded = round_to_bf16(dout);
+  Dev<float> d_dout_rounded(dout_rounded), d_dinp_r(dinp0), d_dw_r(dw0), d_dinp_r16(dinp0), d_dw_r16(dw0);
+  Dev<bf16> d_dout16(narrowed(dout_rounded));
+  gpu::matmul_backward(d_dinp_r.get(), d_dw_r.get(), d_dout_rounded.get(), d_inp16.get(), d_w.get(), N, C, OC);
+  gpu::matmul_backward(d_dinp_r16.get(), d_dw_r16.get(), d_dout16.get(), d_inp16.get(), d_w.get(), N, C, OC);
+  expect_bitwise_equal(d_dinp_r16.host(), d_dinp_r.host(), "matmul dinp (bf16 dout)");
+  expect_bitwise_equal(d_dw_r16.host(), d_dw_r.host(), "matmul dw (bf16 dout)");
   Dev<bf16> d_out_bf16(d_out.size());
   gpu::matmul_forward(d_out_bf16.get(), d_inp16.get(), d_w.get(), N, C, OC);
   EXPECT_EQ(bits_of(d_out_bf16.host()), bf16_bits(d_out.host())) << "matmul bf16 out";
@@ -219,8 +236,9 @@ TEST(CudaBf16Operands, ModelMatchesTheCpuOracle) {
     Side(const ModelConfig& c, StageSpec spec, int B, int T)
         : stage(c, spec), w(static_cast<size_t>(stage.params().total())), g(w.size(), 0.f), d_w(w.size()), d_g(w.size()),
           a(stage.make_activations(B, T, Device::cpu, OperandStorage::bf16)),
-          da(stage.make_activations(B, T, Device::cuda, OperandStorage::bf16)), s(stage.make_scratch(B, T)),
-          ds(stage.make_scratch(B, T, Device::cuda)) {
+          da(stage.make_activations(B, T, Device::cuda, OperandStorage::bf16)),
+          s(stage.make_scratch(B, T, Device::cpu, OperandStorage::bf16)),
+          ds(stage.make_scratch(B, T, Device::cuda, OperandStorage::bf16)) {
       stage.init_weights(w.data(), 3);
       d_w.upload(w);
     }

@@ -28,6 +28,7 @@ inline void narrow(bf16* dst, const std::vector<float>& src) {
 struct CpuBf16Ops : CpuOps {
   using Operand = bf16;
   using CpuOps::copy;
+  using CpuOps::fill_zero;
 
   void matmul_forward(float* out, const bf16* inp, const float* w, int N, int C, int OC) const {
     CpuOps::matmul_forward(out, widened(inp, int64_t{N} * C).data(), rounded(w, int64_t{OC} * C).data(), N, C, OC);
@@ -41,6 +42,10 @@ struct CpuBf16Ops : CpuOps {
                        int OC) const {
     CpuOps::matmul_backward(dinp, dw, rounded(dout, int64_t{N} * OC).data(), widened(inp, int64_t{N} * C).data(),
                             rounded(w, int64_t{OC} * C).data(), N, C, OC);
+  }
+  void matmul_backward(float* dinp, float* dw, const bf16* dout, const bf16* inp, const float* w, int N, int C,
+                       int OC) const {
+    matmul_backward(dinp, dw, widened(dout, int64_t{N} * OC).data(), inp, w, N, C, OC);  // exact: already rounded
   }
   void rmsnorm_forward(bf16* out, float* rstd, const float* x, const float* w, int N, int C, float eps) const {
     std::vector<float> o(static_cast<size_t>(N) * C);
@@ -72,10 +77,22 @@ struct CpuBf16Ops : CpuOps {
     CpuOps::swiglu_forward(o.data(), widened(gate, n).data(), widened(up, n).data(), N, F);
     narrow(out, o);
   }
-  void swiglu_backward(float* dgate, float* dup, const float* dout, const bf16* gate, const bf16* up, int N,
+  // Gradients into bf16: accumulated in fp32 onto the widened buffer, then rounded.
+  void swiglu_backward(bf16* dgate, bf16* dup, const float* dout, const bf16* gate, const bf16* up, int N,
                        int F) const {
     const int64_t n = int64_t{N} * F;
-    CpuOps::swiglu_backward(dgate, dup, dout, widened(gate, n).data(), widened(up, n).data(), N, F);
+    std::vector<float> dg = widened(dgate, n), du = widened(dup, n);
+    CpuOps::swiglu_backward(dg.data(), du.data(), dout, widened(gate, n).data(), widened(up, n).data(), N, F);
+    narrow(dgate, dg), narrow(dup, du);
+  }
+  void rope_backward(bf16* dx, const float* dout, int B, int T, int H, int D, float theta) const {
+    std::vector<float> d = widened(dx, int64_t{B} * T * H * D);
+    CpuOps::rope_backward(d.data(), dout, B, T, H, D, theta);
+    narrow(dx, d);
+  }
+  template <class Count>  // more specialised than CpuOps' forwarding template, which would take it otherwise
+  void fill_zero(bf16* y, Count n) const {
+    for (Count i = 0; i < n; ++i) y[i] = bf16{0};
   }
   void copy(bf16* dst, const float* src, int64_t n) const {
     for (int64_t i = 0; i < n; ++i) dst[i] = to_bf16(src[i]);

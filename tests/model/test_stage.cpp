@@ -120,7 +120,7 @@ void expect_every_cut_equals_whole(const Ops& ops, OperandStorage storage) {
   whole.init_weights(ww.data(), 9);
   Batch b = random_batch(c, B, T, 5);
   auto aw = whole.make_activations(B, T, Device::cpu, storage);
-  auto sw = whole.make_scratch(B, T);
+  auto sw = whole.make_scratch(B, T, Device::cpu, storage);
   std::vector<float> gw(ww.size(), 0.f);
   const double lw = whole.forward_on(ops, ww.data(), *aw, b.tokens.data(), nullptr, b.targets.data());
   whole.backward_on(ops, ww.data(), gw.data(), *aw, *sw, nullptr, 1.f);
@@ -133,7 +133,7 @@ void expect_every_cut_equals_whole(const Ops& ops, OperandStorage storage) {
     s0.init_weights(w0.data(), 9), s1.init_weights(w1.data(), 9);
     std::vector<float> g0(w0.size(), 0.f), g1(w1.size(), 0.f);
     auto a0 = s0.make_activations(B, T, Device::cpu, storage), a1 = s1.make_activations(B, T, Device::cpu, storage);
-    auto ss0 = s0.make_scratch(B, T), ss1 = s1.make_scratch(B, T);
+    auto ss0 = s0.make_scratch(B, T, Device::cpu, storage), ss1 = s1.make_scratch(B, T, Device::cpu, storage);
     s0.forward_on(ops, w0.data(), *a0, b.tokens.data(), nullptr, nullptr);
     const double l1 = s1.forward_on(ops, w1.data(), *a1, nullptr, s0.output(*a0), b.targets.data());
     EXPECT_EQ(lw, l1);
@@ -174,7 +174,9 @@ TEST(StageBf16Operands, StoreRoundedOperandsAndTrackFp32) {
   s.init_weights(w.data(), 4);
   const Batch b = random_batch(c, B, T, 6);
   auto a32 = s.make_activations(B, T), a16 = s.make_activations(B, T, Device::cpu, OperandStorage::bf16);
-  auto sc = s.make_scratch(B, T);
+  auto sc32 = s.make_scratch(B, T), sc16 = s.make_scratch(B, T, Device::cpu, OperandStorage::bf16);
+  EXPECT_EQ(sc16->bytes(), sc32->bytes() - (sc32->dq_pre.bytes() + sc32->dk_pre.bytes() + sc32->dgate.bytes() +
+                                            sc32->dup.bytes()) / 2);
   const Activations& f = *a32;
   const int64_t operand_bytes = f.ln1.bytes() + f.q.bytes() + f.k.bytes() + f.v.bytes() + f.att.bytes() +
                                 f.ln2.bytes() + f.gate.bytes() + f.up.bytes() + f.h.bytes() + f.lnf.bytes();
@@ -189,8 +191,8 @@ TEST(StageBf16Operands, StoreRoundedOperandsAndTrackFp32) {
 
   EXPECT_NE(l16, l32);
   EXPECT_NEAR(l16, l32, 1e-2 * l32);
-  s.backward(w.data(), g32.data(), *a32, *sc, nullptr, 1.f);
-  s.backward_on(test::CpuBf16Ops{}, w.data(), g16.data(), *a16, *sc, nullptr, 1.f);
+  s.backward(w.data(), g32.data(), *a32, *sc32, nullptr, 1.f);
+  s.backward_on(test::CpuBf16Ops{}, w.data(), g16.data(), *a16, *sc16, nullptr, 1.f);
   for (const auto& p : s.params().all()) {
     double err = 0, norm = 0;
     for (int64_t i = p.offset; i < p.offset + p.numel; ++i)

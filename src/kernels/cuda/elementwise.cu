@@ -68,6 +68,10 @@ void fill_zero(float* y, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
   ONESTEP_CUDA_CHECK(cudaMemsetAsync(y, 0, sizeof(float) * static_cast<size_t>(n), stream));
 }
+void fill_zero(onestep::bf16* y, int64_t n, cudaStream_t stream) {  // bf16 +0 is all zero bits too
+  if (n <= 0) return;
+  ONESTEP_CUDA_CHECK(cudaMemsetAsync(y, 0, sizeof(onestep::bf16) * static_cast<size_t>(n), stream));
+}
 
 void copy_device(float* dst, const float* src, int64_t n, cudaStream_t stream) {
   if (n > 0)

@@ -169,8 +169,8 @@ void matmul_forward_bf16(Out* out, const In* inp, const float* w, int N, int C, 
             bf16_operand(1, inp, static_cast<int64_t>(N) * C, stream), C, 0.0f, out, OC, stream,
             "matmul_forward (bf16)");
 }
-template <class In>
-void matmul_backward_bf16(float* dinp, float* dw, const float* dout, const In* inp, const float* w, int N, int C,
+template <class Dout, class In>
+void matmul_backward_bf16(float* dinp, float* dw, const Dout* dout, const In* inp, const float* w, int N, int C,
                           int OC, cudaStream_t stream) {
   const __nv_bfloat16* dout16 = bf16_operand(2, dout, static_cast<int64_t>(N) * OC, stream);
   if (dinp)
@@ -230,6 +230,10 @@ void matmul_backward(float* dinp, float* dw, const float* dout, const float* inp
 }
 void matmul_backward(float* dinp, float* dw, const float* dout, const onestep::bf16* inp, const float* w, int N, int C,
                      int OC, cudaStream_t stream) {
+  if (!empty_backward(N, C, OC)) matmul_backward_bf16(dinp, dw, dout, inp, w, N, C, OC, stream);
+}
+void matmul_backward(float* dinp, float* dw, const onestep::bf16* dout, const onestep::bf16* inp, const float* w, int N,
+                     int C, int OC, cudaStream_t stream) {
   if (!empty_backward(N, C, OC)) matmul_backward_bf16(dinp, dw, dout, inp, w, N, C, OC, stream);
 }
 

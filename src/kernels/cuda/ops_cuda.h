@@ -100,9 +100,11 @@ void fill_zero(float* y, int64_t n, cudaStream_t stream = 0);
 void copy_device(float* dst, const float* src, int64_t n, cudaStream_t stream = 0);
 
 // bf16 operand storage (train.precision = bf16; model/stage.h: OperandStorage): the activations the products read
-// (the norms' outputs, q, k, v, attention's output, gate, up and SwiGLU's output) are kept in bf16; the residual
-// stream, the statistics (rstd, lse), the logits and all gradients stay fp32. Each kernel computes in fp32 as above;
-// a bf16 output is rounded once when stored (round to nearest even), a bf16 input is widened exactly when loaded.
+// (the norms' outputs, q, k, v, attention's output, gate, up and SwiGLU's output) and the gradients only matmuls
+// read (of the q/k projections after RoPE's backward, of gate and up) are kept in bf16; the residual stream, the
+// statistics (rstd, lse), the logits and the other gradients stay fp32. Each kernel computes in fp32 as above; a
+// bf16 output is rounded once when stored (round to nearest even; a += into bf16 adds in fp32, then rounds), a
+// bf16 input is widened exactly when loaded.
 // The matmuls take bf16 inputs as they are, round the weight (and in backward dout) as above, and accumulate in
 // fp32, so each product equals the fp32-input call on the same (rounded) values, bit for bit.
 void matmul_forward(float* out, const onestep::bf16* inp, const float* w, int N, int C, int OC,
@@ -111,6 +113,8 @@ void matmul_forward(onestep::bf16* out, const onestep::bf16* inp, const float* w
                     cudaStream_t stream = 0);
 void matmul_backward(float* dinp, float* dw, const float* dout, const onestep::bf16* inp, const float* w, int N, int C,
                      int OC, cudaStream_t stream = 0);
+void matmul_backward(float* dinp, float* dw, const onestep::bf16* dout, const onestep::bf16* inp, const float* w, int N,
+                     int C, int OC, cudaStream_t stream = 0);
 void rmsnorm_forward(onestep::bf16* out, float* rstd, const float* x, const float* w, int N, int C, float eps,
                      cudaStream_t stream = 0);
 void rope_forward(onestep::bf16* out, const onestep::bf16* x, int B, int T, int H, int D, float theta,
@@ -122,8 +126,10 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
                         int B, int T, int H, int KV, int D, cudaStream_t stream = 0);
 void swiglu_forward(onestep::bf16* out, const onestep::bf16* gate, const onestep::bf16* up, int N, int F,
                     cudaStream_t stream = 0);
-void swiglu_backward(float* dgate, float* dup, const float* dout, const onestep::bf16* gate, const onestep::bf16* up,
-                     int N, int F, cudaStream_t stream = 0);
+void swiglu_backward(onestep::bf16* dgate, onestep::bf16* dup, const float* dout, const onestep::bf16* gate,
+                     const onestep::bf16* up, int N, int F, cudaStream_t stream = 0);
+void rope_backward(onestep::bf16* dx, const float* dout, int B, int T, int H, int D, float theta, cudaStream_t stream = 0);
+void fill_zero(onestep::bf16* y, int64_t n, cudaStream_t stream = 0);
 // The boundary tensors between stages stay fp32: bf16 -> fp32 is exact, fp32 -> bf16 rounds (and is exact on values
 // that came from bf16).
 void copy_device(onestep::bf16* dst, const float* src, int64_t n, cudaStream_t stream = 0);

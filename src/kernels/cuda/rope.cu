@@ -71,7 +71,8 @@ __global__ void rope_fwd_kernel(Act* out, const Act* x, const float* cs, const f
   }
 }
 
-__global__ void rope_bwd_kernel(float* dx, const float* dout, const float* cs, const float* sn, int64_t total, int T,
+template <class Grad>  // dx: float, or __nv_bfloat16 (accumulated in fp32, rounded once per call)
+__global__ void rope_bwd_kernel(Grad* dx, const float* dout, const float* cs, const float* sn, int64_t total, int T,
                                 int H, int D, int half) {
   for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < total;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -81,8 +82,8 @@ __global__ void rope_bwd_kernel(float* dx, const float* dout, const float* cs, c
     const int64_t off = rh * D;
     const float c = cs[static_cast<int64_t>(t) * half + i], s = sn[static_cast<int64_t>(t) * half + i];
     const float g1 = dout[off + i], g2 = dout[off + i + half];
-    dx[off + i] += g1 * c + g2 * s;
-    dx[off + i + half] += g2 * c - g1 * s;
+    detail::store_value(dx + off + i, detail::load_value(dx + off + i) + (g1 * c + g2 * s));
+    detail::store_value(dx + off + i + half, detail::load_value(dx + off + i + half) + (g2 * c - g1 * s));
   }
 }
 
@@ -106,7 +107,9 @@ void rope_forward(onestep::bf16* out, const onestep::bf16* x, int B, int T, int 
   rope_forward_as(detail::device_type(out), detail::device_type(x), B, T, H, D, theta, stream);
 }
 
-void rope_backward(float* dx, const float* dout, int B, int T, int H, int D, float theta, cudaStream_t stream) {
+namespace {
+template <class Grad>
+void rope_backward_as(Grad* dx, const float* dout, int B, int T, int H, int D, float theta, cudaStream_t stream) {
   const int half = D / 2;
   const int64_t total = static_cast<int64_t>(B) * T * H * half;
   if (total <= 0) return;
@@ -114,6 +117,14 @@ void rope_backward(float* dx, const float* dout, int B, int T, int H, int D, flo
   rope_bwd_kernel<<<detail::grid_for(total), detail::kThreads, 0, stream>>>(dx, dout, tab.cos, tab.sin, total, T, H,
                                                                             D, half);
   ONESTEP_CUDA_LAUNCHED("rope_backward");
+}
+}  // namespace
+
+void rope_backward(float* dx, const float* dout, int B, int T, int H, int D, float theta, cudaStream_t stream) {
+  rope_backward_as(dx, dout, B, T, H, D, theta, stream);
+}
+void rope_backward(onestep::bf16* dx, const float* dout, int B, int T, int H, int D, float theta, cudaStream_t stream) {
+  rope_backward_as(detail::device_type(dx), dout, B, T, H, D, theta, stream);
 }
 
 }  // namespace onestep::cuda
