@@ -29,7 +29,7 @@ struct TrainConfig {
   int64_t log_every = 10;
   int threads = 0;            // 0: all cores
   std::string device = "cpu";  // cpu cuda: where the model, weights and optimizer state live (core/buffer.h)
-  std::string precision = "fp32";  // fp32, tf32, bf16 (cuda only: the model's matmuls on tensor cores)
+  std::string precision = "fp32";  // fp32, tf32, bf16 (cuda only: tensor-core products; bf16 also stores their operands in bf16)
 };
 
 struct PipelineConfig {
