@@ -324,13 +324,20 @@ std::vector<float> soap_grads(const ParamTable& t, std::mt19937& rng) {
   return g;
 }
 
+// The SOAP update itself is less well conditioned than its state: on the CPU, perturbing every gradient element by
+// one ulp (relative 2e-7) moves step 2's update of the 16 x 16 matrix by 3.5e-4 of its largest magnitude (measured;
+// 5e-6 for the 32 x 32 one, 2e-7 elsewhere), and a CPU emulation of these kernels with three GEMM summation orders
+// differed from the CPU by up to 5.7e-4 the same way. So SOAP's u is held to 2e-3 (a wrong rotation, transpose or
+// eigenbasis gives errors of order 1); its state stays at the Newton–Schulz tolerance.
+constexpr Tol kSoapUpdate{2e-3, 2e-3};
+
 TEST(CudaOptim, Soap) {
   REQUIRE_GPU();
   OptimConfig c = config("soap");
   c.precond_freq = 2;
   const ParamTable t = soap_table();
   compare_optimizer(
-      c, [](const ParamInfo& p) { return soap_takes(p) ? kNs : kElem; },
+      c, [](const ParamInfo& p) { return soap_takes(p) ? kSoapUpdate : kElem; },
       [](const std::string& name) { return name.rfind("soap.", 0) == 0 ? kNs : kElem; }, nullptr, kLrScale,
       make_cuda_optimizer(c, t), t, soap_grads);
 }
