@@ -1,8 +1,6 @@
 // The CUDA backend (train/backend.h): the model code with CudaOps, the optimizers of gpu/cuda_optimizer.h and
 // the trainer's vector operations as kernels, all on the default stream of the current device.
-#include <cstdlib>
-#include <string>
-
+#include "core/env.h"
 #include "core/error.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/optim_cuda.h"
@@ -31,10 +29,7 @@ class CudaBackend final : public Backend {
   // bf16 precision stores the matmul operands in bf16, unless ONESTEP_BF16_OPERANDS=fp32 keeps them in fp32 (each
   // matmul then rounds its input per call: the earlier design, kept for benchmarks to compare).
   OperandStorage operand_storage() const override {
-    static const bool fp32_requested = [] {
-      const char* v = std::getenv("ONESTEP_BF16_OPERANDS");
-      return v && std::string(v) == "fp32";
-    }();
+    static const bool fp32_requested = env_is("ONESTEP_BF16_OPERANDS", "fp32");
     const bool bf16 = gpu::current_matmul_precision() == gpu::MatmulPrecision::bf16 && !fp32_requested;
     return bf16 ? OperandStorage::bf16 : OperandStorage::fp32;
   }

@@ -30,7 +30,7 @@ class CudaOptimizer final : public Optimizer {
     ++t_;
     for (const auto& p : table_.all()) update_param(p, u + p.offset, x + p.offset, g + p.offset, lr_scale);
     const int64_t s = t_ - 1;
-    if (c_.name == "soap" && (s == 0 || s % c_.precond_freq == 0)) soap_new_bases_on_host(s == 0);
+    if (c_.name == "soap" && soap_refreshes_bases(s, c_.precond_freq)) soap_new_bases_on_host(s == 0);
   }
 
   std::vector<StateBuffer> state_buffers() override {

@@ -150,7 +150,7 @@ void Soap::compute_update(float* u, const float* x, const float* g, double lr_sc
     gemm(false, true, m, m, n, omb2, G, G, b2, L);  // L = b2 L + (1-b2) G G^T
     gemm(true, false, n, n, m, omb2, G, G, b2, R);  // R = b2 R + (1-b2) G^T G
   }
-  if (s == 0 || s % h_.precond_freq == 0) {
+  if (soap_refreshes_bases(s, h_.precond_freq)) {
     // New bases for the next step, one matrix per task; exceptions are carried out of the parallel loop.
     const int64_t nm = static_cast<int64_t>(mats_.size());
     std::vector<std::exception_ptr> err(mats_.size());

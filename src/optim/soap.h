@@ -40,6 +40,10 @@ struct SoapHyper {
 
 bool soap_takes(const ParamInfo& p);
 
+// Whether the call making Adam step s (s = 0 the first) ends by refreshing the bases: the first, then every
+// precond_freq-th. The CPU and GPU optimizers share it.
+inline bool soap_refreshes_bases(int64_t s, int64_t precond_freq) { return s == 0 || s % precond_freq == 0; }
+
 // One matrix's new bases (host arrays, row-major; L, Q_L [m, m], R, Q_R [n, n], V [m, n]): at the first step the
 // eigenvectors of L and R, later one power-iteration + QR step from the current Q_L, Q_R, re-indexing V to match.
 // The CPU optimizer and the GPU one (gpu/cuda_optimizer.cpp, on host copies) share it.

@@ -9,10 +9,10 @@
 #include <filesystem>
 #include <fstream>
 #include <cstdio>
-#include <cstdlib>
 #include <exception>
 #include <thread>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "core/timer.h"
@@ -181,8 +181,7 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
 #ifdef ONESTEP_HAVE_MPI
     // ONESTEP_MPI_PAYLOADS=staged: the payloads go through the nccl transport's protocol (MPI headers, payloads
     // matched in order per direction) on a host data plane, so that the CPU tests exercise that protocol.
-    const char* payloads = std::getenv("ONESTEP_MPI_PAYLOADS");
-    transports[rank] = payloads && std::string(payloads) == "staged"
+    transports[rank] = env_is("ONESTEP_MPI_PAYLOADS", "staged")
                            ? pipeline::make_staged_transport(pipeline::make_mpi_data_plane())
                            : pipeline::make_mpi_transport();
 #endif

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "../kernels/kernel_test_util.h"
-#include "core/bf16.h"
+#include "../model/cpu_bf16_ops.h"
 #include "core/buffer.h"
 #include "kernels/cuda/ops_cuda.h"
 
@@ -44,9 +44,7 @@ using kt::randn;
 // bfloat16 rounding on the host (core/bf16.h: round to nearest, ties to even), returned as floats: the reference
 // for the GPU's bf16 matmul operands.
 inline std::vector<float> round_to_bf16(const std::vector<float>& x) {
-  std::vector<float> out(x.size());
-  for (size_t i = 0; i < x.size(); ++i) out[i] = onestep::round_to_bf16(x[i]);
-  return out;
+  return onestep::test::rounded(x.data(), static_cast<int64_t>(x.size()));
 }
 
 inline void expect_bitwise_equal(const std::vector<float>& a, const std::vector<float>& b,

@@ -14,9 +14,8 @@
 //   Every output element is written by one block and summed in a fixed order: no atomics.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <string>
 
+#include "core/env.h"
 #include "kernels/cuda/attention_tiles.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops_cuda.h"
@@ -271,9 +270,8 @@ size_t smem_bytes(int D, int tiles, int scores, int vecs) {
 }  // namespace
 
 namespace detail {
-bool use_flash_attention(int D) {
-  const char* v = std::getenv("ONESTEP_ATTENTION");  // read per call: the tests switch it
-  return v && std::string(v) == "flash" && D % 16 == 0 && D <= 128;
+bool use_flash_attention(int D) {  // the variable is read per call: the tests switch it
+  return env_is("ONESTEP_ATTENTION", "flash") && D % 16 == 0 && D <= 128;
 }
 }  // namespace detail
 
@@ -287,11 +285,8 @@ void attention_forward_as(Act* out, float* lse, const Act* q, const Act* k, cons
   if (current_matmul_precision() == MatmulPrecision::bf16 && bf16_attention_fits(D))
     return use_flash_attention(D) ? attention_forward_flash(out, lse, q, k, v, d, stream)
                                   : attention_forward_bf16(out, lse, q, k, v, d, stream);
-  const size_t smem = smem_bytes(D, 4, 1, 3);
-  prepare_smem(attn_fwd_kernel<Act>, smem, "attention_forward", D);
-  const int64_t blocks = static_cast<int64_t>(B) * H * d.ntiles;
-  attn_fwd_kernel<Act><<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(out, lse, q, k, v, d);
-  ONESTEP_CUDA_LAUNCHED("attention_forward");
+  launch_tasks(attn_fwd_kernel<Act>, d.query_tasks(d.ntiles), kAttnThreads, smem_bytes(D, 4, 1, 3), stream,
+               "attention_forward", D, out, lse, q, k, v, d);
 }
 
 template <class Act>
@@ -309,17 +304,11 @@ void attention_backward_as(float* dq, float* dk, float* dv, const float* dout, c
                ? attention_backward_flash(dq, dk, dv, dout, q, k, v, lse, delta.as<float>(), d, stream)
                : attention_backward_bf16(dq, dk, dv, dout, q, k, v, lse, delta.as<float>(), d, stream);
 
-  const size_t smem_dq = smem_bytes(D, 5, 2, 2), smem_dkv = smem_bytes(D, 6, 2, 2);
-  prepare_smem(attn_bwd_dq_kernel<Act>, smem_dq, "attention_backward", D);
-  prepare_smem(attn_bwd_dkv_kernel<Act>, smem_dkv, "attention_backward", D);
-
-  const int64_t nq = static_cast<int64_t>(B) * H * d.ntiles, nk = static_cast<int64_t>(B) * KV * d.ntiles;
-  attn_bwd_dq_kernel<Act><<<static_cast<unsigned>(nq), kAttnThreads, smem_dq, stream>>>(dq, dout, q, k, v, lse,
-                                                                                        delta.as<float>(), d);
-  ONESTEP_CUDA_LAUNCHED("attention_backward(dq)");
-  attn_bwd_dkv_kernel<Act><<<static_cast<unsigned>(nk), kAttnThreads, smem_dkv, stream>>>(dk, dv, dout, q, k, v, lse,
-                                                                                          delta.as<float>(), d);
-  ONESTEP_CUDA_LAUNCHED("attention_backward(dkv)");
+  const float* dl = delta.as<float>();
+  launch_tasks(attn_bwd_dq_kernel<Act>, d.query_tasks(d.ntiles), kAttnThreads, smem_bytes(D, 5, 2, 2), stream,
+               "attention_backward(dq)", D, dq, dout, q, k, v, lse, dl, d);
+  launch_tasks(attn_bwd_dkv_kernel<Act>, d.key_tasks(d.ntiles), kAttnThreads, smem_bytes(D, 6, 2, 2), stream,
+               "attention_backward(dkv)", D, dk, dv, dout, q, k, v, lse, dl, d);
 }
 }  // namespace
 

@@ -303,11 +303,8 @@ void attention_forward_bf16(Act* out, float* lse, const Act* q, const Act* k, co
   require_tensor_cores("attention_forward (bf16)");
   Carve layout{nullptr};
   fwd_tiles(layout, d.D);
-  const size_t smem = layout.used;
-  prepare_smem(attn_fwd_bf16_kernel<Act>, smem, "attention_forward (bf16)", d.D);
-  const int64_t blocks = static_cast<int64_t>(d.B) * d.H * d.ntiles;
-  attn_fwd_bf16_kernel<Act><<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(out, lse, q, k, v, d);
-  ONESTEP_CUDA_LAUNCHED("attention_forward (bf16)");
+  launch_tasks(attn_fwd_bf16_kernel<Act>, d.query_tasks(d.ntiles), kAttnThreads, layout.used, stream,
+               "attention_forward (bf16)", d.D, out, lse, q, k, v, d);
 }
 
 template <class Act>
@@ -316,16 +313,10 @@ void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout,
   require_tensor_cores("attention_backward (bf16)");
   Carve dq_layout{nullptr}, dkv_layout{nullptr};
   bwd_tiles(dq_layout, d.D, false), bwd_tiles(dkv_layout, d.D, true);
-  const size_t smem_dq = dq_layout.used, smem_dkv = dkv_layout.used;
-  prepare_smem(attn_bwd_dq_bf16_kernel<Act>, smem_dq, "attention_backward (bf16)", d.D);
-  prepare_smem(attn_bwd_dkv_bf16_kernel<Act>, smem_dkv, "attention_backward (bf16)", d.D);
-  const int64_t nq = static_cast<int64_t>(d.B) * d.H * d.ntiles, nk = static_cast<int64_t>(d.B) * d.KV * d.ntiles;
-  attn_bwd_dq_bf16_kernel<Act><<<static_cast<unsigned>(nq), kAttnThreads, smem_dq, stream>>>(dq, dout, q, k, v, lse,
-                                                                                             delta, d);
-  ONESTEP_CUDA_LAUNCHED("attention_backward (bf16, dq)");
-  attn_bwd_dkv_bf16_kernel<Act><<<static_cast<unsigned>(nk), kAttnThreads, smem_dkv, stream>>>(dk, dv, dout, q, k, v,
-                                                                                               lse, delta, d);
-  ONESTEP_CUDA_LAUNCHED("attention_backward (bf16, dkv)");
+  launch_tasks(attn_bwd_dq_bf16_kernel<Act>, d.query_tasks(d.ntiles), kAttnThreads, dq_layout.used, stream,
+               "attention_backward (bf16, dq)", d.D, dq, dout, q, k, v, lse, delta, d);
+  launch_tasks(attn_bwd_dkv_bf16_kernel<Act>, d.key_tasks(d.ntiles), kAttnThreads, dkv_layout.used, stream,
+               "attention_backward (bf16, dkv)", d.D, dk, dv, dout, q, k, v, lse, delta, d);
 }
 
 #define ONESTEP_ATTENTION_BF16(Act)                                                                                \

@@ -393,11 +393,8 @@ void attention_forward_flash(Act* out, float* lse, const Act* q, const Act* k, c
   const FlashDims f(d);
   with_head_frags(d.D, [&](auto df) {
     constexpr int DF = decltype(df)::value;
-    const size_t smem = flash_smem(f, FlashKernel::fwd);
-    prepare_smem(flash_fwd_kernel<DF, Act>, smem, "attention_forward (flash)", d.D);
-    const int64_t blocks = static_cast<int64_t>(d.B) * d.H * f.ntiles;
-    flash_fwd_kernel<DF, Act><<<static_cast<unsigned>(blocks), kFlashThreads, smem, stream>>>(out, lse, q, k, v, f);
-    ONESTEP_CUDA_LAUNCHED("attention_forward (flash)");
+    launch_tasks(flash_fwd_kernel<DF, Act>, d.query_tasks(f.ntiles), kFlashThreads, flash_smem(f, FlashKernel::fwd),
+                 stream, "attention_forward (flash)", d.D, out, lse, q, k, v, f);
   });
 }
 
@@ -409,16 +406,10 @@ void attention_backward_flash(float* dq, float* dk, float* dv, const float* dout
   const FlashDims f(d);
   with_head_frags(d.D, [&](auto df) {
     constexpr int DF = decltype(df)::value;
-    const size_t smem_dq = flash_smem(f, FlashKernel::dq), smem_dkv = flash_smem(f, FlashKernel::dkv);
-    prepare_smem(flash_bwd_dq_kernel<DF, Act>, smem_dq, "attention_backward (flash)", d.D);
-    prepare_smem(flash_bwd_dkv_kernel<DF, Act>, smem_dkv, "attention_backward (flash)", d.D);
-    const int64_t nq = static_cast<int64_t>(d.B) * d.H * f.ntiles, nk = static_cast<int64_t>(d.B) * d.KV * f.ntiles;
-    flash_bwd_dq_kernel<DF, Act><<<static_cast<unsigned>(nq), kFlashThreads, smem_dq, stream>>>(dq, dout, q, k, v, lse,
-                                                                                              delta, f);
-    ONESTEP_CUDA_LAUNCHED("attention_backward (flash, dq)");
-    flash_bwd_dkv_kernel<DF, Act><<<static_cast<unsigned>(nk), kFlashThreads, smem_dkv, stream>>>(dk, dv, dout, q, k, v,
-                                                                                                lse, delta, f);
-    ONESTEP_CUDA_LAUNCHED("attention_backward (flash, dkv)");
+    launch_tasks(flash_bwd_dq_kernel<DF, Act>, d.query_tasks(f.ntiles), kFlashThreads, flash_smem(f, FlashKernel::dq),
+                 stream, "attention_backward (flash, dq)", d.D, dq, dout, q, k, v, lse, delta, f);
+    launch_tasks(flash_bwd_dkv_kernel<DF, Act>, d.key_tasks(f.ntiles), kFlashThreads, flash_smem(f, FlashKernel::dkv),
+                 stream, "attention_backward (flash, dkv)", d.D, dk, dv, dout, q, k, v, lse, delta, f);
   });
 }
 

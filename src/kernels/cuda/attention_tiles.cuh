@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
@@ -30,6 +31,9 @@ struct Dims {
   }
   __device__ int64_t loff(int b, int h, int t) const { return (static_cast<int64_t>(b) * H + h) * T + t; }
   __device__ int rows(int tile) const { return min(kTile, T - tile * kTile); }
+  // Blocks of a launch with `ntiles` tiles per sequence: one per (batch, head) or (batch, kv head) and tile.
+  int64_t query_tasks(int ntiles) const { return static_cast<int64_t>(B) * H * ntiles; }
+  int64_t key_tasks(int ntiles) const { return static_cast<int64_t>(B) * KV * ntiles; }
 };
 
 inline Dims make_dims(int B, int T, int H, int KV, int D) {
@@ -48,18 +52,23 @@ inline Dims make_dims(int B, int T, int H, int KV, int D) {
   return d;
 }
 
-// Opts the kernel in to `bytes` of dynamic shared memory; throws if the device has less.
-template <class Kernel>
-inline void prepare_smem(Kernel kernel, size_t bytes, const char* name, int D) {
+// Every attention kernel's launch: `blocks` tasks of `threads` threads with `smem` bytes of dynamic shared memory,
+// checked. The kernel is opted in to that much shared memory first; a device with less, or more blocks than the
+// grid's x dimension holds (2^31 - 1), is refused with an error naming the kernel.
+template <class... Params, class... Args>
+inline void launch_tasks(void (*kernel)(Params...), int64_t blocks, int threads, size_t smem, cudaStream_t stream,
+                         const char* name, int D, const Args&... args) {
   int dev = 0, optin = 0;
   ONESTEP_CUDA_CHECK(cudaGetDevice(&dev));
   ONESTEP_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  if (bytes > static_cast<size_t>(optin))
-    throw std::runtime_error(std::string(name) + ": head dim " + std::to_string(D) + " needs " +
-                             std::to_string(bytes) + " bytes of shared memory per block, the device offers " +
-                             std::to_string(optin));
-  ONESTEP_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  if (smem > static_cast<size_t>(optin))
+    throw std::runtime_error(std::string(name) + ": head dim " + std::to_string(D) + " needs " + std::to_string(smem) +
+                             " bytes of shared memory per block, the device offers " + std::to_string(optin));
+  if (blocks > INT32_MAX)
+    throw std::runtime_error(std::string(name) + ": " + std::to_string(blocks) + " blocks, more than a grid holds");
+  ONESTEP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kernel<<<static_cast<unsigned>(blocks), threads, smem, stream>>>(args...);
+  ONESTEP_CUDA_LAUNCHED(name);
 }
 
 inline void check_dims(int H, int KV, const char* name) {

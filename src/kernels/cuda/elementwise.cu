@@ -81,12 +81,12 @@ void copy_device(float* dst, const float* src, int64_t n, cudaStream_t stream) {
 void copy_device(onestep::bf16* dst, const float* src, int64_t n, cudaStream_t stream) {
   __nv_bfloat16* out = detail::device_type(dst);
   detail::for_each_element(n, stream, "copy_device (to bf16)",
-                           [=] __device__(int64_t i) { out[i] = __float2bfloat16_rn(src[i]); });
+                           [=] __device__(int64_t i) { detail::store_value(out + i, src[i]); });
 }
 void copy_device(float* dst, const onestep::bf16* src, int64_t n, cudaStream_t stream) {
   const __nv_bfloat16* in = detail::device_type(src);
   detail::for_each_element(n, stream, "copy_device (from bf16)",
-                           [=] __device__(int64_t i) { dst[i] = __bfloat162float(in[i]); });
+                           [=] __device__(int64_t i) { dst[i] = detail::load_value(in + i); });
 }
 
 }  // namespace onestep::cuda

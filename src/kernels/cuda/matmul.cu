@@ -5,13 +5,12 @@
 #include <cuda_bf16.h>
 
 #include <atomic>
-#include <cstdlib>
-#include <string>
 #include <map>
 #include <type_traits>
 #include <utility>
 #include <unordered_map>
 
+#include "core/env.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cublas_util.cuh"
 #include "kernels/cuda/ops_cuda.h"
@@ -107,10 +106,7 @@ void gemm_fast_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, in
 // ONESTEP_BF16_GEMM=fast: the bf16 products take fp32 operands (gemm_fast_bf16) instead of our rounded copies; a
 // variant for benchmarks (scripts/gpu-check.sh times both), until measurements pick one.
 bool fast_bf16_gemm() {
-  static const bool fast = [] {
-    const char* v = std::getenv("ONESTEP_BF16_GEMM");
-    return v && std::string(v) == "fast";
-  }();
+  static const bool fast = env_is("ONESTEP_BF16_GEMM", "fast");
   return fast;
 }
 }  // namespace
