@@ -16,6 +16,7 @@
 //    off the double reference (tests/optim/reference.h) by up to ~3e-6 max|X| on these shapes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -325,11 +326,47 @@ std::vector<float> soap_grads(const ParamTable& t, std::mt19937& rng) {
 }
 
 // The SOAP update itself is less well conditioned than its state: on the CPU, perturbing every gradient element by
-// one ulp (relative 2e-7) moves step 2's update of the 16 x 16 matrix by 3.5e-4 of its largest magnitude (measured;
-// 5e-6 for the 32 x 32 one, 2e-7 elsewhere), and a CPU emulation of these kernels with three GEMM summation orders
-// differed from the CPU by up to 5.7e-4 the same way. So SOAP's u is held to 2e-3 (a wrong rotation, transpose or
-// eigenbasis gives errors of order 1); its state stays at the Newton–Schulz tolerance.
+// about one ulp moves step 2's update of the 16 x 16 matrix by 3.5e-4 of its largest magnitude (CudaHost.SoapUpdate-
+// Conditioning below measures it), and a CPU emulation of these kernels with three GEMM summation orders differed
+// from the CPU by up to 5.7e-4 the same way. So SOAP's u is held to 2e-3 (a wrong rotation, transpose or eigenbasis
+// gives errors of order 1); its state stays at the Newton–Schulz tolerance.
 constexpr Tol kSoapUpdate{2e-3, 2e-3};
+
+// What justifies kSoapUpdate, on the CPU alone (no GPU needed): two CPU SOAP runs of CudaOptim.Soap's three steps,
+// the second on gradients multiplied by 1 + 2e-7 r (r uniform in [-1, 1], about one ulp), differ in u by at most a
+// quarter of kSoapUpdate's atol relative to each matrix's largest |u|: the GPU's other summation order must fit
+// four times over.
+TEST(CudaHost, SoapUpdateConditioning) {
+  OptimConfig c = config("soap");
+  c.precond_freq = 2;
+  const ParamTable t = soap_table();
+  std::mt19937 rng(42), noise(7);
+  std::uniform_real_distribution<float> r(-1.f, 1.f);
+  std::vector<float> x(static_cast<size_t>(t.total()));
+  for (const auto& p : t.all()) {
+    const auto v = randn(static_cast<size_t>(p.numel), rng, 0.5f);
+    std::copy(v.begin(), v.end(), x.begin() + p.offset);
+  }
+  auto a = make_optimizer(c, t), b = make_optimizer(c, t);
+  std::vector<float> ua(x.size()), ub(x.size());
+  double worst = 0;
+  for (int step = 1; step <= kSteps; ++step) {
+    const auto g = soap_grads(t, rng);
+    auto gp = g;
+    for (float& v : gp) v *= 1.0f + 2e-7f * r(noise);
+    a->compute_update(ua.data(), x.data(), g.data(), kLrScale[step - 1]);
+    b->compute_update(ub.data(), x.data(), gp.data(), kLrScale[step - 1]);
+    for (const auto& p : t.all()) {
+      if (!soap_takes(p)) continue;
+      double largest = 0, moved = 0;
+      for (int64_t i = p.offset; i < p.offset + p.numel; ++i)
+        largest = std::max<double>(largest, std::fabs(ua[i])), moved = std::max<double>(moved, std::fabs(ua[i] - ub[i]));
+      if (largest > 0) worst = std::max(worst, moved / largest);
+    }
+  }
+  EXPECT_GT(worst, 0.0) << "the perturbation changed nothing: the check is void";
+  EXPECT_LT(worst, kSoapUpdate.atol / 4) << "SOAP's update is worse conditioned than CudaOptim.Soap's tolerance allows";
+}
 
 TEST(CudaOptim, Soap) {
   REQUIRE_GPU();
