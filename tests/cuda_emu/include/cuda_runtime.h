@@ -1,0 +1,4 @@
+// CPU emulation (tests/cuda_emu): see cuda_runtime_api.h.
+#pragma once
+#include "cuda_runtime_api.h"
+#include "cuda_bf16.h"

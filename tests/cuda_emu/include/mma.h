@@ -1,0 +1,74 @@
+// CPU emulation (tests/cuda_emu): the WMMA subset the tensor-core attention kernels use (16x16x16 tiles, bf16 in,
+// fp32 accumulate). Each lane's fragment holds the whole tile (the hardware spreads it over the warp; how is
+// unspecified, and the kernels only use fragments through these calls). Loads and stores check the alignment
+// and leading dimensions the hardware requires; a store writes only the lane's share of the tile, so a lane that
+// reads what others stored without a __syncwarp in between reads stale data and the test fails.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "cuda_bf16.h"
+#include "cuda_runtime_api.h"
+
+namespace nvcuda::wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  static_assert(M == 16 && N == 16 && K == 16, "only 16x16x16 tiles are emulated");
+  float v[16][16];
+};
+
+namespace detail {
+inline float value(const float* p) { return *p; }
+inline float value(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+inline void check(const void* p, unsigned ldm, unsigned elem_bytes, const char* call) {
+  if (reinterpret_cast<uintptr_t>(p) % 32) ::emu::fail((std::string(call) + ": tile pointer not 32-byte aligned").c_str());
+  if ((ldm * elem_bytes) % 16) ::emu::fail((std::string(call) + ": leading dimension not a multiple of 16 bytes").c_str());
+}
+}  // namespace detail
+
+template <class Use, class T, class L>
+void load_matrix_sync(fragment<Use, 16, 16, 16, T, L>& f, const T* p, unsigned ldm) {
+  static_assert(!std::is_same_v<Use, accumulator>, "accumulators load with a layout argument");
+  detail::check(p, ldm, sizeof(T), "wmma::load_matrix_sync");
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c)
+      f.v[r][c] = detail::value(std::is_same_v<L, row_major> ? p + r * ldm + c : p + c * ldm + r);
+}
+inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p, unsigned ldm, layout_t l) {
+  detail::check(p, ldm, 4, "wmma::load_matrix_sync(accumulator)");
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) f.v[r][c] = l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+}
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t l) {
+  detail::check(p, ldm, 4, "wmma::store_matrix_sync");
+  for (unsigned e = ::emu::current.lin & 31u; e < 256; e += 32) {  // this lane's share
+    const unsigned r = e / 16, c = e % 16;
+    (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.v[r][c];
+  }
+}
+inline void fill_fragment(fragment<accumulator, 16, 16, 16, float>& f, float x) {
+  for (auto& row : f.v)
+    for (float& y : row) y = x;
+}
+template <class LA, class LB>
+void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LA>& a,
+              const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LB>& b,
+              const fragment<accumulator, 16, 16, 16, float>& c) {
+  float out[16][16];
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) {
+      float s = c.v[i][j];
+      for (int k = 0; k < 16; ++k) s = std::fma(a.v[i][k], b.v[k][j], s);  // bf16 products are exact in fp32
+      out[i][j] = s;
+    }
+  std::memcpy(d.v, out, sizeof out);
+}
+}  // namespace nvcuda::wmma

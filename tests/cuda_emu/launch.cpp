@@ -1,0 +1,282 @@
+// CPU emulation of kernel launches (tests/cuda_emu). A launch runs on the calling host thread, block after block;
+// within a block each CUDA thread is a fiber (ucontext) that runs until it reaches a barrier or returns, so the
+// threads interleave only at __syncthreads, __syncwarp and the shuffles, as far apart as the hardware allows.
+// What the hardware would turn into a hang, a fault or silent garbage fails loudly here:
+//   - a barrier that can never complete (a thread returned, or waits at a barrier the others skip);
+//   - a launch configuration the device refuses (it sets the error cudaGetLastError reports, as CUDA does);
+//   - more dynamic shared memory than the kernel was opted in to, or than the device has;
+//   - shared memory is filled with 0xFF bytes (NaN) at the start of each block: reads of unwritten shared
+//     memory show up as NaN in the results.
+#include <sys/mman.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cuda_runtime_api.h"
+
+namespace emu {
+void set_launch_error(cudaError_t e);  // runtime.cpp
+thread_local ThreadIndex current;
+
+namespace {
+constexpr size_t kStackBytes = 256 * 1024;  // per CUDA thread; a guard page below each catches overflows
+constexpr size_t kStaticSharedLimit = 48 * 1024;
+constexpr size_t kDynamicSharedDefault = 48 * 1024;
+constexpr size_t kSharedOptinLimit = 227 * 1024;
+
+std::mutex attributes_mu;
+std::map<const void*, int> max_dynamic_shared;  // cudaFuncSetAttribute, by kernel
+
+thread_local const char* kernel_name = "";
+}  // namespace
+
+[[noreturn]] void fail(const char* what) {
+  std::fprintf(stderr, "CUDA emulation: kernel %s, block (%u,%u,%u), thread (%u,%u,%u): %s\n", kernel_name,
+               current.bid.x, current.bid.y, current.bid.z, current.tid.x, current.tid.y, current.tid.z, what);
+  std::fflush(stderr);
+  std::abort();
+}
+
+void set_max_dynamic_shared(const void* kernel, int bytes) {
+  std::lock_guard<std::mutex> lock(attributes_mu);
+  max_dynamic_shared[kernel] = bytes;
+}
+
+struct Barrier {
+  unsigned expected = 0, arrived = 0;
+  uint64_t generation = 0;
+};
+
+// Switching between the scheduler and the fibers: save the callee-saved registers and the floating-point control
+// words on the current stack, swap stack pointers, restore (glibc's swapcontext also saves the signal mask, a
+// system call per switch that made the emulation twice as slow). x86-64 System V only.
+extern "C" void emu_switch_stack(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .p2align 4
+  .globl emu_switch_stack
+  .type emu_switch_stack, @function
+emu_switch_stack:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size emu_switch_stack, .-emu_switch_stack
+  .section .note.GNU-stack, "", @progbits
+  .text
+)");
+
+struct Fiber {
+  void* sp = nullptr;  // saved stack pointer while switched out
+  ThreadIndex index;
+  bool done = false;
+  const Barrier* waiting_at = nullptr;
+  const char* barrier_name = "";
+};
+
+// Shared memory as the hardware lays it out: 128-byte aligned (the kernels declare __align__(128) buffers),
+// filled with 0xFF bytes.
+struct SharedMemory {
+  unsigned char* bytes = nullptr;
+  SharedMemory() = default;
+  explicit SharedMemory(size_t n) : bytes(static_cast<unsigned char*>(std::aligned_alloc(128, (n + 127) / 128 * 128))) {
+    std::memset(bytes, 0xFF, n);
+  }
+  SharedMemory(SharedMemory&& o) noexcept : bytes(o.bytes) { o.bytes = nullptr; }
+  SharedMemory& operator=(SharedMemory&& o) noexcept {
+    std::swap(bytes, o.bytes);
+    return *this;
+  }
+  ~SharedMemory() { std::free(bytes); }
+};
+
+struct Block {
+  std::vector<Fiber> fibers;
+  Barrier block_barrier;
+  std::vector<Barrier> warp_barriers;
+  std::vector<uint64_t> exchange;
+  std::map<const void*, SharedMemory> statics;
+  size_t static_bytes = 0;
+  SharedMemory dynamic;
+  bool progress = false;  // a thread arrived at a barrier or returned since the scheduler last looked
+};
+
+namespace {
+// One per host thread: the fibers' stacks (kept between launches) and the scheduler's own context.
+struct Scheduler {
+  std::vector<unsigned char*> stacks;
+  void* main_sp = nullptr;
+  Fiber* running = nullptr;
+  const std::function<void()>* body = nullptr;
+  ~Scheduler() {
+    for (unsigned char* s : stacks) munmap(s - 4096, kStackBytes + 4096);
+  }
+  unsigned char* stack(size_t i) {
+    while (stacks.size() <= i) {
+      void* m = mmap(nullptr, kStackBytes + 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (m == MAP_FAILED) fail("out of memory for the emulated threads' stacks");
+      mprotect(m, 4096, PROT_NONE);  // the guard page
+      stacks.push_back(static_cast<unsigned char*>(m) + 4096);
+    }
+    return stacks[i];
+  }
+};
+thread_local Scheduler scheduler;
+
+void yield() { emu_switch_stack(&scheduler.running->sp, scheduler.main_sp); }
+
+[[noreturn]] void fiber_main() {
+  (*scheduler.body)();
+  Fiber* f = scheduler.running;
+  f->done = true;
+  Block& b = *f->index.block;
+  b.progress = true;
+  if (b.block_barrier.arrived || b.warp_barriers[f->index.lin / 32].arrived)
+    fail("returned while other threads of its block or warp wait at a barrier");
+  yield();  // never resumed
+  std::abort();
+}
+
+// A fresh fiber's stack, laid out as emu_switch_stack leaves a switched-out one: control words, six registers and
+// the return address fiber_main, aligned as at a function's entry.
+void* initial_stack(unsigned char* stack) {
+  auto* top = reinterpret_cast<uint64_t*>(stack + kStackBytes);
+  uint64_t* sp = top - 9;  // 72 bytes below a 16-aligned top: (sp + 64) % 16 == 8 after the return
+  sp[0] = 0x1F80ull | (0x037Full << 32);  // MXCSR and x87 control word defaults
+  for (int r = 1; r <= 6; ++r) sp[r] = 0;
+  sp[7] = reinterpret_cast<uint64_t>(&fiber_main);
+  sp[8] = 0;
+  return sp;
+}
+
+void wait(Barrier& bar, const char* what) {
+  Block& b = *current.block;
+  b.progress = true;
+  if (++bar.arrived == bar.expected) {  // the last to arrive releases the others
+    bar.arrived = 0;
+    ++bar.generation;
+    return;
+  }
+  const uint64_t g = bar.generation;
+  Fiber* f = scheduler.running;
+  f->waiting_at = &bar;
+  f->barrier_name = what;
+  while (bar.generation == g) yield();
+  f->waiting_at = nullptr;
+}
+
+void run_block(Block& b, unsigned threads) {
+  for (unsigned t = 0; t < threads; ++t) b.fibers[t].sp = initial_stack(scheduler.stack(t));
+  for (unsigned left = threads; left > 0;) {
+    b.progress = false;
+    for (Fiber& f : b.fibers) {
+      if (f.done) continue;
+      current = f.index;
+      scheduler.running = &f;
+      emu_switch_stack(&scheduler.main_sp, f.sp);
+      if (f.done) --left;
+    }
+    if (!b.progress) {  // a whole round in which no thread arrived anywhere or returned: a barrier never completes
+      for (Fiber& f : b.fibers)
+        if (!f.done && f.waiting_at) {
+          current = f.index;
+          const std::string m = std::string(f.barrier_name) + " that can never complete (" +
+                                std::to_string(f.waiting_at->arrived) + " of " + std::to_string(f.waiting_at->expected) +
+                                " threads arrived; the others returned or wait at another barrier)";
+          fail(m.c_str());
+        }
+    }
+  }
+  current = ThreadIndex{};
+}
+}  // namespace
+
+void* static_shared(const void* site, size_t bytes) {
+  Block& b = *current.block;
+  auto it = b.statics.find(site);
+  if (it != b.statics.end()) return it->second.bytes;
+  b.static_bytes += bytes;
+  if (b.static_bytes > kStaticSharedLimit) fail("more than 48 KiB of static shared memory");
+  return b.statics.emplace(site, SharedMemory(bytes)).first->second.bytes;
+}
+void* dynamic_shared() {
+  if (!current.block->dynamic.bytes) fail("extern __shared__ memory used by a kernel launched without any");
+  return current.block->dynamic.bytes;
+}
+void sync_block() { wait(current.block->block_barrier, "__syncthreads"); }
+void sync_warp(unsigned mask) {
+  Barrier& bar = current.block->warp_barriers[current.lin / 32];
+  const unsigned lanes = bar.expected;
+  if (mask != (lanes == 32 ? 0xffffffffu : (1u << lanes) - 1u)) fail("warp barrier or shuffle over part of a warp (not emulated)");
+  wait(bar, "__syncwarp or shuffle");
+}
+uint64_t* warp_exchange() { return current.block->exchange.data(); }
+
+void launch(dim3 grid, dim3 block, size_t dynamic_smem, const void* key, const std::function<void()>& body,
+            const char* name) {
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+      grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
+    set_launch_error(cudaErrorInvalidConfiguration);
+    return;
+  }
+  size_t allowed = kDynamicSharedDefault;
+  if (key) {
+    std::lock_guard<std::mutex> lock(attributes_mu);
+    auto it = max_dynamic_shared.find(key);
+    if (it != max_dynamic_shared.end()) allowed = static_cast<size_t>(it->second);
+  }
+  if (dynamic_smem > allowed || dynamic_smem > kSharedOptinLimit) {
+    set_launch_error(cudaErrorInvalidValue);
+    return;
+  }
+  const char* outer_name = kernel_name;
+  kernel_name = name;
+  scheduler.body = &body;
+  const unsigned n = static_cast<unsigned>(threads);
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        Block b;
+        b.fibers.resize(n);
+        b.block_barrier.expected = n;
+        b.warp_barriers.resize((n + 31) / 32);
+        for (unsigned w = 0; w < b.warp_barriers.size(); ++w) b.warp_barriers[w].expected = std::min(32u, n - 32 * w);
+        b.exchange.assign(n, 0);
+        if (dynamic_smem) b.dynamic = SharedMemory(dynamic_smem);
+        for (unsigned t = 0; t < n; ++t) {
+          ThreadIndex& i = b.fibers[t].index;
+          i.tid = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+          i.bid = dim3(bx, by, bz);
+          i.bdim = block;
+          i.gdim = grid;
+          i.lin = t;
+          i.block = &b;
+        }
+        run_block(b, n);
+      }
+  kernel_name = outer_name;
+}
+}  // namespace emu
