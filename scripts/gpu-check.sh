@@ -7,13 +7,34 @@
 #   4. a 2-stage 2BW pipeline on the one GPU against its single-device emulator: losses and throughput.
 # Writes gpu_summary.md and the logs to $OUT (the device tool's output folder) or ./gpu-check-out.
 # Never downloads anything and changes no GPU setting.
+# GPU_CHECK_REHEARSAL=<build dir> runs every step of it with that build of the CPU emulation of CUDA
+# (-DONESTEP_CUDA_EMULATION=ON, tests/cuda_emu) and tiny models: the script's own test where there is no GPU
+# (ctest case gpu_check.rehearsal).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUTDIR="${OUT:-gpu-check-out}"
+presets=(smollm2-135m smollm2-360m)   # the second is the target preset, where the variants are compared
+shape=(--set train.micro_batch_size=4)  # at the presets' sequence length, 2048
+shape_name="4 x 2048"
+pipe_shape=(--set train.micro_batch_size=4 --set train.micro_batches=4)
+pipe_vocab=49152
+test_filter='-CudaNccl.*'
+if [ -n "${GPU_CHECK_REHEARSAL:-}" ]; then
+  presets=(tiny small)
+  shape=(--set train.micro_batch_size=1 --set model.seq_len=32 --set model.n_layers=1)
+  shape_name="1 x 32, 1 layer"
+  pipe_shape=(--set model.preset=tiny --set train.micro_batch_size=1 --set train.micro_batches=4 --set model.seq_len=32
+              --set train.eval_tokens=128)
+  pipe_vocab=4096
+  test_filter='CudaKernels.Matmul*'
+  OUTDIR="${OUT:-$GPU_CHECK_REHEARSAL/gpu-check-rehearsal}"
+fi
 mkdir -p "$OUTDIR"
 SUMMARY="$OUTDIR/gpu_summary.md"
 : > "$SUMMARY"
 say() { echo "$*" | tee -a "$SUMMARY"; }
+problems=0  # steps that failed; the exit status is 1 when there is any
+problem() { problems=$((problems + 1)); say "$@"; }
 say "# onestep GPU check, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 say ""
 say "- GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'nvidia-smi failed')"
@@ -34,7 +55,10 @@ print(":".join(dirs))
 PY
 )"
 [ -n "$wheel_libs" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:$wheel_libs"
-if [ -x .gpu-carry/bin/onestep ]; then
+if [ -n "${GPU_CHECK_REHEARSAL:-}" ]; then
+  BIN="$GPU_CHECK_REHEARSAL"
+  say "- binaries: $BIN (REHEARSAL on the CPU emulation of CUDA: no number below is a GPU's)"
+elif [ -x .gpu-carry/bin/onestep ]; then
   BIN=.gpu-carry/bin
   export LD_LIBRARY_PATH="$PWD/.gpu-carry/lib:$LD_LIBRARY_PATH"
   say "- binaries: carried (scripts/gpu-pack.sh)"
@@ -43,18 +67,19 @@ else
   cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DONESTEP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DONESTEP_BUILD_BENCH=OFF > "$OUTDIR/build.log" 2>&1 &&
     cmake --build build-gpu -j"$(nproc)" --target onestep test_cuda >> "$OUTDIR/build.log" 2>&1 ||
-    { say "- BUILD FAILED (see build.log)"; exit 1; }
+    { problem "- BUILD FAILED (see build.log)"; exit 1; }
   BIN=build-gpu
 fi
-"$BIN/onestep" --help > /dev/null 2>&1 || { say "- $BIN/onestep does not start: $(ldd $BIN/onestep | grep 'not found' | tr '\n' ' ')"; exit 1; }
+"$BIN/onestep" --help > /dev/null 2>&1 || { problem "- $BIN/onestep does not start: $(ldd $BIN/onestep | grep 'not found' | tr '\n' ' ')"; exit 1; }
 say "- build: $("$BIN/onestep" --version)"
 say "- GPUs visible: $(nvidia-smi -L 2>/dev/null | wc -l) (nccl pipelines need one per stage and mpirun: this script runs none)"
 
 # 2. CUDA tests.
 say ""
 say "## CUDA tests"
-timeout 240 "$BIN/test_cuda" --gtest_filter='-CudaNccl.*' > "$OUTDIR/test_cuda.log" 2>&1  # NCCL last (its own timeout)
+timeout 240 "$BIN/test_cuda" --gtest_filter="$test_filter" > "$OUTDIR/test_cuda.log" 2>&1  # NCCL last (its own timeout)
 rc=$?
+[ $rc -eq 0 ] || problems=$((problems + 1))
 say "- test_cuda: exit $rc; $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUTDIR/test_cuda.log" | tr '\n' ' ')"
 grep -E '^\[  FAILED  \]' "$OUTDIR/test_cuda.log" | sort -u | sed 's/^/  - /' | tee -a "$SUMMARY"
 # The bf16 product tests again with cuBLAS rounding the fp32 operands itself (ONESTEP_BF16_GEMM=fast): do its
@@ -68,13 +93,13 @@ say "## Training throughput, AdamW, one GPU (onestep bench, median of 5 steps af
 say ""
 say "| preset | precision | micro-batch x seq | tokens/s | achieved TFLOP/s | GPU fp32 sgemm peak TFLOP/s | MFU vs dense bf16 peak | peak GPU memory (buffers + scratch) | GPU memory in use |"
 say "|---|---|---|---|---|---|---|---|---|"
-for preset in smollm2-135m smollm2-360m; do
+for preset in "${presets[@]}"; do
   # Candidates to choose between on the target preset: bf16-fp32ops, the operands kept in fp32 and rounded by each
   # matmul (ONESTEP_BF16_OPERANDS=fp32, the design before bf16 storage); bf16-fast, the same with cuBLAS rounding
   # them inside the product (ONESTEP_BF16_GEMM=fast); bf16-flash, the FlashAttention-2-style attention kernels
   # (ONESTEP_ATTENTION=flash) instead of the tile kernels.
   variants="fp32 tf32 bf16"
-  [ "$preset" = smollm2-360m ] && variants="$variants bf16-fp32ops bf16-fast bf16-flash"
+  [ "$preset" = "${presets[1]}" ] && variants="$variants bf16-fp32ops bf16-fast bf16-flash"
   for variant in $variants; do
     precision="${variant%%-*}"
     log="$OUTDIR/bench_${preset}_$variant.log"
@@ -82,24 +107,25 @@ for preset in smollm2-135m smollm2-360m; do
     ONESTEP_BF16_GEMM="$([ "$variant" = bf16-fast ] && echo fast || echo rounded)" \
     ONESTEP_ATTENTION="$([ "$variant" = bf16-flash ] && echo flash || echo tiles)" timeout 120 "$BIN/onestep" bench \
       --set model.preset=$preset --set train.device=cuda --set train.precision=$precision \
-      --set train.micro_batch_size=4 --set train.micro_batches=1 > "$log" 2>&1
+      "${shape[@]}" --set train.micro_batches=1 > "$log" 2>&1
     json="$(grep '^{' "$log" | tail -n 1)"
-    if [ -z "$json" ]; then say "| $preset | $variant | failed: $(tail -n 1 "$log") | | | | | | |"; continue; fi
-    python3 - "$preset" "$json" "$variant" <<'PY' | tee -a "$SUMMARY"
+    if [ -z "$json" ]; then problem "| $preset | $variant | failed: $(tail -n 1 "$log") | | | | | | |"; continue; fi
+    python3 - "$preset" "$json" "$variant" "$shape_name" <<'PY' | tee -a "$SUMMARY"
 import json, sys
 j = json.loads(sys.argv[2])
 mfu = f"{100 * j['mfu_bf16']:.1f}% of {j['bf16_peak_tflops']:.0f}" if "mfu_bf16" in j else "n/a (unknown GPU)"
-print(f"| {sys.argv[1]} | {sys.argv[3]} | 4 x 2048 | {j['tokens_per_s']:.0f} | {j['achieved_gflops'] / 1e3:.1f} | "
+print(f"| {sys.argv[1]} | {sys.argv[3]} | {sys.argv[4]} | {j['tokens_per_s']:.0f} | {j['achieved_gflops'] / 1e3:.1f} | "
       f"{j['sgemm_peak_gflops'] / 1e3:.1f} | {mfu} | {j['gpu_peak_mib']:.0f} MiB ({j['gpu_buffer_peak_mib']:.0f} + "
       f"{j['gpu_scratch_peak_mib']:.0f}) | {j['gpu_memory_used_mib']:.0f} MiB |")
 PY
+    [ $? -eq 0 ] || problems=$((problems + 1))
   done
 done
 
 # Where the bf16 step's time goes (onestep bench's profiled step: CUDA events around each kernel call).
 say ""
 say "## Time by kernel, bf16 (one profiled step; the rest is the optimizer step and host gaps)"
-for run in smollm2-135m_bf16 smollm2-360m_bf16 smollm2-360m_bf16-fp32ops smollm2-360m_bf16-flash; do
+for run in ${presets[0]}_bf16 ${presets[1]}_bf16 ${presets[1]}_bf16-fp32ops ${presets[1]}_bf16-flash; do
   python3 - "$run" "$OUTDIR/bench_$run.log" <<'PY' | tee -a "$SUMMARY"
 import json, sys
 try:
@@ -118,13 +144,13 @@ done
 # smollm2-135m and a synthetic token shard (no data is downloaded): losses must agree (the same rule), and the
 # pipeline's tokens/s over the emulator's is the schedule's own overhead (issue #5 target: >= 90%).
 say ""
-say "## 2-stage 2BW pipeline on one GPU vs the one-step emulator (smollm2-135m, 4 x 4 x 2048 tokens per step, bf16)"
-python3 - "$OUTDIR" <<'PY'
+say "## 2-stage 2BW pipeline on one GPU vs the one-step emulator (${pipe_shape[*]//--set /}, bf16)"
+python3 - "$OUTDIR" "$pipe_vocab" <<'PY'
 import array, random, sys  # standard library only: llm.c's shard format, uint16 tokens
 rng = random.Random(1)
 for split, n in (("train", 4_000_000), ("val", 200_000)):
     header = array.array("i", [20240520, 1, n] + [0] * 253)
-    tokens = array.array("H", (rng.randrange(49152) for _ in range(n)))
+    tokens = array.array("H", (rng.randrange(int(sys.argv[2])) for _ in range(n)))
     with open(f"{sys.argv[1]}/synthetic_{split}.bin", "wb") as f:
         header.tofile(f); tokens.tofile(f)
 PY
@@ -153,8 +179,8 @@ for mode in pipeline emulator; do
   if [ $mode = pipeline ]; then sets=(--set pipeline.schedule=2bw --set pipeline.stages=2)
   else sets=(--set delay.emulate=one_step); fi
   rm -rf "$OUTDIR/run_$mode"
-  timeout 200 "$BIN/onestep" train --config "$OUTDIR/pipe.toml" "${sets[@]}" --out "$OUTDIR/run_$mode" \
-    > "$OUTDIR/train_$mode.log" 2>&1 || say "- $mode run failed: $(tail -n 2 "$OUTDIR/train_$mode.log" | tr '\n' ' ')"
+  timeout 200 "$BIN/onestep" train --config "$OUTDIR/pipe.toml" "${sets[@]}" "${pipe_shape[@]}" --out "$OUTDIR/run_$mode" \
+    > "$OUTDIR/train_$mode.log" 2>&1 || problem "- $mode run failed: $(tail -n 2 "$OUTDIR/train_$mode.log" | tr '\n' ' ')"
 done
 python3 - "$OUTDIR" <<'PY' | tee -a "$SUMMARY"
 import json, statistics, sys
@@ -167,13 +193,22 @@ try:
     worst = max(abs(a - b) / abs(b) for a, b in zip(lp, le))
     print(f"- losses over {len(lp)} steps: largest relative difference {worst:.2e} (same update rule; expected < 1e-4)")
     print(f"- tokens/s (median of steps 3-12): pipeline {tp:.0f}, emulator {te:.0f}: the pipeline keeps {100 * tp / te:.1f}%")
+    sys.exit(0 if len(lp) == len(le) == 12 and worst < 1e-4 else 1)
 except Exception as e:
     print(f"- could not compare: {e}")
+    sys.exit(1)
 PY
+[ $? -eq 0 ] || problems=$((problems + 1))
 # 5. NCCL on this GPU (a one-rank communicator sending to itself): last, since its start-up opens sockets that a
 # sandbox may block.
 say ""
-timeout 60 "$BIN/test_cuda" --gtest_filter='CudaNccl.*:CudaHost.Nccl*' > "$OUTDIR/test_nccl.log" 2>&1
-say "## NCCL: test exit $? ($(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUTDIR/test_nccl.log" | tr '\n' ' '))"
-say ""
+if [ -z "${GPU_CHECK_REHEARSAL:-}" ]; then  # the emulation has no NCCL
+  timeout 60 "$BIN/test_cuda" --gtest_filter='CudaNccl.*:CudaHost.Nccl*' > "$OUTDIR/test_nccl.log" 2>&1
+  rc=$?
+  [ $rc -eq 0 ] || problems=$((problems + 1))
+  say "## NCCL: test exit $rc ($(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUTDIR/test_nccl.log" | tr '\n' ' '))"
+  say ""
+fi
 say "Logs: $(ls "$OUTDIR" | tr '\n' ' ')"
+say "Verdict: $problems failed step(s)"
+[ $problems -eq 0 ]

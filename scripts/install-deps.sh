@@ -7,7 +7,7 @@ say() { echo "[onestep] $*"; }
 
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libtomlplusplus-dev libcli11-dev
       nlohmann-json3-dev libpcre2-dev libgtest-dev libbenchmark-dev gnuplot-nox
-      golang-github-pierrec-lz4-dev libopenmpi-dev openmpi-bin nodejs)
+      golang-github-pierrec-lz4-dev libopenmpi-dev openmpi-bin nodejs python3)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 

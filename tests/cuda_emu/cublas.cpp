@@ -100,9 +100,9 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
                             cudaDataType_t b_type, int ldb, const void* beta, void* C, cudaDataType_t c_type, int ldc,
                             cublasComputeType_t compute, cublasGemmAlgo_t) {
   if (a_type != b_type) return CUBLAS_STATUS_NOT_SUPPORTED;
-  Operands rounding = Operands::fp32;
+  Operands rounding = Operands::fp32;  // an explicit fast compute type wins over the handle's math mode
   if (a_type == CUDA_R_32F && compute == CUBLAS_COMPUTE_32F_FAST_16BF) rounding = Operands::bf16;
-  if (a_type == CUDA_R_32F && (compute == CUBLAS_COMPUTE_32F_FAST_TF32 || h->math == CUBLAS_TF32_TENSOR_OP_MATH))
+  else if (a_type == CUDA_R_32F && (compute == CUBLAS_COMPUTE_32F_FAST_TF32 || h->math == CUBLAS_TF32_TENSOR_OP_MATH))
     rounding = Operands::tf32;
   return gemm(ta, tb, m, n, k, *static_cast<const float*>(alpha), A, a_type, lda, B, b_type, ldb,
               *static_cast<const float*>(beta), C, c_type, ldc, rounding);

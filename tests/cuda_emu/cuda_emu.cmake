@@ -32,3 +32,15 @@ target_link_libraries(onestep_core PUBLIC cuda_emu)
 target_compile_definitions(onestep_core PUBLIC ONESTEP_HAVE_CUDA=1)
 target_compile_definitions(onestep_cuda PRIVATE __CUDA_ARCH__=900)  # the kernels are "device code": the sm_90 paths
 target_compile_options(onestep_cuda PRIVATE -Wno-unknown-pragmas)  # #pragma unroll is nvcc's
+
+# The emulator's own tests (test_cuda_emu.cpp). GTest is found again here: the main CMakeLists finds it only
+# after including this file, and add_test needs enable_testing() first.
+if(ONESTEP_BUILD_TESTS)
+  enable_testing()
+  find_package(GTest REQUIRED)
+  add_executable(test_cuda_emu ${emu_dir}/test_cuda_emu.cpp)
+  target_link_libraries(test_cuda_emu PRIVATE cuda_emu GTest::gtest_main)
+  target_compile_definitions(test_cuda_emu PRIVATE EMU_SOURCE_DIR="${emu_dir}" EMU_PYTHON="${Python3_EXECUTABLE}")
+  add_test(NAME cuda_emu.self COMMAND test_cuda_emu)
+  set_tests_properties(cuda_emu.self PROPERTIES ENVIRONMENT "OMP_NUM_THREADS=2;OMP_WAIT_POLICY=PASSIVE")
+endif()

@@ -52,9 +52,10 @@ struct Barrier {
   uint64_t generation = 0;
 };
 
-// Switching between the scheduler and the fibers: save the callee-saved registers and the floating-point control
-// words on the current stack, swap stack pointers, restore (glibc's swapcontext also saves the signal mask, a
-// system call per switch that made the emulation twice as slow). x86-64 System V only.
+// Switching between the scheduler and the fibers: save the callee-saved registers on the current stack, swap
+// stack pointers, restore (glibc's swapcontext also saves the signal mask, a system call per switch that made
+// the emulation twice as slow). The floating-point control words are left alone: no kernel changes them.
+// x86-64 System V only.
 extern "C" void emu_switch_stack(void** save_sp, void* load_sp);
 asm(R"(
   .text
@@ -68,14 +69,8 @@ emu_switch_stack:
   pushq %r13
   pushq %r14
   pushq %r15
-  subq $8, %rsp
-  stmxcsr (%rsp)
-  fnstcw 4(%rsp)
   movq %rsp, (%rdi)
   movq %rsi, %rsp
-  ldmxcsr (%rsp)
-  fldcw 4(%rsp)
-  addq $8, %rsp
   popq %r15
   popq %r14
   popq %r13
@@ -97,16 +92,26 @@ struct Fiber {
 };
 
 // Shared memory as the hardware lays it out: 128-byte aligned (the kernels declare __align__(128) buffers),
-// filled with 0xFF bytes.
+// filled with 0xFF bytes. A guard of 0xFF bytes follows; a write past the end (on the GPU: silently into the next
+// buffer; here: into the heap) shows as a changed guard byte when the block ends.
 struct SharedMemory {
+  static constexpr size_t kGuard = 4096;
   unsigned char* bytes = nullptr;
+  size_t size = 0;
   SharedMemory() = default;
-  explicit SharedMemory(size_t n) : bytes(static_cast<unsigned char*>(std::aligned_alloc(128, (n + 127) / 128 * 128))) {
-    std::memset(bytes, 0xFF, n);
+  explicit SharedMemory(size_t n)
+      : bytes(static_cast<unsigned char*>(std::aligned_alloc(128, (n + 127) / 128 * 128 + kGuard))), size(n) {
+    std::memset(bytes, 0xFF, (n + 127) / 128 * 128 + kGuard);
   }
-  SharedMemory(SharedMemory&& o) noexcept : bytes(o.bytes) { o.bytes = nullptr; }
+  bool overrun() const {
+    for (size_t i = size; bytes && i < (size + 127) / 128 * 128 + kGuard; ++i)
+      if (bytes[i] != 0xFF) return true;
+    return false;
+  }
+  SharedMemory(SharedMemory&& o) noexcept : bytes(o.bytes), size(o.size) { o.bytes = nullptr; }
   SharedMemory& operator=(SharedMemory&& o) noexcept {
     std::swap(bytes, o.bytes);
+    std::swap(size, o.size);
     return *this;
   }
   ~SharedMemory() { std::free(bytes); }
@@ -159,15 +164,14 @@ void yield() { emu_switch_stack(&scheduler.running->sp, scheduler.main_sp); }
   std::abort();
 }
 
-// A fresh fiber's stack, laid out as emu_switch_stack leaves a switched-out one: control words, six registers and
-// the return address fiber_main, aligned as at a function's entry.
+// A fresh fiber's stack, laid out as emu_switch_stack leaves a switched-out one: six registers and the return
+// address fiber_main, aligned as at a function's entry (rsp % 16 == 8 after the return).
 void* initial_stack(unsigned char* stack) {
-  auto* top = reinterpret_cast<uint64_t*>(stack + kStackBytes);
-  uint64_t* sp = top - 9;  // 72 bytes below a 16-aligned top: (sp + 64) % 16 == 8 after the return
-  sp[0] = 0x1F80ull | (0x037Full << 32);  // MXCSR and x87 control word defaults
-  for (int r = 1; r <= 6; ++r) sp[r] = 0;
-  sp[7] = reinterpret_cast<uint64_t>(&fiber_main);
-  sp[8] = 0;
+  auto* top = reinterpret_cast<uint64_t*>(stack + kStackBytes);  // 16-byte aligned
+  uint64_t* sp = top - 8;
+  for (int r = 0; r < 6; ++r) sp[r] = 0;
+  sp[6] = reinterpret_cast<uint64_t>(&fiber_main);
+  sp[7] = 0;
   return sp;
 }
 
@@ -276,6 +280,14 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem, const void* key, const s
           i.block = &b;
         }
         run_block(b, n);
+        bool statics_overrun = false;
+        for (const auto& site : b.statics) statics_overrun |= site.second.overrun();
+        if (b.dynamic.overrun() || statics_overrun) {
+          current.bid = dim3(bx, by, bz);
+          fail(b.dynamic.overrun()
+                   ? "a thread of the block (not known which) wrote past the end of its dynamic shared memory"
+                   : "a thread of the block (not known which) wrote past the end of a __shared__ array");
+        }
       }
   kernel_name = outer_name;
 }

@@ -151,14 +151,16 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
   static_assert(sizeof(T) <= 8, "emulated shuffles move at most 8 bytes");
   if (width != 32) ::emu::fail("__shfl_xor_sync with width != 32 is not emulated");
   uint64_t* slots = ::emu::warp_exchange();
-  const unsigned me = ::emu::current.lin;
+  const unsigned me = ::emu::current.lin, src = (me & 31u) ^ static_cast<unsigned>(lane_mask & 31);
+  // A source lane outside the mask is undefined on the GPU (and past the exchange slots in a short last warp).
+  if (!((mask >> src) & 1u)) ::emu::fail("__shfl_xor_sync from a lane outside the mask");
   ::emu::sync_warp(mask);  // every lane has read the previous exchange
   uint64_t bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
   slots[me] = bits;
   ::emu::sync_warp(mask);
   T r;
-  std::memcpy(&r, &slots[(me & ~31u) | ((me & 31u) ^ static_cast<unsigned>(lane_mask & 31))], sizeof(T));
+  std::memcpy(&r, &slots[(me & ~31u) | src], sizeof(T));
   return r;
 }
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }

@@ -49,8 +49,12 @@ inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const 
 }
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t l) {
   detail::check(p, ldm, 4, "wmma::store_matrix_sync");
-  for (unsigned e = ::emu::current.lin & 31u; e < 256; e += 32) {  // this lane's share
-    const unsigned r = e / 16, c = e % 16;
+  // This lane's share as sm_80+ holds it (the mma.m16n8k16 accumulator layout, twice): rows lane/4 and lane/4 + 8,
+  // columns 2 (lane % 4) + {0, 1, 8, 9}. Not the lane-strided e = lane + 32 j, which is how kernels usually read
+  // a stored tile back: with that share a missing __syncwarp would read only the lane's own elements and pass.
+  const unsigned lane = ::emu::current.lin & 31u;
+  for (unsigned i = 0; i < 8; ++i) {
+    const unsigned r = lane / 4 + 8 * (i / 4), c = 2 * (lane % 4) + (i & 1u) + 8 * ((i / 2) & 1u);
     (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.v[r][c];
   }
 }
