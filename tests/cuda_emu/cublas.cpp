@@ -1,15 +1,18 @@
 // CPU emulation of the cuBLAS calls onestep makes (tests/cuda_emu), with OpenBLAS's sgemm. The operands are first
 // read as the GPU would: fp32 as they are, TF32 (math mode or compute type) rounded to 10 mantissa bits, bf16
 // widened, and fp32 with CUBLAS_COMPUTE_32F_FAST_16BF rounded to bf16. The product accumulates in fp32 in
-// OpenBLAS's order, so it matches cuBLAS to rounding, not bit for bit. Streams are ignored (work is synchronous).
+// OpenBLAS's order, so it matches cuBLAS to rounding, not bit for bit. A product runs in its handle's stream's
+// order (streams.h); the arguments are checked when called.
 #include <cblas.h>
 
 #include <vector>
 
 #include "cublas_v2.h"
+#include "streams.h"
 
 struct cublasContext {
   cublasMath_t math = CUBLAS_DEFAULT_MATH;
+  cudaStream_t stream = nullptr;
 };
 
 namespace {
@@ -38,12 +41,9 @@ std::vector<float> read(const void* p, cudaDataType_t type, int rows, int cols, 
   return out;
 }
 
-cublasStatus_t gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha, const void* A,
-                    cudaDataType_t a_type, int lda, const void* B, cudaDataType_t b_type, int ldb, float beta, void* C,
-                    cudaDataType_t c_type, int ldc, Operands rounding) {
-  if (m < 0 || n < 0 || k < 0 || lda < (ta == CUBLAS_OP_N ? m : k) || ldb < (tb == CUBLAS_OP_N ? k : n) || ldc < m)
-    return CUBLAS_STATUS_INVALID_VALUE;
-  if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+void multiply(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha, const void* A,
+              cudaDataType_t a_type, int lda, const void* B, cudaDataType_t b_type, int ldb, float beta, void* C,
+              cudaDataType_t c_type, int ldc, Operands rounding) {
   std::vector<float> c = c_type == CUDA_R_32F ? std::vector<float>()
                                                             : read(C, c_type, m, n, ldc, Operands::fp32);
   float* cp = c.empty() ? static_cast<float*>(C) : c.data();
@@ -67,6 +67,16 @@ cublasStatus_t gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, in
   else if (cp != C)
     for (int j = 0; j < n; ++j)
       std::memcpy(static_cast<float*>(C) + static_cast<size_t>(j) * ldc, cp + static_cast<size_t>(j) * ldc, sizeof(float) * m);
+}
+
+// Checks the arguments now and queues the product in the stream's order.
+cublasStatus_t gemm(cudaStream_t stream, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
+                    const void* A, cudaDataType_t a_type, int lda, const void* B, cudaDataType_t b_type, int ldb, float beta, void* C,
+                    cudaDataType_t c_type, int ldc, Operands rounding) {
+  if (m < 0 || n < 0 || k < 0 || lda < (ta == CUBLAS_OP_N ? m : k) || ldb < (tb == CUBLAS_OP_N ? k : n) || ldc < m)
+    return CUBLAS_STATUS_INVALID_VALUE;
+  if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+  emu::enqueue(stream, [=] { multiply(ta, tb, m, n, k, alpha, A, a_type, lda, B, b_type, ldb, beta, C, c_type, ldc, rounding); });
   return CUBLAS_STATUS_SUCCESS;
 }
 }  // namespace
@@ -83,7 +93,11 @@ cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t mode) {
   h->math = mode;
   return CUBLAS_STATUS_SUCCESS;
 }
-cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t) { return h ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE; }
+cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s) {
+  if (!h) return CUBLAS_STATUS_INVALID_VALUE;
+  h->stream = s;
+  return CUBLAS_STATUS_SUCCESS;
+}
 const char* cublasGetStatusName(cublasStatus_t s) {
   return s == CUBLAS_STATUS_SUCCESS ? "CUBLAS_STATUS_SUCCESS" : s == CUBLAS_STATUS_INVALID_VALUE ? "CUBLAS_STATUS_INVALID_VALUE" : "CUBLAS_STATUS_NOT_SUPPORTED";
 }
@@ -92,7 +106,7 @@ const char* cublasGetStatusString(cublasStatus_t s) { return cublasGetStatusName
 cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                            const float* alpha, const float* A, int lda, const float* B, int ldb, const float* beta,
                            float* C, int ldc) {
-  return gemm(ta, tb, m, n, k, *alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, *beta, C, CUDA_R_32F, ldc,
+  return gemm(h->stream, ta, tb, m, n, k, *alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, *beta, C, CUDA_R_32F, ldc,
               h->math == CUBLAS_TF32_TENSOR_OP_MATH ? Operands::tf32 : Operands::fp32);
 }
 cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
@@ -104,6 +118,6 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
   if (a_type == CUDA_R_32F && compute == CUBLAS_COMPUTE_32F_FAST_16BF) rounding = Operands::bf16;
   else if (a_type == CUDA_R_32F && (compute == CUBLAS_COMPUTE_32F_FAST_TF32 || h->math == CUBLAS_TF32_TENSOR_OP_MATH))
     rounding = Operands::tf32;
-  return gemm(ta, tb, m, n, k, *static_cast<const float*>(alpha), A, a_type, lda, B, b_type, ldb,
+  return gemm(h->stream, ta, tb, m, n, k, *static_cast<const float*>(alpha), A, a_type, lda, B, b_type, ldb,
               *static_cast<const float*>(beta), C, c_type, ldc, rounding);
 }

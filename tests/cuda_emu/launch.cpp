@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cuda_runtime_api.h"
+#include "streams.h"
 
 namespace emu {
 void set_launch_error(cudaError_t e);  // runtime.cpp
@@ -217,6 +218,8 @@ void run_block(Block& b, unsigned threads) {
 }
 }  // namespace
 
+void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()>& body, const char* name);
+
 void* static_shared(const void* site, size_t bytes) {
   Block& b = *current.block;
   auto it = b.statics.find(site);
@@ -238,8 +241,8 @@ void sync_warp(unsigned mask) {
 }
 uint64_t* warp_exchange() { return current.block->exchange.data(); }
 
-void launch(dim3 grid, dim3 block, size_t dynamic_smem, const void* key, const std::function<void()>& body,
-            const char* name) {
+void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream, const void* key,
+            std::function<void()> body, const char* name) {
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
       grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
@@ -256,10 +259,14 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem, const void* key, const s
     set_launch_error(cudaErrorInvalidValue);
     return;
   }
+  enqueue(stream, [=, body = std::move(body)] { run_grid(grid, block, dynamic_smem, body, name); });
+}
+
+void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()>& body, const char* name) {
   const char* outer_name = kernel_name;
   kernel_name = name;
   scheduler.body = &body;
-  const unsigned n = static_cast<unsigned>(threads);
+  const unsigned n = block.x * block.y * block.z;
   for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {

@@ -3,8 +3,8 @@
 
 Only the two pieces of CUDA syntax that C++ cannot express are rewritten; everything else compiles as written
 against the emulation's headers (tests/cuda_emu/include):
-  kernel<<<grid, block, smem, stream>>>(args);  ->  ::emu::launch(dim3(grid), dim3(block), smem, key,
-                                                        [&] { kernel(args); }, "kernel");
+  kernel<<<grid, block, smem, stream>>>(args);  ->  ::emu::launch_kernel(dim3(grid), dim3(block), smem, stream, key,
+                                                        "kernel", [=](auto... a) { kernel(a...); }, args);
   __shared__ T name[N];                         ->  EMU_SHARED(T, name, [N]);        (per-block memory)
   extern __shared__ T name[];                   ->  T* name = static_cast<T*>(::emu::dynamic_shared());
 Line numbers are kept (a rewritten launch is padded with its newlines) and a #line directive names the source,
@@ -77,12 +77,15 @@ def rewrite_launches(src, path):
         if src[args_end + 1] != ';':
             raise SystemExit('%s: a launch that is not a statement of its own' % path)
         smem = cfg[2] if len(cfg) > 2 else '0'
+        stream = cfg[3] if len(cfg) > 3 else 'nullptr'
         key = 'nullptr' if smem == '0' else 'reinterpret_cast<const void*>(%s)' % kernel
-        args = src[cfg_end + 4:args_end].replace('\n', ' ')
+        args = src[cfg_end + 4:args_end].replace('\n', ' ').strip()
         replaced = src[start:args_end + 2]
         out.append(src[pos:start])
-        out.append('::emu::launch(dim3(%s), dim3(%s), static_cast<size_t>(%s), %s, [&] { %s(%s); }, "%s");%s' % (
-            cfg[0], cfg[1], smem, key, kernel, args, kernel.replace('"', ''), '\n' * replaced.count('\n')))
+        out.append('::emu::launch_kernel(dim3(%s), dim3(%s), static_cast<size_t>(%s), %s, %s, "%s", '
+                   '[=](auto... a) { %s(a...); }%s);%s' % (
+                       cfg[0], cfg[1], smem, stream, key, kernel.replace('"', ''), kernel, ', ' + args if args else '',
+                       '\n' * replaced.count('\n')))
         pos = args_end + 2
 
 

@@ -2,17 +2,21 @@
 // each emulated device has a capacity (CUDA_EMU_MEMORY_MIB, default 8192), allocations past it fail like a full
 // GPU, new memory is filled with 0xFF bytes (NaN as floats) so reads of memory nobody wrote show, and the copies
 // check that a pointer said to be on the device is inside a live allocation. CUDA_EMU_DEVICES (default 1) sets
-// how many devices there are. Work is done when the call returns, so streams and events only keep time.
+// how many devices there are. Device work runs in stream order (streams.h): at once by default, or on one worker
+// thread per stream with CUDA_EMU_STREAMS=async, where events and synchronizations are what orders the streams.
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "cuda_runtime_api.h"
+#include "streams.h"
 
 namespace {
 
@@ -80,40 +84,71 @@ cudaError_t allocate(void** p, size_t n) {
   return cudaSuccess;
 }
 
-cudaError_t release(void* p) {
-  if (!p) return cudaSuccess;
+bool is_allocation(const void* p) {
   Ledger& L = ledger();
   std::lock_guard<std::mutex> lock(L.mu);
-  auto it = L.live.find(static_cast<const char*>(p));
-  if (it == L.live.end()) return fail_with(cudaErrorInvalidValue);  // not from cudaMalloc, or freed twice
-  L.used[static_cast<size_t>(it->second.device)] -= it->second.bytes;
-  L.live.erase(it);
-  std::free(p);
+  return L.live.count(static_cast<const char*>(p)) > 0;
+}
+
+// Checked when called; the memory goes back when the stream reaches the free (cudaFreeAsync) or at once.
+cudaError_t release(void* p, cudaStream_t stream, bool in_stream_order) {
+  if (!p) return cudaSuccess;
+  if (!is_allocation(p)) return fail_with(cudaErrorInvalidValue);  // not from cudaMalloc, or freed twice
+  auto give_back = [p] {
+    Ledger& L = ledger();
+    std::lock_guard<std::mutex> lock(L.mu);
+    auto it = L.live.find(static_cast<const char*>(p));
+    L.used[static_cast<size_t>(it->second.device)] -= it->second.bytes;
+    L.live.erase(it);
+    std::free(p);
+  };
+  if (in_stream_order) {
+    emu::enqueue(stream, give_back);
+  } else {
+    emu::wait_all_streams();  // cudaFree waits for the device's work
+    give_back();
+  }
   return cudaSuccess;
 }
 
-cudaError_t copy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
+// A copy in stream order. From host memory, the source is read when called (CUDA stages pageable memory);
+// into host memory, or when `blocking`, the call returns once the stream has done it.
+cudaError_t copy(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t stream, bool blocking) {
   if (n == 0) return cudaSuccess;
-  const bool dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
-  const bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
-  if ((dst_device && !on_device(dst, n)) || (src_device && !on_device(src, n)) ||
-      (kind == cudaMemcpyDefault && !on_device(dst, n) && !on_device(src, n)))
-    return fail_with(cudaErrorInvalidValue);
-  std::memmove(dst, src, n);
+  bool dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  if ((dst_device && !on_device(dst, n)) || (src_device && !on_device(src, n))) return fail_with(cudaErrorInvalidValue);
+  if (kind == cudaMemcpyDefault) {
+    dst_device = on_device(dst, n), src_device = on_device(src, n);
+    if (!dst_device && !src_device) return fail_with(cudaErrorInvalidValue);
+  }
+  if (src_device) {
+    emu::enqueue(stream, [=] { std::memmove(dst, src, n); });
+  } else {
+    auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src), static_cast<const char*>(src) + n);
+    emu::enqueue(stream, [=] { std::memcpy(dst, staged->data(), n); });
+  }
+  if (blocking || !dst_device) emu::wait_stream(stream);
   return cudaSuccess;
 }
 
-cudaError_t fill(void* p, int value, size_t n) {
+cudaError_t fill(void* p, int value, size_t n, cudaStream_t stream) {
   if (n && !on_device(p, n)) return fail_with(cudaErrorInvalidValue);
-  std::memset(p, value, n);
+  emu::enqueue(stream, [=] { std::memset(p, value, n); });
   return cudaSuccess;
 }
 
-struct Event {
+// An event: the record that was issued last, the last one a stream has reached, and when.
+struct EventState {
+  std::mutex mu;
+  std::condition_variable reached;
+  uint64_t issued = 0, done = 0;
   std::chrono::steady_clock::time_point at{};
-  bool recorded = false;
 };
-struct Stream {};
+struct Event {
+  std::shared_ptr<EventState> state = std::make_shared<EventState>();  // queued waits keep it past a destroy
+};
+EventState& state_of(cudaEvent_t e) { return *reinterpret_cast<Event*>(e)->state; }
 
 }  // namespace
 
@@ -158,7 +193,10 @@ cudaError_t cudaDeviceEnablePeerAccess(int peer, unsigned) {
   if (!L.peers.insert({current_device, peer}).second) return fail_with(cudaErrorPeerAccessAlreadyEnabled);
   return cudaSuccess;
 }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() {
+  emu::wait_all_streams();
+  return cudaSuccess;
+}
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   Ledger& L = ledger();
   std::lock_guard<std::mutex> lock(L.mu);
@@ -189,29 +227,48 @@ cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t p, cudaMemPoolAttr a, void* v)
 }
 
 cudaError_t cudaMalloc(void** p, size_t n) { return allocate(p, n); }
-cudaError_t cudaFree(void* p) { return release(p); }
+cudaError_t cudaFree(void* p) { return release(p, nullptr, false); }
 cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t) { return allocate(p, n); }
-cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return release(p); }
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) { return copy(dst, src, n, kind); }
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t) {
-  return copy(dst, src, n, kind);
+cudaError_t cudaFreeAsync(void* p, cudaStream_t s) { return release(p, s, true); }
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
+  return copy(dst, src, n, kind, nullptr, true);
 }
-cudaError_t cudaMemset(void* p, int value, size_t n) { return fill(p, value, n); }
-cudaError_t cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t) { return fill(p, value, n); }
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t s) {
+  return copy(dst, src, n, kind, s, false);
+}
+cudaError_t cudaMemset(void* p, int value, size_t n) { return fill(p, value, n, nullptr); }
+cudaError_t cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t s) { return fill(p, value, n, s); }
 
 cudaError_t cudaStreamCreate(cudaStream_t* s) {
-  *s = reinterpret_cast<cudaStream_t>(new Stream);
+  *s = emu::create_stream();
   return cudaSuccess;
 }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaStreamCreate(s); }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  delete reinterpret_cast<Stream*>(s);
+  if (!s || s == cudaStreamPerThread || s == cudaStreamLegacy) return fail_with(cudaErrorInvalidValue);
+  emu::destroy_stream(s);
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned) {
-  return e ? cudaSuccess : fail_with(cudaErrorInvalidValue);
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  emu::wait_stream(s);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamQuery(cudaStream_t s) { return emu::stream_idle(s) ? cudaSuccess : cudaErrorNotReady; }
+// The stream waits for the event's latest record as of this call; an event never recorded is no wait.
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+  if (!e) return fail_with(cudaErrorInvalidValue);
+  std::shared_ptr<EventState> st = reinterpret_cast<Event*>(e)->state;
+  uint64_t target;
+  {
+    std::lock_guard<std::mutex> lock(st->mu);
+    target = st->issued;
+  }
+  if (target == 0) return cudaSuccess;
+  emu::enqueue(s, [st, target] {
+    std::unique_lock<std::mutex> lock(st->mu);
+    st->reached.wait(lock, [&] { return st->done >= target; });
+  });
+  return cudaSuccess;
 }
 cudaError_t cudaEventCreate(cudaEvent_t* e) {
   *e = reinterpret_cast<cudaEvent_t>(new Event);
@@ -223,19 +280,51 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
   delete reinterpret_cast<Event*>(e);
   return cudaSuccess;
 }
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+// A record is reached when the stream gets to it: then its time is taken (cudaEventElapsedTime measures the
+// emulated work between two records).
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   if (!e) return fail_with(cudaErrorInvalidValue);
-  auto* ev = reinterpret_cast<Event*>(e);
-  ev->at = std::chrono::steady_clock::now();
-  ev->recorded = true;
+  std::shared_ptr<EventState> st = reinterpret_cast<Event*>(e)->state;
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> lock(st->mu);
+    id = ++st->issued;
+  }
+  emu::enqueue(s, [st, id] {
+    std::lock_guard<std::mutex> lock(st->mu);
+    if (id > st->done) st->done = id, st->at = std::chrono::steady_clock::now();
+    st->reached.notify_all();
+  });
   return cudaSuccess;
 }
-cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventQuery(cudaEvent_t e) {
+  if (!e) return fail_with(cudaErrorInvalidValue);
+  EventState& st = state_of(e);
+  std::lock_guard<std::mutex> lock(st.mu);
+  return st.done >= st.issued ? cudaSuccess : cudaErrorNotReady;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  if (!e) return fail_with(cudaErrorInvalidValue);
+  EventState& st = state_of(e);
+  std::unique_lock<std::mutex> lock(st.mu);
+  const uint64_t target = st.issued;
+  st.reached.wait(lock, [&] { return st.done >= target; });
+  return cudaSuccess;
+}
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
-  auto *a = reinterpret_cast<Event*>(start), *b = reinterpret_cast<Event*>(stop);
-  if (!a || !b || !a->recorded || !b->recorded) return fail_with(cudaErrorInvalidValue);
-  *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
+  if (!start || !stop) return fail_with(cudaErrorInvalidValue);
+  struct Seen {
+    uint64_t issued, done;
+    std::chrono::steady_clock::time_point at;
+  };
+  auto look = [](EventState& st) {
+    std::lock_guard<std::mutex> lock(st.mu);
+    return Seen{st.issued, st.done, st.at};
+  };
+  const Seen a = look(state_of(start)), b = look(state_of(stop));
+  if (a.issued == 0 || b.issued == 0) return fail_with(cudaErrorInvalidValue);
+  if (a.done < a.issued || b.done < b.issued) return cudaErrorNotReady;
+  *ms = std::chrono::duration<float, std::milli>(b.at - a.at).count();
   return cudaSuccess;
 }
 

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <bit>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -15,6 +16,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cublas_v2.h"
@@ -51,7 +53,7 @@ bool same(dim3 a, dim3 b) { return a.x == b.x && a.y == b.y && a.z == b.z; }
 TEST(CudaEmu, EveryThreadOfA2DGridAnd3DBlockRunsOnceWithItsIndices) {
   const dim3 grid(3, 2), block(4, 3, 2);
   std::vector<Seen> seen(3 * 2 * 24);
-  emu::launch(grid, block, 0, nullptr, [&] { index_kernel(seen.data()); }, "index_kernel");
+  emu::launch(grid, block, 0, nullptr, nullptr, [&] { index_kernel(seen.data()); }, "index_kernel");
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
   size_t i = 0;  // the slots in the order the kernel's formula assigns them, decoded by nested loops
   for (unsigned by = 0; by < 2; ++by)
@@ -79,11 +81,11 @@ void reverse_kernel(const float* in, float* out, bool barrier) {
 TEST(CudaEmu, SyncthreadsOrdersSharedMemoryAndItsAbsenceShows) {
   std::vector<float> in(128), out(128);
   for (int i = 0; i < 128; ++i) in[i] = static_cast<float>(i);
-  emu::launch(dim3(2), dim3(64), 0, nullptr, [&] { reverse_kernel(in.data(), out.data(), true); }, "reverse");
+  emu::launch(dim3(2), dim3(64), 0, nullptr, nullptr, [&] { reverse_kernel(in.data(), out.data(), true); }, "reverse");
   for (int b = 0; b < 2; ++b)
     for (int t = 0; t < 64; ++t) EXPECT_EQ(out[b * 64 + t], in[b * 64 + 63 - t]);
   // Without the barrier a thread reads its partner's slot before the partner ran: the 0xFF poison (NaN).
-  emu::launch(dim3(2), dim3(64), 0, nullptr, [&] { reverse_kernel(in.data(), out.data(), false); }, "reverse");
+  emu::launch(dim3(2), dim3(64), 0, nullptr, nullptr, [&] { reverse_kernel(in.data(), out.data(), false); }, "reverse");
   int stale = 0;
   for (float x : out) stale += std::isnan(x);
   EXPECT_TRUE(std::isnan(out[0]) && std::isnan(out[64]));  // thread 0 of each block runs before thread 63
@@ -103,7 +105,7 @@ void poison_kernel(uint32_t* first_static, uint32_t* first_dynamic, uintptr_t* d
 TEST(CudaEmu, SharedMemoryStartsAsNaNBytesInEveryBlockAndDynamicIs128Aligned) {
   std::vector<uint32_t> st(192), dy(192);
   std::vector<uintptr_t> at(3);
-  emu::launch(dim3(3), dim3(64), 64 * 4 + 4, nullptr, [&] { poison_kernel(st.data(), dy.data(), at.data()); },
+  emu::launch(dim3(3), dim3(64), 64 * 4 + 4, nullptr, nullptr, [&] { poison_kernel(st.data(), dy.data(), at.data()); },
               "poison");
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
   for (int i = 0; i < 192; ++i) {
@@ -122,7 +124,7 @@ TEST(CudaEmu, DynamicSharedMemoryOver48KiBNeedsTheOptIn) {
   int ran = 0;
   const void* key = reinterpret_cast<const void*>(&big_smem_kernel);
   auto launch = [&](size_t bytes, const void* k) {
-    emu::launch(dim3(1), dim3(32), bytes, k, [&] { big_smem_kernel(&ran); }, "big_smem");
+    emu::launch(dim3(1), dim3(32), bytes, nullptr, k, [&] { big_smem_kernel(&ran); }, "big_smem");
     return cudaGetLastError();
   };
   (void)cudaGetLastError();
@@ -146,13 +148,13 @@ TEST(CudaEmu, InvalidLaunchConfigurationsSetAnErrorThatOneReadClears) {
                                                   {dim3(1), dim3(1, 1, 65)}, {dim3(0), dim3(32)},
                                                   {dim3(4, 0), dim3(32)},   {dim3(1, 1, 65536), dim3(32)}};
   for (auto [grid, block] : bad) {
-    emu::launch(grid, block, 0, nullptr, [&] { ++ran; }, "never_runs");
+    emu::launch(grid, block, 0, nullptr, nullptr, [&] { ++ran; }, "never_runs");
     EXPECT_EQ(cudaPeekAtLastError(), cudaErrorInvalidConfiguration);  // peeking keeps it
     EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
     EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   }
   EXPECT_EQ(ran, 0);
-  emu::launch(dim3(1), dim3(1024), 0, nullptr, [&] { ++ran; }, "largest_block");
+  emu::launch(dim3(1), dim3(1024), 0, nullptr, nullptr, [&] { ++ran; }, "largest_block");
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   EXPECT_EQ(ran, 1024);
 }
@@ -173,7 +175,7 @@ TEST(CudaEmu, ShuffleButterflySumsEqualTheSerialSumsAlsoInAPartialWarp) {
   const int n = 72;  // two full warps and one of 8 lanes
   std::vector<float> in(n), out(n);
   for (int i = 0; i < n; ++i) in[i] = static_cast<float>((i * 7) % 13 - 6);  // small integers: exact sums
-  emu::launch(dim3(1), dim3(n), 0, nullptr, [&] { warp_sum_kernel(in.data(), out.data(), false, 0); }, "warp_sum");
+  emu::launch(dim3(1), dim3(n), 0, nullptr, nullptr, [&] { warp_sum_kernel(in.data(), out.data(), false, 0); }, "warp_sum");
   for (int w = 0; w < 3; ++w) {
     float serial = 0;
     for (int i = w * 32; i < std::min(n, w * 32 + 32); ++i) serial += in[i];
@@ -184,7 +186,7 @@ TEST(CudaEmu, ShuffleButterflySumsEqualTheSerialSumsAlsoInAPartialWarp) {
 TEST_F(EmuDeathTest, ShufflesOutsideTheWarpsLanesAbort) {
   std::vector<float> in(40, 1.0f), out(40);
   auto run = [&](bool full_mask, int first_offset) {
-    emu::launch(dim3(1), dim3(40), 0, nullptr, [&] { warp_sum_kernel(in.data(), out.data(), full_mask, first_offset); },
+    emu::launch(dim3(1), dim3(40), 0, nullptr, nullptr, [&] { warp_sum_kernel(in.data(), out.data(), full_mask, first_offset); },
                 "k");
   };
   EXPECT_DEATH(run(true, 0), "shuffle over part of a warp");  // the full mask names 24 lanes the last warp lacks
@@ -194,26 +196,26 @@ TEST_F(EmuDeathTest, ShufflesOutsideTheWarpsLanesAbort) {
 // ---- what would hang or fault on a GPU aborts here --------------------------------------------------------
 TEST_F(EmuDeathTest, BarrierMisuseAndTrapAbortWithTheirPlace) {
   // The lower half returns first; the upper half then waits at a __syncthreads nobody else will reach.
-  EXPECT_DEATH(emu::launch(dim3(1), dim3(64), 0, nullptr, [] { if (threadIdx.x < 32) return; __syncthreads(); }, "k"),
+  EXPECT_DEATH(emu::launch(dim3(1), dim3(64), 0, nullptr, nullptr, [] { if (threadIdx.x < 32) return; __syncthreads(); }, "k"),
                "__syncthreads that can never complete \\(32 of 64");
   // Half the block waits at __syncthreads, the rest at __syncwarp: neither barrier completes.
-  EXPECT_DEATH(emu::launch(dim3(1), dim3(32), 0, nullptr,
+  EXPECT_DEATH(emu::launch(dim3(1), dim3(32), 0, nullptr, nullptr,
                            [] { threadIdx.x < 16 ? __syncthreads() : __syncwarp(); }, "k"),
                "never complete");
   // The upper half returns while the lower half already waits.
-  EXPECT_DEATH(emu::launch(dim3(1), dim3(64), 0, nullptr, [] { if (threadIdx.x >= 32) return; __syncthreads(); }, "k"),
+  EXPECT_DEATH(emu::launch(dim3(1), dim3(64), 0, nullptr, nullptr, [] { if (threadIdx.x >= 32) return; __syncthreads(); }, "k"),
                "returned while other threads of its block or warp wait");
-  EXPECT_DEATH(emu::launch(dim3(2), dim3(8), 0, nullptr, [] { if (blockIdx.x == 1 && threadIdx.x == 3) __trap(); },
+  EXPECT_DEATH(emu::launch(dim3(2), dim3(8), 0, nullptr, nullptr, [] { if (blockIdx.x == 1 && threadIdx.x == 3) __trap(); },
                            "trap_kernel"),
                "kernel trap_kernel, block \\(1,0,0\\), thread \\(3,0,0\\): __trap\\(\\)");
 }
 
 // A shared-memory overrun (on the GPU: silent corruption of the next buffer) is found when the block ends.
 TEST_F(EmuDeathTest, SharedMemoryOverrunsAbortWhenTheBlockEnds) {
-  EXPECT_DEATH(emu::launch(dim3(2), dim3(32), 200, nullptr, [] {
+  EXPECT_DEATH(emu::launch(dim3(2), dim3(32), 200, nullptr, nullptr, [] {
     if (blockIdx.x == 1 && threadIdx.x == 5) static_cast<unsigned char*>(::emu::dynamic_shared())[200] = 0;
   }, "k"), "block \\(1,0,0\\).*past the end of its dynamic shared memory");
-  EXPECT_DEATH(emu::launch(dim3(1), dim3(32), 0, nullptr, [] {
+  EXPECT_DEATH(emu::launch(dim3(1), dim3(32), 0, nullptr, nullptr, [] {
     EMU_SHARED(float, s, [8]);
     volatile unsigned past = 8;  // an index the compiler cannot see
     float* p = s;
@@ -222,6 +224,54 @@ TEST_F(EmuDeathTest, SharedMemoryOverrunsAbortWhenTheBlockEnds) {
 }
 
 // ---- memory ledger ----------------------------------------------------------------------------------------
+// ---- asynchronous streams (CUDA_EMU_STREAMS=async) -------------------------------------------------------
+// The mode is read once per process, so these run in a child process (EXPECT_EXIT) that turns it on first. A
+// slow kernel on stream A writes x; stream B waits for an event recorded after it and copies x, and, without
+// waiting, copies x2 (written by A later): only the event orders the streams, so the second copy sees the
+// poison. The child exits with the number of the first failed check.
+void slow_write(float* x, float value) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  *x = value;
+}
+void copy_one(float* dst, const float* src) { *dst = *src; }
+int streams_scenario() {
+  setenv("CUDA_EMU_STREAMS", "async", 1);
+  float* d = nullptr;  // x, x2, y, y2
+  if (cudaMalloc(&d, 4 * sizeof(float)) != cudaSuccess) return 1;
+  cudaStream_t a = nullptr, b = nullptr;
+  cudaEvent_t start = nullptr, after_x = nullptr;
+  cudaStreamCreate(&a), cudaStreamCreate(&b), cudaEventCreate(&start), cudaEventCreate(&after_x);
+  cudaEventRecord(start, a);
+  emu::launch_kernel(dim3(1), dim3(1), 0, a, nullptr, "slow_write", [](auto... v) { slow_write(v...); }, d, 1.0f);
+  cudaEventRecord(after_x, a);
+  emu::launch_kernel(dim3(1), dim3(1), 0, a, nullptr, "slow_write", [](auto... v) { slow_write(v...); }, d + 1, 2.0f);
+  if (cudaStreamQuery(a) != cudaErrorNotReady || cudaEventQuery(after_x) != cudaErrorNotReady) return 2;  // host ran ahead
+  cudaStreamWaitEvent(b, after_x);
+  emu::launch_kernel(dim3(1), dim3(1), 0, b, nullptr, "copy", [](auto... v) { copy_one(v...); }, d + 2, d);
+  cudaStream_t c = nullptr;  // no wait: runs at once, beside A
+  cudaStreamCreate(&c);
+  emu::launch_kernel(dim3(1), dim3(1), 0, c, nullptr, "copy", [](auto... v) { copy_one(v...); }, d + 3, d + 1);
+  cudaStreamSynchronize(b), cudaStreamSynchronize(c);
+  float h[4];
+  if (cudaMemcpy(h, d, sizeof h, cudaMemcpyDeviceToHost) != cudaSuccess) return 3;  // (x2 may still be pending)
+  if (h[2] != 1.0f) return 4;        // B waited for the event
+  if (!std::isnan(h[3])) return 5;   // C did not wait for A
+  if (cudaEventSynchronize(after_x) != cudaSuccess || cudaEventQuery(after_x) != cudaSuccess) return 6;
+  float ms = 0;
+  if (cudaEventElapsedTime(&ms, start, after_x) != cudaSuccess || ms < 250) return 7;  // timed when reached
+  cudaDeviceSynchronize();
+  if (cudaStreamQuery(a) != cudaSuccess) return 8;
+  cudaMemcpy(h, d, sizeof h, cudaMemcpyDeviceToHost);
+  if (h[1] != 2.0f) return 9;
+  cudaEventDestroy(start), cudaEventDestroy(after_x);
+  cudaStreamDestroy(a), cudaStreamDestroy(b), cudaStreamDestroy(c);
+  return cudaFree(d) == cudaSuccess ? 0 : 10;
+}
+
+TEST_F(EmuDeathTest, AsyncStreamsRunBesideEachOtherAndAreOrderedByEventsOnly) {
+  EXPECT_EXIT(std::exit(streams_scenario()), ::testing::ExitedWithCode(0), "");
+}
+
 TEST(CudaEmu, AllocationsAreLimitedByTheCapacityPerDeviceAndShowInMemGetInfo) {
   size_t free0 = 0, total = 0, free1 = 0;
   ASSERT_EQ(cudaMemGetInfo(&free0, &total), cudaSuccess);
@@ -519,10 +569,10 @@ TEST(CudaEmu, WmmaTileProductMatchesTheReferenceAndUnsyncedReadsAreStale) {
     }
   auto *da = to_device(a), *db = to_device(b);  // cudaMalloc: 256-byte aligned, as WMMA wants
   float* dc = to_device(c);
-  emu::launch(dim3(1), dim3(32), 0, nullptr, [&] { wmma_kernel(da, db, dc, d.data(), true); }, "wmma");
+  emu::launch(dim3(1), dim3(32), 0, nullptr, nullptr, [&] { wmma_kernel(da, db, dc, d.data(), true); }, "wmma");
   for (int e = 0; e < 256; ++e) EXPECT_NEAR(d[e], ref[e], 1e-5f * 16) << e;
   // Without it, lanes read elements other lanes have not stored yet (the shared tile's NaN poison).
-  emu::launch(dim3(1), dim3(32), 0, nullptr, [&] { wmma_kernel(da, db, dc, d.data(), false); }, "wmma");
+  emu::launch(dim3(1), dim3(32), 0, nullptr, nullptr, [&] { wmma_kernel(da, db, dc, d.data(), false); }, "wmma");
   int stale = 0;
   for (int e = 0; e < 256; ++e)
     if (std::isnan(d[e]))
@@ -537,9 +587,9 @@ TEST_F(EmuDeathTest, WmmaRefusesMisalignedTilesAndLeadingDimensions) {
   __nv_bfloat16* p = nullptr;
   ASSERT_EQ(cudaMalloc(&p, 4096), cudaSuccess);
   wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> f;
-  EXPECT_DEATH(emu::launch(dim3(1), dim3(32), 0, nullptr, [&] { wmma::load_matrix_sync(f, p + 8, 16); }, "k"),
+  EXPECT_DEATH(emu::launch(dim3(1), dim3(32), 0, nullptr, nullptr, [&] { wmma::load_matrix_sync(f, p + 8, 16); }, "k"),
                "not 32-byte aligned");  // 16 bytes off
-  EXPECT_DEATH(emu::launch(dim3(1), dim3(32), 0, nullptr, [&] { wmma::load_matrix_sync(f, p, 12); }, "k"),
+  EXPECT_DEATH(emu::launch(dim3(1), dim3(32), 0, nullptr, nullptr, [&] { wmma::load_matrix_sync(f, p, 12); }, "k"),
                "leading dimension not a multiple of 16 bytes");  // 24 bytes
   cudaFree(p);
 }
@@ -587,12 +637,12 @@ TEST(CudaEmu, RewriteTurnsLaunchesAndSharedDeclarationsIntoHostCppKeepingLines) 
   ASSERT_EQ(after.size(), before.size() + 1) << got.str();  // the #line directive, then line for line
   EXPECT_EQ(after[0], "#line 1 \"" + in.string() + "\"");
   EXPECT_EQ(squeeze(after[4]),
-            "::emu::launch(dim3(dim3(n, 2)), dim3(128), static_cast<size_t>(64 * sizeof(float)), "
-            "reinterpret_cast<const void*>(k<4>), [&] { k<4>(x, n); }, \"k<4>\");");
+            "::emu::launch_kernel(dim3(dim3(n, 2)), dim3(128), static_cast<size_t>(64 * sizeof(float)), s, "
+            "reinterpret_cast<const void*>(k<4>), \"k<4>\", [=](auto... a) { k<4>(a...); }, x, n);");
   EXPECT_EQ(after[5], "");
   EXPECT_EQ(after[6], "");
-  EXPECT_EQ(after[7], "  ::emu::launch(dim3(1), dim3(32), static_cast<size_t>(0), nullptr, [&] { k2(x); }, \"k2\");"
-                      "  // no shared memory");
+  EXPECT_EQ(after[7], "  ::emu::launch_kernel(dim3(1), dim3(32), static_cast<size_t>(0), nullptr, nullptr, \"k2\", "
+                      "[=](auto... a) { k2(a...); }, x);  // no shared memory");
   EXPECT_EQ(after[11], "  unsigned char* smem = static_cast<unsigned char*>(::emu::dynamic_shared());");
   EXPECT_EQ(after[12], "  EMU_SHARED(float, a, [32]); EMU_SHARED(float, b, [4][8]);");
   for (int l : {1, 2, 3, 8, 9, 10, 13}) EXPECT_EQ(after[l], before[l - 1]) << "line " << l;

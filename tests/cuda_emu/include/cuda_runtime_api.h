@@ -124,10 +124,18 @@ struct ThreadIndex {  // the running CUDA thread
 };
 extern thread_local ThreadIndex current;
 [[noreturn]] void fail(const char* what);
-// A kernel launch (rewrite_cuda.py turns `k<<<grid, block, smem, stream>>>(args)` into this): body() runs once per
-// CUDA thread. key identifies the kernel for cudaFuncSetAttribute (nullptr where no opt-in is needed).
-void launch(dim3 grid, dim3 block, size_t dynamic_smem, const void* key, const std::function<void()>& body,
-            const char* name);
+// A kernel launch: body() runs once per CUDA thread, in the order of `stream`. The configuration is checked
+// when called (an error is left for cudaGetLastError and nothing runs). key identifies the kernel for
+// cudaFuncSetAttribute (nullptr where no opt-in is needed).
+void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream, const void* key,
+            std::function<void()> body, const char* name);
+// What rewrite_cuda.py turns `kernel<<<grid, block, smem, stream>>>(args...)` into: the arguments are evaluated
+// now, as CUDA does, and kept with the launch; call(args...) calls the kernel.
+template <class Call, class... Args>
+void launch_kernel(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream, const void* key,
+                   const char* name, Call call, Args... args) {
+  launch(grid, block, dynamic_smem, stream, key, [call, args...] { call(args...); }, name);
+}
 void* static_shared(const void* site, size_t bytes);  // a __shared__ variable's memory in the running block
 void* dynamic_shared();                               // extern __shared__
 void sync_block();
