@@ -1,6 +1,7 @@
 #include "core/buffer.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -31,7 +32,11 @@ void* raw_alloc(size_t bytes) {
     cudaGetLastError();
     size_t free_b = 0, total_b = 0;
     cudaMemGetInfo(&free_b, &total_b);
-    auto mib = [](size_t b) { return std::to_string(b >> 20) + " MiB"; };
+    auto mib = [](size_t b) {  // one decimal: a small allocation that does not fit must not read "0 MiB"
+      char s[32];
+      std::snprintf(s, sizeof s, "%.1f MiB", static_cast<double>(b) / (1 << 20));
+      return std::string(s);
+    };
     bad_input("cuda", "out of GPU memory: " + mib(bytes) + " more were needed, " + mib(free_b) + " of " +
                           mib(total_b) + " are free (use a smaller train.micro_batch_size or model)");
   }

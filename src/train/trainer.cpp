@@ -143,15 +143,15 @@ RunIO::RunIO(const RunConfig& config, const TrainOptions& opts, bool is_writer)
       train_data((set_num_threads(config.train.threads), check_tokenizer_matches(config),
                   TokenDataset(config.data.train, "data.train", config.model.vocab_size))),
       val_data(config.data.val, "data.val", config.model.vocab_size),
-      progress(config.train.steps, config.train.log_every) {
-  if (!writer) return;
-  fs::create_directories(options.out_dir);
-  std::ofstream out(fs::path(options.out_dir) / "config.toml");
-  out << "# resolved by onestep from " << c.source << "\n" << to_toml(c);
-}
+      progress(config.train.steps, config.train.log_every) {}
 
+// The run's first files, written once the model and optimizer are in memory: a start that fails before (out of
+// GPU memory, a bad checkpoint) leaves no folder behind to block its retry.
 void RunIO::open_metrics(int64_t start_step) {
   if (!writer) return;
+  fs::create_directories(options.out_dir);
+  std::ofstream(fs::path(options.out_dir) / "config.toml") << "# resolved by onestep from " << c.source << "\n"
+                                                            << to_toml(c);
   metrics = std::make_unique<MetricsLog>(options.out_dir, resume_from.empty() ? -1 : start_step);
   const int B = c.train.micro_batch_size, T = c.model.seq_len, M = c.train.micro_batches;
   std::printf("onestep train: %s, %.2fM parameters, %d x %d x %d tokens per step, optimizer %s, schedule %s "

@@ -18,7 +18,7 @@ struct RunIO {
   // `writer`: this process owns the run folder's shared files (metrics, config, checkpoint metadata,
   // progress output); false on the other ranks of an MPI run.
   RunIO(const RunConfig& c, const TrainOptions& options, bool writer = true);
-  void open_metrics(int64_t start_step);  // after the start step is known (resume)
+  void open_metrics(int64_t start_step);  // creates the run folder; after the state is allocated and loaded
   // weights live on `backend`'s device.
   double evaluate(const Stage& whole, const float* weights, int64_t step,
                   const Backend& backend = backend_for(Device::cpu));
