@@ -194,9 +194,17 @@ void wait(Barrier& bar, const char* what) {
 
 void run_block(Block& b, unsigned threads) {
   for (unsigned t = 0; t < threads; ++t) b.fibers[t].sp = initial_stack(scheduler.stack(t));
+  // Between barriers, the threads of a block run one after another: in index order, or with
+  // CUDA_EMU_THREAD_ORDER=reverse from the last to the first, so that a read of what another thread writes
+  // without a barrier in between sees the unwritten value in one of the two orders.
+  static const bool reverse = [] {
+    const char* v = std::getenv("CUDA_EMU_THREAD_ORDER");
+    return v && std::string(v) == "reverse";
+  }();
   for (unsigned left = threads; left > 0;) {
     b.progress = false;
-    for (Fiber& f : b.fibers) {
+    for (unsigned i = 0; i < threads; ++i) {
+      Fiber& f = b.fibers[reverse ? threads - 1 - i : i];
       if (f.done) continue;
       current = f.index;
       scheduler.running = &f;

@@ -224,6 +224,28 @@ TEST_F(EmuDeathTest, SharedMemoryOverrunsAbortWhenTheBlockEnds) {
 }
 
 // ---- memory ledger ----------------------------------------------------------------------------------------
+// ---- thread order (CUDA_EMU_THREAD_ORDER=reverse) -------------------------------------------------------
+// A race: each thread reads its left neighbour's shared slot with no barrier in between. In index order the
+// neighbour has always written it (the race passes unseen); from the last thread to the first it never has.
+void left_neighbour_kernel(float* out) {
+  EMU_SHARED(float, slot, [64]);
+  slot[threadIdx.x] = static_cast<float>(threadIdx.x);
+  out[threadIdx.x] = threadIdx.x > 0 ? slot[threadIdx.x - 1] : 0.0f;  // missing __syncthreads()
+}
+int unwritten_reads(bool reverse) {  // in a child process: the order is read once per process
+  if (reverse) setenv("CUDA_EMU_THREAD_ORDER", "reverse", 1);
+  std::vector<float> out(64);
+  emu::launch(dim3(1), dim3(64), 0, nullptr, nullptr, [&] { left_neighbour_kernel(out.data()); }, "left_neighbour");
+  int nans = 0;
+  for (float v : out) nans += std::isnan(v);
+  return nans;
+}
+
+TEST_F(EmuDeathTest, ReverseThreadOrderShowsReadsThatNoBarrierOrders) {
+  EXPECT_EXIT(std::exit(unwritten_reads(false)), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(std::exit(unwritten_reads(true)), ::testing::ExitedWithCode(63), "");
+}
+
 // ---- asynchronous streams (CUDA_EMU_STREAMS=async) -------------------------------------------------------
 // The mode is read once per process, so these run in a child process (EXPECT_EXIT) that turns it on first. A
 // slow kernel on stream A writes x; stream B waits for an event recorded after it and copies x, and, without
