@@ -1,12 +1,12 @@
-// CPU emulation of kernel launches (tests/cuda_emu). A launch runs on the calling host thread, block after block;
-// within a block each CUDA thread is a fiber (ucontext) that runs until it reaches a barrier or returns, so the
+// CPU emulation of kernel launches (tests/cuda_emu). A launch runs in its stream's order (streams.h), block after
+// block; within a block each CUDA thread is a fiber that runs until it reaches a barrier or returns, so the
 // threads interleave only at __syncthreads, __syncwarp and the shuffles, as far apart as the hardware allows.
 // What the hardware would turn into a hang, a fault or silent garbage fails loudly here:
 //   - a barrier that can never complete (a thread returned, or waits at a barrier the others skip);
 //   - a launch configuration the device refuses (it sets the error cudaGetLastError reports, as CUDA does);
 //   - more dynamic shared memory than the kernel was opted in to, or than the device has;
 //   - shared memory is filled with 0xFF bytes (NaN) at the start of each block: reads of unwritten shared
-//     memory show up as NaN in the results.
+//     memory show up as NaN in the results; writes past its end are found when the block ends.
 #include <sys/mman.h>
 
 #include <cstdio>
