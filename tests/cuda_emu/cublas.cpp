@@ -76,6 +76,8 @@ cublasStatus_t gemm(cudaStream_t stream, cublasOperation_t ta, cublasOperation_t
   if (m < 0 || n < 0 || k < 0 || lda < (ta == CUBLAS_OP_N ? m : k) || ldb < (tb == CUBLAS_OP_N ? k : n) || ldc < m)
     return CUBLAS_STATUS_INVALID_VALUE;
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+  for (const void* p : {A, B, static_cast<const void*>(C)})
+    if (!emu::is_device_address(p)) emu::refuse_launch("cuBLAS gemm", "an operand points to host memory");
   emu::enqueue(stream, [=] { multiply(ta, tb, m, n, k, alpha, A, a_type, lda, B, b_type, ldb, beta, C, c_type, ldc, rounding); });
   return CUBLAS_STATUS_SUCCESS;
 }

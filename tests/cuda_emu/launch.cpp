@@ -43,6 +43,12 @@ thread_local const char* kernel_name = "";
   std::abort();
 }
 
+void refuse_launch(const char* name, const char* why) {
+  std::fprintf(stderr, "CUDA emulation: launch of kernel %s refused: %s\n", name, why);
+  std::fflush(stderr);
+  std::abort();
+}
+
 void set_max_dynamic_shared(const void* kernel, int bytes) {
   std::lock_guard<std::mutex> lock(attributes_mu);
   max_dynamic_shared[kernel] = bytes;

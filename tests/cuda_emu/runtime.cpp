@@ -68,6 +68,21 @@ bool on_device(const void* p, size_t n) {
   return c >= it->first && c + n <= it->first + it->second.bytes;
 }
 
+}  // namespace
+
+namespace emu {
+bool is_device_address(const void* p) {
+  Ledger& L = ledger();
+  std::lock_guard<std::mutex> lock(L.mu);
+  const char* c = static_cast<const char*>(p);
+  auto it = L.live.upper_bound(c);
+  if (it == L.live.begin()) return false;
+  --it;
+  return c <= it->first + it->second.bytes;
+}
+}  // namespace emu
+
+namespace {
 cudaError_t allocate(void** p, size_t n) {
   Ledger& L = ledger();
   std::lock_guard<std::mutex> lock(L.mu);

@@ -224,6 +224,26 @@ TEST_F(EmuDeathTest, SharedMemoryOverrunsAbortWhenTheBlockEnds) {
 }
 
 // ---- memory ledger ----------------------------------------------------------------------------------------
+// ---- what a GPU would fault on -----------------------------------------------------------------------------
+void store_one(float* x) { *x = 1.0f; }
+TEST_F(EmuDeathTest, KernelsAndProductsRefuseHostPointers) {
+  float* d = nullptr;
+  ASSERT_EQ(cudaMalloc(&d, 16 * sizeof(float)), cudaSuccess);
+  std::vector<float> host(16);
+  auto store = [](auto... v) { store_one(v...); };
+  emu::launch_kernel(dim3(1), dim3(1), 0, nullptr, nullptr, "store_one", store, d + 15);  // inside: runs
+  EXPECT_DEATH(emu::launch_kernel(dim3(1), dim3(1), 0, nullptr, nullptr, "store_one", store, host.data()),
+               "store_one refused: a pointer argument points to host memory");
+  cublasHandle_t h = nullptr;
+  cublasCreate(&h);
+  const float one = 1.0f, zero = 0.0f;
+  EXPECT_EQ(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, d, 4, d, 4, &zero, d, 4), CUBLAS_STATUS_SUCCESS);
+  EXPECT_DEATH(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, d, 4, host.data(), 4, &zero, d, 4),
+               "operand points to host memory");
+  cublasDestroy(h);
+  cudaFree(d);
+}
+
 // ---- thread order (CUDA_EMU_THREAD_ORDER=reverse) -------------------------------------------------------
 // A race: each thread reads its left neighbour's shared slot with no barrier in between. In index order the
 // neighbour has always written it (the race passes unseen); from the last thread to the first it never has.
