@@ -57,7 +57,7 @@ Ledger& ledger() {
   return *l;
 }
 
-// Inside a live allocation: [p, p + n).
+// [p, p + n) inside a live allocation (n = 0: p may also be one past its end).
 bool on_device(const void* p, size_t n) {
   Ledger& L = ledger();
   std::lock_guard<std::mutex> lock(L.mu);
@@ -71,15 +71,7 @@ bool on_device(const void* p, size_t n) {
 }  // namespace
 
 namespace emu {
-bool is_device_address(const void* p) {
-  Ledger& L = ledger();
-  std::lock_guard<std::mutex> lock(L.mu);
-  const char* c = static_cast<const char*>(p);
-  auto it = L.live.upper_bound(c);
-  if (it == L.live.begin()) return false;
-  --it;
-  return c <= it->first + it->second.bytes;
-}
+bool is_device_address(const void* p) { return on_device(p, 0); }
 }  // namespace emu
 
 namespace {
