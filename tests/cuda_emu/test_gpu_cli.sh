@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The bad inputs of issue #5 that need a GPU, end to end through the binary, on the emulated GPU
-# (ctest cli.emulated_gpu): out of GPU memory at start-up, and resuming a checkpoint in another precision.
+# (ctest cuda.cli_bad_input): out of GPU memory at start-up, and resuming a checkpoint in another precision.
 # Each gives one line naming what is wrong, exit 2, and writes nothing.
 source "$(dirname "$0")/../cli/lib.sh"
 make_data
