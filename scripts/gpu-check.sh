@@ -17,6 +17,7 @@ presets=(smollm2-135m smollm2-360m)   # the second is the target preset, where t
 shape=(--set train.micro_batch_size=4)  # at the presets' sequence length, 2048
 shape_name="4 x 2048"
 pipe_shape=(--set train.micro_batch_size=4 --set train.micro_batches=4)
+pipe_desc="smollm2-135m, 4 x 4 x 2048 tokens per step"
 pipe_vocab=49152
 test_filter='-CudaNccl.*'
 if [ -n "${GPU_CHECK_REHEARSAL:-}" ]; then
@@ -25,6 +26,7 @@ if [ -n "${GPU_CHECK_REHEARSAL:-}" ]; then
   shape_name="1 x 32, 1 layer"
   pipe_shape=(--set model.preset=tiny --set train.micro_batch_size=1 --set train.micro_batches=4 --set model.seq_len=32
               --set train.eval_tokens=128)
+  pipe_desc="tiny, 4 x 1 x 32 tokens per step"
   pipe_vocab=4096
   test_filter='CudaKernels.Matmul*'
   OUTDIR="${OUT:-$GPU_CHECK_REHEARSAL/gpu-check-rehearsal}"
@@ -35,6 +37,7 @@ SUMMARY="$OUTDIR/gpu_summary.md"
 say() { echo "$*" | tee -a "$SUMMARY"; }
 problems=0  # steps that failed; the exit status is 1 when there is any
 problem() { problems=$((problems + 1)); say "$@"; }
+section() { say ""; say "## $* (at ${SECONDS} s)"; }  # the start times tell the next run what each part costs
 say "# onestep GPU check, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 say ""
 say "- GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'nvidia-smi failed')"
@@ -75,8 +78,7 @@ say "- build: $("$BIN/onestep" --version)"
 say "- GPUs visible: $(nvidia-smi -L 2>/dev/null | wc -l) (nccl pipelines need one per stage and mpirun: this script runs none)"
 
 # 2. CUDA tests.
-say ""
-say "## CUDA tests"
+section "CUDA tests"
 timeout 240 "$BIN/test_cuda" --gtest_filter="$test_filter" > "$OUTDIR/test_cuda.log" 2>&1  # NCCL last (its own timeout)
 rc=$?
 [ $rc -eq 0 ] || problems=$((problems + 1))
@@ -88,8 +90,7 @@ ONESTEP_BF16_GEMM=fast timeout 60 "$BIN/test_cuda" --gtest_filter='CudaKernels.M
 say "- MatmulBf16 with ONESTEP_BF16_GEMM=fast: exit $? (0: cuBLAS rounds like our copies)"
 
 # 3. Throughput in each precision (bf16, the one the 40% MFU target names, also stores the matmul operands in bf16).
-say ""
-say "## Training throughput, AdamW, one GPU (onestep bench, median of 5 steps after 2 warm-ups)"
+section "Training throughput, AdamW, one GPU (onestep bench, median of 5 steps after 2 warm-ups)"
 say ""
 say "| preset | precision | micro-batch x seq | tokens/s | achieved TFLOP/s | GPU fp32 sgemm peak TFLOP/s | MFU vs dense bf16 peak | peak GPU memory (buffers + scratch) | GPU memory in use |"
 say "|---|---|---|---|---|---|---|---|---|"
@@ -123,8 +124,7 @@ PY
 done
 
 # Where the bf16 step's time goes (onestep bench's profiled step: CUDA events around each kernel call).
-say ""
-say "## Time by kernel, bf16 (one profiled step; the rest is the optimizer step and host gaps)"
+section "Time by kernel, bf16 (one profiled step; the rest is the optimizer step and host gaps)"
 for run in ${presets[0]}_bf16 ${presets[1]}_bf16 ${presets[1]}_bf16-fp32ops ${presets[1]}_bf16-flash; do
   python3 - "$run" "$OUTDIR/bench_$run.log" <<'PY' | tee -a "$SUMMARY"
 import json, sys
@@ -143,8 +143,7 @@ done
 # 4. A 2-stage 2BW pipeline on the one GPU against its single-device emulator (delay.emulate = one_step), on
 # smollm2-135m and a synthetic token shard (no data is downloaded): losses must agree (the same rule), and the
 # pipeline's tokens/s over the emulator's is the schedule's own overhead (issue #5 target: >= 90%).
-say ""
-say "## 2-stage 2BW pipeline on one GPU vs the one-step emulator (${pipe_shape[*]//--set /}, bf16)"
+section "2-stage 2BW pipeline on one GPU vs the one-step emulator ($pipe_desc, bf16)"
 python3 - "$OUTDIR" "$pipe_vocab" <<'PY'
 import array, random, sys  # standard library only: llm.c's shard format, uint16 tokens
 rng = random.Random(1)
@@ -210,5 +209,5 @@ if [ -z "${GPU_CHECK_REHEARSAL:-}" ]; then  # the emulation has no NCCL
   say ""
 fi
 say "Logs: $(ls "$OUTDIR" | tr '\n' ' ')"
-say "Verdict: $problems failed step(s)"
+say "Verdict: $problems failed step(s), ${SECONDS} s in all"
 [ $problems -eq 0 ]
