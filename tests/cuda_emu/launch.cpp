@@ -28,7 +28,6 @@ namespace {
 constexpr size_t kStackBytes = 256 * 1024;  // per CUDA thread; a guard page below each catches overflows
 constexpr size_t kStaticSharedLimit = 48 * 1024;
 constexpr size_t kDynamicSharedDefault = 48 * 1024;
-constexpr size_t kSharedOptinLimit = 227 * 1024;
 
 std::mutex attributes_mu;
 std::map<const void*, int> max_dynamic_shared;  // cudaFuncSetAttribute, by kernel
@@ -269,7 +268,7 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream, con
     auto it = max_dynamic_shared.find(key);
     if (it != max_dynamic_shared.end()) allowed = static_cast<size_t>(it->second);
   }
-  if (dynamic_smem > allowed || dynamic_smem > kSharedOptinLimit) {
+  if (dynamic_smem > allowed || dynamic_smem > shared_optin_bytes()) {
     set_launch_error(cudaErrorInvalidValue);
     return;
   }

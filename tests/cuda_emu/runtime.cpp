@@ -2,8 +2,9 @@
 // each emulated device has a capacity (CUDA_EMU_MEMORY_MIB, default 8192), allocations past it fail like a full
 // GPU, new memory is filled with 0xFF bytes (NaN as floats) so reads of memory nobody wrote show, and the copies
 // check that a pointer said to be on the device is inside a live allocation. CUDA_EMU_DEVICES (default 1) sets
-// how many devices there are. Device work runs in stream order (streams.h): at once by default, or on one worker
-// thread per stream with CUDA_EMU_STREAMS=async, where events and synchronizations are what orders the streams.
+// how many devices there are, CUDA_EMU_ARCH (default 90) their compute capability and shared memory. Device work
+// runs in stream order (streams.h): at once by default, or on one worker thread per stream with
+// CUDA_EMU_STREAMS=async, where events and synchronizations are what orders the streams.
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -27,6 +28,12 @@ int env_int(const char* name, int fallback) {
 int device_count() {
   static const int n = env_int("CUDA_EMU_DEVICES", 1);
   return n;
+}
+// The compute capability the emulated devices report (CUDA_EMU_ARCH, default 90: Hopper) and the shared memory per
+// block a kernel may opt in to on it: what the host code checks before it launches.
+int arch() {
+  static const int a = env_int("CUDA_EMU_ARCH", 90);
+  return a;
 }
 size_t capacity() {
   static const size_t bytes = static_cast<size_t>(env_int("CUDA_EMU_MEMORY_MIB", 8192)) << 20;
@@ -72,6 +79,13 @@ bool on_device(const void* p, size_t n) {
 
 namespace emu {
 bool is_device_address(const void* p) { return on_device(p, 0); }
+size_t shared_optin_bytes() {
+  switch (arch()) {
+    case 80: return 163 * 1024;  // A100
+    case 86: case 89: return 99 * 1024;  // consumer Ampere and Ada
+    default: return 227 * 1024;  // Hopper
+  }
+}
 }  // namespace emu
 
 namespace {
@@ -178,14 +192,15 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
   std::snprintf(p->name, sizeof p->name, "CUDA emulation on the CPU");
   p->totalGlobalMem = capacity();
   p->multiProcessorCount = 1;
-  p->major = 9;  // what the kernels are written for: Hopper (tensor cores, 227 KiB of shared memory)
+  p->major = arch() / 10;
+  p->minor = arch() % 10;
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int d) {
   if (d < 0 || d >= device_count()) return fail_with(cudaErrorInvalidDevice);
   switch (a) {
-    case cudaDevAttrComputeCapabilityMajor: *v = 9; return cudaSuccess;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = 227 * 1024; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *v = arch() / 10; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = static_cast<int>(emu::shared_optin_bytes()); return cudaSuccess;
   }
   return fail_with(cudaErrorInvalidValue);
 }

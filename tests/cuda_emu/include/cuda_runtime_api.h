@@ -133,6 +133,7 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream, con
 // now, as CUDA does, and kept with the launch; call(args...) calls the kernel.
 // A pointer argument must point into device memory (or be null): on a GPU a host pointer faults.
 bool is_device_address(const void* p);  // inside a live allocation, or one past its end
+size_t shared_optin_bytes();  // the most dynamic shared memory per block a kernel may opt in to
 [[noreturn]] void refuse_launch(const char* name, const char* why);
 template <class T>
 void check_kernel_argument(T* p, const char* name) {
