@@ -37,6 +37,7 @@ SUMMARY="$OUTDIR/gpu_summary.md"
 say() { echo "$*" | tee -a "$SUMMARY"; }
 problems=0  # steps that failed; the exit status is 1 when there is any
 problem() { problems=$((problems + 1)); say "$@"; }
+counted() { [ "$1" -eq 0 ] || problems=$((problems + 1)); }  # counted $?: a step that exited non-zero failed
 section() { say ""; say "## $* (at ${SECONDS} s)"; }  # the start times tell the next run what each part costs
 say "# onestep GPU check, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 say ""
@@ -81,7 +82,7 @@ say "- GPUs visible: $(nvidia-smi -L 2>/dev/null | wc -l) (nccl pipelines need o
 section "CUDA tests"
 timeout 240 "$BIN/test_cuda" --gtest_filter="$test_filter" > "$OUTDIR/test_cuda.log" 2>&1  # NCCL last (its own timeout)
 rc=$?
-[ $rc -eq 0 ] || problems=$((problems + 1))
+counted $rc
 say "- test_cuda: exit $rc; $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUTDIR/test_cuda.log" | tr '\n' ' ')"
 grep -E '^\[  FAILED  \]' "$OUTDIR/test_cuda.log" | sort -u | sed 's/^/  - /' | tee -a "$SUMMARY"
 # The bf16 product tests again with cuBLAS rounding the fp32 operands itself (ONESTEP_BF16_GEMM=fast): do its
@@ -119,7 +120,7 @@ print(f"| {sys.argv[1]} | {sys.argv[3]} | {sys.argv[4]} | {j['tokens_per_s']:.0f
       f"{j['sgemm_peak_gflops'] / 1e3:.1f} | {mfu} | {j['gpu_peak_mib']:.0f} MiB ({j['gpu_buffer_peak_mib']:.0f} + "
       f"{j['gpu_scratch_peak_mib']:.0f}) | {j['gpu_memory_used_mib']:.0f} MiB |")
 PY
-    [ $? -eq 0 ] || problems=$((problems + 1))
+    counted $?
   done
 done
 
@@ -197,14 +198,14 @@ except Exception as e:
     print(f"- could not compare: {e}")
     sys.exit(1)
 PY
-[ $? -eq 0 ] || problems=$((problems + 1))
+counted $?
 # 5. NCCL on this GPU (a one-rank communicator sending to itself): last, since its start-up opens sockets that a
 # sandbox may block.
 say ""
 if [ -z "${GPU_CHECK_REHEARSAL:-}" ]; then  # the emulation has no NCCL
   timeout 60 "$BIN/test_cuda" --gtest_filter='CudaNccl.*:CudaHost.Nccl*' > "$OUTDIR/test_nccl.log" 2>&1
   rc=$?
-  [ $rc -eq 0 ] || problems=$((problems + 1))
+  counted $rc
   say "## NCCL: test exit $rc ($(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUTDIR/test_nccl.log" | tr '\n' ' '))"
   say ""
 fi

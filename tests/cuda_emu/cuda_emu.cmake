@@ -6,7 +6,7 @@ find_package(Python3 REQUIRED COMPONENTS Interpreter)
 find_package(Threads REQUIRED)
 set(emu_dir ${CMAKE_SOURCE_DIR}/tests/cuda_emu)
 add_library(cuda_emu STATIC ${emu_dir}/runtime.cpp ${emu_dir}/streams.cpp ${emu_dir}/launch.cpp ${emu_dir}/cublas.cpp)
-target_include_directories(cuda_emu PUBLIC ${emu_dir}/include PRIVATE ${OPENBLAS_INCLUDE_DIR})
+target_include_directories(cuda_emu PUBLIC ${emu_dir}/include PRIVATE ${OPENBLAS_INCLUDE_DIR} ${CMAKE_SOURCE_DIR}/src)  # core/env.h
 target_link_libraries(cuda_emu PUBLIC ${OPENBLAS_LIB} Threads::Threads)
 
 set(emu_gen ${CMAKE_BINARY_DIR}/cuda_emu)
@@ -26,10 +26,8 @@ file(GLOB emu_host_srcs CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/src/kernels/cuda/*
 add_library(onestep_cuda STATIC ${emu_outputs} ${emu_host_srcs})
 target_include_directories(onestep_cuda BEFORE PUBLIC ${emu_gen} ${CMAKE_SOURCE_DIR}/src)
 target_link_libraries(onestep_cuda PUBLIC cuda_emu onestep_core)
-target_compile_definitions(onestep_cuda PUBLIC ONESTEP_HAVE_CUDA=1)
 # Buffer (core/buffer.h) allocates device memory through the (emulated) runtime.
 target_link_libraries(onestep_core PUBLIC cuda_emu)
-target_compile_definitions(onestep_core PUBLIC ONESTEP_HAVE_CUDA=1)
 target_compile_definitions(onestep_cuda PRIVATE __CUDA_ARCH__=900)  # the kernels are "device code": the sm_90 paths
 target_compile_options(onestep_cuda PRIVATE -Wno-unknown-pragmas -Wno-subobject-linkage)  # nvcc's #pragma unroll; launches capture kernels of anonymous namespaces
 

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "core/env.h"
 #include "cuda_runtime_api.h"
 #include "streams.h"
 
@@ -103,21 +104,25 @@ struct Fiber {
 struct SharedMemory {
   static constexpr size_t kGuard = 4096;
   unsigned char* bytes = nullptr;
-  size_t size = 0;
+  size_t size = 0, allocated = 0;  // what the kernel may use; that rounded up to 128 bytes, plus the guard
   SharedMemory() = default;
   explicit SharedMemory(size_t n)
-      : bytes(static_cast<unsigned char*>(std::aligned_alloc(128, (n + 127) / 128 * 128 + kGuard))), size(n) {
-    std::memset(bytes, 0xFF, (n + 127) / 128 * 128 + kGuard);
+      : bytes(static_cast<unsigned char*>(std::aligned_alloc(128, (n + 127) / 128 * 128 + kGuard))),
+        size(n),
+        allocated((n + 127) / 128 * 128 + kGuard) {
+    poison();
   }
+  void poison() { std::memset(bytes, 0xFF, allocated); }  // before each block: nothing left from the last
   bool overrun() const {
-    for (size_t i = size; bytes && i < (size + 127) / 128 * 128 + kGuard; ++i)
+    for (size_t i = size; i < allocated; ++i)
       if (bytes[i] != 0xFF) return true;
     return false;
   }
-  SharedMemory(SharedMemory&& o) noexcept : bytes(o.bytes), size(o.size) { o.bytes = nullptr; }
+  SharedMemory(SharedMemory&& o) noexcept : bytes(o.bytes), size(o.size), allocated(o.allocated) { o.bytes = nullptr; }
   SharedMemory& operator=(SharedMemory&& o) noexcept {
     std::swap(bytes, o.bytes);
     std::swap(size, o.size);
+    std::swap(allocated, o.allocated);
     return *this;
   }
   ~SharedMemory() { std::free(bytes); }
@@ -198,14 +203,14 @@ void wait(Barrier& bar, const char* what) {
 }
 
 void run_block(Block& b, unsigned threads) {
-  for (unsigned t = 0; t < threads; ++t) b.fibers[t].sp = initial_stack(scheduler.stack(t));
+  for (unsigned t = 0; t < threads; ++t) {
+    Fiber& f = b.fibers[t];
+    f.sp = initial_stack(scheduler.stack(t)), f.done = false;
+  }
   // Between barriers, the threads of a block run one after another: in index order, or with
   // CUDA_EMU_THREAD_ORDER=reverse from the last to the first, so that a read of what another thread writes
   // without a barrier in between sees the unwritten value in one of the two orders.
-  static const bool reverse = [] {
-    const char* v = std::getenv("CUDA_EMU_THREAD_ORDER");
-    return v && std::string(v) == "reverse";
-  }();
+  static const bool reverse = onestep::env_is("CUDA_EMU_THREAD_ORDER", "reverse");
   for (unsigned left = threads; left > 0;) {
     b.progress = false;
     for (unsigned i = 0; i < threads; ++i) {
@@ -231,8 +236,6 @@ void run_block(Block& b, unsigned threads) {
 }
 }  // namespace
 
-void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()>& body, const char* name);
-
 void* static_shared(const void* site, size_t bytes) {
   Block& b = *current.block;
   auto it = b.statics.find(site);
@@ -253,6 +256,45 @@ void sync_warp(unsigned mask) {
   wait(bar, "__syncwarp or shuffle");
 }
 uint64_t* warp_exchange() { return current.block->exchange.data(); }
+
+// The blocks of a launch, one after another on the calling thread. One Block serves them all: its barriers end
+// every block back at zero, and its shared memory (dynamic, and each __shared__ site once first used) is poisoned
+// again before the next block.
+void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()>& body, const char* name) {
+  const char* outer_name = kernel_name;
+  kernel_name = name;
+  scheduler.body = &body;
+  const unsigned n = block.x * block.y * block.z;
+  Block b;
+  b.fibers.resize(n);
+  b.block_barrier.expected = n;
+  b.warp_barriers.resize((n + 31) / 32);
+  for (unsigned w = 0; w < b.warp_barriers.size(); ++w) b.warp_barriers[w].expected = std::min(32u, n - 32 * w);
+  b.exchange.assign(n, 0);
+  if (dynamic_smem) b.dynamic = SharedMemory(dynamic_smem);
+  for (unsigned t = 0; t < n; ++t) {
+    ThreadIndex& i = b.fibers[t].index;
+    i.tid = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+    i.bdim = block, i.gdim = grid, i.lin = t, i.block = &b;
+  }
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        for (Fiber& f : b.fibers) f.index.bid = dim3(bx, by, bz);
+        run_block(b, n);
+        const char* overrun = b.dynamic.overrun() ? "its dynamic shared memory" : nullptr;
+        for (auto& site : b.statics) {
+          if (site.second.overrun()) overrun = "a __shared__ array";
+          site.second.poison();
+        }
+        if (overrun) {
+          current.bid = dim3(bx, by, bz);
+          fail((std::string("a thread of the block (not known which) wrote past the end of ") + overrun).c_str());
+        }
+        if (b.dynamic.bytes) b.dynamic.poison();
+      }
+  kernel_name = outer_name;
+}
 
 void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream, const void* key,
             std::function<void()> body, const char* name) {
@@ -275,40 +317,4 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream, con
   enqueue(stream, [=, body = std::move(body)] { run_grid(grid, block, dynamic_smem, body, name); });
 }
 
-void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()>& body, const char* name) {
-  const char* outer_name = kernel_name;
-  kernel_name = name;
-  scheduler.body = &body;
-  const unsigned n = block.x * block.y * block.z;
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        Block b;
-        b.fibers.resize(n);
-        b.block_barrier.expected = n;
-        b.warp_barriers.resize((n + 31) / 32);
-        for (unsigned w = 0; w < b.warp_barriers.size(); ++w) b.warp_barriers[w].expected = std::min(32u, n - 32 * w);
-        b.exchange.assign(n, 0);
-        if (dynamic_smem) b.dynamic = SharedMemory(dynamic_smem);
-        for (unsigned t = 0; t < n; ++t) {
-          ThreadIndex& i = b.fibers[t].index;
-          i.tid = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
-          i.bid = dim3(bx, by, bz);
-          i.bdim = block;
-          i.gdim = grid;
-          i.lin = t;
-          i.block = &b;
-        }
-        run_block(b, n);
-        bool statics_overrun = false;
-        for (const auto& site : b.statics) statics_overrun |= site.second.overrun();
-        if (b.dynamic.overrun() || statics_overrun) {
-          current.bid = dim3(bx, by, bz);
-          fail(b.dynamic.overrun()
-                   ? "a thread of the block (not known which) wrote past the end of its dynamic shared memory"
-                   : "a thread of the block (not known which) wrote past the end of a __shared__ array");
-        }
-      }
-  kernel_name = outer_name;
-}
 }  // namespace emu

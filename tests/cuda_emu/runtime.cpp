@@ -40,6 +40,8 @@ size_t capacity() {
   return bytes;
 }
 
+bool valid_device(int d) { return d >= 0 && d < device_count(); }
+
 thread_local int current_device = 0;
 thread_local cudaError_t last_error = cudaSuccess;
 
@@ -169,7 +171,7 @@ struct EventState {
 struct Event {
   std::shared_ptr<EventState> state = std::make_shared<EventState>();  // queued waits keep it past a destroy
 };
-EventState& state_of(cudaEvent_t e) { return *reinterpret_cast<Event*>(e)->state; }
+const std::shared_ptr<EventState>& state_of(cudaEvent_t e) { return reinterpret_cast<Event*>(e)->state; }
 
 }  // namespace
 
@@ -182,12 +184,12 @@ cudaError_t cudaGetDevice(int* d) {
   return cudaSuccess;
 }
 cudaError_t cudaSetDevice(int d) {
-  if (d < 0 || d >= device_count()) return fail_with(cudaErrorInvalidDevice);
+  if (!valid_device(d)) return fail_with(cudaErrorInvalidDevice);
   current_device = d;
   return cudaSuccess;
 }
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
-  if (d < 0 || d >= device_count()) return fail_with(cudaErrorInvalidDevice);
+  if (!valid_device(d)) return fail_with(cudaErrorInvalidDevice);
   std::memset(p, 0, sizeof *p);
   std::snprintf(p->name, sizeof p->name, "CUDA emulation on the CPU");
   p->totalGlobalMem = capacity();
@@ -197,7 +199,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int d) {
-  if (d < 0 || d >= device_count()) return fail_with(cudaErrorInvalidDevice);
+  if (!valid_device(d)) return fail_with(cudaErrorInvalidDevice);
   switch (a) {
     case cudaDevAttrComputeCapabilityMajor: *v = arch() / 10; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = static_cast<int>(emu::shared_optin_bytes()); return cudaSuccess;
@@ -205,11 +207,11 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int d) {
   return fail_with(cudaErrorInvalidValue);
 }
 cudaError_t cudaDeviceCanAccessPeer(int* can, int d, int peer) {
-  *can = d != peer && d >= 0 && peer >= 0 && d < device_count() && peer < device_count();
+  *can = d != peer && valid_device(d) && valid_device(peer);
   return cudaSuccess;
 }
 cudaError_t cudaDeviceEnablePeerAccess(int peer, unsigned) {
-  if (peer < 0 || peer >= device_count() || peer == current_device) return fail_with(cudaErrorInvalidDevice);
+  if (!valid_device(peer) || peer == current_device) return fail_with(cudaErrorInvalidDevice);
   Ledger& L = ledger();
   std::lock_guard<std::mutex> lock(L.mu);
   if (!L.peers.insert({current_device, peer}).second) return fail_with(cudaErrorPeerAccessAlreadyEnabled);
@@ -226,24 +228,27 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   *free_bytes = capacity() - L.used[static_cast<size_t>(current_device)];
   return cudaSuccess;
 }
+// A device's default pool is a handle that encodes the device (one ledger per device holds its memory).
+constexpr uintptr_t kPoolBase = 0x1000;
 cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* p, int d) {
-  if (d < 0 || d >= device_count()) return fail_with(cudaErrorInvalidDevice);
-  *p = reinterpret_cast<cudaMemPool_t>(static_cast<uintptr_t>(0x1000 + d));
+  if (!valid_device(d)) return fail_with(cudaErrorInvalidDevice);
+  *p = reinterpret_cast<cudaMemPool_t>(kPoolBase + static_cast<uintptr_t>(d));
   return cudaSuccess;
 }
+static size_t pool_device(cudaMemPool_t p) { return reinterpret_cast<uintptr_t>(p) - kPoolBase; }
 // The pool's high-water mark: here that of all the device's memory (the emulation has one ledger).
 cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t p, cudaMemPoolAttr a, void* v) {
   if (a != cudaMemPoolAttrUsedMemHigh) return fail_with(cudaErrorInvalidValue);
   Ledger& L = ledger();
   std::lock_guard<std::mutex> lock(L.mu);
-  *static_cast<uint64_t*>(v) = L.high[reinterpret_cast<uintptr_t>(p) - 0x1000];
+  *static_cast<uint64_t*>(v) = L.high[pool_device(p)];
   return cudaSuccess;
 }
 cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t p, cudaMemPoolAttr a, void* v) {
   if (a != cudaMemPoolAttrUsedMemHigh || *static_cast<uint64_t*>(v) != 0) return fail_with(cudaErrorInvalidValue);
   Ledger& L = ledger();
   std::lock_guard<std::mutex> lock(L.mu);
-  const size_t d = reinterpret_cast<uintptr_t>(p) - 0x1000;
+  const size_t d = pool_device(p);
   L.high[d] = L.used[d];
   return cudaSuccess;
 }
@@ -279,7 +284,7 @@ cudaError_t cudaStreamQuery(cudaStream_t s) { return emu::stream_idle(s) ? cudaS
 // The stream waits for the event's latest record as of this call; an event never recorded is no wait.
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
   if (!e) return fail_with(cudaErrorInvalidValue);
-  std::shared_ptr<EventState> st = reinterpret_cast<Event*>(e)->state;
+  std::shared_ptr<EventState> st = state_of(e);
   uint64_t target;
   {
     std::lock_guard<std::mutex> lock(st->mu);
@@ -306,7 +311,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
 // emulated work between two records).
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   if (!e) return fail_with(cudaErrorInvalidValue);
-  std::shared_ptr<EventState> st = reinterpret_cast<Event*>(e)->state;
+  std::shared_ptr<EventState> st = state_of(e);
   uint64_t id;
   {
     std::lock_guard<std::mutex> lock(st->mu);
@@ -321,13 +326,13 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
 }
 cudaError_t cudaEventQuery(cudaEvent_t e) {
   if (!e) return fail_with(cudaErrorInvalidValue);
-  EventState& st = state_of(e);
+  EventState& st = *state_of(e);
   std::lock_guard<std::mutex> lock(st.mu);
   return st.done >= st.issued ? cudaSuccess : cudaErrorNotReady;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
   if (!e) return fail_with(cudaErrorInvalidValue);
-  EventState& st = state_of(e);
+  EventState& st = *state_of(e);
   std::unique_lock<std::mutex> lock(st.mu);
   const uint64_t target = st.issued;
   st.reached.wait(lock, [&] { return st.done >= target; });
@@ -343,7 +348,7 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop)
     std::lock_guard<std::mutex> lock(st.mu);
     return Seen{st.issued, st.done, st.at};
   };
-  const Seen a = look(state_of(start)), b = look(state_of(stop));
+  const Seen a = look(*state_of(start)), b = look(*state_of(stop));
   if (a.issued == 0 || b.issued == 0) return fail_with(cudaErrorInvalidValue);
   if (a.done < a.issued || b.done < b.issued) return cudaErrorNotReady;
   *ms = std::chrono::duration<float, std::milli>(b.at - a.at).count();

@@ -2,13 +2,13 @@
 #include "streams.h"
 
 #include <condition_variable>
-#include <cstdlib>
-#include <cstring>
 #include <deque>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <thread>
+
+#include "core/env.h"
 
 namespace emu {
 namespace {
@@ -105,10 +105,7 @@ Stream* resolve(cudaStream_t s) {
 }  // namespace
 
 bool async_streams() {
-  static const bool on = [] {
-    const char* v = std::getenv("CUDA_EMU_STREAMS");
-    return v && std::strcmp(v, "async") == 0;
-  }();
+  static const bool on = onestep::env_is("CUDA_EMU_STREAMS", "async");
   return on;
 }
 void enqueue(cudaStream_t s, std::function<void()> op) {

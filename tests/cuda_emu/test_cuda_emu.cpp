@@ -223,7 +223,6 @@ TEST_F(EmuDeathTest, SharedMemoryOverrunsAbortWhenTheBlockEnds) {
   }, "k"), "past the end of a __shared__ array");
 }
 
-// ---- memory ledger ----------------------------------------------------------------------------------------
 // ---- what a GPU would fault on -----------------------------------------------------------------------------
 void store_one(float* x) { *x = 1.0f; }
 TEST_F(EmuDeathTest, KernelsAndProductsRefuseHostPointers) {
@@ -232,6 +231,9 @@ TEST_F(EmuDeathTest, KernelsAndProductsRefuseHostPointers) {
   std::vector<float> host(16);
   auto store = [](auto... v) { store_one(v...); };
   emu::launch_kernel(dim3(1), dim3(1), 0, nullptr, nullptr, "store_one", store, d + 15);  // inside: runs
+  float last = 0;
+  ASSERT_EQ(cudaMemcpy(&last, d + 15, sizeof last, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(last, 1.0f);
   EXPECT_DEATH(emu::launch_kernel(dim3(1), dim3(1), 0, nullptr, nullptr, "store_one", store, host.data()),
                "store_one refused: a pointer argument points to host memory");
   cublasHandle_t h = nullptr;
@@ -314,6 +316,7 @@ TEST_F(EmuDeathTest, AsyncStreamsRunBesideEachOtherAndAreOrderedByEventsOnly) {
   EXPECT_EXIT(std::exit(streams_scenario()), ::testing::ExitedWithCode(0), "");
 }
 
+// ---- memory ledger ----------------------------------------------------------------------------------------
 TEST(CudaEmu, AllocationsAreLimitedByTheCapacityPerDeviceAndShowInMemGetInfo) {
   size_t free0 = 0, total = 0, free1 = 0;
   ASSERT_EQ(cudaMemGetInfo(&free0, &total), cudaSuccess);

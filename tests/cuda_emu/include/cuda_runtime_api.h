@@ -129,18 +129,18 @@ extern thread_local ThreadIndex current;
 // cudaFuncSetAttribute (nullptr where no opt-in is needed).
 void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream, const void* key,
             std::function<void()> body, const char* name);
-// What rewrite_cuda.py turns `kernel<<<grid, block, smem, stream>>>(args...)` into: the arguments are evaluated
-// now, as CUDA does, and kept with the launch; call(args...) calls the kernel.
-// A pointer argument must point into device memory (or be null): on a GPU a host pointer faults.
 bool is_device_address(const void* p);  // inside a live allocation, or one past its end
-size_t shared_optin_bytes();  // the most dynamic shared memory per block a kernel may opt in to
+size_t shared_optin_bytes();           // the most dynamic shared memory per block a kernel may opt in to
 [[noreturn]] void refuse_launch(const char* name, const char* why);
+// A kernel's pointer argument must point into device memory (or be null): on a GPU a host pointer faults.
 template <class T>
 void check_kernel_argument(T* p, const char* name) {
   if (p && !is_device_address(p)) refuse_launch(name, "a pointer argument points to host memory");
 }
 template <class T>
 void check_kernel_argument(const T&, const char*) {}
+// What rewrite_cuda.py turns `kernel<<<grid, block, smem, stream>>>(args...)` into: the arguments are checked
+// and evaluated now, as CUDA does, and kept with the launch; call(args...) calls the kernel.
 template <class Call, class... Args>
 void launch_kernel(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream, const void* key,
                    const char* name, Call call, Args... args) {
