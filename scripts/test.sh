@@ -27,7 +27,7 @@ if [ $# -eq 0 ]; then
     say "test: configuring build-emu/ failed" >&2
     exit 1
   fi
-  cmake --build build-emu -j"$(nproc)" --target onestep test_cuda test_cuda_emu
+  cmake --build build-emu -j"$(nproc)" --target emulation_tests
   set +e
   ctest --test-dir build-emu --output-on-failure -j"${ONESTEP_TEST_JOBS:-1}" -R '^(cuda|cuda_emu|gpu_check)\.'
   rc_emu=$?

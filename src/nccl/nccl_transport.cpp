@@ -39,6 +39,10 @@ struct NcclApi {
 
 const NcclApi& nccl() {
   static const NcclApi api = [] {
+#ifdef ONESTEP_NCCL_LINKED  // the CPU emulation of NCCL (tests/cuda_emu) is linked in, not loaded
+    return NcclApi{&ncclGetUniqueId, &ncclCommInitRank, &ncclCommDestroy, &ncclCommAbort, &ncclGroupStart,
+                   &ncclGroupEnd,    &ncclSend,         &ncclRecv,        &ncclGetErrorString, &ncclGetVersion};
+#else
     void* lib = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
 #ifdef ONESTEP_NCCL_LIBRARY
     if (!lib) lib = dlopen(ONESTEP_NCCL_LIBRARY, RTLD_NOW | RTLD_LOCAL);  // the one CMake found at build time
@@ -62,6 +66,7 @@ const NcclApi& nccl() {
     sym(a.error_string, "ncclGetErrorString");
     sym(a.get_version, "ncclGetVersion");
     return a;
+#endif
   }();
   return api;
 }

@@ -40,5 +40,9 @@ if(ONESTEP_BUILD_TESTS)
   target_link_libraries(test_cuda_emu PRIVATE cuda_emu GTest::gtest_main)
   target_compile_definitions(test_cuda_emu PRIVATE EMU_SOURCE_DIR="${emu_dir}" EMU_PYTHON="${Python3_EXECUTABLE}")
   add_test(NAME cuda_emu.self COMMAND test_cuda_emu)
+  # Everything the emulated ctest cases run (scripts/test.sh builds this target): test_cuda, the binary and the
+  # NCCL emulation's tests add themselves where they are defined.
+  add_custom_target(emulation_tests)
+  add_dependencies(emulation_tests test_cuda_emu)
   set_tests_properties(cuda_emu.self PROPERTIES ENVIRONMENT "OMP_NUM_THREADS=2;OMP_WAIT_POLICY=PASSIVE")
 endif()

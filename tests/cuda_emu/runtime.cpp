@@ -66,21 +66,23 @@ Ledger& ledger() {
   return *l;
 }
 
-// [p, p + n) inside a live allocation (n = 0: p may also be one past its end).
-bool on_device(const void* p, size_t n) {
+// The device of the live allocation that holds [p, p + n) (n = 0: p may also be one past its end), or -1.
+int device_holding(const void* p, size_t n) {
   Ledger& L = ledger();
   std::lock_guard<std::mutex> lock(L.mu);
   const char* c = static_cast<const char*>(p);
   auto it = L.live.upper_bound(c);
-  if (it == L.live.begin()) return false;
+  if (it == L.live.begin()) return -1;
   --it;
-  return c >= it->first && c + n <= it->first + it->second.bytes;
+  return c >= it->first && c + n <= it->first + it->second.bytes ? it->second.device : -1;
 }
+bool on_device(const void* p, size_t n) { return device_holding(p, n) >= 0; }
 
 }  // namespace
 
 namespace emu {
 bool is_device_address(const void* p) { return on_device(p, 0); }
+int device_of(const void* p, size_t n) { return device_holding(p, n); }
 size_t shared_optin_bytes() {
   switch (arch()) {
     case 80: return 163 * 1024;  // A100

@@ -130,6 +130,7 @@ extern thread_local ThreadIndex current;
 void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream, const void* key,
             std::function<void()> body, const char* name);
 bool is_device_address(const void* p);  // inside a live allocation, or one past its end
+int device_of(const void* p, size_t n);  // the device whose live allocation holds [p, p + n), or -1
 size_t shared_optin_bytes();           // the most dynamic shared memory per block a kernel may opt in to
 [[noreturn]] void refuse_launch(const char* name, const char* why);
 // A kernel's pointer argument must point into device memory (or be null): on a GPU a host pointer faults.
