@@ -10,7 +10,7 @@
 // Backward (recomputes P = exp(S * scale - lse), delta = rowsum(dout * out)):
 //   dq kernel:   one block per (b, h, query tile), key tiles 0..qt in order;  dq += sum dS K
 //   dkv kernel:  one block per (b, kv head, key tile), heads of the group then query tiles qt >= kt in order;
-//                dk += sum dS^T Q, dv += sum P^T dO.
+//                dk += sum dS^T Q, dv += sum P^T dO, accumulated in registers.
 //   Every output element is written by one block and summed in a fixed order: no atomics.
 #include <algorithm>
 #include <cmath>
@@ -27,6 +27,7 @@ namespace {
 using namespace detail;
 
 constexpr int kLdS = kTile + 1;  // padded row stride of the score tiles
+constexpr int kMaxHeadDim = 256;  // the backward's dk/dv registers are sized for head dims up to this
 
 // dst[r, c] (row stride ld) = src[r * lds + c] for r < valid, 0 for valid <= r < kTile.
 // src is fp32 or bf16 (widened exactly).
@@ -202,7 +203,10 @@ __global__ void __launch_bounds__(kAttnThreads)
   }
 }
 
-template <class Act>
+// dK and dV accumulate in registers: element idx = threadIdx.x + r * kAttnThreads of the [kTile, D] tile is
+// thread threadIdx.x's r-th (kPer >= kTile * D / kAttnThreads). In shared memory they would take two more tiles:
+// 105 KiB at D = 128, more than the 99 KiB of sm_86/sm_89 GPUs; this way the kernel needs 73 KiB there.
+template <class Act, int kPer>
 __global__ void __launch_bounds__(kAttnThreads)
     attn_bwd_dkv_kernel(float* dk, float* dv, const float* dout, const Act* q, const Act* k, const Act* v,
                         const float* lse, const float* delta, Dims d) {
@@ -212,9 +216,7 @@ __global__ void __launch_bounds__(kAttnThreads)
   float* sV = sK + kTile * ld;
   float* sQ = sV + kTile * ld;
   float* sdO = sQ + kTile * ld;
-  float* sdK = sdO + kTile * ld;
-  float* sdV = sdK + kTile * ld;
-  float* sP = sdV + kTile * ld;
+  float* sP = sdO + kTile * ld;
   float* sdS = sP + kTile * kLdS;
   float* sLse = sdS + kTile * kLdS;
   float* sDelta = sLse + kTile;
@@ -225,10 +227,9 @@ __global__ void __launch_bounds__(kAttnThreads)
 
   load_tile(sK, ld, k + d.koff(b, j0, kvh), d.ldk, kn, D);
   load_tile(sV, ld, v + d.koff(b, j0, kvh), d.ldk, kn, D);
-  for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {
-    sdK[(idx / D) * ld + idx % D] = 0.0f;
-    sdV[(idx / D) * ld + idx % D] = 0.0f;
-  }
+  float acc_k[kPer], acc_v[kPer];
+#pragma unroll
+  for (int r = 0; r < kPer; ++r) acc_k[r] = 0.0f, acc_v[r] = 0.0f;
   for (int g = 0; g < d.G; ++g) {
     const int h = kvh * d.G + g;
     for (int qt = kt; qt < d.ntiles; ++qt) {
@@ -240,24 +241,29 @@ __global__ void __launch_bounds__(kAttnThreads)
       __syncthreads();
       attn_probs_bwd(sP, sdS, sQ, sdO, sK, sV, sLse, sDelta, i0, m, j0, kn, ld, D, d.scale);
       __syncthreads();
-      for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {  // dV += P^T dO ; dK += dS^T Q
+#pragma unroll
+      for (int r = 0; r < kPer; ++r) {  // dV += P^T dO ; dK += dS^T Q
+        const int idx = threadIdx.x + r * kAttnThreads;
+        if (idx >= kTile * D) break;
         const int j = idx / D, c = idx - j * D;
-        float av = sdV[j * ld + c], ak = sdK[j * ld + c];
+        float av = acc_v[r], ak = acc_k[r];
         for (int i = 0; i < m; ++i) {
           av = fmaf(sP[i * kLdS + j], sdO[i * ld + c], av);
           ak = fmaf(sdS[i * kLdS + j], sQ[i * ld + c], ak);
         }
-        sdV[j * ld + c] = av;
-        sdK[j * ld + c] = ak;
+        acc_v[r] = av;
+        acc_k[r] = ak;
       }
     }
   }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < kn * D; idx += blockDim.x) {
+#pragma unroll
+  for (int r = 0; r < kPer; ++r) {
+    const int idx = threadIdx.x + r * kAttnThreads;
+    if (idx >= kn * D) break;
     const int j = idx / D, c = idx - j * D;
     const int64_t o = d.koff(b, j0 + j, kvh) + c;
-    dk[o] += sdK[j * ld + c];
-    dv[o] += sdV[j * ld + c];
+    dk[o] += acc_k[r];
+    dv[o] += acc_v[r];
   }
 }
 
@@ -307,8 +313,17 @@ void attention_backward_as(float* dq, float* dk, float* dv, const float* dout, c
   const float* dl = delta.as<float>();
   launch_tasks(attn_bwd_dq_kernel<Act>, d.query_tasks(d.ntiles), kAttnThreads, smem_bytes(D, 5, 2, 2), stream,
                "attention_backward(dq)", D, dq, dout, q, k, v, lse, dl, d);
-  launch_tasks(attn_bwd_dkv_kernel<Act>, d.key_tasks(d.ntiles), kAttnThreads, smem_bytes(D, 6, 2, 2), stream,
-               "attention_backward(dkv)", D, dk, dv, dout, q, k, v, lse, dl, d);
+  // The dk/dv accumulators' registers per thread: kTile * D / kAttnThreads = D / 8 each, in three sizes.
+  auto dkv = [&](auto kernel) {
+    launch_tasks(kernel, d.key_tasks(d.ntiles), kAttnThreads, smem_bytes(D, 4, 2, 2), stream,
+                 "attention_backward(dkv)", D, dk, dv, dout, q, k, v, lse, dl, d);
+  };
+  static_assert(kTile * 8 == kAttnThreads, "kPer = D / 8 below");
+  if (D <= 64) dkv(attn_bwd_dkv_kernel<Act, 8>);
+  else if (D <= 128) dkv(attn_bwd_dkv_kernel<Act, 16>);
+  else if (D <= kMaxHeadDim) dkv(attn_bwd_dkv_kernel<Act, kMaxHeadDim / 8>);
+  else throw std::runtime_error("attention_backward: head dim " + std::to_string(D) + ", the fp32 kernels take up to " +
+                                std::to_string(kMaxHeadDim));
 }
 }  // namespace
 
