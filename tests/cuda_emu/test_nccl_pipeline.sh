@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The nccl transport end to end on emulated GPUs (ctest cuda.nccl_pipeline): one process per stage under mpirun,
 # activations and gradients through the emulated NCCL (tests/cuda_emu/nccl.cpp), gives exactly the weights and
-# losses of the same pipeline in one process; a resumed run continues exactly; fewer GPUs than ranks is refused.
+# losses of the same pipeline in one process (2BW, 1F1B, PipeDream; 2 and 3 ranks; fp32 and bf16; synchronous and
+# asynchronous streams); a resumed run continues exactly; fewer GPUs than ranks is refused.
 # Usage: test_nccl_pipeline.sh ONESTEP_BINARY SOURCE_DIR MPIEXEC
 source "$(dirname "$0")/../cli/lib.sh"
 MPIEXEC="$3"
@@ -20,23 +21,26 @@ same_run() {  # same_run A B WHAT: the final weights bit for bit, and the logged
   [ -n "$(losses "$2")" ] && diff <(losses "$1") <(losses "$2") > /dev/null && ok "$3: same losses" || fail "$3: losses differ"
 }
 
-for run in "2bw 2" "1f1b 2" "2bw 3"; do
+# schedule, stages, precision: 3 stages put the tied embedding's two ends on ranks that are not neighbours;
+# PipeDream's stashed versions differ per stage; bf16 stores the operands in bf16 (what crosses a cut stays fp32).
+for run in "2bw 2 fp32" "1f1b 2 fp32" "2bw 3 fp32" "pipedream 3 fp32" "2bw 2 bf16"; do
   set -- $run
-  sched=$1 p=$2
-  args=(--set pipeline.schedule=$sched --set pipeline.stages=$p --set train.micro_batches=$p)
-  "$BIN" train --config micro.toml "${common[@]}" "${args[@]}" --out "in_${sched}_$p" > "in_${sched}_$p.log" 2>&1 \
-    || { tail -n 3 "in_${sched}_$p.log"; fail "in-process $sched p=$p"; continue; }
+  sched=$1 p=$2 prec=$3
+  name="${sched}_${p}_$prec"
+  args=(--set pipeline.schedule=$sched --set pipeline.stages=$p --set train.micro_batches=$p --set train.precision=$prec)
+  "$BIN" train --config micro.toml "${common[@]}" "${args[@]}" --out "in_$name" > "in_$name.log" 2>&1 \
+    || { tail -n 3 "in_$name.log"; fail "in-process $name"; continue; }
   "${MPIRUN[@]}" -np $p "$BIN" train --config micro.toml "${common[@]}" "${args[@]}" --set pipeline.transport=nccl \
-    --out "nccl_${sched}_$p" > "nccl_${sched}_$p.log" 2>&1 || { tail -n 20 "nccl_${sched}_$p.log"; fail "nccl $sched p=$p"; continue; }
-  grep -q "NCCL (one rank per GPU)" "nccl_${sched}_$p.log" && ok "nccl $sched p=$p: ran over NCCL" || fail "nccl $sched p=$p: transport not named"
-  same_run "in_${sched}_$p" "nccl_${sched}_$p" "nccl $sched p=$p vs in-process"
+    --out "nccl_$name" > "nccl_$name.log" 2>&1 || { tail -n 20 "nccl_$name.log"; fail "nccl $name"; continue; }
+  grep -q "NCCL (one rank per GPU)" "nccl_$name.log" && ok "nccl $name: ran over NCCL" || fail "nccl $name: transport not named"
+  same_run "in_$name" "nccl_$name" "nccl $sched p=$p $prec vs in-process"
 done
 
 # The streams as worker threads: the transport's events alone must order its copies and NCCL's operations.
 CUDA_EMU_STREAMS=async "${MPIRUN[@]}" -np 2 "$BIN" train --config micro.toml "${common[@]}" --set pipeline.schedule=2bw \
   --set pipeline.stages=2 --set train.micro_batches=2 --set pipeline.transport=nccl --out nccl_async > nccl_async.log 2>&1 \
   || { tail -n 20 nccl_async.log; fail "nccl with async streams"; }
-same_run in_2bw_2 nccl_async "nccl 2bw p=2, async streams, vs in-process"
+same_run in_2bw_2_fp32 nccl_async "nccl 2bw p=2, async streams, vs in-process"
 
 # Resuming from the per-rank checkpoints continues exactly: 2 + 2 steps give the weights of 4 steps in one go.
 nccl2=(--set pipeline.schedule=2bw --set pipeline.stages=2 --set train.micro_batches=2 --set pipeline.transport=nccl --set train.ckpt_every=2)
@@ -44,7 +48,7 @@ nccl2=(--set pipeline.schedule=2bw --set pipeline.stages=2 --set train.micro_bat
   && "${MPIRUN[@]}" -np 2 "$BIN" train --config micro.toml "${common[@]}" "${nccl2[@]}" --out resumed --resume >> resumed.log 2>&1 \
   || { tail -n 20 resumed.log; fail "nccl resume"; }
 [ -e resumed/checkpoints/step_00000002/state.stage1.safetensors ] && ok "nccl: one checkpoint file per rank" || fail "nccl: checkpoint files"
-"$BIN" export --checkpoint resumed --out resumed.safetensors > /dev/null && cmp -s resumed.safetensors in_2bw_2.safetensors \
+"$BIN" export --checkpoint resumed --out resumed.safetensors > /dev/null && cmp -s resumed.safetensors in_2bw_2_fp32.safetensors \
   && ok "nccl: resumed 2 + 2 steps == 4 steps, bit for bit" || fail "nccl: the resumed run's weights differ"
 
 # Fewer GPUs than ranks on the machine: a clear error from the ranks, exit 2, no run folder.
