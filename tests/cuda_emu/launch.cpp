@@ -7,13 +7,19 @@
 //   - more dynamic shared memory than the kernel was opted in to, or than the device has;
 //   - shared memory is filled with 0xFF bytes (NaN) at the start of each block: reads of unwritten shared
 //     memory show up as NaN in the results; writes past its end are found when the block ends.
+// Blocks run in grid order, or with CUDA_EMU_BLOCK_ORDER=shuffle in a random order per launch (a GPU promises
+// none): a kernel whose blocks depend on each other's order, or that sums across blocks with float atomics and is
+// said to be deterministic, then gives different results from run to run. CUDA_EMU_BLOCK_SEED=N repeats an order.
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <numeric>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -257,6 +263,26 @@ void sync_warp(unsigned mask) {
 }
 uint64_t* warp_exchange() { return current.block->exchange.data(); }
 
+// The order of a launch's blocks (linear indices): empty for grid order; with CUDA_EMU_BLOCK_ORDER=shuffle a random
+// permutation, from one generator per process whose seed is printed once (CUDA_EMU_BLOCK_SEED sets it).
+std::vector<uint64_t> block_order(uint64_t blocks) {
+  static const bool shuffle = onestep::env_is("CUDA_EMU_BLOCK_ORDER", "shuffle");
+  if (!shuffle || blocks < 2) return {};
+  static std::mutex mu;
+  static std::mt19937_64 rng = [] {
+    const char* v = std::getenv("CUDA_EMU_BLOCK_SEED");
+    const uint64_t seed = v && *v ? std::strtoull(v, nullptr, 10) : std::random_device{}();
+    std::fprintf(stderr, "CUDA emulation: blocks in a random order, CUDA_EMU_BLOCK_SEED=%llu repeats it\n",
+                 static_cast<unsigned long long>(seed));
+    return std::mt19937_64(seed);
+  }();
+  std::vector<uint64_t> order(blocks);
+  std::iota(order.begin(), order.end(), uint64_t{0});
+  std::lock_guard<std::mutex> lock(mu);
+  std::shuffle(order.begin(), order.end(), rng);
+  return order;
+}
+
 // The blocks of a launch, one after another on the calling thread. One Block serves them all: its barriers end
 // every block back at zero, and its shared memory (dynamic, and each __shared__ site once first used) is poisoned
 // again before the next block.
@@ -277,22 +303,25 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<vo
     i.tid = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
     i.bdim = block, i.gdim = grid, i.lin = t, i.block = &b;
   }
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        for (Fiber& f : b.fibers) f.index.bid = dim3(bx, by, bz);
-        run_block(b, n);
-        const char* overrun = b.dynamic.overrun() ? "its dynamic shared memory" : nullptr;
-        for (auto& site : b.statics) {
-          if (site.second.overrun()) overrun = "a __shared__ array";
-          site.second.poison();
-        }
-        if (overrun) {
-          current.bid = dim3(bx, by, bz);
-          fail((std::string("a thread of the block (not known which) wrote past the end of ") + overrun).c_str());
-        }
-        if (b.dynamic.bytes) b.dynamic.poison();
-      }
+  const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
+  const std::vector<uint64_t> order = block_order(blocks);
+  for (uint64_t k = 0; k < blocks; ++k) {
+    const uint64_t lin = order.empty() ? k : order[k];
+    const dim3 bid(static_cast<unsigned>(lin % grid.x), static_cast<unsigned>(lin / grid.x % grid.y),
+                   static_cast<unsigned>(lin / (uint64_t{grid.x} * grid.y)));
+    for (Fiber& f : b.fibers) f.index.bid = bid;
+    run_block(b, n);
+    const char* overrun = b.dynamic.overrun() ? "its dynamic shared memory" : nullptr;
+    for (auto& site : b.statics) {
+      if (site.second.overrun()) overrun = "a __shared__ array";
+      site.second.poison();
+    }
+    if (overrun) {
+      current.bid = bid;
+      fail((std::string("a thread of the block (not known which) wrote past the end of ") + overrun).c_str());
+    }
+    if (b.dynamic.bytes) b.dynamic.poison();
+  }
   kernel_name = outer_name;
 }
 

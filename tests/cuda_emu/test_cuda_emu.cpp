@@ -7,6 +7,7 @@
 #include <mma.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <chrono>
 #include <cmath>
@@ -266,6 +267,37 @@ int unwritten_reads(bool reverse) {  // in a child process: the order is read on
 TEST_F(EmuDeathTest, ReverseThreadOrderShowsReadsThatNoBarrierOrders) {
   EXPECT_EXIT(std::exit(unwritten_reads(false)), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(std::exit(unwritten_reads(true)), ::testing::ExitedWithCode(63), "");
+}
+
+// ---- block order (CUDA_EMU_BLOCK_ORDER=shuffle) ----------------------------------------------------------
+// Each block of a 2-D grid records its turn. In grid order the turns follow the linear block index; shuffled,
+// every block still runs once, in an order that differs from grid order and from launch to launch. Exit code: 0
+// as expected, else the number of the check that failed.
+std::vector<int> block_turns(unsigned gx, unsigned gy) {
+  std::vector<int> turn(gx * gy, -1);
+  int next = 0;
+  emu::launch(dim3(gx, gy), dim3(4), 0, nullptr, nullptr, [&] {
+    if (threadIdx.x == 0) turn[blockIdx.y * gx + blockIdx.x] = next++;
+  }, "block_turns");
+  return turn;
+}
+int block_order_scenario(const char* order) {  // in a child process: the order is read once per process
+  setenv("CUDA_EMU_BLOCK_ORDER", order, 1);
+  const std::vector<int> a = block_turns(8, 5), b = block_turns(8, 5);
+  std::vector<int> sorted = a, grid_order(a.size());
+  std::sort(sorted.begin(), sorted.end());
+  for (size_t i = 0; i < grid_order.size(); ++i) grid_order[i] = static_cast<int>(i);
+  if (sorted != grid_order) return 1;  // a block ran twice or not at all
+  const bool shuffled = std::string(order) == "shuffle";
+  if ((a == grid_order) == shuffled) return 2;
+  if ((a == b) == shuffled) return 3;
+  return 0;
+}
+
+TEST_F(EmuDeathTest, ShuffledBlocksRunEachOnceInAnOrderThatChangesPerLaunch) {
+  EXPECT_EXIT(std::exit(block_order_scenario("grid")), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(std::exit(block_order_scenario("shuffle")), ::testing::ExitedWithCode(0),
+              "blocks in a random order, CUDA_EMU_BLOCK_SEED=[0-9]+ repeats it");
 }
 
 // ---- asynchronous streams (CUDA_EMU_STREAMS=async) -------------------------------------------------------
