@@ -40,6 +40,10 @@ class CudaBackend final : public Backend {
   void copy(float* dst, const float* src, int64_t n) const override { gpu::copy_device(dst, src, n, ops_.stream); }
   void scale(float* y, float s, int64_t n) const override { gpu::scale_inplace(y, s, n, ops_.stream); }
   double sum_squares(const float* x, int64_t n) const override { return gpu::sum_squares(x, n, ops_.stream); }
+  std::vector<double> sum_squares_each(const float* x,
+                                       const std::vector<std::pair<int64_t, int64_t>>& pieces) const override {
+    return gpu::sum_squares_each(x, pieces, ops_.stream);
+  }
   void add(float* y, const float* x, int64_t n) const override { gpu::add_inplace(y, x, n, ops_.stream); }
   void dc_asgd(float* g, const float* w, const float* stale, int64_t n, float lambda) const override {
     gpu::dc_asgd_compensate(g, w, stale, n, lambda, ops_.stream);

@@ -5,6 +5,8 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <utility>
+#include <vector>
 
 #include "core/buffer.h"
 #include "kernels/op_profile.h"
@@ -40,6 +42,14 @@ class Backend {
   virtual void copy(float* dst, const float* src, int64_t n) const = 0;
   virtual void scale(float* y, float s, int64_t n) const = 0;
   virtual double sum_squares(const float* x, int64_t n) const = 0;  // in double
+  // sum_squares of each piece x[offset, offset + count), in order; the GPU waits once for all of them.
+  virtual std::vector<double> sum_squares_each(const float* x,
+                                               const std::vector<std::pair<int64_t, int64_t>>& pieces) const {
+    std::vector<double> out;
+    out.reserve(pieces.size());
+    for (const auto& [offset, count] : pieces) out.push_back(sum_squares(x + offset, count));
+    return out;
+  }
   virtual void add(float* y, const float* x, int64_t n) const = 0;  // y <- y + x
   // a = b = a + b (the tied embedding's two gradient copies): the sum formed once, so both hold the same bits.
   void sum_pair(float* a, float* b, int64_t n) const {

@@ -186,10 +186,13 @@ void StageRunner::post_step(int64_t batch) {
     st_.backend.add(g.data() + tp->offset, theirs, tp->numel);
   }
   const auto& params = st_.stage.params().all();
-  for (size_t i = 0; i < params.size(); ++i) {
-    if (params[i].name == "lm_head.weight" && c_.model.tie_embeddings) continue;  // the pair counts once
-    local[global_index_[i]] = st_.backend.sum_squares(g.data() + params[i].offset, params[i].numel);
-  }
+  std::vector<size_t> counted;  // the parameters whose squares count: the tied pair counts once
+  std::vector<std::pair<int64_t, int64_t>> pieces;
+  for (size_t i = 0; i < params.size(); ++i)
+    if (!(params[i].name == "lm_head.weight" && c_.model.tie_embeddings))
+      counted.push_back(i), pieces.emplace_back(params[i].offset, params[i].numel);
+  const std::vector<double> sums = st_.backend.sum_squares_each(g.data(), pieces);
+  for (size_t k = 0; k < counted.size(); ++k) local[global_index_[counted[k]]] = sums[k];
   if (st_.stage.spec().has_head) local[n_global_params_] = loss_sum_[batch] / M_;
   local[n_global_params_ + 1 + tx_.stage()] = busy_[batch];
   const double act_bytes = free_acts_.empty() && acts_.empty() ? 0.0

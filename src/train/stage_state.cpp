@@ -53,11 +53,11 @@ void reduce_tied_embedding_local(StageState& s) {
 }
 
 double unique_grad_sum_squares(const StageState& s) {
+  std::vector<std::pair<int64_t, int64_t>> pieces;
+  for (const auto& p : s.stage.params().all())
+    if (!(p.name == "lm_head.weight" && s.stage.holds_tied_copy())) pieces.emplace_back(p.offset, p.numel);
   double total = 0;
-  for (const auto& p : s.stage.params().all()) {
-    if (p.name == "lm_head.weight" && s.stage.holds_tied_copy()) continue;
-    total += s.backend.sum_squares(s.grad.data() + p.offset, p.numel);
-  }
+  for (const double x : s.backend.sum_squares_each(s.grad.data(), pieces)) total += x;  // in parameter order
   return total;
 }
 

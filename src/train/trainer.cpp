@@ -168,7 +168,7 @@ double RunIO::evaluate(const Stage& whole, const float* weights, int64_t step, c
                                  c.model.seq_len, backend);
   if (!writer) return v;
   progress.note("step " + std::to_string(step) + ": val_loss " + std::to_string(v));
-  if (step == 0) result.first_val_loss = v;
+  if (result.first_val_step < 0) result.first_val_loss = v, result.first_val_step = step;
   result.final_val_loss = v;
   return v;
 }

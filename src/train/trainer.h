@@ -18,6 +18,7 @@ struct TrainOptions {
 struct TrainResult {
   int64_t steps_done = 0;
   double first_val_loss = 0, final_val_loss = 0, final_train_loss = 0;
+  int64_t first_val_step = -1;  // the step of this session's first evaluation (a resumed run starts later); -1: none
   std::string checkpoint_dir;
   bool writer = true;  // false on the MPI ranks that do not own the run folder's shared files
 };

@@ -16,6 +16,11 @@ ls run/checkpoints | grep -q step_00000004 && ok "final checkpoint" || fail "no 
 # Extending a finished run: --resume continues from its last checkpoint (step 4) to the new step count.
 "$BIN" train --config micro.toml --out run --resume --set train.steps=6 > resume.log 2>&1 || fail "resume: $(cat resume.log)"
 grep -q "resuming.*step_00000004" resume.log && ok "resumed from step 4" || fail "did not resume from step 4: $(head -3 resume.log)"
+# Its summary starts from the first validation loss of this session (micro.toml evaluates every 2 steps), not 0.
+grep -Eq "^done: 6 steps, val_loss [0-9.]+ \(step 6\) -> [0-9.]+, final" resume.log && ! grep -q "val_loss 0.0000" resume.log \
+  && ok "resumed summary: $(grep '^done' resume.log)" || fail "resumed summary: $(grep '^done' resume.log)"
+grep -Eq "^done: 4 steps, val_loss [0-9.]+ -> [0-9.]+, final" train.log && ok "fresh summary: $(grep '^done' train.log)" \
+  || fail "fresh summary: $(grep '^done' train.log)"
 [ "$(grep -c '"train_loss"' run/metrics.jsonl)" = "7" ] && ok "metrics continue to step 6" || fail "metrics after resume"
 "$BIN" eval --checkpoint run > eval.json 2>&1 || fail "eval"
 grep -q '"val_loss"' eval.json && ok "eval: $(cat eval.json)" || fail "eval output: $(cat eval.json)"

@@ -424,11 +424,21 @@ TEST(CudaKernels, Elementwise) {
     Dev<double> d_ss(1);
     gpu::sum_squares_async(d_ss.get(), d_x.get(), n);
     EXPECT_EQ(d_ss.host()[0], got) << "sum_squares_async: the same sum, left on the device" << tag;
+    // Pieces (a gradient's parameter tensors): each equals its own sum_squares call, an empty piece gives 0.
+    const std::vector<std::pair<int64_t, int64_t>> pieces = {{0, n}, {n / 3, n - n / 3}, {n / 2, 0}, {0, (n + 1) / 2}};
+    const std::vector<double> each = gpu::sum_squares_each(d_x.get(), pieces);
+    ASSERT_EQ(each.size(), pieces.size());
+    for (size_t i = 0; i < pieces.size(); ++i)
+      EXPECT_EQ(each[i], gpu::sum_squares(d_x.get() + pieces[i].first, pieces[i].second))
+          << "sum_squares_each, piece " << i << tag;
+    EXPECT_EQ(each[0], got) << tag;
+    EXPECT_EQ(each[2], 0.0) << tag;
 
     gpu::fill_zero(d_y.get(), n);
     expect_close(d_y.host(), std::vector<float>(static_cast<size_t>(n), 0.0f), 0.0, 0.0, "fill_zero" + tag);
   }
   EXPECT_EQ(gpu::sum_squares(nullptr, 0), 0.0);
+  EXPECT_TRUE(gpu::sum_squares_each(nullptr, {}).empty());
   Dev<double> d_ss(std::vector<double>{7.0});
   gpu::sum_squares_async(d_ss.get(), nullptr, 0);
   EXPECT_EQ(d_ss.host()[0], 0.0) << "sum_squares_async of nothing writes 0";

@@ -64,6 +64,19 @@ double sum_squares(const float* x, int64_t n, cudaStream_t stream) {
   return host;
 }
 
+std::vector<double> sum_squares_each(const float* x, const std::vector<std::pair<int64_t, int64_t>>& pieces,
+                                     cudaStream_t stream) {
+  std::vector<double> host(pieces.size(), 0.0);
+  if (pieces.empty()) return host;
+  detail::Scratch results(sizeof(double) * pieces.size(), stream);
+  for (size_t i = 0; i < pieces.size(); ++i)
+    sum_squares_async(results.as<double>() + i, x + pieces[i].first, pieces[i].second, stream);
+  ONESTEP_CUDA_CHECK(cudaMemcpyAsync(host.data(), results.as<double>(), sizeof(double) * pieces.size(),
+                                     cudaMemcpyDeviceToHost, stream));
+  ONESTEP_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return host;
+}
+
 void fill_zero(float* y, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
   ONESTEP_CUDA_CHECK(cudaMemsetAsync(y, 0, sizeof(float) * static_cast<size_t>(n), stream));

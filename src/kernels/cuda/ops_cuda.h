@@ -16,6 +16,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 #include "core/bf16.h"
 
@@ -95,6 +97,10 @@ void scale_inplace(float* y, float s, int64_t n, cudaStream_t stream = 0);      
 double sum_squares(const float* x, int64_t n, cudaStream_t stream = 0);
 // The same sum written to the device double *result, asynchronously (no synchronisation; 0 for n <= 0).
 void sum_squares_async(double* result, const float* x, int64_t n, cudaStream_t stream = 0);
+// The same sum of each piece x[offset, offset + count), with one synchronisation for all of them (a model's
+// gradient norm has a piece per parameter tensor: hundreds of waits for the GPU otherwise).
+std::vector<double> sum_squares_each(const float* x, const std::vector<std::pair<int64_t, int64_t>>& pieces,
+                                     cudaStream_t stream = 0);
 void fill_zero(float* y, int64_t n, cudaStream_t stream = 0);
 // dst[0, n) = src[0, n), device to device (either GPU: the stages of one process may sit on different ones),
 // asynchronous on stream.
