@@ -49,6 +49,18 @@ thread_local const char* kernel_name = "";
   std::abort();
 }
 
+// From the SIGSEGV handler (runtime.cpp): inside a kernel, an access past the end of a device allocation (its guard
+// page) or to no memory at all; outside one, the host code's own fault.
+void report_fault(const void* address) {
+  char what[160];
+  std::snprintf(what, sizeof what, "memory fault at %p: past the end of a device allocation, or outside any",
+                address);
+  if (*kernel_name) fail(what);
+  std::fprintf(stderr, "CUDA emulation: host code: %s\n", what);
+  std::fflush(stderr);
+  std::abort();
+}
+
 void refuse_launch(const char* name, const char* why) {
   std::fprintf(stderr, "CUDA emulation: launch of kernel %s refused: %s\n", name, why);
   std::fflush(stderr);

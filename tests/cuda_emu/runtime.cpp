@@ -1,10 +1,18 @@
 // CPU emulation of the CUDA runtime's host API (tests/cuda_emu). Device memory is host memory with a ledger:
 // each emulated device has a capacity (CUDA_EMU_MEMORY_MIB, default 8192), allocations past it fail like a full
 // GPU, new memory is filled with 0xFF bytes (NaN as floats) so reads of memory nobody wrote show, and the copies
-// check that a pointer said to be on the device is inside a live allocation. CUDA_EMU_DEVICES (default 1) sets
+// check that a pointer said to be on the device is inside a live allocation. Each allocation ends against a page
+// the process may not touch, so a kernel that reads or writes past its end faults at once (the emulation names the
+// kernel, block and thread); the few bytes between the end and that page (allocations are 256-byte aligned, as
+// CUDA's are) hold a canary that is checked when the allocation is freed. CUDA_EMU_DEVICES (default 1) sets
 // how many devices there are, CUDA_EMU_ARCH (default 90) their compute capability and shared memory. Device work
 // runs in stream order (streams.h): at once by default, or on one worker thread per stream with
 // CUDA_EMU_STREAMS=async, where events and synchronizations are what orders the streams.
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -53,6 +61,8 @@ cudaError_t fail_with(cudaError_t e) {
 struct Allocation {
   size_t bytes;
   int device;
+  char* mapping;  // the pages holding it, the guard page last
+  size_t mapped;
 };
 struct Ledger {
   std::mutex mu;
@@ -93,15 +103,38 @@ size_t shared_optin_bytes() {
 }  // namespace emu
 
 namespace {
+constexpr unsigned char kCanary = 0xA5;
+size_t aligned_size(size_t n) { return std::max<size_t>(256, (n + 255) / 256 * 256); }
+
+// A fault in a guard page (or anywhere): the kernel and thread that made it, then abort.
+void on_fault(int, siginfo_t* info, void*) { emu::report_fault(info->si_addr); }
+void install_fault_handler() {
+  static const bool installed = [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(SIGSEGV, &sa, nullptr) == 0;
+  }();
+  (void)installed;
+}
+
 cudaError_t allocate(void** p, size_t n) {
   Ledger& L = ledger();
   std::lock_guard<std::mutex> lock(L.mu);
   size_t& used = L.used[static_cast<size_t>(current_device)];
   if (n > capacity() - used) return fail_with(cudaErrorMemoryAllocation);
-  char* mem = static_cast<char*>(std::aligned_alloc(256, (n + 255) / 256 * 256 + 256));
-  if (!mem) return fail_with(cudaErrorMemoryAllocation);
+  install_fault_handler();
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE)), span = aligned_size(n);
+  const size_t mapped = (span + page - 1) / page * page + page;
+  void* m = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return fail_with(cudaErrorMemoryAllocation);
+  char* mapping = static_cast<char*>(m);
+  mprotect(mapping + mapped - page, page, PROT_NONE);  // the guard page
+  char* mem = mapping + mapped - page - span;          // ends at the guard, 256-byte aligned
   std::memset(mem, 0xFF, n);
-  L.live[mem] = {n, current_device};
+  std::memset(mem + n, kCanary, span - n);
+  L.live[mem] = {n, current_device, mapping, mapped};
   used += n;
   size_t& high = L.high[static_cast<size_t>(current_device)];
   if (used > high) high = used;
@@ -123,9 +156,19 @@ cudaError_t release(void* p, cudaStream_t stream, bool in_stream_order) {
     Ledger& L = ledger();
     std::lock_guard<std::mutex> lock(L.mu);
     auto it = L.live.find(static_cast<const char*>(p));
-    L.used[static_cast<size_t>(it->second.device)] -= it->second.bytes;
+    const Allocation a = it->second;
+    const char* end = it->first + a.bytes;
+    size_t overrun = 0;  // how far past the end the last changed canary byte lies
+    for (size_t i = 0; i < aligned_size(a.bytes) - a.bytes; ++i)
+      if (static_cast<unsigned char>(end[i]) != kCanary) overrun = i + 1;
+    if (overrun) {
+      std::fprintf(stderr, "CUDA emulation: something wrote up to %zu byte(s) past the end of a device allocation of "
+                           "%zu bytes (found when it was freed)\n", overrun, a.bytes);
+      std::abort();
+    }
+    L.used[static_cast<size_t>(a.device)] -= a.bytes;
     L.live.erase(it);
-    std::free(p);
+    munmap(a.mapping, a.mapped);
   };
   if (in_stream_order) {
     emu::enqueue(stream, give_back);

@@ -402,6 +402,29 @@ TEST(CudaEmu, FreshMemoryIsPoisonedAndCopiesAndFreesAreChecked) {
   (void)cudaGetLastError();
 }
 
+// A kernel that reads past the end of an allocation faults at once (the allocation ends against a guard page) and
+// is named; a write into the few bytes before that page is found when the allocation is freed.
+void read_one_past(const float* x, float* out) { out[threadIdx.x] = x[threadIdx.x + 1]; }
+void write_one_past(float* x) { x[threadIdx.x + 1] = 0.0f; }
+TEST_F(EmuDeathTest, AccessesPastTheEndOfAnAllocationAbort) {
+  float *x = nullptr, *out = nullptr;
+  ASSERT_EQ(cudaMalloc(&x, 64 * sizeof(float)), cudaSuccess);  // 256 bytes: its end is the guard page
+  ASSERT_EQ(cudaMalloc(&out, 64 * sizeof(float)), cudaSuccess);
+  EXPECT_DEATH(emu::launch(dim3(1), dim3(64), 0, nullptr, nullptr, [&] { read_one_past(x, out); }, "read_one_past"),
+               "kernel read_one_past, block \\(0,0,0\\), thread \\(63,0,0\\): memory fault at");
+  float* y = nullptr;
+  ASSERT_EQ(cudaMalloc(&y, 10 * sizeof(float)), cudaSuccess);  // 40 bytes, then 216 canary bytes before the guard
+  EXPECT_DEATH(
+      {
+        emu::launch(dim3(1), dim3(10), 0, nullptr, nullptr, [&] { write_one_past(y); }, "write_one_past");
+        cudaFree(y);
+      },
+      "wrote up to 4 byte\\(s\\) past the end of a device allocation of 40 bytes");
+  emu::launch(dim3(1), dim3(9), 0, nullptr, nullptr, [&] { write_one_past(y); }, "write_within");
+  EXPECT_EQ(cudaFree(y), cudaSuccess);  // the last float written is the allocation's own
+  cudaFree(x), cudaFree(out);
+}
+
 TEST(CudaEmu, DevicesOutOfRangeAreRefused) {
   int n = 0, d = -1;
   ASSERT_EQ(cudaGetDeviceCount(&n), cudaSuccess);

@@ -124,6 +124,7 @@ struct ThreadIndex {  // the running CUDA thread
 };
 extern thread_local ThreadIndex current;
 [[noreturn]] void fail(const char* what);
+[[noreturn]] void report_fault(const void* address);  // a memory fault: where it happened, then abort
 // A kernel launch: body() runs once per CUDA thread, in the order of `stream`. The configuration is checked
 // when called (an error is left for cudaGetLastError and nothing runs). key identifies the kernel for
 // cudaFuncSetAttribute (nullptr where no opt-in is needed).
