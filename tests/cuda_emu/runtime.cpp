@@ -2,7 +2,8 @@
 // each emulated device has a capacity (CUDA_EMU_MEMORY_MIB, default 8192), allocations past it fail like a full
 // GPU, new memory is filled with 0xFF bytes (NaN as floats) so reads of memory nobody wrote show, and the copies
 // check that a pointer said to be on the device is inside a live allocation. Each allocation ends against a page
-// the process may not touch, so a kernel that reads or writes past its end faults at once (the emulation names the
+// the process may not touch (and a page past its start is one too), so a kernel that reads or writes past its end
+// faults at once (the emulation names the
 // kernel, block and thread); the few bytes between the end and that page (allocations are 256-byte aligned, as
 // CUDA's are) hold a canary that is checked when the allocation is freed. CUDA_EMU_DEVICES (default 1) sets
 // how many devices there are, CUDA_EMU_ARCH (default 90) their compute capability and shared memory. Device work
@@ -126,11 +127,12 @@ cudaError_t allocate(void** p, size_t n) {
   if (n > capacity() - used) return fail_with(cudaErrorMemoryAllocation);
   install_fault_handler();
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE)), span = aligned_size(n);
-  const size_t mapped = (span + page - 1) / page * page + page;
+  const size_t mapped = (span + page - 1) / page * page + 2 * page;
   void* m = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (m == MAP_FAILED) return fail_with(cudaErrorMemoryAllocation);
   char* mapping = static_cast<char*>(m);
-  mprotect(mapping + mapped - page, page, PROT_NONE);  // the guard page
+  mprotect(mapping, page, PROT_NONE);                  // a guard page before (an index below 0 that far faults)
+  mprotect(mapping + mapped - page, page, PROT_NONE);  // and the one after
   char* mem = mapping + mapped - page - span;          // ends at the guard, 256-byte aligned
   std::memset(mem, 0xFF, n);
   std::memset(mem + n, kCanary, span - n);

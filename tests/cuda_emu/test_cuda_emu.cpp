@@ -412,6 +412,9 @@ TEST_F(EmuDeathTest, AccessesPastTheEndOfAnAllocationAbort) {
   ASSERT_EQ(cudaMalloc(&out, 64 * sizeof(float)), cudaSuccess);
   EXPECT_DEATH(emu::launch(dim3(1), dim3(64), 0, nullptr, nullptr, [&] { read_one_past(x, out); }, "read_one_past"),
                "kernel read_one_past, block \\(0,0,0\\), thread \\(63,0,0\\): memory fault at");
+  const float* far_below = x - 1024;  // 4 KiB below the start of x: inside the guard page before it
+  EXPECT_DEATH(emu::launch(dim3(1), dim3(1), 0, nullptr, nullptr, [&] { out[0] = far_below[0]; }, "read_below"),
+               "kernel read_below, block \\(0,0,0\\), thread \\(0,0,0\\): memory fault at");
   float* y = nullptr;
   ASSERT_EQ(cudaMalloc(&y, 10 * sizeof(float)), cudaSuccess);  // 40 bytes, then 216 canary bytes before the guard
   EXPECT_DEATH(
