@@ -99,14 +99,16 @@ for preset in "${presets[@]}"; do
   # Candidates to choose between on the target preset: bf16-fp32ops, the operands kept in fp32 and rounded by each
   # matmul (ONESTEP_BF16_OPERANDS=fp32, the design before bf16 storage); bf16-fast, the same with cuBLAS rounding
   # them inside the product (ONESTEP_BF16_GEMM=fast); bf16-flash, the FlashAttention-2-style attention kernels
-  # (ONESTEP_ATTENTION=flash) instead of the tile kernels.
+  # (ONESTEP_ATTENTION=flash) instead of the tile kernels; bf16-percall, each product rounding its weight itself
+  # (ONESTEP_BF16_WEIGHTS=per_call) instead of reading the copy rounded once per step.
   variants="fp32 tf32 bf16"
-  [ "$preset" = "${presets[1]}" ] && variants="$variants bf16-fp32ops bf16-fast bf16-flash"
+  [ "$preset" = "${presets[1]}" ] && variants="$variants bf16-fp32ops bf16-fast bf16-flash bf16-percall"
   for variant in $variants; do
     precision="${variant%%-*}"
     log="$OUTDIR/bench_${preset}_$variant.log"
     ONESTEP_BF16_OPERANDS="$([ "$variant" = bf16-fp32ops ] || [ "$variant" = bf16-fast ] && echo fp32 || echo bf16)" \
     ONESTEP_BF16_GEMM="$([ "$variant" = bf16-fast ] && echo fast || echo rounded)" \
+    ONESTEP_BF16_WEIGHTS="$([ "$variant" = bf16-percall ] && echo per_call || echo once)" \
     ONESTEP_ATTENTION="$([ "$variant" = bf16-flash ] && echo flash || echo tiles)" timeout 120 "$BIN/onestep" bench \
       --set model.preset=$preset --set train.device=cuda --set train.precision=$precision \
       "${shape[@]}" --set train.micro_batches=1 > "$log" 2>&1

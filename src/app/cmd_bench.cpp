@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <string>
@@ -137,16 +138,21 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
   for (auto& x : in) x = static_cast<int32_t>(rng.below(m.vocab_size));
   for (auto& x : tgt) x = static_cast<int32_t>(rng.below(m.vocab_size));
 
-  auto timed_step = [&] {  // seconds of one training step, queued work included
+  const std::unique_ptr<RoundedWeights> rounded = be.make_rounded_weights(static_cast<int64_t>(s.weights.size()));
+  auto timed_step = [&] {  // seconds of one training step as the trainer runs it, queued work included
     be.synchronize();
     Stopwatch sw;
     be.fill_zero(s.grad.data(), static_cast<int64_t>(s.grad.size()));
+    if (rounded) rounded->round(s.weights.data());
     for (int mb = 0; mb < M; ++mb) {
       be.forward(s.stage, s.weights.data(), *acts, in.data(), nullptr, tgt.data());
       be.backward(s.stage, s.weights.data(), s.grad.data(), *acts, *scratch, nullptr, 1.0f / M);
     }
+    if (rounded) rounded->forget();
     reduce_tied_embedding_local(s);
-    optimizer_step(s, 1.0, 1.0f, c.delay);
+    const double grad_norm = std::sqrt(unique_grad_sum_squares(s));  // for clipping, as the trainer does
+    optimizer_step(s, 1.0, c.optim.clip > 0 && grad_norm > c.optim.clip ? static_cast<float>(c.optim.clip / grad_norm) : 1.0f,
+                   c.delay);
     be.synchronize();
     return sw.seconds();
   };

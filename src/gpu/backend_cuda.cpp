@@ -13,6 +13,28 @@ namespace {
 
 namespace gpu = onestep::cuda;
 
+// The copy lives on this thread's GPU; rounding is queued on this thread's stream, after the products queued before
+// (which may still read the previous copy) and before those queued after.
+class CudaRoundedWeights final : public RoundedWeights {
+ public:
+  explicit CudaRoundedWeights(int64_t n) : copy_(Device::cuda) { copy_.zeros(static_cast<size_t>(n)); }
+  ~CudaRoundedWeights() override { forget(); }
+  void round(const float* w) override {
+    forget();
+    gpu::copy_device(copy_.data(), w, static_cast<int64_t>(copy_.size()));  // rounds to nearest even
+    gpu::use_rounded_weights(w, copy_.data(), static_cast<int64_t>(copy_.size()));
+    w_ = w;
+  }
+  void forget() override {
+    if (w_) gpu::unuse_rounded_weights(w_);
+    w_ = nullptr;
+  }
+
+ private:
+  Buffer<bf16> copy_;
+  const float* w_ = nullptr;
+};
+
 class CudaBackend final : public Backend {
  public:
   Device device() const override { return Device::cuda; }
@@ -32,6 +54,11 @@ class CudaBackend final : public Backend {
     static const bool fp32_requested = env_is("ONESTEP_BF16_OPERANDS", "fp32");
     const bool bf16 = gpu::current_matmul_precision() == gpu::MatmulPrecision::bf16 && !fp32_requested;
     return bf16 ? OperandStorage::bf16 : OperandStorage::fp32;
+  }
+  std::unique_ptr<RoundedWeights> make_rounded_weights(int64_t n) const override {
+    const bool per_call = env_is("ONESTEP_BF16_WEIGHTS", "per_call");  // read per call: the tests switch it
+    if (per_call || operand_storage() != OperandStorage::bf16) return nullptr;
+    return std::make_unique<CudaRoundedWeights>(n);
   }
   std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& c, const ParamTable& table) const override {
     return make_cuda_optimizer(c, table, ops_.stream);

@@ -16,6 +16,17 @@
 
 namespace onestep {
 
+// A bf16 copy of a weight vector that stays constant over many products (bf16 precision on the GPU, where each
+// product otherwise rounds its weight per call: twice per micro-batch). round(w) rounds w once; until forget(), the
+// calling thread's products whose weights lie in w read the copy (the same bits). Call forget() before w changes,
+// and use the object on one thread. Re-rounding reuses the copy's memory (no allocation, no device-wide wait).
+class RoundedWeights {
+ public:
+  virtual ~RoundedWeights() = default;
+  virtual void round(const float* w) = 0;
+  virtual void forget() = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -29,6 +40,9 @@ class Backend {
   // How the activations and backward scratch this backend computes on store the products' operands (model/stage.h),
   // and activations and scratch made that way for a micro-batch of B sequences of length T.
   virtual OperandStorage operand_storage() const { return OperandStorage::fp32; }
+  // A RoundedWeights for weight vectors of n floats; nullptr where products do not round their weights (the CPU,
+  // fp32 and tf32 precision, and ONESTEP_BF16_WEIGHTS=per_call, kept to measure what rounding once saves).
+  virtual std::unique_ptr<RoundedWeights> make_rounded_weights(int64_t /*n*/) const { return nullptr; }
   std::unique_ptr<Activations> make_activations(const Stage& s, int B, int T) const {
     return s.make_activations(B, T, device(), operand_storage());
   }

@@ -121,8 +121,35 @@ void StageRunner::ensure_version(int64_t v) {
   }
 }
 
+// Version v rounded once for this thread's products. The newest version moves from st_.weights to the history at
+// each step and the optimizer then rewrites st_.weights, so a copy is dropped as soon as its version is no longer
+// alive at the pointer it was made from; nothing reads a dropped copy.
+void StageRunner::use_rounded(int64_t v) {
+  if (!rounds_weights_) return;
+  const auto alive = [&](int64_t u) { return u == newest_ || history_.count(u) > 0; };
+  bool have = false;
+  Rounded* spare = nullptr;
+  for (Rounded& r : rounded_) {
+    if (r.from && !(alive(r.version) && version(r.version) == r.from)) r.copy->forget(), r.from = nullptr;
+    have = have || (r.from && r.version == v);
+    if (!r.from && !spare) spare = &r;
+  }
+  if (have) return;
+  if (!spare) {
+    std::unique_ptr<RoundedWeights> copy = st_.backend.make_rounded_weights(static_cast<int64_t>(st_.weights.size()));
+    if (!copy) {
+      rounds_weights_ = false;
+      return;
+    }
+    spare = &rounded_.emplace_back(Rounded{-1, nullptr, std::move(copy)});
+  }
+  spare->copy->round(version(v));
+  spare->version = v, spare->from = version(v);
+}
+
 void StageRunner::forward(const Action& a) {
   ensure_version(a.version);
+  use_rounded(a.version);
   const StageSpec& spec = st_.stage.spec();
   Activations& acts = activations(a.batch, a.micro);
   // Every stage derives the micro-batch from (seed, batch, micro): only the ends use it (tokens, targets).
@@ -138,6 +165,7 @@ void StageRunner::forward(const Action& a) {
 
 void StageRunner::backward(const Action& a) {
   ensure_version(a.version);
+  use_rounded(a.version);
   const size_t slot = grad_slot(a.batch);
   if (grad_batch_[slot] != a.batch) {
     st_.backend.fill_zero(grads_[slot].data(), static_cast<int64_t>(grads_[slot].size()));
@@ -268,6 +296,11 @@ void StageRunner::run(const std::vector<Action>& actions, const std::string& sch
     for (int k = 0; k <= max_versions_; ++k) grads_.emplace_back(st_.device()).zeros(st_.grad.size());
     grad_batch_.assign(grads_.size(), -1);
   }
+  // The rounded weight copies belong to this thread: gone when the run ends, however it ends.
+  struct DropRounded {
+    std::vector<Rounded>& r;
+    ~DropRounded() { r.clear(); }
+  } drop_rounded{rounded_};
   // Floats of one micro-batch crossing this stage's input and output cuts (wider inside an MLP).
   const int64_t in_n = static_cast<int64_t>(B_) * T_ * st_.stage.input_width();
   const int64_t out_n = static_cast<int64_t>(B_) * T_ * st_.stage.output_width();

@@ -102,6 +102,17 @@ class StageRunner {
   size_t peak_acts_in_flight_ = 0;
   std::vector<StepRecord> steps_;
   double t0_;
+  // bf16 copies of the weight versions the products read (Backend::make_rounded_weights; none on the CPU or in
+  // fp32/tf32): each made from version(v) and valid while v is alive at that pointer. Recycled during a run, freed
+  // at its end, on the thread that made them.
+  struct Rounded {
+    int64_t version = -1;
+    const float* from = nullptr;
+    std::unique_ptr<RoundedWeights> copy;
+  };
+  std::vector<Rounded> rounded_;
+  bool rounds_weights_ = true;  // false once the backend has declined
+  void use_rounded(int64_t v);
 };
 
 }  // namespace onestep

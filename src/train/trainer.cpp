@@ -240,6 +240,7 @@ void run_single_device(const RunConfig& c, RunIO& io) {
   auto acts = be.make_activations(state.stage, B, T);
   auto scratch = be.make_scratch(state.stage, B, T);
   std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
+  const std::unique_ptr<RoundedWeights> rounded = be.make_rounded_weights(static_cast<int64_t>(state.weights.size()));
   if (start_step == 0) io.initial_eval(state.stage, state.weights.data(), be);
 
   for (int64_t t = start_step; t < c.train.steps; ++t) {
@@ -268,11 +269,13 @@ void run_single_device(const RunConfig& c, RunIO& io) {
     }
     be.fill_zero(state.grad.data(), static_cast<int64_t>(state.grad.size()));
     double loss = 0.0;
+    if (rounded) rounded->round(w);  // w is constant over the step's products
     for (int mb = 0; mb < M; ++mb) {  // gradient accumulation in micro-batch order
       sample_train_batch(io.train_data, static_cast<uint64_t>(c.train.seed), t, mb, B, T, inputs.data(), targets.data());
       loss += be.forward(state.stage, w, *acts, inputs.data(), nullptr, targets.data());
       be.backward(state.stage, w, state.grad.data(), *acts, *scratch, nullptr, 1.0f / M);
     }
+    if (rounded) rounded->forget();  // before the optimizer changes w
     loss /= M;
     reduce_tied_embedding_local(state);
     const double grad_norm = std::sqrt(unique_grad_sum_squares(state));

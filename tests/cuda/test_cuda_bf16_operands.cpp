@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../model/cpu_bf16_ops.h"
@@ -127,6 +128,41 @@ TEST(CudaBf16Operands, MatmulOnBf16InputEqualsTheRoundedFp32Call) {
   EXPECT_EQ(bits_of(d_out_bf16.host()), bf16_bits(d_out.host())) << "matmul bf16 out";
   expect_bitwise_equal(d_dinp16.host(), d_dinp.host(), "matmul dinp");
   expect_bitwise_equal(d_dw16.host(), d_dw.host(), "matmul dw");
+}
+
+// Weights rounded once (use_rounded_weights): while registered, this thread's products whose weight lies inside the
+// registered range read the registered bf16 copy, forward and backward. Registered here is the rounding of OTHER
+// weights (w2), so the products must give w2's results, bit for bit; another thread, and this one after
+// unuse_rounded_weights, round w per call again.
+TEST(CudaBf16Operands, ProductsReadRegisteredRoundedWeights) {
+  REQUIRE_GPU();
+  std::mt19937 rng(33);
+  const int N = 40, C = 64, OC = 48, skip = 16 * C;  // the product's weight starts 16 rows into the registered range
+  const auto inp = round_to_bf16(randn(static_cast<size_t>(N) * C, rng)), dout = randn(static_cast<size_t>(N) * OC, rng);
+  const auto whole = randn(static_cast<size_t>(skip + OC * C), rng), whole2 = randn(whole.size(), rng);
+  const PrecisionScope bf16_matmuls(gpu::MatmulPrecision::bf16);
+  Dev<bf16> d_inp16(narrowed(inp)), d_whole2_16(narrowed(round_to_bf16(whole2)));
+  Dev<float> d_whole(whole), d_whole2(whole2), d_dout(dout);
+  auto product = [&](const float* w) {  // out, dinp, dw of the weight w
+    Dev<float> out(static_cast<size_t>(N) * OC), dinp(inp.size()), dw(static_cast<size_t>(OC) * C);
+    gpu::matmul_forward(out.get(), d_inp16.get(), w, N, C, OC);
+    gpu::matmul_backward(dinp.get(), dw.get(), d_dout.get(), d_inp16.get(), w, N, C, OC);
+    return std::vector<std::vector<float>>{out.host(), dinp.host(), dw.host()};
+  };
+  const auto own = product(d_whole.get() + skip), other = product(d_whole2.get() + skip);
+  ASSERT_NE(own[0], other[0]);
+  gpu::use_rounded_weights(d_whole.get(), d_whole2_16.get(), static_cast<int64_t>(whole.size()));
+  const auto registered = product(d_whole.get() + skip);
+  std::vector<std::vector<float>> elsewhere;
+  std::thread([&] { elsewhere = product(d_whole.get() + skip); }).join();
+  gpu::unuse_rounded_weights(d_whole.get());
+  const auto after = product(d_whole.get() + skip);
+  for (size_t k = 0; k < 3; ++k) {
+    const std::string what = k == 0 ? "out" : k == 1 ? "dinp" : "dw";
+    expect_bitwise_equal(registered[k], other[k], "registered copy read: " + what);
+    expect_bitwise_equal(elsewhere[k], own[k], "another thread rounds per call: " + what);
+    expect_bitwise_equal(after[k], own[k], "after unuse: " + what);
+  }
 }
 
 // Every attention kernel (fp32 CUDA cores; bf16 tiles; flash) on bf16 q, k, v: the rounding of its output on the

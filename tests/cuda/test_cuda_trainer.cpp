@@ -101,6 +101,30 @@ TEST_F(CudaTrainer, Tf32AndBf16TrackTheFp32Run) {
   }
 }
 
+// bf16 products read each weight version rounded once (train/backend.h: RoundedWeights) instead of rounding the
+// weight per product (ONESTEP_BF16_WEIGHTS=per_call): the same numbers. The first step's loss (the forward on
+// W(0)) is compared bit for bit; later steps to 1e-6, since the embedding's backward sums with atomics (GPU runs
+// are not bit-reproducible). Single device, and a 2-stage 2BW pipeline whose stages hold two versions each.
+TEST_F(CudaTrainer, RoundingWeightsOnceChangesNothing) {
+  REQUIRE_GPU();
+  for (const std::vector<std::string>& extra :
+       {std::vector<std::string>{}, {"pipeline.schedule=2bw", "pipeline.stages=2", "delay.correction=ef"}}) {
+    SCOPED_TRACE(extra.empty() ? "single device" : "2bw pipeline");
+    std::vector<std::string> sets = {"train.device=cuda", "train.precision=bf16"};
+    sets.insert(sets.end(), extra.begin(), extra.end());
+    const std::string once = run("once" + std::to_string(extra.size())), per_call = run("per_call" + std::to_string(extra.size()));
+    run_training(config(sets), {once, false, -1});
+    setenv("ONESTEP_BF16_WEIGHTS", "per_call", 1);
+    run_training(config(sets), {per_call, false, -1});
+    unsetenv("ONESTEP_BF16_WEIGHTS");
+    use_precision(Device::cuda, "fp32");  // process-wide: the tests after this one expect fp32
+    const Losses a = read_losses(once), b = read_losses(per_call);
+    ASSERT_FALSE(a.train.empty());
+    EXPECT_EQ(a.train[0], b.train[0]) << "the first step's loss, bit for bit";
+    expect_tracks(a.train, b.train, "train_loss", 1e-6);
+  }
+}
+
 // A GPU run stopped after step 4 and resumed from its checkpoint ends where the uninterrupted GPU run does
 // (to the same tolerance: the embedding's backward sums with atomics, so GPU runs are not bit-reproducible).
 TEST_F(CudaTrainer, ResumesFromItsCheckpoint) {

@@ -4,9 +4,13 @@
 // column-major matrix A^T, so each row-major product C = A B is issued as the column-major C^T = B^T A^T.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
+#include <mutex>
+#include <thread>
 #include <type_traits>
+#include <vector>
 #include <utility>
 #include <unordered_map>
 
@@ -76,6 +80,26 @@ const __nv_bfloat16* bf16_copy(int k, const float* x, int64_t n, cudaStream_t st
   return out;
 }
 
+// Weights rounded once (use_rounded_weights): the ranges registered, each with the thread whose products read it.
+struct RoundedRange {
+  const float* w;
+  const __nv_bfloat16* w16;
+  int64_t n;
+  std::thread::id owner;
+};
+std::mutex rounded_mu;
+std::vector<RoundedRange> rounded_ranges;
+
+// A product's weight w[0, n) in bf16: its registered rounded copy on this thread, else rounded now into slot 0.
+const __nv_bfloat16* weight_operand(const float* w, int64_t n, cudaStream_t stream) {
+  {
+    std::lock_guard<std::mutex> lock(rounded_mu);
+    for (const RoundedRange& r : rounded_ranges)
+      if (r.owner == std::this_thread::get_id() && w >= r.w && w + n <= r.w + r.n) return r.w16 + (w - r.w);
+  }
+  return bf16_copy(0, w, n, stream);
+}
+
 // The bf16 operand of slot k: a rounded copy of fp32 x, or x itself when it is stored in bf16 already.
 const __nv_bfloat16* bf16_operand(int k, const float* x, int64_t n, cudaStream_t stream) {
   return bf16_copy(k, x, n, stream);
@@ -136,9 +160,22 @@ cublasHandle_t cublas_handle(cudaStream_t stream, bool allow_tf32) {
 void set_matmul_precision(MatmulPrecision p) { detail::matmul_precision.store(p); }
 MatmulPrecision current_matmul_precision() { return detail::matmul_precision.load(std::memory_order_relaxed); }
 
+void use_rounded_weights(const float* w, const onestep::bf16* w16, int64_t n) {
+  std::lock_guard<std::mutex> lock(detail::rounded_mu);
+  detail::rounded_ranges.push_back({w, detail::device_type(w16), n, std::this_thread::get_id()});
+}
+void unuse_rounded_weights(const float* w) {
+  std::lock_guard<std::mutex> lock(detail::rounded_mu);
+  auto& v = detail::rounded_ranges;
+  v.erase(std::remove_if(v.begin(), v.end(),
+                         [&](const detail::RoundedRange& r) { return r.w == w && r.owner == std::this_thread::get_id(); }),
+          v.end());
+}
+
 using detail::check_cublas;
 using detail::cublas_handle;
 using detail::bf16_operand;
+using detail::weight_operand;
 using detail::fast_bf16_gemm;
 using detail::gemm_bf16;
 using detail::gemm_fast_bf16;
@@ -157,11 +194,11 @@ bool empty_forward(Out* out, int N, int C, int OC, cudaStream_t stream) {
 bool empty_backward(int N, int C, int OC) { return N <= 0 || C <= 0 || OC <= 0; }
 
 // The bf16 products of matmul_forward / matmul_backward; `In` (the input activation) is fp32, rounded per call,
-// or already bf16; the forward's `Out` is fp32 or bf16. Operand slots: 0 the weight, 1 the input, 2 dout (rounded
-// once, read by both backward products).
+// or already bf16; the forward's `Out` is fp32 or bf16. Operand slots: 0 the weight (unless rounded once, see
+// use_rounded_weights), 1 the input, 2 dout (rounded once, read by both backward products).
 template <class In, class Out>
 void matmul_forward_bf16(Out* out, const In* inp, const float* w, int N, int C, int OC, cudaStream_t stream) {
-  gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.0f, bf16_operand(0, w, static_cast<int64_t>(OC) * C, stream), C,
+  gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.0f, weight_operand(w, static_cast<int64_t>(OC) * C, stream), C,
             bf16_operand(1, inp, static_cast<int64_t>(N) * C, stream), C, 0.0f, out, OC, stream,
             "matmul_forward (bf16)");
 }
@@ -170,7 +207,7 @@ void matmul_backward_bf16(float* dinp, float* dw, const Dout* dout, const In* in
                           int OC, cudaStream_t stream) {
   const __nv_bfloat16* dout16 = bf16_operand(2, dout, static_cast<int64_t>(N) * OC, stream);
   if (dinp)
-    gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.0f, bf16_operand(0, w, static_cast<int64_t>(OC) * C, stream), C,
+    gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.0f, weight_operand(w, static_cast<int64_t>(OC) * C, stream), C,
               dout16, OC, 1.0f, dinp, C, stream, "matmul_backward(dinp, bf16)");
   if (dw)
     gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, 1.0f, bf16_operand(1, inp, static_cast<int64_t>(N) * C, stream), C,

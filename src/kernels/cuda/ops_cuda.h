@@ -122,6 +122,13 @@ void matmul_backward(float* dinp, float* dw, const float* dout, const onestep::b
                      int OC, cudaStream_t stream = 0);
 void matmul_backward(float* dinp, float* dw, const onestep::bf16* dout, const onestep::bf16* inp, const float* w, int N,
                      int C, int OC, cudaStream_t stream = 0);
+// Weights rounded once: in bf16 precision every product rounds its fp32 weight to bf16 per call (the forward's and
+// the backward's: twice per micro-batch). Where a weight vector w[0, n) stays constant over many products, the
+// caller rounds it once into w16 (copy_device) and registers it: until unuse_rounded_weights(w), the products of
+// THIS thread whose weight lies inside w[0, n) read the matching part of w16 (the same bits as rounding per call).
+// The caller promises w does not change meanwhile, and keeps w16 alive.
+void use_rounded_weights(const float* w, const onestep::bf16* w16, int64_t n);
+void unuse_rounded_weights(const float* w);
 void rmsnorm_forward(onestep::bf16* out, float* rstd, const float* x, const float* w, int N, int C, float eps,
                      cudaStream_t stream = 0);
 void rope_forward(onestep::bf16* out, const onestep::bf16* x, int B, int T, int H, int D, float theta,
