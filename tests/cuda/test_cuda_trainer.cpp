@@ -103,7 +103,7 @@ TEST_F(CudaTrainer, Tf32AndBf16TrackTheFp32Run) {
 
 // bf16 products read each weight version rounded once (train/backend.h: RoundedWeights) instead of rounding the
 // weight per product (ONESTEP_BF16_WEIGHTS=per_call): the same numbers. The first step's loss (the forward on
-// W(0)) is compared bit for bit; later steps to 1e-6, since the embedding's backward sums with atomics (GPU runs
+// W(0)) is compared bit for bit; later steps to 1e-5, since the embedding's backward sums with atomics (GPU runs
 // are not bit-reproducible). Single device, and a 2-stage 2BW pipeline whose stages hold two versions each.
 TEST_F(CudaTrainer, RoundingWeightsOnceChangesNothing) {
   REQUIRE_GPU();
@@ -121,7 +121,7 @@ TEST_F(CudaTrainer, RoundingWeightsOnceChangesNothing) {
     const Losses a = read_losses(once), b = read_losses(per_call);
     ASSERT_FALSE(a.train.empty());
     EXPECT_EQ(a.train[0], b.train[0]) << "the first step's loss, bit for bit";
-    expect_tracks(a.train, b.train, "train_loss", 1e-6);
+    expect_tracks(a.train, b.train, "train_loss", 1e-5);
   }
 }
 
