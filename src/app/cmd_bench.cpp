@@ -150,9 +150,8 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
     }
     if (rounded) rounded->forget();
     reduce_tied_embedding_local(s);
-    const double grad_norm = std::sqrt(unique_grad_sum_squares(s));  // for clipping, as the trainer does
-    optimizer_step(s, 1.0, c.optim.clip > 0 && grad_norm > c.optim.clip ? static_cast<float>(c.optim.clip / grad_norm) : 1.0f,
-                   c.delay);
+    // The gradient norm for clipping, as the trainer's step computes it.
+    optimizer_step(s, 1.0, clip_scale(c.optim.clip, std::sqrt(unique_grad_sum_squares(s))), c.delay);
     be.synchronize();
     return sw.seconds();
   };

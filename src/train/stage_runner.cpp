@@ -213,14 +213,8 @@ void StageRunner::post_step(int64_t batch) {
     tx_.send(other, message_tag(MsgKind::tied_grad, batch, 1), g.data() + tp->offset, tp->numel);  // before the sum
     st_.backend.add(g.data() + tp->offset, theirs, tp->numel);
   }
-  const auto& params = st_.stage.params().all();
-  std::vector<size_t> counted;  // the parameters whose squares count: the tied pair counts once
-  std::vector<std::pair<int64_t, int64_t>> pieces;
-  for (size_t i = 0; i < params.size(); ++i)
-    if (!(params[i].name == "lm_head.weight" && c_.model.tie_embeddings))
-      counted.push_back(i), pieces.emplace_back(params[i].offset, params[i].numel);
-  const std::vector<double> sums = st_.backend.sum_squares_each(g.data(), pieces);
-  for (size_t k = 0; k < counted.size(); ++k) local[global_index_[counted[k]]] = sums[k];
+  const ParamSquares squares = grad_squares(st_, g.data());
+  for (size_t k = 0; k < squares.param.size(); ++k) local[global_index_[squares.param[k]]] = squares.sum[k];
   if (st_.stage.spec().has_head) local[n_global_params_] = loss_sum_[batch] / M_;
   local[n_global_params_ + 1 + tx_.stage()] = busy_[batch];
   const double act_bytes = free_acts_.empty() && acts_.empty() ? 0.0
@@ -261,8 +255,7 @@ void StageRunner::complete_step() {
   if (!std::isfinite(rec.loss) || !std::isfinite(rec.grad_norm))
     throw Error(ExitCode::diverged, "training diverged at step " + std::to_string(pend.batch) + ": loss " +
                                         std::to_string(rec.loss) + ", grad norm " + std::to_string(rec.grad_norm));
-  const float clip_scale = (c_.optim.clip > 0 && rec.grad_norm > c_.optim.clip)
-                               ? static_cast<float>(c_.optim.clip / rec.grad_norm) : 1.0f;
+  const float grad_scale = clip_scale(c_.optim.clip, rec.grad_norm);
   if (max_versions_ > 1) {  // W(newest) stays readable, in a buffer of the pool (run() filled it)
     Buffer<float> kept = std::move(spare_versions_.back());
     spare_versions_.pop_back();
@@ -274,7 +267,7 @@ void StageRunner::complete_step() {
   const float* computed_on =
       version(pipeline::version_for(schedule_, pend.batch, tx_.stage(), tx_.stages(), c_.pipeline.sync_start_steps));
   optimizer_step(st_, lr_scale_at(pend.batch, c_.train.steps, c_.optim.warmup_frac, c_.optim.min_lr_frac),
-                 clip_scale, c_.delay, computed_on);
+                 grad_scale, c_.delay, computed_on);
   st_.grad.swap(g);
   ++newest_;
   while (!history_.empty() && history_.begin()->first <= newest_ - max_versions_) {

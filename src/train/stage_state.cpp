@@ -52,12 +52,20 @@ void reduce_tied_embedding_local(StageState& s) {
   s.backend.sum_pair(a, b, static_cast<int64_t>(s.stage.config().vocab_size) * s.stage.config().d_model);
 }
 
-double unique_grad_sum_squares(const StageState& s) {
+ParamSquares grad_squares(const StageState& s, const float* grad) {
+  ParamSquares out;
   std::vector<std::pair<int64_t, int64_t>> pieces;
-  for (const auto& p : s.stage.params().all())
-    if (!(p.name == "lm_head.weight" && s.stage.holds_tied_copy())) pieces.emplace_back(p.offset, p.numel);
+  const auto& params = s.stage.params().all();
+  for (size_t i = 0; i < params.size(); ++i)
+    if (!(params[i].name == "lm_head.weight" && s.stage.holds_tied_copy()))
+      out.param.push_back(i), pieces.emplace_back(params[i].offset, params[i].numel);
+  out.sum = s.backend.sum_squares_each(grad, pieces);
+  return out;
+}
+
+double unique_grad_sum_squares(const StageState& s) {
   double total = 0;
-  for (const double x : s.backend.sum_squares_each(s.grad.data(), pieces)) total += x;  // in parameter order
+  for (const double x : grad_squares(s, s.grad.data()).sum) total += x;  // in parameter order
   return total;
 }
 

@@ -45,9 +45,20 @@ float* tied_embedding_grad(StageState& s);   // the input-side copy's gradient, 
 float* tied_head_grad(StageState& s);        // the output-side copy's gradient, or null
 // Both copies on this stage: sums them in place.
 void reduce_tied_embedding_local(StageState& s);
-// Sum of squares of this stage's gradient, counting a tied pair once (the output-side copy is skipped, so
-// stage sums add up to the whole model's norm).
+// Sum of squares of each parameter's part of `grad` (this stage's layout), counting a tied pair once (the
+// output-side copy is skipped, so stage sums add up to the whole model's norm): `param` holds the indices into
+// the stage's parameter table, `sum` the sums, in table order. One wait for the device (Backend::sum_squares_each).
+struct ParamSquares {
+  std::vector<size_t> param;
+  std::vector<double> sum;
+};
+ParamSquares grad_squares(const StageState& s, const float* grad);
+// Their total for s.grad, added in table order.
 double unique_grad_sum_squares(const StageState& s);
+// The gradient scale that clips the norm to optim.clip (PAPER.md §2); 1 when clip is 0 or not reached.
+inline float clip_scale(double clip, double grad_norm) {
+  return clip > 0 && grad_norm > clip ? static_cast<float>(clip / grad_norm) : 1.0f;
+}
 
 // One optimizer step on a stage whose gradient is final (averaged over micro-batches, combined across
 // stages where needed). PAPER.md §2 order: clip (grad *= grad_scale) -> optimizer computes u ->

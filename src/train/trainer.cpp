@@ -286,9 +286,7 @@ void run_single_device(const RunConfig& c, RunIO& io) {
                                           std::to_string(loss) + ", grad norm " + std::to_string(grad_norm) +
                                           "; the state before this step is saved in " + io.options.out_dir + "/checkpoints");
     }
-    const float clip_scale =
-        (c.optim.clip > 0 && grad_norm > c.optim.clip) ? static_cast<float>(c.optim.clip / grad_norm) : 1.0f;
-    optimizer_step(state, lr_scale, clip_scale, c.delay, w);
+    optimizer_step(state, lr_scale, clip_scale(c.optim.clip, grad_norm), c.delay, w);
 
     const int64_t step = t + 1;
     nlohmann::json line = io.step_line(step, loss, grad_norm, c.optim.lr * lr_scale, step_clock.seconds());

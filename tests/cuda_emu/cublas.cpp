@@ -76,8 +76,16 @@ cublasStatus_t gemm(cudaStream_t stream, cublasOperation_t ta, cublasOperation_t
   if (m < 0 || n < 0 || k < 0 || lda < (ta == CUBLAS_OP_N ? m : k) || ldb < (tb == CUBLAS_OP_N ? k : n) || ldc < m)
     return CUBLAS_STATUS_INVALID_VALUE;
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-  for (const void* p : {A, B, static_cast<const void*>(C)})
+  // Each operand, from its first element to its last (leading dimension included), inside one allocation.
+  auto check = [](const void* p, cudaDataType_t type, int rows, int cols, int ld) {
     if (!emu::is_device_address(p)) emu::refuse_launch("cuBLAS gemm", "an operand points to host memory");
+    const size_t bytes = (static_cast<size_t>(ld) * (cols - 1) + rows) * (type == CUDA_R_16BF ? 2 : 4);
+    if (rows > 0 && cols > 0 && emu::device_of(p, bytes) < 0)
+      emu::refuse_launch("cuBLAS gemm", "an operand runs past the end of its allocation");
+  };
+  check(A, a_type, ta == CUBLAS_OP_N ? m : k, ta == CUBLAS_OP_N ? k : m, lda);
+  check(B, b_type, tb == CUBLAS_OP_N ? k : n, tb == CUBLAS_OP_N ? n : k, ldb);
+  check(C, c_type, m, n, ldc);
   emu::enqueue(stream, [=] { multiply(ta, tb, m, n, k, alpha, A, a_type, lda, B, b_type, ldb, beta, C, c_type, ldc, rounding); });
   return CUBLAS_STATUS_SUCCESS;
 }

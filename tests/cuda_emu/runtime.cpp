@@ -77,8 +77,11 @@ Ledger& ledger() {
   return *l;
 }
 
+}  // namespace
+
+namespace emu {
 // The device of the live allocation that holds [p, p + n) (n = 0: p may also be one past its end), or -1.
-int device_holding(const void* p, size_t n) {
+int device_of(const void* p, size_t n) {
   Ledger& L = ledger();
   std::lock_guard<std::mutex> lock(L.mu);
   const char* c = static_cast<const char*>(p);
@@ -87,13 +90,6 @@ int device_holding(const void* p, size_t n) {
   --it;
   return c >= it->first && c + n <= it->first + it->second.bytes ? it->second.device : -1;
 }
-bool on_device(const void* p, size_t n) { return device_holding(p, n) >= 0; }
-
-}  // namespace
-
-namespace emu {
-bool is_device_address(const void* p) { return on_device(p, 0); }
-int device_of(const void* p, size_t n) { return device_holding(p, n); }
 size_t shared_optin_bytes() {
   switch (arch()) {
     case 80: return 163 * 1024;  // A100
@@ -104,6 +100,8 @@ size_t shared_optin_bytes() {
 }  // namespace emu
 
 namespace {
+bool on_device(const void* p, size_t n) { return emu::device_of(p, n) >= 0; }
+
 constexpr unsigned char kCanary = 0xA5;
 size_t aligned_size(size_t n) { return std::max<size_t>(256, (n + 255) / 256 * 256); }
 

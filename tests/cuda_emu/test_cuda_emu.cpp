@@ -226,7 +226,7 @@ TEST_F(EmuDeathTest, SharedMemoryOverrunsAbortWhenTheBlockEnds) {
 
 // ---- what a GPU would fault on -----------------------------------------------------------------------------
 void store_one(float* x) { *x = 1.0f; }
-TEST_F(EmuDeathTest, KernelsAndProductsRefuseHostPointers) {
+TEST_F(EmuDeathTest, KernelsAndProductsRefuseHostPointersAndOverruns) {
   float* d = nullptr;
   ASSERT_EQ(cudaMalloc(&d, 16 * sizeof(float)), cudaSuccess);
   std::vector<float> host(16);
@@ -243,6 +243,9 @@ TEST_F(EmuDeathTest, KernelsAndProductsRefuseHostPointers) {
   EXPECT_EQ(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, d, 4, d, 4, &zero, d, 4), CUBLAS_STATUS_SUCCESS);
   EXPECT_DEATH(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, d, 4, host.data(), 4, &zero, d, 4),
                "operand points to host memory");
+  // 4 x 4 with leading dimension 5 spans 19 floats: past the 16 of d (the last 3 rows of A's last column).
+  EXPECT_DEATH(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, d, 5, d, 4, &zero, d, 4),
+               "an operand runs past the end of its allocation");
   cublasDestroy(h);
   cudaFree(d);
 }

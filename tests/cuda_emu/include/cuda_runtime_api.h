@@ -130,8 +130,8 @@ extern thread_local ThreadIndex current;
 // cudaFuncSetAttribute (nullptr where no opt-in is needed).
 void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream, const void* key,
             std::function<void()> body, const char* name);
-bool is_device_address(const void* p);  // inside a live allocation, or one past its end
 int device_of(const void* p, size_t n);  // the device whose live allocation holds [p, p + n), or -1
+inline bool is_device_address(const void* p) { return device_of(p, 0) >= 0; }  // in an allocation, or one past it
 size_t shared_optin_bytes();           // the most dynamic shared memory per block a kernel may opt in to
 [[noreturn]] void refuse_launch(const char* name, const char* why);
 // A kernel's pointer argument must point into device memory (or be null): on a GPU a host pointer faults.
