@@ -50,7 +50,7 @@ int cmd_sample(const SampleOptions& o) {
     auto acts = stage.make_activations(1, T);
     stage.forward(w.data(), *acts, ids.data() + ids.size() - T, nullptr, nullptr);
     CounterRng rng(o.seed, RngStream::sample, static_cast<uint64_t>(i));
-    const int32_t next = draw(acts->logits.data() + static_cast<size_t>(T - 1) * c.model.vocab_size,
+    const int32_t next = draw(acts->logits.as<float>() + static_cast<size_t>(T - 1) * c.model.vocab_size,
                               c.model.vocab_size, o.temperature, o.top_k, rng);
     if (next == tok.eot_token()) break;
     ids.push_back(next);

@@ -135,7 +135,7 @@ std::unique_ptr<Activations> Stage::make_activations(int B, int T, Device device
   a->gate.zeros(LM * N * F, operands), a->up.zeros(LM * N * F, operands), a->h.zeros(LM * N * F, operands);
   if (spec_.has_head) {
     a->lnf.zeros(N * C, operands), a->rstdf.zeros(N);
-    a->logits.zeros(N * cfg_.vocab_size), a->losses.zeros(N);
+    a->logits.zeros(N * cfg_.vocab_size, operands), a->losses.zeros(N);
   }
   if (!spec_.has_embedding) a->d_input.zeros(N * input_width());
   if (output_width() > static_cast<int>(C)) a->boundary.zeros(N * output_width());

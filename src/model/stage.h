@@ -43,10 +43,11 @@ StageSpec whole_model(const ModelConfig& c);
 std::string describe_units(int first_unit, int end_unit);  // "blocks [0, 4) + attention, MLP gate of block 4"
 
 // How the operands of a block's products are stored: the norms' outputs (ln1, ln2, lnf), q, k, v, attention's
-// output (att), the gate and up projections and SwiGLU's output (h); everything the matmuls and attention multiply
-// and nothing else: the residual stream (x, x_mid), the statistics (rstd, lse), the logits and every gradient stay
-// fp32. fp32, or bf16 in bf16 precision on the GPU, where the products round their operands to bf16 anyway: half
-// the memory and traffic, and no rounding pass before each product. Backend::operand_storage() picks it; the ops
+// output (att), the gate and up projections and SwiGLU's output (h); everything the matmuls and attention multiply,
+// and the head's logits, whose gradient (written over them) the head's backward products multiply. The residual
+// stream (x, x_mid), the statistics (rstd, lse), the per-row losses and the other gradients stay fp32. fp32, or bf16
+// in bf16 precision on the GPU, where the products round their operands to bf16 anyway: half the memory and
+// traffic, and no rounding pass before each product (the logits, N x vocab, are the largest buffer of all). Backend::operand_storage() picks it; the ops
 // object that computes on the activations names it (Ops::Operand: float or bf16).
 enum class OperandStorage { fp32, bf16 };
 template <class T>
@@ -91,7 +92,7 @@ class OperandBuffer {
 struct Activations {
   explicit Activations(Device d = Device::cpu)
       : x(d), ln1(d), q(d), k(d), v(d), att(d), rstd1(d), lse(d), x_mid(d), ln2(d), gate(d), up(d), h(d), rstd2(d),
-        lnf(d), rstdf(d), logits(d), losses(d), d_input(d), boundary(d), tokens(d), targets(d) {}
+        lnf(d), logits(d), rstdf(d), losses(d), d_input(d), boundary(d), tokens(d), targets(d) {}
   int B = 0, T = 0;
   OperandStorage operands = OperandStorage::fp32;  // of the OperandBuffers below
   Buffer<float> x;  // residual stream at each block slice's input, (slices+1) x [N, C]; the last is the output
@@ -99,8 +100,8 @@ struct Activations {
   Buffer<float> rstd1, lse, x_mid;            // per attention half (x_mid: the stream after it)
   OperandBuffer ln2, gate, up, h;             // per MLP half
   Buffer<float> rstd2;                        // per MLP half
-  OperandBuffer lnf;                          // head (last stage only)
-  Buffer<float> rstdf, logits, losses;        // head; logits become dlogits in backward
+  OperandBuffer lnf, logits;                  // head (last stage only); logits become dlogits in backward
+  Buffer<float> rstdf, losses;                // head
   Buffer<float> d_input;  // dLoss/d(input boundary) after backward (stages without the embedding)
   Buffer<float> boundary;  // the output of a stage that ends inside an MLP (wider than the stream)
   Buffer<int32_t> tokens, targets;  // copies kept for the backward (embedding / loss)

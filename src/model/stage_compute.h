@@ -78,14 +78,14 @@ double Stage::forward_on(const Ops& ops, const float* w, Activations& a, const i
     }
   }
   if (!spec_.has_head) return 0.0;
-  Operand* lnf = a.lnf.as<Operand>();
+  Operand *lnf = a.lnf.as<Operand>(), *logits = a.logits.as<Operand>();
   ops.rmsnorm_forward(lnf, a.rstdf.data(), output(a), w + final_norm_, N, C, cfg_.norm_eps);
-  ops.matmul_forward(a.logits.data(), lnf, w + head_, N, C, cfg_.vocab_size);
+  ops.matmul_forward(logits, lnf, w + head_, N, C, cfg_.vocab_size);
   if (!targets) return 0.0;
   a.targets.upload(targets, N);
   a.valid_targets = 0;
   for (int i = 0; i < N; ++i) a.valid_targets += targets[i] >= 0;
-  return ops.cross_entropy_forward(a.losses.data(), a.logits.data(), a.targets.data(), N, cfg_.vocab_size);
+  return ops.cross_entropy_forward(a.losses.data(), logits, a.targets.data(), N, cfg_.vocab_size);
 }
 
 template <class Ops>
@@ -100,9 +100,10 @@ void Stage::backward_on(const Ops& ops, const float* w, float* grad, Activations
   if (spec_.has_head) {
     // The logits buffer becomes dlogits (fused classifier); each valid target weighs loss_scale / count.
     const float scale = a.valid_targets > 0 ? loss_scale / static_cast<float>(a.valid_targets) : 0.f;
-    ops.cross_entropy_backward(a.logits.data(), a.logits.data(), a.targets.data(), N, V, scale);
+    Operand* dlogits = a.logits.as<Operand>();
+    ops.cross_entropy_backward(dlogits, dlogits, a.targets.data(), N, V, scale);
     ops.fill_zero(s.dln.data(), NC);
-    ops.matmul_backward(s.dln.data(), grad + head_, a.logits.data(), a.lnf.as<Operand>(), w + head_, N, C, V);
+    ops.matmul_backward(s.dln.data(), grad + head_, dlogits, a.lnf.as<Operand>(), w + head_, N, C, V);
     ops.fill_zero(dres, NC);
     ops.rmsnorm_backward(dres, grad + final_norm_, s.dln.data(), output(a), w + final_norm_, a.rstdf.data(), N, C);
   } else {

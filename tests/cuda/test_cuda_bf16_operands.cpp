@@ -210,6 +210,46 @@ TEST(CudaBf16Operands, AttentionReadsAndWritesBf16) {
   }
 }
 
+// The head's bf16 logits (N x vocab, the largest buffer): the loss on them equals the fp32 loss on the widened logits
+// bit for bit (rows without a target included), and dlogits, in place as in the fused classifier or not, is the
+// rounding of the fp32 kernel's dlogits, the target's "- scale" included (one rounding, not two).
+TEST(CudaBf16Operands, CrossEntropyOnBf16Logits) {
+  REQUIRE_GPU();
+  std::mt19937 rng(36);
+  const int N = 29, V = 1003;
+  std::vector<int32_t> targets(N);
+  for (int n = 0; n < N; ++n) targets[n] = (n % 7 == 5) ? -1 : static_cast<int32_t>(rng() % V);
+  auto logits = randn(static_cast<size_t>(N) * V, rng, 4.0f);
+  for (int j = 0; j < V; ++j) logits[3 * V + j] += 512.0f;  // a row of large logits: the max is subtracted first
+  // Confident rows (the target's probability near 1/2 to 1), where rounding p_t before "- scale" would show.
+  for (int n = 0; n < N; n += 2)
+    if (targets[n] >= 0) logits[static_cast<size_t>(n) * V + targets[n]] += 14.0f + 0.25f * n;
+  logits = round_to_bf16(logits);
+  const float scale = 0.75f / N;
+  Dev<int32_t> d_t(targets);
+  Dev<float> d_logits(logits), d_losses(N), d_losses16(N);
+  Dev<bf16> d_logits16(narrowed(logits)), d_d16(logits.size());
+  const double mean = gpu::cross_entropy_forward(d_losses.get(), d_logits.get(), d_t.get(), N, V);
+  const double mean16 = gpu::cross_entropy_forward(d_losses16.get(), d_logits16.get(), d_t.get(), N, V);
+  EXPECT_EQ(mean16, mean);
+  EXPECT_GT(mean, 1.0);
+  expect_bitwise_equal(d_losses16.host(), d_losses.host(), "cross-entropy row losses (bf16 logits)");
+
+  gpu::cross_entropy_backward(d_d16.get(), d_logits16.get(), d_t.get(), N, V, scale);
+  gpu::cross_entropy_backward(d_logits.get(), d_logits.get(), d_t.get(), N, V, scale);  // fp32, in place
+  const auto d32 = d_logits.host();
+  EXPECT_EQ(bits_of(d_d16.host()), bf16_bits(d32)) << "dlogits (bf16)";
+  gpu::cross_entropy_backward(d_logits16.get(), d_logits16.get(), d_t.get(), N, V, scale);
+  EXPECT_EQ(bits_of(d_logits16.host()), bf16_bits(d32)) << "dlogits (bf16, in place)";
+  // The fp32 gradient itself: each valid row sums to ~0 (softmax minus one-hot), rows without a target are 0.
+  for (int n = 0; n < N; ++n) {
+    double sum = 0, abs_sum = 0;
+    for (int j = 0; j < V; ++j) sum += d32[static_cast<size_t>(n) * V + j], abs_sum += std::abs(d32[static_cast<size_t>(n) * V + j]);
+    if (targets[n] < 0) EXPECT_EQ(abs_sum, 0.0) << "row " << n;
+    else EXPECT_NEAR(sum, 0.0, 1e-6) << "row " << n;
+  }
+}
+
 TEST(CudaBf16Operands, ConvertingCopiesRoundAsTheHost) {
   REQUIRE_GPU();
   std::mt19937 rng(34);

@@ -90,6 +90,16 @@ struct CpuBf16Ops : CpuOps {
     CpuOps::rope_backward(d.data(), dout, B, T, H, D, theta);
     narrow(dx, d);
   }
+  // bf16 logits: the loss on their widened values; dlogits computed in fp32 and rounded once.
+  double cross_entropy_forward(float* losses, const bf16* logits, const int32_t* targets, int N, int V) const {
+    return CpuOps::cross_entropy_forward(losses, widened(logits, int64_t{N} * V).data(), targets, N, V);
+  }
+  void cross_entropy_backward(bf16* dlogits, const bf16* logits, const int32_t* targets, int N, int V,
+                              float scale) const {
+    std::vector<float> d = widened(logits, int64_t{N} * V);
+    CpuOps::cross_entropy_backward(d.data(), d.data(), targets, N, V, scale);
+    narrow(dlogits, d);
+  }
   template <class Count>  // more specialised than CpuOps' forwarding template, which would take it otherwise
   void fill_zero(bf16* y, Count n) const {
     for (Count i = 0; i < n; ++i) y[i] = bf16{0};

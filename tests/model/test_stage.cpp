@@ -162,7 +162,7 @@ TEST(StageBf16Operands, TwoStagesEqualTheWholeModelAtEveryCut) {
   expect_every_cut_equals_whole(test::CpuBf16Ops{}, OperandStorage::bf16);
 }
 
-// The products' operands are stored as bf16 (half the bytes), hold the rounding of what fp32 storage holds (first
+// The products' operands and the logits are stored as bf16 (half the bytes), hold the rounding of what fp32 storage holds (first
 // block's norm output, computed from the same exact embedding), and the whole model's loss and gradients follow
 // the fp32 model's to bf16 accuracy, without equalling them.
 TEST(StageBf16Operands, StoreRoundedOperandsAndTrackFp32) {
@@ -179,7 +179,8 @@ TEST(StageBf16Operands, StoreRoundedOperandsAndTrackFp32) {
                                             sc32->dup.bytes()) / 2);
   const Activations& f = *a32;
   const int64_t operand_bytes = f.ln1.bytes() + f.q.bytes() + f.k.bytes() + f.v.bytes() + f.att.bytes() +
-                                f.ln2.bytes() + f.gate.bytes() + f.up.bytes() + f.h.bytes() + f.lnf.bytes();
+                                f.ln2.bytes() + f.gate.bytes() + f.up.bytes() + f.h.bytes() + f.lnf.bytes() +
+                                f.logits.bytes();
   EXPECT_EQ(a16->bytes(), a32->bytes() - operand_bytes / 2);
 
   std::vector<float> g32(w.size(), 0.f), g16(w.size(), 0.f);

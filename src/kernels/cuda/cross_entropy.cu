@@ -1,6 +1,8 @@
 // Softmax cross-entropy over the vocabulary, fused: one block per row computes the row's max and
 // sum(exp(x - max)) in one pass (online softmax, fixed-order block reduction). The forward's mean is a
-// single-block double reduction over the rows in a fixed order, copied back to the host.
+// single-block double reduction over the rows in a fixed order, copied back to the host. The logits are fp32, or
+// bf16 in bf16 precision (model/stage.h: OperandStorage): read widened, computed in fp32, and the gradient stored
+// once per element (bf16: one rounding of the fp32 value, the target's "- scale" included).
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops_cuda.h"
 
@@ -9,11 +11,15 @@ namespace onestep::cuda {
 namespace {
 constexpr int kCeThreads = 512;
 
+using detail::load_value;
+using detail::store_value;
+
 // Max and sum(exp(x - max)) of one row, returned to every thread of the block.
-__device__ inline detail::MaxSum row_maxsum(const float* x, int V) {
+template <class T>
+__device__ inline detail::MaxSum row_maxsum(const T* x, int V) {
   detail::MaxSum acc{-INFINITY, 0.0f};
   for (int j = threadIdx.x; j < V; j += blockDim.x) {
-    const float xj = x[j];
+    const float xj = load_value(x + j);
     if (xj > acc.m) {
       acc.s = acc.s * expf(acc.m - xj) + 1.0f;  // expf(-inf) = 0 on the first element
       acc.m = xj;
@@ -24,16 +30,17 @@ __device__ inline detail::MaxSum row_maxsum(const float* x, int V) {
   return detail::block_maxsum(acc);
 }
 
-__global__ void ce_fwd_kernel(float* row_loss, const float* logits, const int32_t* targets, int V) {
+template <class T>
+__global__ void ce_fwd_kernel(float* row_loss, const T* logits, const int32_t* targets, int V) {
   const int n = blockIdx.x;
   const int t = targets[n];
   if (t < 0) {  // uniform across the block: no thread reaches the reduction's barriers
     if (threadIdx.x == 0) row_loss[n] = 0.0f;
     return;
   }
-  const float* x = logits + static_cast<int64_t>(n) * V;
+  const T* x = logits + static_cast<int64_t>(n) * V;
   const detail::MaxSum ms = row_maxsum(x, V);
-  if (threadIdx.x == 0) row_loss[n] = logf(ms.s) + ms.m - x[t];
+  if (threadIdx.x == 0) row_loss[n] = logf(ms.s) + ms.m - load_value(x + t);
 }
 
 // result[0] = sum of the losses of rows with targets >= 0, result[1] = their count. One block.
@@ -53,27 +60,28 @@ __global__ void ce_mean_kernel(double* result, const float* row_loss, const int3
 }
 
 // d may alias x: the reduction's barriers order every read of the first pass before any write, and in the
-// second pass each element is read and then written by the same thread.
-__global__ void ce_bwd_kernel(float* dlogits, const float* logits, const int32_t* targets, int V, float scale) {
+// second pass each element is read and then written by the same thread. d[t] = p_t k - scale in fp32, stored once.
+template <class T>
+__global__ void ce_bwd_kernel(T* dlogits, const T* logits, const int32_t* targets, int V, float scale) {
   const int n = blockIdx.x;
   const int64_t off = static_cast<int64_t>(n) * V;
-  float* d = dlogits + off;
-  const float* x = logits + off;
+  T* d = dlogits + off;
+  const T* x = logits + off;
   const int t = targets[n];
   if (t < 0) {
-    for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = 0.0f;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) store_value(d + j, 0.0f);
     return;
   }
   const detail::MaxSum ms = row_maxsum(x, V);
   const float k = scale / ms.s;
-  for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = expf(x[j] - ms.m) * k;
-  __syncthreads();
-  if (threadIdx.x == 0) d[t] -= scale;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) {
+    const float p = __fmul_rn(expf(load_value(x + j) - ms.m), k);  // rounded before "- scale", as on the CPU
+    store_value(d + j, j == t ? p - scale : p);
+  }
 }
-}  // namespace
 
-double cross_entropy_forward(float* losses, const float* logits, const int32_t* targets, int N, int V,
-                             cudaStream_t stream) {
+template <class T>
+double forward(float* losses, const T* logits, const int32_t* targets, int N, int V, cudaStream_t stream) {
   if (N <= 0) return 0.0;
   detail::Scratch own(losses ? 0 : sizeof(float) * static_cast<size_t>(N), stream);
   float* row_loss = losses ? losses : own.as<float>();
@@ -88,11 +96,29 @@ double cross_entropy_forward(float* losses, const float* logits, const int32_t* 
   return host[1] > 0.0 ? host[0] / host[1] : 0.0;
 }
 
-void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets, int N, int V, float scale,
-                            cudaStream_t stream) {
+template <class T>
+void backward(T* dlogits, const T* logits, const int32_t* targets, int N, int V, float scale, cudaStream_t stream) {
   if (N <= 0 || V <= 0) return;
   ce_bwd_kernel<<<N, kCeThreads, 0, stream>>>(dlogits, logits, targets, V, scale);
   ONESTEP_CUDA_LAUNCHED("cross_entropy_backward");
+}
+}  // namespace
+
+double cross_entropy_forward(float* losses, const float* logits, const int32_t* targets, int N, int V,
+                             cudaStream_t stream) {
+  return forward(losses, logits, targets, N, V, stream);
+}
+double cross_entropy_forward(float* losses, const onestep::bf16* logits, const int32_t* targets, int N, int V,
+                             cudaStream_t stream) {
+  return forward(losses, detail::device_type(logits), targets, N, V, stream);
+}
+void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets, int N, int V, float scale,
+                            cudaStream_t stream) {
+  backward(dlogits, logits, targets, N, V, scale, stream);
+}
+void cross_entropy_backward(onestep::bf16* dlogits, const onestep::bf16* logits, const int32_t* targets, int N, int V,
+                            float scale, cudaStream_t stream) {
+  backward(detail::device_type(dlogits), detail::device_type(logits), targets, N, V, scale, stream);
 }
 
 }  // namespace onestep::cuda

@@ -107,9 +107,9 @@ void fill_zero(float* y, int64_t n, cudaStream_t stream = 0);
 void copy_device(float* dst, const float* src, int64_t n, cudaStream_t stream = 0);
 
 // bf16 operand storage (train.precision = bf16; model/stage.h: OperandStorage): the activations the products read
-// (the norms' outputs, q, k, v, attention's output, gate, up and SwiGLU's output) and the gradients only matmuls
-// read (of the q/k projections after RoPE's backward, of gate and up) are kept in bf16; the residual stream, the
-// statistics (rstd, lse), the logits and the other gradients stay fp32. Each kernel computes in fp32 as above; a
+// (the norms' outputs, q, k, v, attention's output, gate, up and SwiGLU's output), the logits (and so dlogits) and
+// the gradients only matmuls read (of the q/k projections after RoPE's backward, of gate and up) are kept in bf16;
+// the residual stream, the statistics (rstd, lse), the per-row losses and the other gradients stay fp32. Each kernel computes in fp32 as above; a
 // bf16 output is rounded once when stored (round to nearest even; a += into bf16 adds in fp32, then rounds), a
 // bf16 input is widened exactly when loaded.
 // The matmuls take bf16 inputs as they are, round the weight (and in backward dout) as above, and accumulate in
@@ -144,6 +144,12 @@ void swiglu_backward(onestep::bf16* dgate, onestep::bf16* dup, const float* dout
                      const onestep::bf16* up, int N, int F, cudaStream_t stream = 0);
 void rope_backward(onestep::bf16* dx, const float* dout, int B, int T, int H, int D, float theta, cudaStream_t stream = 0);
 void fill_zero(onestep::bf16* y, int64_t n, cudaStream_t stream = 0);
+// The head's bf16 logits [N, V] (matmul_forward's bf16 output): the loss reads them widened; the backward overwrites
+// them with dlogits, each element computed in fp32 and rounded once.
+double cross_entropy_forward(float* losses, const onestep::bf16* logits, const int32_t* targets, int N, int V,
+                             cudaStream_t stream = 0);
+void cross_entropy_backward(onestep::bf16* dlogits, const onestep::bf16* logits, const int32_t* targets, int N, int V,
+                            float scale, cudaStream_t stream = 0);
 // The boundary tensors between stages stay fp32: bf16 -> fp32 is exact, fp32 -> bf16 rounds (and is exact on values
 // that came from bf16).
 void copy_device(onestep::bf16* dst, const float* src, int64_t n, cudaStream_t stream = 0);

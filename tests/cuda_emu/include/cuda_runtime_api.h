@@ -190,6 +190,11 @@ inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(
 inline unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
 [[noreturn]] inline void __trap() { ::emu::fail("__trap()"); }
 inline float __expf(float x) { return std::exp(x); }
+// A product rounded on its own, never fused into a following add (volatile: the host compiler may not contract it).
+inline float __fmul_rn(float a, float b) {
+  volatile float r = a * b;
+  return r;
+}
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 // CUDA's min/max overloads for the integer and float types device code calls them with.
 inline int min(int a, int b) { return a < b ? a : b; }
