@@ -91,7 +91,7 @@ ONESTEP_BF16_GEMM=fast timeout 60 "$BIN/test_cuda" --gtest_filter='CudaKernels.M
 say "- MatmulBf16 with ONESTEP_BF16_GEMM=fast: exit $? (0: cuBLAS rounds like our copies)"
 
 # 3. Throughput in each precision (bf16, the one the 40% MFU target names, also stores the matmul operands in bf16).
-section "Training throughput, AdamW, one GPU (onestep bench, median of 5 steps after 2 warm-ups)"
+section "Training throughput, one GPU, AdamW unless the variant names Muon (onestep bench, median of 5 steps after 2 warm-ups)"
 say ""
 say "| preset | precision | micro-batch x seq | tokens/s | achieved TFLOP/s | GPU fp32 sgemm peak TFLOP/s | MFU vs dense bf16 peak | peak GPU memory (buffers + scratch) | GPU memory in use |"
 say "|---|---|---|---|---|---|---|---|---|"
@@ -100,16 +100,20 @@ for preset in "${presets[@]}"; do
   # matmul (ONESTEP_BF16_OPERANDS=fp32, the design before bf16 storage); bf16-fast, the same with cuBLAS rounding
   # them inside the product (ONESTEP_BF16_GEMM=fast); bf16-flash, the FlashAttention-2-style attention kernels
   # (ONESTEP_ATTENTION=flash) instead of the tile kernels; bf16-percall, each product rounding its weight itself
-  # (ONESTEP_BF16_WEIGHTS=per_call) instead of reading the copy rounded once per step.
+  # (ONESTEP_BF16_WEIGHTS=per_call) instead of reading the copy rounded once per step. And the paper's optimizer:
+  # bf16-muon, Muon with its Newton-Schulz products in bf16 (the matmul precision), against bf16-muon-ns32, the
+  # same with them in fp32 (ONESTEP_NS_PRECISION=fp32; CUDA cores).
   variants="fp32 tf32 bf16"
-  [ "$preset" = "${presets[1]}" ] && variants="$variants bf16-fp32ops bf16-fast bf16-flash bf16-percall"
+  [ "$preset" = "${presets[1]}" ] && variants="$variants bf16-fp32ops bf16-fast bf16-flash bf16-percall bf16-muon bf16-muon-ns32"
   for variant in $variants; do
     precision="${variant%%-*}"
     log="$OUTDIR/bench_${preset}_$variant.log"
     ONESTEP_BF16_OPERANDS="$([ "$variant" = bf16-fp32ops ] || [ "$variant" = bf16-fast ] && echo fp32 || echo bf16)" \
     ONESTEP_BF16_GEMM="$([ "$variant" = bf16-fast ] && echo fast || echo rounded)" \
     ONESTEP_BF16_WEIGHTS="$([ "$variant" = bf16-percall ] && echo per_call || echo once)" \
+    ONESTEP_NS_PRECISION="$([ "$variant" = bf16-muon-ns32 ] && echo fp32 || echo matmul)" \
     ONESTEP_ATTENTION="$([ "$variant" = bf16-flash ] && echo flash || echo tiles)" timeout 120 "$BIN/onestep" bench \
+      --set optim.name="$(case $variant in *muon*) echo muon ;; *) echo adamw ;; esac)" \
       --set model.preset=$preset --set train.device=cuda --set train.precision=$precision \
       "${shape[@]}" --set train.micro_batches=1 > "$log" 2>&1
     json="$(grep '^{' "$log" | tail -n 1)"
@@ -128,7 +132,7 @@ done
 
 # Where the bf16 step's time goes (onestep bench's profiled step: CUDA events around each kernel call).
 section "Time by kernel, bf16 (one profiled step; the rest is the optimizer step and host gaps)"
-for run in ${presets[0]}_bf16 ${presets[1]}_bf16 ${presets[1]}_bf16-fp32ops ${presets[1]}_bf16-flash; do
+for run in ${presets[0]}_bf16 ${presets[1]}_bf16 ${presets[1]}_bf16-fp32ops ${presets[1]}_bf16-flash ${presets[1]}_bf16-muon ${presets[1]}_bf16-muon-ns32; do
   python3 - "$run" "$OUTDIR/bench_$run.log" <<'PY' | tee -a "$SUMMARY"
 import json, sys
 try:

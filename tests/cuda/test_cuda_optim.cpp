@@ -18,6 +18,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstdint>
 #include <functional>
 #include <utility>
@@ -267,6 +269,58 @@ TEST(CudaOptim, NewtonSchulz) {
       expect_close(got, want, kNs.rtol, kNs.atol, "newton_schulz" + tag);
       gpu::newton_schulz(d_G.get(), d_G.get(), s.rows, s.cols, 5, 1e-7f);  // out aliases G
       expect_bitwise_equal(d_G.host(), got, "newton_schulz in place" + tag);
+    }
+  }
+}
+
+// In tf32 and bf16 precision the products round their operands (TF32: 10 mantissa bits, bf16: 7): the result
+// differs from fp32 but stays within a stated distance of the CPU's fp32 result (relative Frobenius error: tf32
+// 1e-2, bf16 5e-2), and is as orthogonal as fp32's: its mean squared singular value (||O||_F^2 / min(r, c)) within
+// 0.05 of the fp32 one. ONESTEP_NS_PRECISION=fp32 restores the fp32 bits.
+TEST(CudaOptim, NewtonSchulzInTheMatmulPrecision) {
+  REQUIRE_GPU();
+  std::mt19937 rng(12);
+  struct S {
+    int rows, cols;
+  };
+  struct P {
+    gpu::MatmulPrecision precision;
+    const char* name;
+    double tol;
+  };
+  auto frob2 = [](const std::vector<float>& x) {
+    double s = 0;
+    for (float v : x) s += double(v) * v;
+    return s;
+  };
+  for (const S s : {S{64, 64}, S{150, 64}, S{64, 150}, S{33, 257}}) {
+    const auto G = randn(static_cast<size_t>(s.rows) * s.cols, rng);
+    NewtonSchulzWorkspace ws;
+    std::vector<float> want(G.size());
+    newton_schulz(want.data(), G.data(), s.rows, s.cols, 5, 1e-7f, ws);
+    Dev<float> d_G(G), d_out(G.size());
+    gpu::newton_schulz(d_out.get(), d_G.get(), s.rows, s.cols, 5, 1e-7f);
+    const auto fp32 = d_out.host();
+    const double k = std::min(s.rows, s.cols), want_msv = frob2(want) / k;
+    for (const P p : {P{gpu::MatmulPrecision::tf32, "tf32", 1e-2}, P{gpu::MatmulPrecision::bf16, "bf16", 5e-2}}) {
+      const std::string tag = std::string(" ") + p.name + " " + std::to_string(s.rows) + "x" + std::to_string(s.cols);
+      gpu::set_matmul_precision(p.precision);
+      gpu::newton_schulz(d_out.get(), d_G.get(), s.rows, s.cols, 5, 1e-7f);
+      const auto got = d_out.host();
+      setenv("ONESTEP_NS_PRECISION", "fp32", 1);
+      gpu::newton_schulz(d_out.get(), d_G.get(), s.rows, s.cols, 5, 1e-7f);
+      unsetenv("ONESTEP_NS_PRECISION");
+      gpu::set_matmul_precision(gpu::MatmulPrecision::fp32);
+      expect_bitwise_equal(d_out.host(), fp32, "ONESTEP_NS_PRECISION=fp32" + tag);
+      double err = 0;
+      for (size_t i = 0; i < got.size(); ++i) err += std::pow(double(got[i]) - want[i], 2);
+      const double rel = std::sqrt(err / frob2(want));
+      EXPECT_LT(rel, p.tol) << "distance to the CPU's fp32 result" << tag;
+      EXPECT_GT(rel, 1e-5) << "rounding had no effect" << tag;
+      EXPECT_NEAR(frob2(got) / k, want_msv, 0.05) << "mean squared singular value" << tag;
+      EXPECT_GT(want_msv, 0.5) << tag;
+      std::printf("newton_schulz%s: relative error %.2e, mean squared singular value %.4f (fp32 %.4f)\n",
+                  tag.c_str(), rel, frob2(got) / k, want_msv);
     }
   }
 }

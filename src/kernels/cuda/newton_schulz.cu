@@ -1,8 +1,10 @@
 // Newton–Schulz orthogonalisation for the Muon family: the steps of the CPU's newton_schulz
 // (src/optim/newton_schulz.cpp), same normalisation, orientation and quintic coefficients, with the three
-// products of each iteration through cuBLAS sgemm (fp32, default math mode: no TF32). Row-major M[r,c] is
-// the column-major M^T (see matmul.cu), which the comments below write Mc.
+// products of each iteration through cuBLAS in the model's matmul precision (ns_compute_type below). Row-major
+// M[r,c] is the column-major M^T (see matmul.cu), which the comments below write Mc.
 #include <utility>
+
+#include "core/env.h"
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cublas_util.cuh"
@@ -38,6 +40,32 @@ void transpose_scaled(float* dst, const float* src, int R, int C, const float* s
   ONESTEP_CUDA_LAUNCHED("newton_schulz(transpose)");
 }
 
+// The products' arithmetic. fp32 (sgemm, no TF32) in fp32 precision: the CPU's arithmetic, which the tests compare
+// with. In tf32 and bf16 precision the operands are rounded to TF32 or bf16 inside cuBLAS (fp32 storage, fp32
+// accumulation), as the reference Muon runs its iteration in bf16: on a GPU whose fp32 products run on CUDA cores,
+// fp32 Newton–Schulz costs about as much as the model's forward and backward (smollm2-360m: ~7 TFLOP per step for
+// its 224 matrices). The iteration's fixed point is not sharp anyway: the quintic leaves the singular values in
+// about [0.7, 1.2]. ONESTEP_NS_PRECISION=fp32 keeps fp32 in every precision.
+cublasComputeType_t ns_compute_type() {
+  if (env_is("ONESTEP_NS_PRECISION", "fp32")) return CUBLAS_COMPUTE_32F;  // read per call: tests switch it
+  switch (current_matmul_precision()) {
+    case MatmulPrecision::tf32: return CUBLAS_COMPUTE_32F_FAST_TF32;
+    case MatmulPrecision::bf16: return CUBLAS_COMPUTE_32F_FAST_16BF;
+    default: return CUBLAS_COMPUTE_32F;
+  }
+}
+
+// Column-major C (m x n) = alpha op(A) op(B) + beta C, all fp32, in `compute` (sgemm for CUBLAS_COMPUTE_32F).
+void gemm(cublasHandle_t h, cublasComputeType_t compute, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+          int k, const float* alpha, const float* A, int lda, const float* B, int ldb, const float* beta, float* C,
+          int ldc, const char* what) {
+  if (compute == CUBLAS_COMPUTE_32F)
+    return detail::check_cublas(cublasSgemm(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc), what);
+  detail::check_cublas(cublasGemmEx(h, ta, tb, m, n, k, alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, beta, C,
+                                    CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT),
+                       what);
+}
+
 }  // namespace
 
 // PAPER.md §3, Muon: X = q / (||q||_F + eps), transposed if rows > cols; A = X X^T; X = a X + (b A + c A A) X.
@@ -67,21 +95,19 @@ void newton_schulz(float* out, const float* G, int rows, int cols, int steps, fl
     detail::for_each_element(n, stream, "newton_schulz(scale)", [=] __device__(int64_t i) { X[i] = G[i] * *inv; });
   }
 
-  cublasHandle_t h = detail::cublas_handle(stream, false);  // fp32 always: NS amplifies rounding
+  cublasHandle_t h = detail::cublas_handle(stream, false);  // default math: the compute type alone decides
+  const cublasComputeType_t compute = ns_compute_type();
   const float one = 1.0f, zero = 0.0f, ka = kNsA, kc = kNsC, kb = kNsB;
   for (int k = 0; k < steps; ++k) {
     // A = X X^T  (symmetric):  Ac = Xc^T Xc, Xc being c x r.
-    detail::check_cublas(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, r, r, c, &one, X, c, X, c, &zero, A, r),
-                         "newton_schulz(A)");
+    gemm(h, compute, CUBLAS_OP_T, CUBLAS_OP_N, r, r, c, &one, X, c, X, c, &zero, A, r, "newton_schulz(A)");
     // B = b A + c A A:  B = b A first (as the CPU), then Bc += c Ac Ac  ((A A)^T = A^T A^T).
     detail::for_each_element(rr, stream, "newton_schulz(bA)", [=] __device__(int64_t i) { B[i] = kb * A[i]; });
-    detail::check_cublas(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, r, r, r, &kc, A, r, A, r, &one, B, r),
-                         "newton_schulz(B)");
+    gemm(h, compute, CUBLAS_OP_N, CUBLAS_OP_N, r, r, r, &kc, A, r, A, r, &one, B, r, "newton_schulz(B)");
     // Xn = a X + B X:  Xn = X first, then Xnc = a Xnc + Xc Bc  ((B X)^T = X^T B^T), Xnc being c x r.
     ONESTEP_CUDA_CHECK(cudaMemcpyAsync(Xn, X, sizeof(float) * static_cast<size_t>(n), cudaMemcpyDeviceToDevice,
                                        stream));
-    detail::check_cublas(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, c, r, r, &one, X, c, B, r, &ka, Xn, c),
-                         "newton_schulz(X)");
+    gemm(h, compute, CUBLAS_OP_N, CUBLAS_OP_N, c, r, r, &one, X, c, B, r, &ka, Xn, c, "newton_schulz(X)");
     std::swap(X, Xn);
   }
   if (tr) {

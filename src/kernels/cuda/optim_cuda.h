@@ -149,8 +149,9 @@ void sgd_update(float* u, const float* x, const float* g, float* buf, int64_t n,
 // Newton–Schulz orthogonalisation, exactly the CPU's steps: X = G / (||G||_F + eps) (the norm summed in
 // double on the device), transposed if rows > cols so that A = X X^T is the small Gram matrix, then `steps`
 // iterations X <- a X + (b A + c A A) X with the quintic (a, b, c) = (3.4445, -4.7750, 2.0315), transposed
-// back. Products through cuBLAS sgemm (fp32, no TF32), one matrix at a time; scratch is stream-ordered.
-// out may alias G.
+// back. Products through cuBLAS, one matrix at a time, in the matmul precision (set_matmul_precision): fp32 sgemm
+// (no TF32) in fp32; operands rounded to TF32 or bf16 inside cuBLAS, fp32 storage and accumulation, in tf32 and
+// bf16 (ONESTEP_NS_PRECISION=fp32 keeps fp32). Scratch is stream-ordered. out may alias G.
 void newton_schulz(float* out, const float* G, int rows, int cols, int steps, float eps, cudaStream_t stream = 0);
 
 struct MuonScalars {
