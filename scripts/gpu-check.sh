@@ -131,7 +131,7 @@ PY
 done
 
 # Where the bf16 step's time goes (onestep bench's profiled step: CUDA events around each kernel call).
-section "Time by kernel, bf16 (one profiled step; the rest is the optimizer step and host gaps)"
+section "Time by kernel, bf16 (one profiled step: the model's kernels, the optimizer step, the rest: host gaps)"
 for run in ${presets[0]}_bf16 ${presets[1]}_bf16 ${presets[1]}_bf16-fp32ops ${presets[1]}_bf16-flash ${presets[1]}_bf16-muon ${presets[1]}_bf16-muon-ns32; do
   python3 - "$run" "$OUTDIR/bench_$run.log" <<'PY' | tee -a "$SUMMARY"
 import json, sys
@@ -139,9 +139,11 @@ try:
     j = json.loads([l for l in open(sys.argv[2]) if l.startswith("{")][-1])
     step_ms = 1e3 * j["profiled_step_s"]
     ops = sorted(j["op_ms"].items(), key=lambda kv: -kv[1])
-    rest = step_ms - sum(ms for _, ms in ops)
+    opt = j.get("optimizer_ms", 0.0)
+    rest = step_ms - sum(ms for _, ms in ops) - opt
     parts = [f"{name} {ms:.1f} ms ({100 * ms / step_ms:.0f}%)" for name, ms in ops[:6]]
-    print(f"- {sys.argv[1]}: step {step_ms:.1f} ms: " + ", ".join(parts) + f", rest {rest:.1f} ms ({100 * rest / step_ms:.0f}%)")
+    print(f"- {sys.argv[1]}: step {step_ms:.1f} ms: " + ", ".join(parts) +
+          f", optimizer step {opt:.1f} ms ({100 * opt / step_ms:.0f}%), rest {rest:.1f} ms ({100 * rest / step_ms:.0f}%)")
 except Exception as e:
     print(f"- {sys.argv[1]}: no profile ({e})")
 PY

@@ -56,4 +56,13 @@ python3 -c "import json; d = json.load(open('traced/trace.json')); assert any(e.
   && ok "real-run trace.json" || fail "real-run trace.json"
 grep -q '"stage_idle_frac"' traced/metrics.jsonl && grep -q '"stage_activation_mib"' traced/metrics.jsonl \
   && ok "pipeline telemetry in metrics.jsonl" || fail "pipeline telemetry"
+# onestep bench: its JSON line splits the profiled step into the model's kernels, the optimizer step (Muon's
+# Newton-Schulz here, the largest part at this size) and a rest, each non-negative and together the step.
+"$BIN" bench --config micro.toml --set optim.name=muon --steps 2 2> /dev/null | grep '^{' | tail -n 1 | python3 -c "
+import json, sys
+j = json.load(sys.stdin)
+step, opt, kernels = 1e3 * j['profiled_step_s'], j['optimizer_ms'], sum(j['op_ms'].values())
+assert 0 < opt < step and 0 < kernels < step and kernels + opt <= step * 1.001, (step, opt, kernels)
+assert j['tokens_per_s'] > 0 and 'matmul_forward' in j['op_ms'], j
+" && ok "bench JSON: kernels + optimizer step within the profiled step" || fail "bench JSON"
 finish
