@@ -2,6 +2,7 @@
 
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/buffer.h"
@@ -28,7 +29,19 @@ class CudaOptimizer final : public Optimizer {
 
   void compute_update(float* u, const float* x, const float* g, double lr_scale) override {
     ++t_;
-    for (const auto& p : table_.all()) update_param(p, u + p.offset, x + p.offset, g + p.offset, lr_scale);
+    // The Muon family's matrices by shape: each group's Newton–Schulz runs batched (a model's layers share shapes).
+    std::map<std::pair<int64_t, int64_t>, std::vector<gpu::MuonMatrix>> muon_groups;
+    for (const auto& p : table_.all()) {
+      if (is_muon_family(c_.name) && muon_takes(p)) {
+        const bool nor = c_.name == "normuon";
+        muon_groups[{p.rows(), p.cols()}].push_back(
+            {u + p.offset, x + p.offset, g + p.offset, state(nor ? "normuon.momentum." : "muon.momentum.", p),
+             nor ? state("normuon.v_row.", p) : nullptr});
+        continue;
+      }
+      update_param(p, u + p.offset, x + p.offset, g + p.offset, lr_scale);
+    }
+    for (const auto& [shape, group] : muon_groups) update_muon_group(group, shape.first, shape.second, lr_scale);
     const int64_t s = t_ - 1;
     if (c_.name == "soap" && soap_refreshes_bases(s, c_.precond_freq)) soap_new_bases_on_host(s == 0);
   }
@@ -87,16 +100,6 @@ class CudaOptimizer final : public Optimizer {
                        state("soap.Q_L.", p), state("soap.Q_R.", p), soap_scratch_.data(), soap_scratch_.data() + numel,
                        rows, cols, gpu::soap_scalars(lr, c_.beta1, c_.beta2, c_.eps, t_),
                        decays(p) ? static_cast<float>(lr * c_.weight_decay) : 0.0f, stream_);
-    } else if (is_muon_family(n)) {
-      // NorMuon keeps Muon's Newton–Schulz eps; its eps is the row normalisation's (make_optimizer.cpp).
-      const double ns_eps = n == "muon" ? c_.eps : MuonHyper{}.eps;
-      const auto s = gpu::muon_scalars(lr, c_.momentum, c_.nesterov, c_.ns_steps, ns_eps,
-                                       muon_scale(p.rows(), p.cols(), c_.muon_scale == "adamw_rms"), c_.weight_decay);
-      const int rows = static_cast<int>(p.rows()), cols = static_cast<int>(p.cols());
-      if (n == "muon") gpu::muon_update(u, x, g, state("muon.momentum.", p), rows, cols, s, stream_);
-      else
-        gpu::normuon_update(u, x, g, state("normuon.momentum.", p), state("normuon.v_row.", p), rows, cols, s,
-                            gpu::normuon_scalars(c_.beta2, c_.eps), stream_);
     } else if (n == "mars" && mars_takes(p)) {
       gpu::mars_update(u, x, g, state("mars.m.", p), state("mars.v.", p), state("mars.prev_grad.", p), numel,
                        gpu::mars_scalars(lr, c_.beta1, c_.beta2, c_.eps, c_.gamma, wd, t_), stream_);
@@ -113,6 +116,17 @@ class CudaOptimizer final : public Optimizer {
       gpu::adamw_update(u, x, g, state("adamw.m.", p), state("adamw.v.", p), numel,
                         gpu::adamw_scalars(lr, c_.beta1, c_.beta2, c_.eps, wd, t_), stream_);
     }
+  }
+
+  // Muon or NorMuon on matrices of one shape [rows, cols].
+  void update_muon_group(const std::vector<gpu::MuonMatrix>& group, int64_t rows, int64_t cols, double lr_scale) {
+    // NorMuon keeps Muon's Newton–Schulz eps; its eps is the row normalisation's (make_optimizer.cpp).
+    const double ns_eps = c_.name == "muon" ? c_.eps : MuonHyper{}.eps;
+    const auto s = gpu::muon_scalars(c_.lr * lr_scale, c_.momentum, c_.nesterov, c_.ns_steps, ns_eps,
+                                     muon_scale(rows, cols, c_.muon_scale == "adamw_rms"), c_.weight_decay);
+    const int r = static_cast<int>(rows), c = static_cast<int>(cols);
+    if (c_.name == "muon") gpu::muon_update(group, r, c, s, stream_);
+    else gpu::normuon_update(group, r, c, s, gpu::normuon_scalars(c_.beta2, c_.eps), stream_);
   }
 
   OptimConfig c_;

@@ -67,6 +67,9 @@ ParamTable make_table() {
   t.add("model.layers.0.self_attn.q_proj.weight", {64, 64}, ParamRole::matrix);
   t.add("model.layers.0.mlp.up_proj.weight", {150, 64}, ParamRole::matrix);
   t.add("model.layers.0.mlp.down_proj.weight", {64, 150}, ParamRole::matrix);
+  // A second layer's: the Muon family batches the Newton–Schulz of matrices of one shape (groups of 2 here).
+  t.add("model.layers.1.self_attn.q_proj.weight", {64, 64}, ParamRole::matrix);
+  t.add("model.layers.1.mlp.up_proj.weight", {150, 64}, ParamRole::matrix);
   t.add("model.norm.weight", {64}, ParamRole::norm);
   t.add("lm_head.weight", {97, 64}, ParamRole::head);
   return t;
@@ -271,6 +274,45 @@ TEST(CudaOptim, NewtonSchulz) {
       expect_bitwise_equal(d_G.host(), got, "newton_schulz in place" + tag);
     }
   }
+}
+
+// Batched Newton–Schulz (a shape's matrices through one cuBLAS call per product): each output equals the matrix's
+// own newton_schulz (rtol = atol = 1e-4: cuBLAS may pick other kernels for a batch), out of place and in place,
+// wide and tall (transposed) shapes, one batch and batches capped at 2 matrices by the scratch limit (chunks of 2,
+// 2, 1), in fp32 and in bf16.
+TEST(CudaOptim, NewtonSchulzBatchedEqualsOneByOne) {
+  REQUIRE_GPU();
+  std::mt19937 rng(13);
+  for (const auto precision : {gpu::MatmulPrecision::fp32, gpu::MatmulPrecision::bf16})
+    for (const auto& [rows, cols] : {std::pair{48, 120}, std::pair{120, 48}}) {
+      const int count = 5;
+      const size_t n = static_cast<size_t>(rows) * cols;
+      const size_t per_matrix = sizeof(float) * 2 * ((n + 63) / 64 * 64 + (48 * 48 + 63) / 64 * 64);
+      std::vector<std::vector<float>> G, single;
+      gpu::set_matmul_precision(precision);
+      for (int i = 0; i < count; ++i) {
+        G.push_back(randn(n, rng, i == 3 ? 1e-3f : 1.0f));
+        Dev<float> d_G(G.back()), d_out(n);
+        gpu::newton_schulz(d_out.get(), d_G.get(), rows, cols, 5, 1e-7f);
+        single.push_back(d_out.host());
+      }
+      for (const size_t limit : {size_t{256} << 20, 2 * per_matrix + 1})
+        for (const bool in_place : {false, true}) {
+          const std::string tag = std::string(precision == gpu::MatmulPrecision::bf16 ? " bf16 " : " fp32 ") +
+                                  std::to_string(rows) + "x" + std::to_string(cols) +
+                                  (limit < 1000000 ? ", chunks of 2" : ", one batch") + (in_place ? ", in place" : "");
+          std::vector<Dev<float>> d_G, d_out;
+          for (int i = 0; i < count; ++i) d_G.emplace_back(G[i]), d_out.emplace_back(n);
+          std::vector<float*> outs;
+          std::vector<const float*> ins;
+          for (int i = 0; i < count; ++i) outs.push_back(in_place ? d_G[i].get() : d_out[i].get()), ins.push_back(d_G[i].get());
+          gpu::newton_schulz_batched(outs.data(), ins.data(), count, rows, cols, 5, 1e-7f, 0, limit);
+          for (int i = 0; i < count; ++i)
+            expect_close((in_place ? d_G[i] : d_out[i]).host(), single[i], 1e-4, 1e-4,
+                         "matrix " + std::to_string(i) + tag);
+        }
+      gpu::set_matmul_precision(gpu::MatmulPrecision::fp32);
+    }
 }
 
 // In tf32 and bf16 precision the products round their operands (TF32: 10 mantissa bits, bf16: 7): the result

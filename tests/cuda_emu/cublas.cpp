@@ -132,3 +132,22 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
   return gemm(h->stream, ta, tb, m, n, k, *static_cast<const float*>(alpha), A, a_type, lda, B, b_type, ldb,
               *static_cast<const float*>(beta), C, c_type, ldc, rounding);
 }
+// The batch as that many cublasGemmEx calls on the strided operands (each checked and queued in order).
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                          int k, const void* alpha, const void* A, cudaDataType_t a_type, int lda,
+                                          long long stride_a, const void* B, cudaDataType_t b_type, int ldb,
+                                          long long stride_b, const void* beta, void* C, cudaDataType_t c_type, int ldc,
+                                          long long stride_c, int batch_count, cublasComputeType_t compute,
+                                          cublasGemmAlgo_t algo) {
+  if (batch_count < 0) return CUBLAS_STATUS_INVALID_VALUE;
+  auto at = [](const void* p, cudaDataType_t type, long long elements) {
+    return static_cast<const char*>(p) + elements * (type == CUDA_R_16BF ? 2 : 4);
+  };
+  for (int i = 0; i < batch_count; ++i) {
+    const cublasStatus_t st =
+        cublasGemmEx(h, ta, tb, m, n, k, alpha, at(A, a_type, i * stride_a), a_type, lda, at(B, b_type, i * stride_b),
+                     b_type, ldb, beta, const_cast<char*>(at(C, c_type, i * stride_c)), c_type, ldc, compute, algo);
+    if (st != CUBLAS_STATUS_SUCCESS) return st;
+  }
+  return CUBLAS_STATUS_SUCCESS;
+}

@@ -2,6 +2,8 @@
 // element-wise passes (MuonMatrices, src/optim/muon.cpp; NorMuon's per-row normalisation,
 // src/optim/normuon.cpp), which share the momentum recursion. Same per-element expressions as the CPU's;
 // the float scalars come from the *_scalars() helpers of optim_cuda.h.
+#include <vector>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/cuda/optim_cuda.h"
@@ -17,14 +19,18 @@ __device__ inline float momentum_direction(float gi, float* B, int64_t i, float 
   return nesterov ? gi + mu * b : b;
 }
 
-// Momentum pass into a stream-ordered scratch q, then X = NS(q) written on u (MuonMatrices::
-// orthogonalized_momentum).
-void orthogonalized_momentum(float* u, const float* g, float* B, int rows, int cols, const MuonScalars& s,
+// Each matrix's momentum pass into its u (q), then X = NS(q) over u, the group's Newton–Schulz batched
+// (MuonMatrices::orthogonalized_momentum).
+void orthogonalized_momentum(const std::vector<MuonMatrix>& group, int rows, int cols, const MuonScalars& s,
                              cudaStream_t stream) {
   const int64_t n = static_cast<int64_t>(rows) * cols;
-  detail::Scratch q(sizeof(float) * static_cast<size_t>(n), stream);
-  muon_momentum(q.as<float>(), B, g, n, s.momentum, s.nesterov != 0, stream);
-  newton_schulz(u, q.as<float>(), rows, cols, s.ns_steps, s.ns_eps, stream);
+  std::vector<float*> us;
+  for (const MuonMatrix& m : group) {
+    muon_momentum(m.u, m.B, m.g, n, s.momentum, s.nesterov != 0, stream);
+    us.push_back(m.u);
+  }
+  const std::vector<const float*> qs(us.begin(), us.end());
+  newton_schulz_batched(us.data(), qs.data(), static_cast<int>(us.size()), rows, cols, s.ns_steps, s.ns_eps, stream);
 }
 
 // u = a u + d x, u holding X (Muon) or Y (NorMuon): MuonMatrices::finish_update. a is read from the device
@@ -71,35 +77,38 @@ void muon_momentum(float* q, float* B, const float* g, int64_t n, float momentum
 }
 
 // PAPER.md §3, Muon: X = NS(q); u = lr s X + lr wd x.
-void muon_update(float* u, const float* x, const float* g, float* B, int rows, int cols, const MuonScalars& s,
-                 cudaStream_t stream) {
-  if (rows <= 0 || cols <= 0) return;
-  orthogonalized_momentum(u, g, B, rows, cols, s, stream);
-  finish_update(u, x, static_cast<int64_t>(rows) * cols, static_cast<float>(s.lr_shape), nullptr, s.lr_wd, stream);
+void muon_update(const std::vector<MuonMatrix>& group, int rows, int cols, const MuonScalars& s, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0 || group.empty()) return;
+  orthogonalized_momentum(group, rows, cols, s, stream);
+  for (const MuonMatrix& m : group)
+    finish_update(m.u, m.x, static_cast<int64_t>(rows) * cols, static_cast<float>(s.lr_shape), nullptr, s.lr_wd, stream);
 }
 
 // PAPER.md §3, NorMuon: Muon's X, v_row = b2 v_row + (1-b2) mean_cols(X^2), Y = X / (sqrt(v_row) + eps),
 // rescaled to ||X||_F; u = lr s Y + lr wd x.
-void normuon_update(float* u, const float* x, const float* g, float* B, float* v_row, int rows, int cols,
-                    const MuonScalars& s, const NorMuonScalars& ns, cudaStream_t stream) {
-  if (rows <= 0 || cols <= 0) return;
+void normuon_update(const std::vector<MuonMatrix>& group, int rows, int cols, const MuonScalars& s,
+                    const NorMuonScalars& ns, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0 || group.empty()) return;
   const int64_t n = static_cast<int64_t>(rows) * cols;
-  orthogonalized_momentum(u, g, B, rows, cols, s, stream);
-  // [0] ||X||^2, [1] ||Y||^2 (double), then the float scale a = lr s ||X|| / ||Y||.
-  detail::Scratch scratch(3 * sizeof(double), stream);
-  double* ss = scratch.as<double>();
-  float* a = reinterpret_cast<float*>(ss + 2);
-  sum_squares_async(ss, u, n, stream);
-  normuon_rows_kernel<<<static_cast<unsigned>(rows), detail::kThreads, 0, stream>>>(u, v_row, cols, ns.beta2,
-                                                                                    ns.one_minus_beta2, ns.eps);
-  ONESTEP_CUDA_LAUNCHED("normuon_update(rows)");
-  sum_squares_async(ss + 1, u, n, stream);
-  const double lr_shape = s.lr_shape;
-  detail::run_single(stream, "normuon_update(rescale)", [=] __device__() {
-    const double rescale = ss[1] > 0 ? sqrt(ss[0] / ss[1]) : 0.0;
-    *a = static_cast<float>(lr_shape * rescale);  // the CPU's lr * s * rescale, in double
-  });
-  finish_update(u, x, n, 0.0f, a, s.lr_wd, stream);
+  orthogonalized_momentum(group, rows, cols, s, stream);
+  // Per matrix: [0] ||X||^2, [1] ||Y||^2 (double), then the float scale a = lr s ||X|| / ||Y||.
+  detail::Scratch scratch(4 * sizeof(double) * group.size(), stream);
+  for (size_t i = 0; i < group.size(); ++i) {
+    float* u = group[i].u;
+    double* ss = scratch.as<double>() + 4 * i;
+    float* a = reinterpret_cast<float*>(ss + 2);
+    sum_squares_async(ss, u, n, stream);
+    normuon_rows_kernel<<<static_cast<unsigned>(rows), detail::kThreads, 0, stream>>>(u, group[i].v_row, cols, ns.beta2,
+                                                                                      ns.one_minus_beta2, ns.eps);
+    ONESTEP_CUDA_LAUNCHED("normuon_update(rows)");
+    sum_squares_async(ss + 1, u, n, stream);
+    const double lr_shape = s.lr_shape;
+    detail::run_single(stream, "normuon_update(rescale)", [=] __device__() {
+      const double rescale = ss[1] > 0 ? sqrt(ss[0] / ss[1]) : 0.0;
+      *a = static_cast<float>(lr_shape * rescale);  // the CPU's lr * s * rescale, in double
+    });
+    finish_update(u, group[i].x, n, 0.0f, a, s.lr_wd, stream);
+  }
 }
 
 }  // namespace onestep::cuda

@@ -2,6 +2,7 @@
 // (src/optim/newton_schulz.cpp), same normalisation, orientation and quintic coefficients, with the three
 // products of each iteration through cuBLAS in the model's matmul precision (ns_compute_type below). Row-major
 // M[r,c] is the column-major M^T (see matmul.cu), which the comments below write Mc.
+#include <algorithm>
 #include <utility>
 
 #include "core/env.h"
@@ -55,44 +56,58 @@ cublasComputeType_t ns_compute_type() {
   }
 }
 
-// Column-major C (m x n) = alpha op(A) op(B) + beta C, all fp32, in `compute` (sgemm for CUBLAS_COMPUTE_32F).
-void gemm(cublasHandle_t h, cublasComputeType_t compute, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
-          int k, const float* alpha, const float* A, int lda, const float* B, int ldb, const float* beta, float* C,
-          int ldc, const char* what) {
-  if (compute == CUBLAS_COMPUTE_32F)
-    return detail::check_cublas(cublasSgemm(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc), what);
-  detail::check_cublas(cublasGemmEx(h, ta, tb, m, n, k, alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, beta, C,
-                                    CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT),
+// Column-major C_i (m x n) = alpha op(A_i) op(B_i) + beta C_i for the `count` matrices at A + i stride_a, ...,
+// all fp32, in `compute`: one strided-batched call (CUBLAS_COMPUTE_32F with the handle's default math: no TF32).
+void gemm_batched(cublasHandle_t h, cublasComputeType_t compute, cublasOperation_t ta, cublasOperation_t tb, int m,
+                  int n, int k, const float* alpha, const float* A, int lda, int64_t stride_a, const float* B, int ldb,
+                  int64_t stride_b, const float* beta, float* C, int ldc, int64_t stride_c, int count,
+                  const char* what) {
+  detail::check_cublas(cublasGemmStridedBatchedEx(h, ta, tb, m, n, k, alpha, A, CUDA_R_32F, lda, stride_a, B,
+                                                  CUDA_R_32F, ldb, stride_b, beta, C, CUDA_R_32F, ldc, stride_c, count,
+                                                  compute, CUBLAS_GEMM_DEFAULT),
                        what);
 }
 
 }  // namespace
 
 // PAPER.md §3, Muon: X = q / (||q||_F + eps), transposed if rows > cols; A = X X^T; X = a X + (b A + c A A) X.
-void newton_schulz(float* out, const float* G, int rows, int cols, int steps, float eps, cudaStream_t stream) {
-  if (rows <= 0 || cols <= 0) return;
+// The matrices of a batch go through each product together (one cuBLAS call per product and iteration, not one
+// per matrix: a model's small matrices would otherwise leave the GPU waiting on launches); each matrix's values
+// are those of its own iteration.
+void newton_schulz_batched(float* const* outs, const float* const* Gs, int count, int rows, int cols, int steps,
+                           float eps, cudaStream_t stream, size_t max_scratch_bytes) {
+  if (rows <= 0 || cols <= 0 || count <= 0) return;
   const bool tr = rows > cols;
   const int r = tr ? cols : rows, c = tr ? rows : cols;  // X is r x c with r <= c
   const int64_t n = static_cast<int64_t>(r) * c, rr = static_cast<int64_t>(r) * r;
-  // Scratch: ||G||^2 (double) and 1 / (||G|| + eps) (float) in the first 256 bytes, then X, Xn [r, c] and
-  // A, B [r, r], each starting on a 256-byte boundary (64 floats) for cuBLAS.
+  // Per matrix: X, Xn [r, c] and A, B [r, r], each starting on a 256-byte boundary (64 floats) for cuBLAS.
   const int64_t pn = (n + 63) / 64 * 64, prr = (rr + 63) / 64 * 64;
-  detail::Scratch scratch(256 + sizeof(float) * static_cast<size_t>(2 * pn + 2 * prr), stream);
+  const size_t per_matrix = sizeof(float) * static_cast<size_t>(2 * pn + 2 * prr);
+  const int chunk = static_cast<int>(std::max<size_t>(1, std::min<size_t>(count, max_scratch_bytes / per_matrix)));
+  if (count > chunk) {
+    for (int i = 0; i < count; i += chunk)
+      newton_schulz_batched(outs + i, Gs + i, std::min(chunk, count - i), rows, cols, steps, eps, stream, max_scratch_bytes);
+    return;
+  }
+  // Scratch: ||G_i||^2 (double) and 1 / (||G_i|| + eps) (float) first, then X [count][pn], Xn, A [count][prr], B.
+  const int64_t head = (count * int64_t{12} + 255) / 256 * 64;  // floats, a multiple of 64
+  detail::Scratch scratch(sizeof(float) * static_cast<size_t>(head) + per_matrix * count, stream);
   double* ss = scratch.as<double>();
-  float* inv = reinterpret_cast<float*>(ss + 1);
-  float* X = scratch.as<float>() + 64;
-  float* Xn = X + pn;
-  float* A = Xn + pn;
-  float* B = A + prr;
+  float* inv = reinterpret_cast<float*>(ss + count);
+  float* X = scratch.as<float>() + head;
+  float* Xn = X + count * pn;
+  float* A = Xn + count * pn;
+  float* B = A + count * prr;
 
-  sum_squares_async(ss, G, n, stream);
-  detail::run_single(stream, "newton_schulz(norm)", [=] __device__() {
-    *inv = static_cast<float>(1.0 / (sqrt(*ss) + static_cast<double>(eps)));
+  for (int i = 0; i < count; ++i) sum_squares_async(ss + i, Gs[i], n, stream);
+  detail::for_each_element(count, stream, "newton_schulz(norm)", [=] __device__(int64_t i) {
+    inv[i] = static_cast<float>(1.0 / (sqrt(ss[i]) + static_cast<double>(eps)));
   });
-  if (tr) {
-    transpose_scaled(X, G, rows, cols, inv, stream);
-  } else {
-    detail::for_each_element(n, stream, "newton_schulz(scale)", [=] __device__(int64_t i) { X[i] = G[i] * *inv; });
+  for (int i = 0; i < count; ++i) {
+    float* Xi = X + i * pn;
+    const float *Gi = Gs[i], *inv_i = inv + i;
+    if (tr) transpose_scaled(Xi, Gi, rows, cols, inv_i, stream);
+    else detail::for_each_element(n, stream, "newton_schulz(scale)", [=] __device__(int64_t j) { Xi[j] = Gi[j] * *inv_i; });
   }
 
   cublasHandle_t h = detail::cublas_handle(stream, false);  // default math: the compute type alone decides
@@ -100,22 +115,30 @@ void newton_schulz(float* out, const float* G, int rows, int cols, int steps, fl
   const float one = 1.0f, zero = 0.0f, ka = kNsA, kc = kNsC, kb = kNsB;
   for (int k = 0; k < steps; ++k) {
     // A = X X^T  (symmetric):  Ac = Xc^T Xc, Xc being c x r.
-    gemm(h, compute, CUBLAS_OP_T, CUBLAS_OP_N, r, r, c, &one, X, c, X, c, &zero, A, r, "newton_schulz(A)");
-    // B = b A + c A A:  B = b A first (as the CPU), then Bc += c Ac Ac  ((A A)^T = A^T A^T).
-    detail::for_each_element(rr, stream, "newton_schulz(bA)", [=] __device__(int64_t i) { B[i] = kb * A[i]; });
-    gemm(h, compute, CUBLAS_OP_N, CUBLAS_OP_N, r, r, r, &kc, A, r, A, r, &one, B, r, "newton_schulz(B)");
+    gemm_batched(h, compute, CUBLAS_OP_T, CUBLAS_OP_N, r, r, c, &one, X, c, pn, X, c, pn, &zero, A, r, prr, count,
+                 "newton_schulz(A)");
+    // B = b A + c A A:  B = b A first (as the CPU), then Bc += c Ac Ac  ((A A)^T = A^T A^T). The padding between
+    // the matrices is scaled too and never read.
+    detail::for_each_element(count * prr, stream, "newton_schulz(bA)", [=] __device__(int64_t i) { B[i] = kb * A[i]; });
+    gemm_batched(h, compute, CUBLAS_OP_N, CUBLAS_OP_N, r, r, r, &kc, A, r, prr, A, r, prr, &one, B, r, prr, count,
+                 "newton_schulz(B)");
     // Xn = a X + B X:  Xn = X first, then Xnc = a Xnc + Xc Bc  ((B X)^T = X^T B^T), Xnc being c x r.
-    ONESTEP_CUDA_CHECK(cudaMemcpyAsync(Xn, X, sizeof(float) * static_cast<size_t>(n), cudaMemcpyDeviceToDevice,
-                                       stream));
-    gemm(h, compute, CUBLAS_OP_N, CUBLAS_OP_N, c, r, r, &one, X, c, B, r, &ka, Xn, c, "newton_schulz(X)");
+    ONESTEP_CUDA_CHECK(cudaMemcpyAsync(Xn, X, sizeof(float) * static_cast<size_t>(count * pn),
+                                       cudaMemcpyDeviceToDevice, stream));
+    gemm_batched(h, compute, CUBLAS_OP_N, CUBLAS_OP_N, c, r, r, &one, X, c, pn, B, r, prr, &ka, Xn, c, pn, count,
+                 "newton_schulz(X)");
     std::swap(X, Xn);
   }
-  if (tr) {
-    transpose_scaled(out, X, r, c, nullptr, stream);  // X is [cols, rows] -> out [rows, cols]
-  } else {
-    ONESTEP_CUDA_CHECK(cudaMemcpyAsync(out, X, sizeof(float) * static_cast<size_t>(n), cudaMemcpyDeviceToDevice,
-                                       stream));
+  for (int i = 0; i < count; ++i) {
+    if (tr) transpose_scaled(outs[i], X + i * pn, r, c, nullptr, stream);  // X_i is [cols, rows] -> [rows, cols]
+    else
+      ONESTEP_CUDA_CHECK(cudaMemcpyAsync(outs[i], X + i * pn, sizeof(float) * static_cast<size_t>(n),
+                                         cudaMemcpyDeviceToDevice, stream));
   }
+}
+
+void newton_schulz(float* out, const float* G, int rows, int cols, int steps, float eps, cudaStream_t stream) {
+  newton_schulz_batched(&out, &G, 1, rows, cols, steps, eps, stream);
 }
 
 }  // namespace onestep::cuda

@@ -15,6 +15,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 namespace onestep::cuda {
 
@@ -149,10 +150,16 @@ void sgd_update(float* u, const float* x, const float* g, float* buf, int64_t n,
 // Newton–Schulz orthogonalisation, exactly the CPU's steps: X = G / (||G||_F + eps) (the norm summed in
 // double on the device), transposed if rows > cols so that A = X X^T is the small Gram matrix, then `steps`
 // iterations X <- a X + (b A + c A A) X with the quintic (a, b, c) = (3.4445, -4.7750, 2.0315), transposed
-// back. Products through cuBLAS, one matrix at a time, in the matmul precision (set_matmul_precision): fp32 sgemm
-// (no TF32) in fp32; operands rounded to TF32 or bf16 inside cuBLAS, fp32 storage and accumulation, in tf32 and
-// bf16 (ONESTEP_NS_PRECISION=fp32 keeps fp32). Scratch is stream-ordered. out may alias G.
+// back. Products through cuBLAS in the matmul precision (set_matmul_precision): fp32 sgemm-equivalent (no TF32)
+// in fp32; operands rounded to TF32 or bf16 inside cuBLAS, fp32 storage and accumulation, in tf32 and bf16
+// (ONESTEP_NS_PRECISION=fp32 keeps fp32). Scratch is stream-ordered. out may alias G.
 void newton_schulz(float* out, const float* G, int rows, int cols, int steps, float eps, cudaStream_t stream = 0);
+// The same for `count` matrices of one shape at once: outs[i] = NS(Gs[i]) (outs[i] may alias Gs[i]), each
+// product of an iteration one strided-batched cuBLAS call for the whole batch (at most max_scratch_bytes of scratch
+// per batch, and at least one matrix; larger groups go in chunks). The host arrays outs and Gs are read during the
+// call only.
+void newton_schulz_batched(float* const* outs, const float* const* Gs, int count, int rows, int cols, int steps,
+                           float eps, cudaStream_t stream = 0, size_t max_scratch_bytes = size_t{256} << 20);
 
 struct MuonScalars {
   float momentum;
@@ -171,8 +178,17 @@ inline MuonScalars muon_scalars(double lr, double momentum, bool nesterov, int n
 // The Muon family's momentum pass: B = mu B + g ; q = g + mu B (Nesterov) or B.
 void muon_momentum(float* q, float* B, const float* g, int64_t n, float momentum, bool nesterov,
                    cudaStream_t stream = 0);
-// Muon on one [rows, cols] matrix: momentum pass, X = NS(q) on u, u = lr s X + lr wd x.
-void muon_update(float* u, const float* x, const float* g, float* B, int rows, int cols, const MuonScalars& s,
+// One matrix of the Muon family: its update u, weights x, gradient g, momentum B and (NorMuon) row statistics.
+struct MuonMatrix {
+  float* u;
+  const float* x;
+  const float* g;
+  float* B;
+  float* v_row = nullptr;
+};
+// Muon on a group of [rows, cols] matrices (one shape, so their Newton–Schulz runs batched): per matrix the
+// momentum pass, X = NS(q) on u, u = lr s X + lr wd x.
+void muon_update(const std::vector<MuonMatrix>& group, int rows, int cols, const MuonScalars& s,
                  cudaStream_t stream = 0);
 
 struct NorMuonScalars {
@@ -181,11 +197,11 @@ struct NorMuonScalars {
 inline NorMuonScalars normuon_scalars(double beta2, double eps) {
   return NorMuonScalars{static_cast<float>(beta2), static_cast<float>(1.0 - beta2), static_cast<float>(eps)};
 }
-// NorMuon on one [rows, cols] matrix: Muon's X on u, then per row r (one block per row, summed in double
-// in a fixed order) v_row[r] = b2 v_row[r] + (1-b2) mean_cols(X^2), Y = X / (sqrt(v_row) + eps);
+// NorMuon on a group of [rows, cols] matrices: Muon's X on each u, then per row r (one block per row, summed
+// in double in a fixed order) v_row[r] = b2 v_row[r] + (1-b2) mean_cols(X^2), Y = X / (sqrt(v_row) + eps);
 // Y *= ||X||_F / ||Y||_F (0 if ||Y|| = 0); u = lr s Y + lr wd x. The norms stay on the device.
-void normuon_update(float* u, const float* x, const float* g, float* B, float* v_row, int rows, int cols,
-                    const MuonScalars& s, const NorMuonScalars& ns, cudaStream_t stream = 0);
+void normuon_update(const std::vector<MuonMatrix>& group, int rows, int cols, const MuonScalars& s,
+                    const NorMuonScalars& ns, cudaStream_t stream = 0);
 
 // ---- Delay corrections (src/train/stage_state.cpp, optimizer_step; PAPER.md §2) ----------------------
 
