@@ -16,6 +16,9 @@ OUTDIR="${OUT:-gpu-check-out}"
 presets=(smollm2-135m smollm2-360m)   # the second is the target preset, where the variants are compared
 shape=(--set train.micro_batch_size=4)  # at the presets' sequence length, 2048
 shape_name="4 x 2048"
+big_mb=16  # the bf16-mb16 variant: a 4x larger micro-batch (larger products; bf16 logits make it fit)
+big_name="16 x 2048"
+bench_steps=5  # timed steps per bench row (after 2 warm-ups)
 pipe_shape=(--set train.micro_batch_size=4 --set train.micro_batches=4)
 pipe_desc="smollm2-135m, 4 x 4 x 2048 tokens per step"
 pipe_vocab=49152
@@ -24,6 +27,9 @@ if [ -n "${GPU_CHECK_REHEARSAL:-}" ]; then
   presets=(tiny small)
   shape=(--set train.micro_batch_size=1 --set model.seq_len=32 --set model.n_layers=1)
   shape_name="1 x 32, 1 layer"
+  big_mb=4
+  big_name="4 x 32, 1 layer"
+  bench_steps=1  # the emulation's optimizer step alone takes seconds on the small preset
   pipe_shape=(--set model.preset=tiny --set train.micro_batch_size=1 --set train.micro_batches=4 --set model.seq_len=32
               --set train.eval_tokens=128)
   pipe_desc="tiny, 4 x 1 x 32 tokens per step"
@@ -91,7 +97,7 @@ ONESTEP_BF16_GEMM=fast timeout 60 "$BIN/test_cuda" --gtest_filter='CudaKernels.M
 say "- MatmulBf16 with ONESTEP_BF16_GEMM=fast: exit $? (0: cuBLAS rounds like our copies)"
 
 # 3. Throughput in each precision (bf16, the one the 40% MFU target names, also stores the matmul operands in bf16).
-section "Training throughput, one GPU, AdamW unless the variant names Muon (onestep bench, median of 5 steps after 2 warm-ups)"
+section "Training throughput, one GPU, AdamW unless the variant names Muon (onestep bench, median of $bench_steps steps after 2 warm-ups)"
 say ""
 say "| preset | precision | micro-batch x seq | tokens/s | achieved TFLOP/s | GPU fp32 sgemm peak TFLOP/s | MFU vs dense bf16 peak | peak GPU memory (buffers + scratch) | GPU memory in use |"
 say "|---|---|---|---|---|---|---|---|---|"
@@ -102,9 +108,9 @@ for preset in "${presets[@]}"; do
   # (ONESTEP_ATTENTION=flash) instead of the tile kernels; bf16-percall, each product rounding its weight itself
   # (ONESTEP_BF16_WEIGHTS=per_call) instead of reading the copy rounded once per step. And the paper's optimizer:
   # bf16-muon, Muon with its Newton-Schulz products in bf16 (the matmul precision), against bf16-muon-ns32, the
-  # same with them in fp32 (ONESTEP_NS_PRECISION=fp32; CUDA cores).
+  # same with them in fp32 (ONESTEP_NS_PRECISION=fp32; CUDA cores). bf16-mb16: bf16 at a 4x larger micro-batch.
   variants="fp32 tf32 bf16"
-  [ "$preset" = "${presets[1]}" ] && variants="$variants bf16-fp32ops bf16-fast bf16-flash bf16-percall bf16-muon bf16-muon-ns32"
+  [ "$preset" = "${presets[1]}" ] && variants="$variants bf16-mb16 bf16-fp32ops bf16-fast bf16-flash bf16-percall bf16-muon bf16-muon-ns32"
   for variant in $variants; do
     precision="${variant%%-*}"
     log="$OUTDIR/bench_${preset}_$variant.log"
@@ -112,13 +118,14 @@ for preset in "${presets[@]}"; do
     ONESTEP_BF16_GEMM="$([ "$variant" = bf16-fast ] && echo fast || echo rounded)" \
     ONESTEP_BF16_WEIGHTS="$([ "$variant" = bf16-percall ] && echo per_call || echo once)" \
     ONESTEP_NS_PRECISION="$([ "$variant" = bf16-muon-ns32 ] && echo fp32 || echo matmul)" \
-    ONESTEP_ATTENTION="$([ "$variant" = bf16-flash ] && echo flash || echo tiles)" timeout 120 "$BIN/onestep" bench \
+    ONESTEP_ATTENTION="$([ "$variant" = bf16-flash ] && echo flash || echo tiles)" timeout 120 "$BIN/onestep" bench --steps $bench_steps \
       --set optim.name="$(case $variant in *muon*) echo muon ;; *) echo adamw ;; esac)" \
       --set model.preset=$preset --set train.device=cuda --set train.precision=$precision \
-      "${shape[@]}" --set train.micro_batches=1 > "$log" 2>&1
+      "${shape[@]}" $([ "$variant" = bf16-mb16 ] && echo "--set train.micro_batch_size=$big_mb") \
+      --set train.micro_batches=1 > "$log" 2>&1
     json="$(grep '^{' "$log" | tail -n 1)"
     if [ -z "$json" ]; then problem "| $preset | $variant | failed: $(tail -n 1 "$log") | | | | | | |"; continue; fi
-    python3 - "$preset" "$json" "$variant" "$shape_name" <<'PY' | tee -a "$SUMMARY"
+    python3 - "$preset" "$json" "$variant" "$([ "$variant" = bf16-mb16 ] && echo "$big_name" || echo "$shape_name")" <<'PY' | tee -a "$SUMMARY"
 import json, sys
 j = json.loads(sys.argv[2])
 mfu = f"{100 * j['mfu_bf16']:.1f}% of {j['bf16_peak_tflops']:.0f}" if "mfu_bf16" in j else "n/a (unknown GPU)"
