@@ -89,15 +89,22 @@ TEST_F(CudaTrainer, TracksTheCpuRun) {
 }
 
 // TF32 and bf16 matmuls (train.precision) train the same model: losses within 1e-2 (TF32: 10-bit mantissa) and
-// 3e-2 (bf16: 7-bit mantissa) of the fp32 CPU run's, relative.
+// 3e-2 (bf16: 7-bit mantissa) of the fp32 CPU run's, relative. With AdamW, and with Muon, whose Newton–Schulz
+// products then round their operands too (TF32, bf16).
 TEST_F(CudaTrainer, Tf32AndBf16TrackTheFp32Run) {
   REQUIRE_GPU();
-  run_training(config({}), {run("fp32"), false, -1});
-  for (const auto& [precision, tolerance] : {std::pair<std::string, double>{"tf32", 1e-2}, {"bf16", 3e-2}}) {
-    run_training(config({"train.device=cuda", "train.precision=" + precision}), {run(precision), false, -1});
-    use_precision(Device::cuda, "fp32");  // process-wide: the tests after this one expect fp32
-    expect_tracks(read_losses(run(precision)).train, read_losses(run("fp32")).train, precision + " train_loss",
-                  tolerance);
+  for (const std::string optimizer : {"adamw", "muon"}) {
+    SCOPED_TRACE(optimizer);
+    const std::vector<std::string> opt = {"optim.name=" + optimizer, optimizer == "muon" ? "optim.lr=0.02" : "optim.lr=0.01"};
+    run_training(config(opt), {run(optimizer + "fp32"), false, -1});
+    for (const auto& [precision, tolerance] : {std::pair<std::string, double>{"tf32", 1e-2}, {"bf16", 3e-2}}) {
+      std::vector<std::string> sets = opt;
+      sets.insert(sets.end(), {"train.device=cuda", "train.precision=" + precision});
+      run_training(config(sets), {run(optimizer + precision), false, -1});
+      use_precision(Device::cuda, "fp32");  // process-wide: the tests after this one expect fp32
+      expect_tracks(read_losses(run(optimizer + precision)).train, read_losses(run(optimizer + "fp32")).train,
+                    precision + " train_loss", tolerance);
+    }
   }
 }
 
