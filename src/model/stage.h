@@ -47,8 +47,9 @@ std::string describe_units(int first_unit, int end_unit);  // "blocks [0, 4) + a
 // and the head's logits, whose gradient (written over them) the head's backward products multiply. The residual
 // stream (x, x_mid), the statistics (rstd, lse), the per-row losses and the other gradients stay fp32. fp32, or bf16
 // in bf16 precision on the GPU, where the products round their operands to bf16 anyway: half the memory and
-// traffic, and no rounding pass before each product (the logits, N x vocab, are the largest buffer of all). Backend::operand_storage() picks it; the ops
-// object that computes on the activations names it (Ops::Operand: float or bf16).
+// traffic, and no rounding pass before each product (the logits, N x vocab, are the largest buffer of all).
+// Backend::operand_storage() picks it; the ops object that computes on the activations names it (Ops::Operand:
+// float or bf16).
 enum class OperandStorage { fp32, bf16 };
 template <class T>
 constexpr OperandStorage storage_of() {

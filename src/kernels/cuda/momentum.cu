@@ -29,8 +29,7 @@ void orthogonalized_momentum(const std::vector<MuonMatrix>& group, int rows, int
     muon_momentum(m.u, m.B, m.g, n, s.momentum, s.nesterov != 0, stream);
     us.push_back(m.u);
   }
-  const std::vector<const float*> qs(us.begin(), us.end());
-  newton_schulz_batched(us.data(), qs.data(), static_cast<int>(us.size()), rows, cols, s.ns_steps, s.ns_eps, stream);
+  newton_schulz_batched(us.data(), us.data(), static_cast<int>(us.size()), rows, cols, s.ns_steps, s.ns_eps, stream);
 }
 
 // u = a u + d x, u holding X (Muon) or Y (NorMuon): MuonMatrices::finish_update. a is read from the device
@@ -92,10 +91,10 @@ void normuon_update(const std::vector<MuonMatrix>& group, int rows, int cols, co
   const int64_t n = static_cast<int64_t>(rows) * cols;
   orthogonalized_momentum(group, rows, cols, s, stream);
   // Per matrix: [0] ||X||^2, [1] ||Y||^2 (double), then the float scale a = lr s ||X|| / ||Y||.
-  detail::Scratch scratch(4 * sizeof(double) * group.size(), stream);
+  detail::Scratch scratch(3 * sizeof(double) * group.size(), stream);
   for (size_t i = 0; i < group.size(); ++i) {
     float* u = group[i].u;
-    double* ss = scratch.as<double>() + 4 * i;
+    double* ss = scratch.as<double>() + 3 * i;
     float* a = reinterpret_cast<float*>(ss + 2);
     sum_squares_async(ss, u, n, stream);
     normuon_rows_kernel<<<static_cast<unsigned>(rows), detail::kThreads, 0, stream>>>(u, group[i].v_row, cols, ns.beta2,

@@ -109,9 +109,9 @@ void copy_device(float* dst, const float* src, int64_t n, cudaStream_t stream = 
 // bf16 operand storage (train.precision = bf16; model/stage.h: OperandStorage): the activations the products read
 // (the norms' outputs, q, k, v, attention's output, gate, up and SwiGLU's output), the logits (and so dlogits) and
 // the gradients only matmuls read (of the q/k projections after RoPE's backward, of gate and up) are kept in bf16;
-// the residual stream, the statistics (rstd, lse), the per-row losses and the other gradients stay fp32. Each kernel computes in fp32 as above; a
-// bf16 output is rounded once when stored (round to nearest even; a += into bf16 adds in fp32, then rounds), a
-// bf16 input is widened exactly when loaded.
+// the residual stream, the statistics (rstd, lse), the per-row losses and the other gradients stay fp32. Each kernel
+// computes in fp32 as above; a bf16 output is rounded once when stored (round to nearest even; a += into bf16 adds
+// in fp32, then rounds), a bf16 input is widened exactly when loaded.
 // The matmuls take bf16 inputs as they are, round the weight (and in backward dout) as above, and accumulate in
 // fp32, so each product equals the fp32-input call on the same (rounded) values, bit for bit.
 void matmul_forward(float* out, const onestep::bf16* inp, const float* w, int N, int C, int OC,
