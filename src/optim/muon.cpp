@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include <omp.h>
+
 #include "optim/elementwise.h"
 
 namespace onestep {
@@ -21,21 +23,44 @@ constexpr int64_t kMuonParallelMin = 65536;
 
 MuonMatrices::MuonMatrices(const ParamTable& table, const char* momentum_name)
     : mom_(optim_detail::select_params(table, muon_takes, true), {momentum_name}) {
-  int64_t max_numel = 0;
-  for (const auto& p : params()) {
-    max_numel = std::max(max_numel, p.numel);
-    ws_.reserve(p.rows(), p.cols());
-  }
-  q_.assign(max_numel, 0.0f);
+  // Newton–Schulz costs about min(r, c)^2 max(r, c) per step.
+  auto cost = [this](size_t k) {
+    const ParamInfo& p = params()[k];
+    const int64_t s = std::min(p.rows(), p.cols());
+    return s * s * std::max(p.rows(), p.cols());
+  };
+  for (size_t k = 0; k < params().size(); ++k) largest_first_.push_back(k);
+  std::stable_sort(largest_first_.begin(), largest_first_.end(),
+                   [&](size_t a, size_t b) { return cost(a) > cost(b); });
 }
 
-float* MuonMatrices::orthogonalized_momentum(size_t k, float* u, const float* g, const MuonHyper& h) {
+void MuonMatrices::for_each_matrix(const std::function<void(size_t, Scratch&)>& step) {
+  const int threads = omp_get_max_threads();
+  if (scratch_.size() < static_cast<size_t>(threads)) {
+    scratch_.resize(threads);
+    for (Scratch& s : scratch_) {
+      for (const auto& p : params()) {
+        s.q.resize(std::max<size_t>(s.q.size(), p.numel));
+        s.ws.reserve(p.rows(), p.cols());
+      }
+    }
+  }
+  const int64_t n = static_cast<int64_t>(largest_first_.size());
+  if (threads > 1 && n >= 2 * threads) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n; ++i) step(largest_first_[i], scratch_[omp_get_thread_num()]);
+  } else {
+    for (size_t k = 0; k < params().size(); ++k) step(k, scratch_[0]);
+  }
+}
+
+float* MuonMatrices::orthogonalized_momentum(size_t k, Scratch& s, float* u, const float* g, const MuonHyper& h) {
   const ParamInfo& p = params()[k];
   const float mu = static_cast<float>(h.momentum);
   const bool nest = h.nesterov;
   const auto [B] = mom_.slices<1>(k);
   const float* gp = g + p.offset;
-  float* q = q_.data();
+  float* q = s.q.data();
   optim_detail::for_each_element(p.numel, [=](int64_t i) {
     const float b = mu * B[i] + gp[i];
     B[i] = b;
@@ -43,7 +68,7 @@ float* MuonMatrices::orthogonalized_momentum(size_t k, float* u, const float* g,
   }, kMuonParallelMin);
   float* X = u + p.offset;
   newton_schulz(X, q, static_cast<int>(p.rows()), static_cast<int>(p.cols()), h.ns_steps, static_cast<float>(h.eps),
-                ws_);
+                s.ws);
   return X;
 }
 
@@ -63,10 +88,10 @@ Muon::Muon(const ParamTable& table, MuonHyper h, AdamWHyper adamw)
 void Muon::compute_update(float* u, const float* x, const float* g, double lr_scale) {
   ++t_;
   const double lr = h_.lr * lr_scale;
-  for (size_t k = 0; k < mats_.params().size(); ++k) {
-    mats_.orthogonalized_momentum(k, u, g, h_);
+  mats_.for_each_matrix([&](size_t k, MuonMatrices::Scratch& s) {
+    mats_.orthogonalized_momentum(k, s, u, g, h_);
     mats_.finish_update(k, u, x, h_, lr);
-  }
+  });
   adamw_.update(u, x, g, lr_scale, t_);
 }
 

@@ -1,6 +1,7 @@
 // Muon (PAPER.md §3) for ParamRole::matrix; every other parameter goes to an AdamW group with its own
 // peak lr (adamw_lr), betas and eps.
 #pragma once
+#include <functional>
 #include <vector>
 
 #include "optim/adamw.h"
@@ -29,11 +30,22 @@ double muon_scale(int64_t rows, int64_t cols, bool adamw_rms);
 // "<momentum_name><name>"), and the Newton–Schulz step with its scratch.
 class MuonMatrices {
  public:
+  // One thread's scratch: the (Nesterov) momentum direction q of one matrix and the Newton–Schulz buffers.
+  struct Scratch {
+    std::vector<float> q;
+    NewtonSchulzWorkspace ws;
+  };
+
   MuonMatrices(const ParamTable& table, const char* momentum_name);
   const std::vector<ParamInfo>& params() const { return mom_.params(); }
+  // step(k, scratch) for every matrix k. With at least 2 matrices per OpenMP thread the matrices are shared out
+  // among the threads, largest first, and each one's products run on its own thread (OpenBLAS does not split a
+  // product inside a parallel region): no fork and join per product, which costs most on small matrices.
+  // Otherwise they go one after another with threaded products. Matrices are independent, so the order is free.
+  void for_each_matrix(const std::function<void(size_t, Scratch&)>& step);
   // Matrix k: B = mu B + g, q = g + mu B (Nesterov) or B, then X = NS(q) written on u's slice of the
   // matrix; returns that slice. u, g: the flat buffers.
-  float* orthogonalized_momentum(size_t k, float* u, const float* g, const MuonHyper& h);
+  float* orthogonalized_momentum(size_t k, Scratch& s, float* u, const float* g, const MuonHyper& h);
   // On matrix k's slice of u, which holds X: u = lr s extra_scale X + lr wd x (s: muon_scale).
   void finish_update(size_t k, float* u, const float* x, const MuonHyper& h, double lr,
                      double extra_scale = 1.0) const;
@@ -42,8 +54,8 @@ class MuonMatrices {
 
  private:
   optim_detail::PerParamState mom_;
-  std::vector<float> q_;  // scratch: the (Nesterov) momentum direction of one matrix
-  NewtonSchulzWorkspace ws_;
+  std::vector<size_t> largest_first_;  // matrix indices by Newton–Schulz cost, largest first
+  std::vector<Scratch> scratch_;       // one per OpenMP thread, grown on the first step with more threads
 };
 
 class Muon final : public Optimizer {

@@ -1,4 +1,4 @@
-// Newton–Schulz orthogonalisation for Muon (PAPER.md §3), fp32 through OpenBLAS cblas_sgemm.
+// Newton–Schulz orthogonalisation for Muon (PAPER.md §3), fp32 through OpenBLAS (ssyrk for the Gram matrix, sgemm).
 #pragma once
 #include <cstdint>
 #include <vector>
