@@ -1,7 +1,7 @@
 // Micro-benchmark of one optimizer step (optimizer_step: clip scale, the update, the apply, the older version's
-// copy) on stage 0 of the `small` preset split in two (embedding + half the blocks, about 19M parameters; muon_tiny:
-// the `tiny` preset's, 14 matrices of 128 columns): the cost a pipeline stage pays once per batch, next to m
-// micro-batches of compute. Reports parameters per second.
+// copy) on stage 0 of a preset split in two: the cost a pipeline stage pays once per batch, next to m
+// micro-batches of compute. Reports parameters per second. `small`: the embedding and half the blocks, about 19M
+// parameters; muon_tiny and soap_tiny: the `tiny` preset's, 14 matrices of 128 columns.
 // And Muon's Newton–Schulz alone on the presets' matrix shapes.
 #include <benchmark/benchmark.h>
 
@@ -37,6 +37,7 @@ BENCHMARK_CAPTURE(BM_OptimizerStep, adamw, "adamw", "none")->Unit(benchmark::kMi
 BENCHMARK_CAPTURE(BM_OptimizerStep, adamw_ef, "adamw", "ef")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_OptimizerStep, muon, "muon", "none")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_OptimizerStep, muon_tiny, "muon", "none", "tiny")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_OptimizerStep, soap_tiny, "soap", "none", "tiny")->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // One Newton–Schulz orthogonalisation (5 steps) of a rows x cols matrix: the presets' Muon shapes
 // (tiny 128 x 128 and 344 x 128, small 512 x 512 and 1376 x 512). Reports GFLOP/s of its 15 products.

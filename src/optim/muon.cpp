@@ -3,9 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include <omp.h>
-
 #include "optim/elementwise.h"
+#include "optim/matrix_loop.h"
 
 namespace onestep {
 
@@ -23,21 +22,17 @@ constexpr int64_t kMuonParallelMin = 65536;
 
 MuonMatrices::MuonMatrices(const ParamTable& table, const char* momentum_name)
     : mom_(optim_detail::select_params(table, muon_takes, true), {momentum_name}) {
-  // Newton–Schulz costs about min(r, c)^2 max(r, c) per step.
-  auto cost = [this](size_t k) {
-    const ParamInfo& p = params()[k];
+  largest_first_ = optim_detail::largest_first(params().size(), [this](size_t k) {
+    const ParamInfo& p = params()[k];  // Newton–Schulz costs about min(r, c)^2 max(r, c) per step
     const int64_t s = std::min(p.rows(), p.cols());
     return s * s * std::max(p.rows(), p.cols());
-  };
-  for (size_t k = 0; k < params().size(); ++k) largest_first_.push_back(k);
-  std::stable_sort(largest_first_.begin(), largest_first_.end(),
-                   [&](size_t a, size_t b) { return cost(a) > cost(b); });
+  });
 }
 
 void MuonMatrices::for_each_matrix(const std::function<void(size_t, Scratch&)>& step) {
-  const int threads = omp_get_max_threads();
-  if (scratch_.size() < static_cast<size_t>(threads)) {
-    scratch_.resize(threads);
+  const size_t slots = static_cast<size_t>(optim_detail::loop_slots());
+  if (scratch_.size() < slots) {
+    scratch_.resize(slots);
     for (Scratch& s : scratch_) {
       for (const auto& p : params()) {
         s.q.resize(std::max<size_t>(s.q.size(), p.numel));
@@ -45,13 +40,8 @@ void MuonMatrices::for_each_matrix(const std::function<void(size_t, Scratch&)>& 
       }
     }
   }
-  const int64_t n = static_cast<int64_t>(largest_first_.size());
-  if (threads > 1 && n >= 2 * threads) {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t i = 0; i < n; ++i) step(largest_first_[i], scratch_[omp_get_thread_num()]);
-  } else {
-    for (size_t k = 0; k < params().size(); ++k) step(k, scratch_[0]);
-  }
+  optim_detail::for_each_matrix(largest_first_, optim_detail::MatrixLoop::shared_out_if_many,
+                                [&](size_t k, int slot) { step(k, scratch_[slot]); });
 }
 
 float* MuonMatrices::orthogonalized_momentum(size_t k, Scratch& s, float* u, const float* g, const MuonHyper& h) {

@@ -38,10 +38,8 @@ class MuonMatrices {
 
   MuonMatrices(const ParamTable& table, const char* momentum_name);
   const std::vector<ParamInfo>& params() const { return mom_.params(); }
-  // step(k, scratch) for every matrix k. With at least 2 matrices per OpenMP thread the matrices are shared out
-  // among the threads, largest first, and each one's products run on its own thread (OpenBLAS does not split a
-  // product inside a parallel region): no fork and join per product, which costs most on small matrices.
-  // Otherwise they go one after another with threaded products. Matrices are independent, so the order is free.
+  // step(k, scratch) for every matrix k, shared out among the threads when there are at least 2 per thread
+  // (optim_detail::MatrixLoop::shared_out_if_many), largest first; scratch is the running thread's own.
   void for_each_matrix(const std::function<void(size_t, Scratch&)>& step);
   // Matrix k: B = mu B + g, q = g + mu B (Nesterov) or B, then X = NS(q) written on u's slice of the
   // matrix; returns that slice. u, g: the flat buffers.

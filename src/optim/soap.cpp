@@ -5,11 +5,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <exception>
 #include <numeric>
 
 #include "optim/layout.h"
 #include "optim/linalg.h"
+#include "optim/matrix_loop.h"
 
 namespace onestep {
 
@@ -46,8 +46,11 @@ Soap::Soap(const ParamTable& table, SoapHyper h)
   ql_.assign(l_.size(), 0.0f);
   r_.assign(optim_detail::pack(nn, off_nn_), 0.0f);
   qr_.assign(r_.size(), 0.0f);
-  a_.assign(max_mn, 0.0f);
-  b_.assign(max_mn, 0.0f);
+  max_mn_ = max_mn;
+  // Per step a matrix costs about m n (m + n) multiply-adds (its rotations and statistics).
+  largest_first_ = optim_detail::largest_first(mats_.size(), [this](size_t k) {
+    return mats_[k].numel * (mats_[k].rows() + mats_[k].cols());
+  });
 }
 
 namespace {
@@ -108,7 +111,10 @@ void Soap::compute_update(float* u, const float* x, const float* g, double lr_sc
   const float inv_bc1 = s > 0 ? static_cast<float>(1.0 / (1.0 - std::pow(h_.beta1, sd))) : 0.0f;
   const float inv_bc2 = s > 0 ? static_cast<float>(1.0 / (1.0 - std::pow(h_.beta2, sd))) : 0.0f;
   const float eps = static_cast<float>(h_.eps), lrf = static_cast<float>(lr);
-  for (size_t k = 0; k < mats_.size(); ++k) {
+  const size_t slots = static_cast<size_t>(optim_detail::loop_slots());
+  if (scratch_.size() < slots) scratch_.resize(slots, std::vector<float>(2 * max_mn_));
+  // The matrices are independent: shared out among the threads when there are at least 2 per thread.
+  optim_detail::for_each_matrix(largest_first_, optim_detail::MatrixLoop::shared_out_if_many, [&](size_t k, int slot) {
     const ParamInfo& p = mats_[k];
     const int m = static_cast<int>(p.rows()), n = static_cast<int>(p.cols());
     const int64_t mn = p.numel;
@@ -119,8 +125,8 @@ void Soap::compute_update(float* u, const float* x, const float* g, double lr_sc
     float* R = r_.data() + off_nn_[k];
     float* QL = ql_.data() + off_mm_[k];
     float* QR = qr_.data() + off_nn_[k];
-    float* A = a_.data();
-    float* B = b_.data();
+    float* A = scratch_[slot].data();
+    float* B = A + max_mn_;
     float* up = u + p.offset;
     if (s > 0) {
       // V with the rotated gradient G' = Q_L^T G Q_R; M in the original basis.
@@ -149,21 +155,11 @@ void Soap::compute_update(float* u, const float* x, const float* g, double lr_sc
     // Statistics after the step: the current gradient never enters its own projection.
     gemm(false, true, m, m, n, omb2, G, G, b2, L);  // L = b2 L + (1-b2) G G^T
     gemm(true, false, n, n, m, omb2, G, G, b2, R);  // R = b2 R + (1-b2) G^T G
-  }
+  });
   if (soap_refreshes_bases(s, h_.precond_freq)) {
-    // New bases for the next step, one matrix per task; exceptions are carried out of the parallel loop.
-    const int64_t nm = static_cast<int64_t>(mats_.size());
-    std::vector<std::exception_ptr> err(mats_.size());
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t k = 0; k < nm; ++k) {
-      try {
-        new_bases(static_cast<size_t>(k), s == 0);
-      } catch (...) {
-        err[k] = std::current_exception();
-      }
-    }
-    for (auto& e : err)
-      if (e) std::rethrow_exception(e);
+    // New bases for the next step, one matrix per thread always, so that they do not depend on the thread count.
+    optim_detail::for_each_matrix(largest_first_, optim_detail::MatrixLoop::shared_out,
+                                  [&](size_t k, int) { new_bases(k, s == 0); });
   }
   adamw_.update(u, x, g, lr_scale, t_);
 }

@@ -20,7 +20,8 @@
 //           Q = qr(L Q) (Householder, double).
 // The eigendecompositions and refreshes of the different matrices are independent tasks run in parallel
 // (OpenMP over matrices), each on one thread (OpenBLAS runs single-threaded inside a parallel region): the
-// bases are then the same for any thread count, and LAPACK's fine-grained threading is avoided.
+// bases are then the same for any thread count, and LAPACK's fine-grained threading is avoided. The per-step
+// work is shared out the same way when there are at least 2 matrices per thread (optim_detail::for_each_matrix).
 #pragma once
 #include <vector>
 
@@ -65,7 +66,9 @@ class Soap final : public Optimizer {
   std::vector<ParamInfo> mats_;
   std::vector<int64_t> off_mn_, off_mm_, off_nn_;
   std::vector<float> m_, v_, l_, r_, ql_, qr_;
-  std::vector<float> a_, b_;  // scratch: two [m, n]
+  std::vector<size_t> largest_first_;        // matrix indices by cost per step, largest first
+  int64_t max_mn_ = 0;                       // the largest matrix's numel
+  std::vector<std::vector<float>> scratch_;  // per OpenMP thread: two [m, n], grown on the first step
   AdamWGroup adamw_;
 };
 

@@ -5,7 +5,6 @@
 #include <cstring>
 #include <vector>
 
-#include "core/threads.h"
 #include "optim/optimizer.h"
 #include "reference.h"
 
@@ -199,46 +198,3 @@ TEST(Muon, DeterministicAndUpdateIsOrthogonalScale) {
   EXPECT_LT(per_sv, 1.44);
 }
 
-// With at least 2 matrices per thread the Muon family shares its matrices out among the threads, each one's
-// products on its own thread; with one thread they go one after another. Every product then runs
-// single-threaded either way, so the two must agree bit for bit, state included, over several steps
-// (a scratch buffer shared between threads or a matrix left out would show).
-TEST(MuonFamily, MatricesSharedOutAmongThreadsEqualOneThread) {
-  ParamTable t;
-  t.add("model.embed_tokens.weight", {20, 48}, ParamRole::embedding);
-  for (int l = 0; l < 2; ++l) {
-    const std::string b = "model.layers." + std::to_string(l) + ".";
-    t.add(b + "input_layernorm.weight", {48}, ParamRole::norm);
-    t.add(b + "self_attn.q_proj.weight", {48, 48}, ParamRole::matrix);
-    t.add(b + "self_attn.k_proj.weight", {24, 48}, ParamRole::matrix);
-    t.add(b + "self_attn.o_proj.weight", {48, 48}, ParamRole::matrix);
-    t.add(b + "mlp.up_proj.weight", {96, 48}, ParamRole::matrix);
-    t.add(b + "mlp.down_proj.weight", {48, 96}, ParamRole::matrix);
-  }
-  const auto x = optim_test::gaussian(t.total(), 50);
-  const int before = num_threads();
-  for (const char* name : {"muon", "normuon"}) {
-    OptimConfig c = muon_config("spectral");
-    c.name = name;
-    auto run = [&](int threads) {
-      set_num_threads(threads);
-      auto opt = make_optimizer(c, t);
-      std::vector<float> u(t.total());
-      for (int s = 0; s < 3; ++s) {
-        const auto g = optim_test::gaussian(t.total(), 51 + s);
-        opt->compute_update(u.data(), x.data(), g.data(), 1.0);
-      }
-      std::vector<float> all = u;
-      for (const auto& b : opt->state_buffers()) all.insert(all.end(), b.data, b.data + shape_numel(b.shape));
-      return all;
-    };
-    const std::vector<float> one = run(1);
-    for (int threads : {2, 3, 5}) {  // 10 matrices: shared out at 2, 3 and 5 threads
-      const std::vector<float> many = run(threads);
-      ASSERT_EQ(one.size(), many.size());
-      EXPECT_EQ(0, std::memcmp(one.data(), many.data(), sizeof(float) * one.size())) << name << ", " << threads
-                                                                                       << " threads";
-    }
-  }
-  set_num_threads(before);
-}
