@@ -10,6 +10,7 @@
 #include "kernels/cuda/optim_cuda.h"
 #include "optim/adamw.h"
 #include "optim/mars.h"
+#include "optim/matrix_loop.h"
 #include "optim/muon.h"
 #include "optim/optim_names.h"
 #include "optim/soap.h"
@@ -61,9 +62,22 @@ class CudaOptimizer final : public Optimizer {
   float* state(const char* kind, const ParamInfo& p) { return bufs_[index_.at(kind + p.name)].data(); }
 
   // SOAP's eigenbases, refreshed every precond_freq steps: on the host (LAPACK, as the CPU optimizer does it),
-  // from copies of L, R, Q_L, Q_R and V; Q_L, Q_R and the re-indexed V go back.
+  // from copies of L, R, Q_L, Q_R and V; Q_L, Q_R and the re-indexed V go back. The matrices go largest first, in
+  // chunks of one per host thread: a chunk is copied down, its bases computed in parallel, one matrix per thread as
+  // on the CPU (optim_detail::for_each_matrix), and copied back. Copies stay on this thread, in its stream's order.
   void soap_new_bases_on_host(bool first) {
-    std::vector<float> L, R, QL, QR, V;
+    struct HostCopy {
+      std::vector<float> L, R, QL, QR, V;
+    };
+    std::vector<const ParamInfo*> mats;
+    for (const auto& p : table_.all())
+      if (soap_takes(p)) mats.push_back(&p);
+    const std::vector<size_t> order = optim_detail::largest_first(mats.size(), [&](size_t k) {
+      const int64_t m = mats[k]->rows(), n = mats[k]->cols();
+      return m * m * m + n * n * n;  // a refresh costs about m^3 + n^3
+    });
+    const size_t chunk = static_cast<size_t>(optim_detail::loop_slots());
+    std::vector<HostCopy> host(std::min(chunk, mats.size()));
     auto down = [](std::vector<float>& h, const float* d, int64_t n) {
       h.resize(static_cast<size_t>(n));
       device_memory::copy(h.data(), d, sizeof(float) * h.size(), device_memory::Copy::device_to_host);
@@ -71,14 +85,27 @@ class CudaOptimizer final : public Optimizer {
     auto up = [](float* d, const std::vector<float>& h) {
       device_memory::copy(d, h.data(), sizeof(float) * h.size(), device_memory::Copy::host_to_device);
     };
-    for (const auto& p : table_.all()) {
-      if (!soap_takes(p)) continue;
-      const int m = static_cast<int>(p.rows()), n = static_cast<int>(p.cols());
-      down(L, state("soap.L.", p), int64_t{m} * m), down(QL, state("soap.Q_L.", p), int64_t{m} * m);
-      down(R, state("soap.R.", p), int64_t{n} * n), down(QR, state("soap.Q_R.", p), int64_t{n} * n);
-      down(V, state("soap.v.", p), p.numel);
-      soap_new_bases(L.data(), R.data(), QL.data(), QR.data(), V.data(), m, n, first);
-      up(state("soap.Q_L.", p), QL), up(state("soap.Q_R.", p), QR), up(state("soap.v.", p), V);
+    for (size_t lo = 0; lo < order.size(); lo += chunk) {
+      const size_t n = std::min(chunk, order.size() - lo);
+      for (size_t i = 0; i < n; ++i) {
+        const ParamInfo& p = *mats[order[lo + i]];
+        HostCopy& h = host[i];
+        down(h.L, state("soap.L.", p), p.rows() * p.rows()), down(h.QL, state("soap.Q_L.", p), p.rows() * p.rows());
+        down(h.R, state("soap.R.", p), p.cols() * p.cols()), down(h.QR, state("soap.Q_R.", p), p.cols() * p.cols());
+        down(h.V, state("soap.v.", p), p.numel);
+      }
+      std::vector<size_t> in_chunk(n);
+      for (size_t i = 0; i < n; ++i) in_chunk[i] = i;
+      optim_detail::for_each_matrix(in_chunk, optim_detail::MatrixLoop::shared_out, [&](size_t i, int) {
+        const ParamInfo& p = *mats[order[lo + i]];
+        HostCopy& h = host[i];
+        soap_new_bases(h.L.data(), h.R.data(), h.QL.data(), h.QR.data(), h.V.data(), static_cast<int>(p.rows()),
+                       static_cast<int>(p.cols()), first);
+      });
+      for (size_t i = 0; i < n; ++i) {
+        const ParamInfo& p = *mats[order[lo + i]];
+        up(state("soap.Q_L.", p), host[i].QL), up(state("soap.Q_R.", p), host[i].QR), up(state("soap.v.", p), host[i].V);
+      }
     }
   }
 

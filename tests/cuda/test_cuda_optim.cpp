@@ -389,10 +389,12 @@ TEST(CudaOptim, NorMuon) {
 // QR (its column order, by estimated eigenvalue, has gaps far above rounding here). Products of rotations:
 // rtol = atol = 1e-4, like Newton–Schulz. Non-square matrices are left out on purpose: there G G^T or G^T G is
 // singular, and the eigenvectors of its null space (hence SOAP's update there) are whatever the rounding makes
-// them, on the CPU as on the GPU.
+// them, on the CPU as on the GPU. Three matrices: on 2 threads the GPU optimizer's host refresh takes them in two
+// chunks (one matrix per thread per chunk).
 ParamTable soap_table() {
   ParamTable t;
   t.add("model.layers.0.self_attn.q_proj.weight", {32, 32}, ParamRole::matrix);
+  t.add("model.layers.0.self_attn.k_proj.weight", {24, 24}, ParamRole::matrix);
   t.add("model.layers.0.self_attn.o_proj.weight", {16, 16}, ParamRole::matrix);
   t.add("model.norm.weight", {32}, ParamRole::norm);
   t.add("lm_head.weight", {40, 32}, ParamRole::head);
