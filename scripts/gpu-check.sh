@@ -138,7 +138,7 @@ PY
 done
 
 # Where the bf16 step's time goes (onestep bench's profiled step: CUDA events around each kernel call).
-section "Time by kernel, bf16 (one profiled step: the model's kernels, the optimizer step, the rest: host gaps)"
+section "Time by kernel, bf16 (the median of up to 3 profiled steps: the model's kernels, the optimizer step, the rest: host gaps)"
 for run in ${presets[0]}_bf16 ${presets[1]}_bf16 ${presets[1]}_bf16-fp32ops ${presets[1]}_bf16-flash ${presets[1]}_bf16-muon ${presets[1]}_bf16-muon-ns32; do
   python3 - "$run" "$OUTDIR/bench_$run.log" <<'PY' | tee -a "$SUMMARY"
 import json, sys

@@ -63,6 +63,9 @@ expect_error 2 train.micro_batches "m = 2" "p = 3" -- "$BIN" train --config micr
 expect_error 2 pipeline.stages n_layers -- "$BIN" train --config micro.toml --set pipeline.schedule=1f1b --set pipeline.stages=3 --out r3
 expect_error 2 pipeline.schedule zigzag -- "$BIN" train --config micro.toml --set pipeline.schedule=zigzag --out r3
 expect_error 2 "unknown schedule 'zigzag'" -- "$BIN" schedule --schedule zigzag --stages 2 --microbatches 4
+# Counts on the command line: no timed step (it used to crash on the median of none).
+expect_error 2 --steps "at least 1" -- "$BIN" bench --config micro.toml --steps 0
+expect_error 2 --steps "at least 1" -- "$BIN" schedule --schedule 2bw --stages 2 --microbatches 4 --steps 0
 expect_error 2 delay.correction "has none" -- "$BIN" train --config micro.toml --set delay.correction=ef --out r3
 expect_error 2 delay.ef_coef -- "$BIN" train --config micro.toml --set delay.ef_coef=inf --out r3
 expect_error 2 optim.name "adamw" -- "$BIN" train --config micro.toml --set optim.name=adamax --out r3

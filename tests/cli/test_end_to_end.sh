@@ -63,6 +63,6 @@ import json, sys
 j = json.load(sys.stdin)
 step, opt, kernels = 1e3 * j['profiled_step_s'], j['optimizer_ms'], sum(j['op_ms'].values())
 assert 0 < opt < step and 0 < kernels < step and kernels + opt <= step * 1.001, (step, opt, kernels)
-assert j['tokens_per_s'] > 0 and 'matmul_forward' in j['op_ms'], j
+assert j['tokens_per_s'] > 0 and 'matmul_forward' in j['op_ms'] and j['profiled_steps'] == 2, j
 " && ok "bench JSON: kernels + optimizer step within the profiled step" || fail "bench JSON"
 finish
