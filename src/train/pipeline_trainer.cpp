@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <cstdio>
 #include <exception>
 #include <thread>
@@ -266,16 +267,45 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
     if (io.writer) io.initial_eval(whole, whole_w.data(), backend);
   }
 
+  // A step's metrics line: the trainer's fields, then per stage its idle share of the step, the staleness of the
+  // weights its gradient was computed on, and its memory.
+  auto step_metrics = [&](const StepRecord& r, double step_s) {
+    nlohmann::json line = io.step_line(r.batch + 1, r.loss, r.grad_norm,
+                                       c.optim.lr * lr_scale_at(r.batch, c.train.steps, c.optim.warmup_frac, c.optim.min_lr_frac),
+                                       step_s);
+    std::vector<double> idle, stale, act_mib, w_mib;
+    for (int s = 0; s < p; ++s) {
+      idle.push_back(std::max(0.0, 1.0 - r.busy_s[s] / step_s));
+      stale.push_back(static_cast<double>(r.batch - pipeline::version_for(c.pipeline.schedule, r.batch, s, p, c.pipeline.sync_start_steps)));
+      act_mib.push_back(r.activation_bytes[s] / 1048576.0), w_mib.push_back(r.weight_bytes[s] / 1048576.0);
+    }
+    line["stage_idle_frac"] = idle;
+    line["staleness"] = stale;
+    line["stage_activation_mib"] = act_mib;
+    line["stage_weight_mib"] = w_mib;
+    return line;
+  };
   int64_t first = start;
   while (first < c.train.steps) {
     int64_t end = first + 1;
     while (end < c.train.steps && !io.eval_due(end) && !io.ckpt_due(end)) ++end;
     const pipeline::Schedule sched = segment_schedule(c, first, end);
-    Stopwatch seg_clock;
+    // Metrics lines go out as the lead stage completes each step (live progress). A step is timed from the lead's
+    // previous post to this one (the segment's first from its start: it includes the pipeline's fill); under MPI
+    // the writer's lead is stage 0, whose posts pace the pipeline. The line of a step that ends in an evaluation
+    // waits until the stages have stopped.
+    std::optional<nlohmann::json> eval_line;
+    const int lead = local.front();
+    double last_post_s = runners[lead]->elapsed_s();
+    runners[lead]->set_step_listener([&](const StepRecord& r) {
+      const double step_s = std::max(r.posted_s - last_post_s, 1e-9);
+      last_post_s = r.posted_s;
+      nlohmann::json line = step_metrics(r, step_s);
+      if (r.batch + 1 == end && io.eval_due(end)) eval_line = std::move(line);
+      else if (io.writer) io.metrics->write(line);
+    });
     std::vector<std::exception_ptr> errors(p);
     std::vector<std::thread> threads;
-    const int lead = local.front();
-    const size_t done_before = runners[lead]->steps().size();
     for (int s : local)
       threads.emplace_back([&, s] {
         try {
@@ -287,34 +317,15 @@ void run_pipeline(const RunConfig& c, RunIO& io) {
         }
       });
     for (auto& t : threads) t.join();
+    runners[lead]->set_step_listener(nullptr);
     for (auto& e : errors)
       if (e) std::rethrow_exception(e);
-    const double seg_s = seg_clock.seconds();
-
-    const auto& recs = runners[lead]->steps();
-    const double step_s = seg_s / static_cast<double>(end - first);
-    for (size_t i = done_before; i < recs.size(); ++i) {
-      const StepRecord& r = recs[i];
-      const int64_t step = r.batch + 1;
-      nlohmann::json line = io.step_line(step, r.loss, r.grad_norm,
-                                         c.optim.lr * lr_scale_at(r.batch, c.train.steps, c.optim.warmup_frac, c.optim.min_lr_frac),
-                                         step_s);
-      std::vector<double> idle, stale;
-      for (int s = 0; s < p; ++s) {
-        idle.push_back(std::max(0.0, 1.0 - r.busy_s[s] / step_s));
-        stale.push_back(static_cast<double>(r.batch - pipeline::version_for(c.pipeline.schedule, r.batch, s, p, c.pipeline.sync_start_steps)));
+    if (eval_line) {
+      gather(end);
+      if (io.writer) {
+        (*eval_line)["val_loss"] = io.evaluate(whole, whole_w.data(), end, backend);
+        io.metrics->write(*eval_line);
       }
-      line["stage_idle_frac"] = idle;
-      line["staleness"] = stale;
-      std::vector<double> act_mib, w_mib;
-      for (int s = 0; s < p; ++s) act_mib.push_back(r.activation_bytes[s] / 1048576.0), w_mib.push_back(r.weight_bytes[s] / 1048576.0);
-      line["stage_activation_mib"] = act_mib;
-      line["stage_weight_mib"] = w_mib;
-      if (step == end && io.eval_due(step)) {
-        gather(step);
-        if (io.writer) line["val_loss"] = io.evaluate(whole, whole_w.data(), step, backend);
-      }
-      if (io.writer) io.metrics->write(line);
     }
     if (io.ckpt_due(end)) {
       for (int s : local) states[s]->older = runners[s]->older_versions(lag_of(s));

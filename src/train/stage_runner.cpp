@@ -195,6 +195,8 @@ const ParamInfo* StageRunner::tied_param() const {
 // Tied embedding across stages: the last stage sends its head-side gradient when it posts (it finishes a
 // batch's backwards first); stage 0 receives it when it posts, sends its own, and forms the sum, so the
 // tied pair's squared norm rides on the same reduction; the last stage forms the same sum at completion.
+double StageRunner::elapsed_s() const { return now_s() - t0_; }
+
 void StageRunner::post_step(int64_t batch) {
   Buffer<float>& g = grads_[grad_slot(batch)];
   const int p = tx_.stages();
@@ -226,7 +228,7 @@ void StageRunner::post_step(int64_t batch) {
   local[n_global_params_ + 1 + 2 * p + tx_.stage()] = w_bytes;
   peak_acts_in_flight_ = acts_.size();
   loss_sum_.erase(batch), busy_.erase(batch);
-  pending_.push_back({batch, tx_.start_sum(message_tag(MsgKind::weights, batch, 0), std::move(local))});
+  pending_.push_back({batch, tx_.start_sum(message_tag(MsgKind::weights, batch, 0), std::move(local)), elapsed_s()});
 }
 
 void StageRunner::complete_step() {
@@ -251,6 +253,7 @@ void StageRunner::complete_step() {
   const int p = tx_.stages();
   auto part = [&](int k) { return std::vector<double>(sums.begin() + n_global_params_ + 1 + k * p, sums.begin() + n_global_params_ + 1 + (k + 1) * p); };
   rec.busy_s = part(0), rec.activation_bytes = part(1), rec.weight_bytes = part(2);
+  rec.posted_s = pend.posted_s;
   steps_.push_back(rec);
   if (!std::isfinite(rec.loss) || !std::isfinite(rec.grad_norm))
     throw Error(ExitCode::diverged, "training diverged at step " + std::to_string(pend.batch) + ": loss " +
@@ -274,6 +277,7 @@ void StageRunner::complete_step() {
     spare_versions_.push_back(std::move(history_.begin()->second));  // reused: no allocation per step
     history_.erase(history_.begin());
   }
+  if (on_step_) on_step_(steps_.back());
 }
 
 void StageRunner::run(const std::vector<Action>& actions, const std::string& schedule_name) {

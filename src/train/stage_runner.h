@@ -8,6 +8,7 @@
 // for the global clipping norm, the loss, the tied embedding's gradient); the step completes when a later
 // action first needs the new weight version, or at the end. Gradients are buffered per batch until their step completes.
 #pragma once
+#include <functional>
 #include <map>
 #include <memory>
 #include <vector>
@@ -34,6 +35,9 @@ struct StepRecord {
   // Per stage, when the step was posted: bytes of activations held for micro-batches in flight (peak since the
   // previous step) and of weight versions + gradient buffers alive.
   std::vector<double> activation_bytes, weight_bytes;
+  // When this stage posted the step (its last backward of the batch done), in seconds on the runner's clock
+  // (elapsed_s). Stage 0 posts a batch last, so its posts pace the pipeline; completions can come in bursts.
+  double posted_s = 0;
 };
 
 class StageRunner {
@@ -50,7 +54,11 @@ class StageRunner {
   const float* version(int64_t v) const;
   const std::vector<ExecutedAction>& executed() const { return executed_; }
   double origin_s() const { return t0_; }  // the steady_clock time executed() counts from
+  double elapsed_s() const;                 // seconds since origin_s()
   const std::vector<StepRecord>& steps() const { return steps_; }
+  // Called on the runner's thread as each step completes (its optimizer step done), with that step's record; an
+  // exception it throws ends run(). Empty: none.
+  void set_step_listener(std::function<void(const StepRecord&)> listener) { on_step_ = std::move(listener); }
   // Copies of versions newest-1, newest-2, ... (n of them; versions below 0 are W(0)), for checkpoints.
   std::vector<Buffer<float>> older_versions(int n) const;
 
@@ -58,6 +66,7 @@ class StageRunner {
   struct Pending {
     int64_t batch;
     std::unique_ptr<pipeline::PendingSum> sum;
+    double posted_s;
   };
   Activations& activations(int64_t batch, int micro);
   void release(int64_t batch, int micro);
@@ -101,6 +110,7 @@ class StageRunner {
   std::vector<ExecutedAction> executed_;
   size_t peak_acts_in_flight_ = 0;
   std::vector<StepRecord> steps_;
+  std::function<void(const StepRecord&)> on_step_;
   double t0_;
   // bf16 copies of the weight versions the products read (Backend::make_rounded_weights; none on the CPU or in
   // fp32/tf32): each made from version(v) and valid while v is alive at that pointer. Recycled during a run, freed

@@ -56,6 +56,16 @@ python3 -c "import json; d = json.load(open('traced/trace.json')); assert any(e.
   && ok "real-run trace.json" || fail "real-run trace.json"
 grep -q '"stage_idle_frac"' traced/metrics.jsonl && grep -q '"stage_activation_mib"' traced/metrics.jsonl \
   && ok "pipeline telemetry in metrics.jsonl" || fail "pipeline telemetry"
+# Pipeline metrics are written as each step completes, each timed on its own: the clock moves between lines (it
+# stood still within an evaluation segment when they were written at its end, all with its average tokens/s).
+python3 -c "
+import json
+rows = [json.loads(l) for l in open('traced/metrics.jsonl')]
+rows = [r for r in rows if r.get('train_loss') is not None]
+t = [r['elapsed_s'] for r in rows]
+assert len(rows) >= 3 and all(a < b for a, b in zip(t, t[1:])), t
+assert len({r['tok_per_s'] for r in rows}) == len(rows), [r['tok_per_s'] for r in rows]
+" && ok "pipeline metrics written step by step" || fail "pipeline metrics step by step"
 # onestep bench: its JSON line splits the profiled step into the model's kernels, the optimizer step (Muon's
 # Newton-Schulz here, the largest part at this size) and a rest, each non-negative and together the step.
 "$BIN" bench --config micro.toml --set optim.name=muon --steps 2 2> /dev/null | grep '^{' | tail -n 1 | python3 -c "
