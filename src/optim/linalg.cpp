@@ -1,5 +1,7 @@
 #include "optim/linalg.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -18,6 +20,12 @@ void dorgqr_(const int* m, const int* n, const int* k, double* a, const int* lda
 }
 
 namespace onestep {
+
+void syrk_full(float* C, int n, int k, const float* A, bool trans, float alpha, float beta) {
+  cblas_ssyrk(CblasRowMajor, CblasUpper, trans ? CblasTrans : CblasNoTrans, n, k, alpha, A, trans ? n : k, beta, C, n);
+  for (int64_t i = 1; i < n; ++i)
+    for (int64_t j = 0; j < i; ++j) C[i * n + j] = C[j * n + i];
+}
 
 namespace {
 

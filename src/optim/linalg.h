@@ -1,5 +1,6 @@
 // Dense symmetric eigendecomposition and QR for SOAP's eigenbases, in double through the LAPACK routines
-// that the linked OpenBLAS exports (dsyevd, dgeqrf, dorgqr). Matrices are row-major float n x n.
+// that the linked OpenBLAS exports (dsyevd, dgeqrf, dorgqr), and the symmetric rank-k update that Muon's
+// Newton–Schulz and SOAP's statistics share. Matrices are row-major float.
 #pragma once
 #include <vector>
 
@@ -10,6 +11,11 @@ class LinalgWorkspace {
   std::vector<double> a, w, tau, work;
   std::vector<int> iwork;
 };
+
+// C [n, n] = alpha op(A) op(A)^T + beta C, exactly symmetric: ssyrk computes the upper triangle (half of sgemm's
+// work) and it is mirrored below. op(A) = A [n, k] or, with trans, A^T for A [k, n]. C must be symmetric when
+// beta != 0 (ssyrk reads its upper triangle only).
+void syrk_full(float* C, int n, int k, const float* A, bool trans, float alpha, float beta);
 
 // Q's columns = orthonormal eigenvectors of the symmetric A (symmetrised as (A + A^T) / 2), ordered by
 // descending eigenvalue; the eigenvalues are written to eval (descending) when it is not null.

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <utility>
 
+#include "optim/linalg.h"
 #include "optim/reduce.h"
 
 namespace onestep {
@@ -56,10 +57,7 @@ void newton_schulz(float* out, const float* G, int rows, int cols, int steps, fl
   }
   const int ri = static_cast<int>(r), ci = static_cast<int>(c);
   for (int k = 0; k < steps; ++k) {
-    // A = X X^T: ssyrk computes the upper triangle (half of sgemm's work), mirrored below for the products.
-    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, ri, ci, 1.0f, X, ci, 0.0f, A, ri);
-    for (int64_t i = 1; i < r; ++i)
-      for (int64_t j = 0; j < i; ++j) A[i * r + j] = A[j * r + i];
+    syrk_full(A, ri, ci, X, false, 1.0f, 0.0f);  // A = X X^T (half of sgemm's work)
     // B = b A + c A A
     for (int64_t i = 0; i < r * r; ++i) B[i] = kNsB * A[i];
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ri, ri, ri, kNsC, A, ri, A, ri, 1.0f, B, ri);

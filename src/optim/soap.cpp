@@ -153,8 +153,8 @@ void Soap::compute_update(float* u, const float* x, const float* g, double lr_sc
       std::fill(up, up + mn, 0.0f);  // the first step only sets up the preconditioner
     }
     // Statistics after the step: the current gradient never enters its own projection.
-    gemm(false, true, m, m, n, omb2, G, G, b2, L);  // L = b2 L + (1-b2) G G^T
-    gemm(true, false, n, n, m, omb2, G, G, b2, R);  // R = b2 R + (1-b2) G^T G
+    syrk_full(L, m, n, G, false, omb2, b2);  // L = b2 L + (1-b2) G G^T
+    syrk_full(R, n, m, G, true, omb2, b2);   // R = b2 R + (1-b2) G^T G
   });
   if (soap_refreshes_bases(s, h_.precond_freq)) {
     // New bases for the next step, one matrix per thread always, so that they do not depend on the thread count.

@@ -145,6 +145,26 @@ TEST(Linalg, QrMatchesGramSchmidtUpToSigns) {
   }
 }
 
+// C = alpha op(A) op(A)^T + beta C against a double reference, both ways round (A [n, k] and, transposed, A [k, n]),
+// with a symmetric C to update; the result is exactly symmetric (the lower triangle mirrors ssyrk's upper).
+TEST(Linalg, SymmetricRankUpdateBothWaysRound) {
+  const int n = 6, k = 11;
+  const auto A = optim_test::gaussian(int64_t{n} * k, 502);
+  for (bool trans : {false, true}) {
+    Mat C0 = random_sym(n, 503);
+    std::vector<float> C(C0.begin(), C0.end());
+    syrk_full(C.data(), n, k, A.data(), trans, 0.3f, 0.7f);
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < n; ++j) {
+        double dot = 0;  // row i of op(A) with row j of op(A)
+        for (int t = 0; t < k; ++t)
+          dot += trans ? double(A[t * n + i]) * A[t * n + j] : double(A[i * k + t]) * A[j * k + t];
+        EXPECT_NEAR(C[i * n + j], 0.3 * dot + 0.7 * float(C0[i * n + j]), 1e-5) << trans << " " << i << "," << j;
+        EXPECT_EQ(C[i * n + j], C[j * n + i]);
+      }
+  }
+}
+
 class SoapFreq : public ::testing::TestWithParam<int> {};
 
 TEST_P(SoapFreq, SquareMatricesEightStepsMatchDoubleReference) {
