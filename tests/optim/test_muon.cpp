@@ -197,4 +197,3 @@ TEST(Muon, DeterministicAndUpdateIsOrthogonalScale) {
   EXPECT_GT(per_sv, 0.5);
   EXPECT_LT(per_sv, 1.44);
 }
-
