@@ -1,6 +1,7 @@
 #include "gpu/cuda_optimizer.h"
 
 #include <map>
+#include <numeric>
 #include <string>
 #include <utility>
 #include <vector>
@@ -94,8 +95,8 @@ class CudaOptimizer final : public Optimizer {
         down(h.R, state("soap.R.", p), p.cols() * p.cols()), down(h.QR, state("soap.Q_R.", p), p.cols() * p.cols());
         down(h.V, state("soap.v.", p), p.numel);
       }
-      std::vector<size_t> in_chunk(n);
-      for (size_t i = 0; i < n; ++i) in_chunk[i] = i;
+      std::vector<size_t> in_chunk(n);  // positions in the chunk (host[i])
+      std::iota(in_chunk.begin(), in_chunk.end(), size_t{0});
       optim_detail::for_each_matrix(in_chunk, optim_detail::MatrixLoop::shared_out, [&](size_t i, int) {
         const ParamInfo& p = *mats[order[lo + i]];
         HostCopy& h = host[i];

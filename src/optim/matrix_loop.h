@@ -25,6 +25,12 @@ void for_each_matrix(const std::vector<size_t>& order, MatrixLoop how,
                      const std::function<void(size_t k, int slot)>& task);
 // How many slots for_each_matrix may use now: the OpenMP thread count.
 int loop_slots();
+// Grows per-slot scratch to loop_slots() entries, each new one from make(): allocated on the first loop with
+// that many threads, reused after.
+template <class T, class Make>
+void grow_to_slots(std::vector<T>& scratch, Make make) {
+  while (scratch.size() < static_cast<size_t>(loop_slots())) scratch.push_back(make());
+}
 
 // The indices 0..n-1 sorted by cost(k), largest first (stable).
 std::vector<size_t> largest_first(size_t n, const std::function<int64_t(size_t)>& cost);

@@ -30,16 +30,14 @@ MuonMatrices::MuonMatrices(const ParamTable& table, const char* momentum_name)
 }
 
 void MuonMatrices::for_each_matrix(const std::function<void(size_t, Scratch&)>& step) {
-  const size_t slots = static_cast<size_t>(optim_detail::loop_slots());
-  if (scratch_.size() < slots) {
-    scratch_.resize(slots);
-    for (Scratch& s : scratch_) {
-      for (const auto& p : params()) {
-        s.q.resize(std::max<size_t>(s.q.size(), p.numel));
-        s.ws.reserve(p.rows(), p.cols());
-      }
+  optim_detail::grow_to_slots(scratch_, [this] {
+    Scratch s;
+    for (const auto& p : params()) {
+      s.q.resize(std::max<size_t>(s.q.size(), p.numel));
+      s.ws.reserve(p.rows(), p.cols());
     }
-  }
+    return s;
+  });
   optim_detail::for_each_matrix(largest_first_, optim_detail::MatrixLoop::shared_out_if_many,
                                 [&](size_t k, int slot) { step(k, scratch_[slot]); });
 }

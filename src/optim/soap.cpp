@@ -32,12 +32,11 @@ Soap::Soap(const ParamTable& table, SoapHyper h)
       mats_(optim_detail::select_params(table, soap_takes, true)),
       adamw_(optim_detail::select_params(table, soap_takes, false), {h.lr, h.beta1, h.beta2, h.eps, h.weight_decay}) {
   std::vector<int64_t> mn, mm, nn;
-  int64_t max_mn = 0;
   for (const auto& p : mats_) {
     mn.push_back(p.numel);
     mm.push_back(p.rows() * p.rows());
     nn.push_back(p.cols() * p.cols());
-    max_mn = std::max(max_mn, p.numel);
+    max_mn_ = std::max(max_mn_, p.numel);
   }
   const int64_t tmn = optim_detail::pack(mn, off_mn_);
   m_.assign(tmn, 0.0f);
@@ -46,7 +45,6 @@ Soap::Soap(const ParamTable& table, SoapHyper h)
   ql_.assign(l_.size(), 0.0f);
   r_.assign(optim_detail::pack(nn, off_nn_), 0.0f);
   qr_.assign(r_.size(), 0.0f);
-  max_mn_ = max_mn;
   // Per step a matrix costs about m n (m + n) multiply-adds (its rotations and statistics).
   largest_first_ = optim_detail::largest_first(mats_.size(), [this](size_t k) {
     return mats_[k].numel * (mats_[k].rows() + mats_[k].cols());
@@ -111,8 +109,7 @@ void Soap::compute_update(float* u, const float* x, const float* g, double lr_sc
   const float inv_bc1 = s > 0 ? static_cast<float>(1.0 / (1.0 - std::pow(h_.beta1, sd))) : 0.0f;
   const float inv_bc2 = s > 0 ? static_cast<float>(1.0 / (1.0 - std::pow(h_.beta2, sd))) : 0.0f;
   const float eps = static_cast<float>(h_.eps), lrf = static_cast<float>(lr);
-  const size_t slots = static_cast<size_t>(optim_detail::loop_slots());
-  if (scratch_.size() < slots) scratch_.resize(slots, std::vector<float>(2 * max_mn_));
+  optim_detail::grow_to_slots(scratch_, [this] { return std::vector<float>(2 * max_mn_); });
   // The matrices are independent: shared out among the threads when there are at least 2 per thread.
   optim_detail::for_each_matrix(largest_first_, optim_detail::MatrixLoop::shared_out_if_many, [&](size_t k, int slot) {
     const ParamInfo& p = mats_[k];

@@ -192,11 +192,11 @@ const ParamInfo* StageRunner::tied_param() const {
   return nullptr;
 }
 
+double StageRunner::elapsed_s() const { return now_s() - t0_; }
+
 // Tied embedding across stages: the last stage sends its head-side gradient when it posts (it finishes a
 // batch's backwards first); stage 0 receives it when it posts, sends its own, and forms the sum, so the
 // tied pair's squared norm rides on the same reduction; the last stage forms the same sum at completion.
-double StageRunner::elapsed_s() const { return now_s() - t0_; }
-
 void StageRunner::post_step(int64_t batch) {
   Buffer<float>& g = grads_[grad_slot(batch)];
   const int p = tx_.stages();
@@ -254,7 +254,6 @@ void StageRunner::complete_step() {
   auto part = [&](int k) { return std::vector<double>(sums.begin() + n_global_params_ + 1 + k * p, sums.begin() + n_global_params_ + 1 + (k + 1) * p); };
   rec.busy_s = part(0), rec.activation_bytes = part(1), rec.weight_bytes = part(2);
   rec.posted_s = pend.posted_s;
-  steps_.push_back(rec);
   if (!std::isfinite(rec.loss) || !std::isfinite(rec.grad_norm))
     throw Error(ExitCode::diverged, "training diverged at step " + std::to_string(pend.batch) + ": loss " +
                                         std::to_string(rec.loss) + ", grad norm " + std::to_string(rec.grad_norm));
@@ -277,7 +276,7 @@ void StageRunner::complete_step() {
     spare_versions_.push_back(std::move(history_.begin()->second));  // reused: no allocation per step
     history_.erase(history_.begin());
   }
-  if (on_step_) on_step_(steps_.back());
+  if (on_step_) on_step_(rec);
 }
 
 void StageRunner::run(const std::vector<Action>& actions, const std::string& schedule_name) {

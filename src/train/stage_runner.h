@@ -27,7 +27,7 @@ struct ExecutedAction {
   double start_s, end_s;  // since the runner was created
 };
 
-// Per optimizer step, known identically on every stage after the step's reduction.
+// Per optimizer step: what the step's reduction gives every stage alike, and this stage's own post time.
 struct StepRecord {
   int64_t batch = 0;
   double loss = 0, grad_norm = 0;
@@ -55,7 +55,6 @@ class StageRunner {
   const std::vector<ExecutedAction>& executed() const { return executed_; }
   double origin_s() const { return t0_; }  // the steady_clock time executed() counts from
   double elapsed_s() const;                 // seconds since origin_s()
-  const std::vector<StepRecord>& steps() const { return steps_; }
   // Called on the runner's thread as each step completes (its optimizer step done), with that step's record; an
   // exception it throws ends run(). Empty: none.
   void set_step_listener(std::function<void(const StepRecord&)> listener) { on_step_ = std::move(listener); }
@@ -109,7 +108,6 @@ class StageRunner {
   std::vector<int32_t> tokens_, targets_;
   std::vector<ExecutedAction> executed_;
   size_t peak_acts_in_flight_ = 0;
-  std::vector<StepRecord> steps_;
   std::function<void(const StepRecord&)> on_step_;
   double t0_;
   // bf16 copies of the weight versions the products read (Backend::make_rounded_weights; none on the CPU or in

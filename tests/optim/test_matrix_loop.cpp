@@ -4,8 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <omp.h>
+
 #include <atomic>
 #include <cstring>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -57,6 +60,37 @@ TEST(MatrixLoop, EachMatrixOnceAndNoSlotSharedAtOnce) {
         EXPECT_EQ(bad_slot.load(), 0);
         EXPECT_EQ(shared_slot.load(), 0);
       }
+    }
+  }
+}
+
+// Which way the loop runs: shared out, the tasks run inside a parallel region of the full thread count (their
+// products single-threaded); otherwise outside any, so that their products use every thread. shared_out always
+// shares out; shared_out_if_many only with at least 2 matrices per thread.
+TEST(MatrixLoop, SharesOutExactlyWhenItShould) {
+  KeepThreads keep;
+  for (int threads : {2, 3}) {
+    set_num_threads(threads);
+    struct Case {
+      MatrixLoop how;
+      size_t n;
+      bool shared;
+    };
+    for (const Case k : {Case{MatrixLoop::shared_out, 1, true}, Case{MatrixLoop::shared_out, size_t(threads), true},
+                         Case{MatrixLoop::shared_out_if_many, size_t(2 * threads - 1), false},
+                         Case{MatrixLoop::shared_out_if_many, size_t(2 * threads), true}}) {
+      std::vector<size_t> order(k.n);
+      std::iota(order.begin(), order.end(), size_t{0});
+      std::atomic<int> in_region{0}, outside{0}, wrong_team{0};
+      optim_detail::for_each_matrix(order, k.how, [&](size_t, int) {
+        if (!omp_in_parallel()) return void(++outside);
+        ++in_region;
+        if (omp_get_num_threads() != threads) ++wrong_team;
+      });
+      const std::string what = std::to_string(threads) + " threads, " + std::to_string(k.n) + " matrices";
+      EXPECT_EQ(in_region.load(), k.shared ? int(k.n) : 0) << what;
+      EXPECT_EQ(outside.load(), k.shared ? 0 : int(k.n)) << what;
+      EXPECT_EQ(wrong_team.load(), 0) << what;
     }
   }
 }
