@@ -2,11 +2,10 @@
 # Everything of issue #5 that needs a GPU, in one go (meant for one call on a lent H100, well under 8 minutes):
 #   1. the binaries: carried from scripts/gpu-pack.sh (.gpu-carry/), else built here (needs all dependencies);
 #   2. the headline number first: smollm2-360m, bf16, at sequence length 2048 (the 40% MFU target);
-#   3. the CUDA tests (every kernel, the optimizers, the model and the trainer against the CPU);
+#   3. the CUDA tests (every kernel, the optimizers, the model and the trainer against the CPU), then NCCL's;
 #   4. a 2-stage 2BW pipeline on the one GPU against its single-device emulator: losses and throughput;
 #   5. training throughput of smollm2-135m and smollm2-360m in fp32, TF32 and bf16 matmuls, and the candidate
 #      defaults on smollm2-360m: tokens/s, MFU against the GPU's dense bf16 peak, GPU memory;
-#   6. NCCL on the one GPU.
 # The summary grows step by step in gpu_summary.md, and the logs are packed into gpu_logs.tar.gz after each step,
 # both in $OUT (the device tool's output folder, which returns at most 8 files) or ./gpu-check-out; the rest (logs,
 # synthetic data, runs) stays in a scratch folder. A step that would start after GPU_CHECK_BUDGET_S seconds
@@ -22,11 +21,11 @@ BUDGET_S="${GPU_CHECK_BUDGET_S:-400}"
 presets=(smollm2-135m smollm2-360m)   # the second is the target preset, where the variants are compared
 shape=(--set train.micro_batch_size=4)  # at the presets' sequence length, 2048
 shape_name="4 x 2048"
-big_mb=16  # the bf16-mb16 variant: a 4x larger micro-batch (larger products; bf16 logits make it fit)
+big_mb=16  # the +mb16 variants: a 4x larger micro-batch (larger products; bf16 logits make it fit)
 big_name="16 x 2048"
 bench_steps=5  # timed steps per bench row (after 2 warm-ups)
 pipe_shape=(--set train.micro_batch_size=4 --set train.micro_batches=4)
-pipe_presets=(smollm2-135m smollm2-360m)
+pipe_presets=(smollm2-360m smollm2-135m)
 pipe_desc="4 x 4 x 2048 tokens per step"
 pipe_vocab=49152
 test_filter='-CudaNccl.*:CudaHost.Nccl*'
@@ -89,9 +88,10 @@ PY
 if [ -n "${GPU_CHECK_REHEARSAL:-}" ]; then
   BIN="$GPU_CHECK_REHEARSAL"
   say "- binaries: $BIN (REHEARSAL on the CPU emulation of CUDA: no number below is a GPU's)"
-elif [ -x .gpu-carry/bin/onestep ]; then
-  BIN=.gpu-carry/bin
-  export LD_LIBRARY_PATH="$PWD/.gpu-carry/lib:$LD_LIBRARY_PATH"
+elif [ -f .gpu-carry/onestep-gpu.tar.xz ]; then
+  tar -xJf .gpu-carry/onestep-gpu.tar.xz -C "$WORK"
+  BIN="$WORK/bin"
+  export LD_LIBRARY_PATH="$WORK/lib:$LD_LIBRARY_PATH"
   say "- binaries: carried (scripts/gpu-pack.sh)"
 else
   say "- binaries: building here"
@@ -107,27 +107,29 @@ fi
 say "- build: $("$BIN/onestep" --version)"
 say "- GPUs visible: $(nvidia-smi -L 2>/dev/null | wc -l) (nccl pipelines need one per stage and mpirun: this script runs none)"
 
-# One row of the throughput table: bench_row <preset> <variant>. The variants (all bf16 but fp32 and tf32):
-#   bf16           operands stored in bf16, each weight rounded once per step, tile attention, AdamW: the defaults;
-#   bf16-mb16      the same at a 4x larger micro-batch (larger products; bf16 logits make it fit);
-#   bf16-fp32ops   the operands kept in fp32 and rounded by each matmul (ONESTEP_BF16_OPERANDS=fp32);
-#   bf16-fast      the same with cuBLAS rounding them inside the product (ONESTEP_BF16_GEMM=fast);
-#   bf16-flash     the FlashAttention-2-style attention kernels (ONESTEP_ATTENTION=flash) instead of the tiles;
-#   bf16-percall   each product rounding its weight itself (ONESTEP_BF16_WEIGHTS=per_call);
-#   bf16-muon      the paper's optimizer, Muon, with its Newton-Schulz products in bf16 (the matmul precision);
-#   bf16-muon-ns32 the same with them in fp32 (ONESTEP_NS_PRECISION=fp32; CUDA cores).
+# One row of the throughput table: bench_row <preset> <variant>. A variant is a precision (fp32, tf32, bf16) and
+# tags, each changing one thing from the defaults (bf16 operand storage, each weight rounded once per step, the
+# flash attention kernels, AdamW, micro-batch 4):
+#   +tiles    the tile attention kernels (ONESTEP_ATTENTION=tiles) instead of the flash ones;
+#   +mb16     a 4x larger micro-batch (larger products; bf16 logits make it fit);
+#   +fp32ops  the operands kept in fp32 and rounded by each matmul (ONESTEP_BF16_OPERANDS=fp32);
+#   +fast     with +fp32ops, cuBLAS rounding them inside the product (ONESTEP_BF16_GEMM=fast);
+#   +percall  each product rounding its weight itself (ONESTEP_BF16_WEIGHTS=per_call);
+#   +muon     the paper's optimizer, Muon, its Newton-Schulz products in the matmul precision;
+#   +ns32     with +muon, those products in fp32 (ONESTEP_NS_PRECISION=fp32; CUDA cores).
 bench_row() {
-  local preset=$1 variant=$2 precision="${2%%-*}" log="$WORK/bench_$1_$2.log" mb_name="$shape_name"
+  local preset=$1 variant=$2 precision="${2%%+*}" log="$WORK/bench_$1_$2.log" mb_name="$shape_name"
+  has() { [[ "+$variant+" == *"+$1+"* ]]; }
   in_time 40 || return 0
   local extra=()
-  if [ "$variant" = bf16-mb16 ]; then extra=(--set train.micro_batch_size=$big_mb); mb_name="$big_name"; fi
+  if has mb16; then extra=(--set train.micro_batch_size=$big_mb); mb_name="$big_name"; fi
   echo "  bench $preset $variant (at ${SECONDS} s)"
-  ONESTEP_BF16_OPERANDS="$(case $variant in bf16-fp32ops|bf16-fast) echo fp32 ;; *) echo bf16 ;; esac)" \
-  ONESTEP_BF16_GEMM="$([ "$variant" = bf16-fast ] && echo fast || echo rounded)" \
-  ONESTEP_BF16_WEIGHTS="$([ "$variant" = bf16-percall ] && echo per_call || echo once)" \
-  ONESTEP_NS_PRECISION="$([ "$variant" = bf16-muon-ns32 ] && echo fp32 || echo matmul)" \
-  ONESTEP_ATTENTION="$([ "$variant" = bf16-flash ] && echo flash || echo tiles)" timeout 120 "$BIN/onestep" bench --steps $bench_steps \
-    --set optim.name="$(case $variant in *muon*) echo muon ;; *) echo adamw ;; esac)" \
+  ONESTEP_BF16_OPERANDS="$(has fp32ops && echo fp32 || echo bf16)" \
+  ONESTEP_BF16_GEMM="$(has fast && echo fast || echo rounded)" \
+  ONESTEP_BF16_WEIGHTS="$(has percall && echo per_call || echo once)" \
+  ONESTEP_NS_PRECISION="$(has ns32 && echo fp32 || echo matmul)" \
+  ONESTEP_ATTENTION="$(has tiles && echo tiles || echo flash)" timeout 120 "$BIN/onestep" bench --steps $bench_steps \
+    --set optim.name="$(has muon && echo muon || echo adamw)" \
     --set model.preset="$preset" --set train.device=cuda --set train.precision="$precision" \
     "${shape[@]}" "${extra[@]}" --set train.micro_batches=1 > "$log" 2>&1
   local json
@@ -151,11 +153,12 @@ table_head() {
 
 # 2. The headline: the target preset in bf16 with the defaults (the rows are onestep bench's median of
 # $bench_steps steps after 2 warm-ups, AdamW unless the variant names Muon).
-section "Headline: ${presets[1]}, bf16, defaults"
+section "Headline: ${presets[1]}, bf16, defaults (and with the tile attention kernels)"
 table_head
 bench_row "${presets[1]}" bf16
+bench_row "${presets[1]}" bf16+tiles
 
-# 3. CUDA tests (NCCL last, with its own timeout).
+# 3. CUDA tests.
 section "CUDA tests"
 if in_time $test_timeout; then
   timeout $test_timeout "$BIN/test_cuda" --gtest_filter="$test_filter" > "$WORK/test_cuda.log" 2>&1
@@ -173,6 +176,15 @@ if in_time $test_timeout; then
   cp "$WORK/test_cuda.log" "$OUTDIR/test_cuda.log"
 fi
 
+# NCCL on this GPU (a one-rank communicator sending to itself), with its own timeout: its start-up opens sockets
+# that a sandbox may block.
+section "NCCL"
+if in_time 45; then
+  timeout 45 "$BIN/test_cuda" --gtest_filter='CudaNccl.*:CudaHost.Nccl*' > "$WORK/test_nccl.log" 2>&1
+  rc=$?
+  counted $rc
+  say "- NCCL tests: exit $rc ($(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$WORK/test_nccl.log" | tr '\n' ' '))"
+fi
 # 4. A 2-stage 2BW pipeline on the one GPU against its single-device emulator (delay.emulate = one_step), on a
 # synthetic token shard (no data is downloaded): losses must agree (the same rule), and the pipeline's tokens/s
 # over the emulator's is the schedule's own overhead (issue #5 target: >= 90%). pipe_pair <preset>.
@@ -197,9 +209,13 @@ def read(mode):
 try:
     (lp, tp), (le, te) = read("pipeline"), read("emulator")
     worst = max(abs(a - b) / abs(b) for a, b in zip(lp, le))
-    print(f"- losses over {len(lp)} steps: largest relative difference {worst:.2e} (same update rule; expected < 1e-4)")
+    same = next((i for i, (a, b) in enumerate(zip(lp, le)) if a != b), len(lp))
+    # The same update rule, summed in another order (the gradient norm over two stages' parts, for one): an H100
+    # gave equal bits up to the first update, then differences growing to 1.2e-4 by step 12 (lr 3e-3 on random
+    # tokens, where the loss rises). A wrong schedule differs at once and by far more.
+    print(f"- losses over {len(lp)} steps: equal bits for {same}, largest relative difference {worst:.2e} (expected < 1e-3)")
     print(f"- tokens/s (median of steps 3-12): pipeline {tp:.0f}, emulator {te:.0f}: the pipeline keeps {100 * tp / te:.1f}%")
-    sys.exit(0 if len(lp) == len(le) == 12 and worst < 1e-4 else 1)
+    sys.exit(0 if len(lp) == len(le) == 12 and worst < 1e-3 else 1)
 except Exception as e:
     print(f"- could not compare: {e}")
     sys.exit(1)
@@ -234,17 +250,19 @@ lr = 0.003
 EOT
 for preset in "${pipe_presets[@]}"; do pipe_pair "$preset"; done
 
-# 5. Throughput in each precision, and the candidate defaults on the target preset.
+# 5. Throughput in each precision, and the candidate defaults on the target preset (most telling first: a step
+# skipped for time loses the least).
 section "Training throughput, one GPU"
 table_head
-for variant in bf16 tf32 fp32; do bench_row "${presets[0]}" $variant; done
-for variant in bf16-flash bf16-muon bf16-muon-ns32 bf16-fp32ops bf16-percall bf16-mb16 bf16-fast tf32 fp32; do
-  bench_row "${presets[1]}" $variant
+for row in "${presets[1]} bf16+mb16" "${presets[0]} bf16" "${presets[1]} bf16+muon" "${presets[1]} bf16+muon+ns32" \
+           "${presets[1]} bf16+percall" "${presets[1]} bf16+fp32ops" "${presets[0]} bf16+tiles" "${presets[1]} tf32" \
+           "${presets[1]} fp32" "${presets[0]} tf32" "${presets[0]} fp32" "${presets[1]} bf16+fp32ops+fast"; do
+  bench_row $row
 done
 
 # Where the bf16 step's time goes (onestep bench's profiled step: CUDA events around each kernel call).
 section "Time by kernel, bf16 (the median of up to 3 profiled steps: the model's kernels, the optimizer step, the rest: host gaps)"
-for run in ${presets[0]}_bf16 ${presets[1]}_bf16 ${presets[1]}_bf16-fp32ops ${presets[1]}_bf16-flash ${presets[1]}_bf16-muon ${presets[1]}_bf16-muon-ns32; do
+for run in ${presets[1]}_bf16 ${presets[1]}_bf16+tiles ${presets[1]}_bf16+mb16 ${presets[0]}_bf16 ${presets[1]}_bf16+muon ${presets[1]}_bf16+muon+ns32 ${presets[1]}_bf16+fp32ops; do
   [ -f "$WORK/bench_$run.log" ] || continue
   python3 - "$run" "$WORK/bench_$run.log" <<'PY' | tee -a "$SUMMARY"
 import json, sys
@@ -262,15 +280,6 @@ except Exception as e:
 PY
 done
 
-# 6. NCCL on this GPU (a one-rank communicator sending to itself): last, since its start-up opens sockets that a
-# sandbox may block.
-section "NCCL"
-if in_time 45; then
-  timeout 45 "$BIN/test_cuda" --gtest_filter='CudaNccl.*:CudaHost.Nccl*' > "$WORK/test_nccl.log" 2>&1
-  rc=$?
-  counted $rc
-  say "- NCCL tests: exit $rc ($(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$WORK/test_nccl.log" | tr '\n' ' '))"
-fi
 say ""
 say "Logs (gpu_logs.tar.gz): $(ls "$WORK" | tr '\n' ' ')"
 say "Verdict: $problems failed step(s), ${SECONDS} s in all"

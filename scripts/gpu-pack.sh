@@ -2,7 +2,8 @@
 # Prepares what scripts/gpu-check.sh needs on a bare GPU machine that has CUDA 13 but none of onestep's other
 # dependencies (OpenBLAS, PCRE2, Open MPI, ...) and no package registry: builds the CUDA backend here for
 # Hopper (sm_90) and copies the two binaries and the non-CUDA shared libraries they load into .gpu-carry/
-# (git-ignored). Then run scripts/gpu-check.sh there with .gpu-carry carried along. Idempotent.
+# (git-ignored), packed as one xz archive (a call carries at most 64 MiB with the working tree; OpenBLAS alone is
+# 36 MB unpacked). Then run scripts/gpu-check.sh there with .gpu-carry carried along. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DONESTEP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
@@ -16,5 +17,7 @@ strip .gpu-carry/bin/*
 ldd build-cuda/onestep build-cuda/test_cuda | awk '/=> \// {print $3}' | sort -u \
   | grep -v -E '/(libc|libm|libpthread|libdl|librt|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcublasLt)\.so' \
   | while read -r lib; do cp -L "$lib" .gpu-carry/lib/; done
+tar -C .gpu-carry -cJf .gpu-carry/onestep-gpu.tar.xz bin lib
+rm -rf .gpu-carry/bin .gpu-carry/lib
 du -sh .gpu-carry
 echo "carry .gpu-carry and run: bash scripts/gpu-check.sh"

@@ -1,371 +1,327 @@
-// Causal grouped-query attention on the bf16 tensor cores, FlashAttention-2 style: a candidate to replace the
-// tile kernels of attention_bf16.cu, chosen with ONESTEP_ATTENTION=flash until a GPU has measured both
-// (scripts/gpu-check.sh tests and times each). Same arithmetic contract: bf16 Q, K, V, dO, P and dS, fp32 softmax,
-// statistics and accumulation, deterministic (no atomics, fixed summation order).
+// Causal grouped-query attention on the bf16 tensor cores, FlashAttention-2 style (Dao 2023): the scores, the
+// softmax and the probabilities stay in registers (mma.sync fragments, mma_bf16.cuh), never in shared or global
+// memory. Chosen with ONESTEP_ATTENTION=flash; the tile kernels of attention_bf16.cu are the other choice. Same
+// arithmetic contract as those: bf16 Q, K, V, dO, P and dS, fp32 softmax, statistics and accumulation,
+// deterministic (no atomics, a fixed summation order).
 //
-// Blocks of kRows = 64 query rows (forward, dq) or 64 keys (dk, dv), one warp per 16 of them: each warp owns its rows
-// from start to end, so the block synchronises only around the shared tiles it streams (K and V, or Q and dO).
-//   forward:  per warp, for each key tile: S = Q K^T (16 x 64), online softmax, O = O * alpha + P V; O lives in the
-//             warp's shared scratch (the rescale needs rows, which WMMA fragments do not expose).
-//   dq:       per warp, for each key tile: S, dP = dO V^T, dS = P (dP - delta) scale, dQ += dS K (dQ in registers).
-//   dk, dv:   per warp (16 keys), for each head of the group and each query tile from the diagonal on:
-//             S^T = K Q^T, dP^T = V dO^T, P^T and dS^T, dV += P^T dO, dK += dS^T Q (dK, dV in registers).
-// Fragments are WMMA 16x16x16 (bf16 in, fp32 accumulate); Q, K, V or dO fragments a warp reuses stay in registers.
+// Blocks of kRows = 64 query rows (forward, dq) or 64 keys (dk, dv), one warp per 16 of them: each warp owns its
+// rows from start to end, so the block synchronises only around the 64-row tiles it streams through shared memory.
+//   forward: per key tile: S = Q K^T (16 x 64 per warp), online softmax, O = O alpha + P V (O in registers);
+//   dq:      per key tile: S, dP = dO V^T, dS = P (dP - delta) scale, dQ += dS K;
+//   dk, dv:  per head of the kv head's group and query tile from the diagonal on: S^T = K Q^T, dP^T = V dO^T,
+//            P^T and dS^T, dV += P^T dO, dK += dS^T Q.
+// The products' B operands come from row-major shared tiles (K for Q K^T, V for P V) on a row stride padded by 8
+// bf16, on which a warp's fragment loads fall on different banks.
 #include <cuda_bf16.h>
-#include <mma.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
 
 #include "kernels/cuda/attention_tiles.cuh"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/mma_bf16.cuh"
 
 namespace onestep::cuda::detail {
 
 namespace {
 
 using bf16 = __nv_bfloat16;
-namespace wmma = nvcuda::wmma;
 
-constexpr int kRows = 64;                  // query rows (or keys) per block, and keys (or queries) per streamed tile
-constexpr int kWarps = kRows / 16;         // one warp per 16 rows
+constexpr int kRows = 64;           // query rows (or keys) per block, and keys (or queries) per streamed tile
+constexpr int kWarps = kRows / 16;  // one warp per 16 rows
 constexpr int kFlashThreads = 32 * kWarps;
-constexpr int kLdTile = kRows + 8;         // bf16 [16, kRows] warp tiles: P, dS (and transposes)
-constexpr int kLdScore = kRows + 4;        // fp32 [16, kRows] warp tiles: S, dP
-
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
-using FragBRow = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
-using FragBCol = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+constexpr int kN = kRows / 8;    // 8-column score tiles per warp and streamed tile
+constexpr float kLog2e = 1.4426950408889634f;
 
 struct FlashDims {
   Dims d;
-  int ntiles;    // 64-row tiles
-  int ldh, ldf;  // bf16 [*, D] tiles: D + 8; fp32 [16, D] scratch: D + 4
-  explicit FlashDims(const Dims& dims)
-      : d(dims), ntiles((dims.T + kRows - 1) / kRows), ldh(dims.D + 8), ldf(dims.D + 4) {}
+  int ntiles;  // 64-row tiles
+  int ld;      // row stride of [kRows, D] tiles: D + 8
+  explicit FlashDims(const Dims& dims) : d(dims), ntiles((dims.T + kRows - 1) / kRows), ld(dims.D + 8) {}
   __device__ int rows(int tile) const { return min(kRows, d.T - tile * kRows); }
 };
 
-// C[16, kRows] (fp32, row-major, ldc) = A[16, D] B^T where B is [kRows, D] row-major in shared memory (read
-// column-major as B^T); A's D/16 fragments are in registers.
-template <int DF>
-__device__ inline void scores_16xN(float* C, int ldc, const FragA* a, const bf16* B, int ldb) {
-#if __CUDA_ARCH__ >= 800
-#pragma unroll
-  for (int nj = 0; nj < kRows / 16; ++nj) {
-    FragC acc;
-    wmma::fill_fragment(acc, 0.0f);
-#pragma unroll
-    for (int s = 0; s < DF; ++s) {
-      FragBCol b;
-      wmma::load_matrix_sync(b, B + nj * 16 * ldb + s * 16, ldb);
-      wmma::mma_sync(acc, a[s], b, acc);
-    }
-    wmma::store_matrix_sync(C + nj * 16, acc, ldc, wmma::mem_row_major);
+// A shared [kRows, D] tile (row stride ld) filled by the whole block from global rows src[r * lds + c], r < valid
+// (rows past it are zeros), two neighbouring elements per thread and step.
+template <class Src>
+__device__ inline void load_tile(bf16* dst, int ld, const Src* src, int64_t lds, int valid, int D) {
+  for (int idx = threadIdx.x; idx < kRows * D / 2; idx += blockDim.x) {
+    const int r = idx / (D / 2), c = 2 * (idx - r * (D / 2));
+    bf16 x0 = __float2bfloat16_rn(0.0f), x1 = x0;
+    if (r < valid) x0 = to_bf16_value(src[r * lds + c]), x1 = to_bf16_value(src[r * lds + c + 1]);
+    dst[r * ld + c] = x0, dst[r * ld + c + 1] = x1;
   }
-#endif
 }
 
-// acc[nj] (+)= A[16, kRows] B[kRows, D] for the D/16 output fragments; A bf16 row-major in shared (lda), B bf16
-// row-major in shared (ldb).
+// The A fragments (DF of them, 16 columns each) of rows [r0, r0 + 16) of a [*, 16 DF] shared tile.
 template <int DF>
-__device__ inline void product_16xD(FragC* acc, const bf16* A, int lda, const bf16* B, int ldb) {
-#if __CUDA_ARCH__ >= 800
+__device__ inline void load_a(uint32_t (&a)[DF][4], const bf16* tile, int ld, int r0) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int s = 0; s < DF; ++s) {
+    const bf16* p = tile + (r0 + g) * ld + 16 * s + 2 * t;
+    a[s][0] = load_pair(p), a[s][1] = load_pair(p + 8 * ld), a[s][2] = load_pair(p + 8), a[s][3] = load_pair(p + 8 * ld + 8);
+  }
+}
+
+// acc[n] (n < N) = A Y^T for the warp's 16 rows, where A's KF fragments are in registers and Y is a shared tile of
+// 8 N rows (row stride ld, 16 KF columns): the columns of the product are Y's rows.
+template <int N, int KF>
+__device__ inline void product_abt(float (&acc)[N][4], const uint32_t (&a)[KF][4], const bf16* Y, int ld) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int n = 0; n < N; ++n) {
+    acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+    for (int s = 0; s < KF; ++s) {
+      const bf16* p = Y + (8 * n + g) * ld + 16 * s + 2 * t;
+      const uint32_t b[2] = {load_pair(p), load_pair(p + 8)};
+      mma_bf16(acc[n], a[s], b);
+    }
+  }
+}
+
+// acc[n] += P Y for the warp's D output columns (2 DF tiles of 8), where P is the warp's [16, kRows] probabilities
+// (or dS) as fp32 C fragments in registers (kN tiles of 8 columns), rounded to bf16 pairwise into A fragments, and
+// Y a shared [kRows, 16 DF] tile (row stride ld). B's pairs run down Y's columns: two 16-bit loads each, whose
+// 8 columns x 4 row pairs fall on 16 different words in 16 banks.
+template <int DF>
+__device__ inline void accumulate_py(float (&acc)[2 * DF][4], const float (&p)[kN][4], const bf16* Y, int ld) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int s = 0; s < kRows / 16; ++s) {
-    FragA a;
-    wmma::load_matrix_sync(a, A + s * 16, lda);
+    const uint32_t a[4] = {pack_bf16(p[2 * s][0], p[2 * s][1]), pack_bf16(p[2 * s][2], p[2 * s][3]),
+                           pack_bf16(p[2 * s + 1][0], p[2 * s + 1][1]), pack_bf16(p[2 * s + 1][2], p[2 * s + 1][3])};
+    const bf16* rows = Y + (16 * s + 2 * t) * ld + g;
 #pragma unroll
-    for (int nj = 0; nj < DF; ++nj) {
-      FragBRow b;
-      wmma::load_matrix_sync(b, B + s * 16 * ldb + nj * 16, ldb);
-      wmma::mma_sync(acc[nj], a, b, acc[nj]);
+    for (int n = 0; n < 2 * DF; ++n) {
+      const bf16* q = rows + 8 * n;
+      const uint32_t b[2] = {pack_pair(q[0], q[ld]), pack_pair(q[8 * ld], q[9 * ld])};
+      mma_bf16(acc[n], a, b);
     }
   }
-#endif
 }
 
-// The warp's D/16 A fragments of rows [16 w, 16 w + 16) of a bf16 [kRows, D] shared tile.
+// dst[r * ld + c] += acc for the warp's rows r0 + g and r0 + g + 8 (those below `T`), columns 8 n + 2t + {0, 1}.
 template <int DF>
-__device__ inline void load_row_frags(FragA* a, const bf16* tile, int ldh, int warp) {
-#if __CUDA_ARCH__ >= 800
+__device__ inline void add_rows(float* dst, int64_t ld, int r0, int T, const float (&acc)[2 * DF][4]) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
-  for (int s = 0; s < DF; ++s) wmma::load_matrix_sync(a[s], tile + warp * 16 * ldh + s * 16, ldh);
-#endif
-}
-
-// dst[r * ld + c] += the warp's [16, 16 DF] accumulator block, for rows r < valid, through its fp32 scratch
-// (16 x kLdScore floats).
-template <int DF>
-__device__ inline void add_rows(float* dst, int64_t ld, int valid, const FragC* acc, float* scratch) {
-#if __CUDA_ARCH__ >= 800
-  const int lane = threadIdx.x & 31;
+  for (int half = 0; half < 2; ++half) {
+    const int r = g + 8 * half;
+    if (r0 + r >= T) continue;
 #pragma unroll
-  for (int nj = 0; nj < DF; ++nj) {
-    wmma::store_matrix_sync(scratch, acc[nj], kLdScore, wmma::mem_row_major);
-    __syncwarp();
-    for (int idx = lane; idx < 256; idx += 32) {
-      const int r = idx / 16, col = idx % 16;
-      if (r < valid) dst[r * ld + nj * 16 + col] += scratch[r * kLdScore + col];
+    for (int n = 0; n < 2 * DF; ++n) {
+      float* p = dst + r * ld + 8 * n + 2 * t;
+      p[0] += acc[n][2 * half], p[1] += acc[n][2 * half + 1];
     }
-    __syncwarp();
   }
-#endif
 }
 
-// ---------------------------------------------------------------------------------------------------
-// A kernel's shared memory, one function for the kernel (on its dynamic shared memory) and the host (a null base:
-// the launch size). The block streams two bf16 [kRows, D] tiles (K and V; for dk/dv Q and dO, with the query
-// tile's lse and delta); each warp has fp32 [16, kRows] scores (S; dP in the backward), bf16 [16, kRows] tiles
-// (P in the forward and dk/dv; dS in the backward), the forward's O [16, D], and 2 x 16 row values (forward:
-// alpha, then l; dq: lse and delta).
-enum class FlashKernel { fwd, dq, dkv };
-struct FlashTiles {
-  bf16 *tile0 = nullptr, *tile1 = nullptr;   // the block's streamed tiles
-  float *lse = nullptr, *delta = nullptr;    // dk/dv: the streamed query tile's
-  float *S = nullptr, *dP = nullptr;         // this warp's
-  bf16 *P = nullptr, *dS = nullptr;
-  float *O = nullptr, *rows = nullptr;
-};
-__host__ __device__ inline void warp_tiles(Carve& c, const FlashDims& f, FlashKernel kind, FlashTiles& t) {
-  t.S = c.take<float>(16 * kLdScore);
-  if (kind != FlashKernel::fwd) t.dP = c.take<float>(16 * kLdScore), t.dS = c.take<bf16>(16 * kLdTile);
-  if (kind != FlashKernel::dq) t.P = c.take<bf16>(16 * kLdTile);
-  if (kind == FlashKernel::fwd) t.O = c.take<float>(16 * f.ldf);
-  if (kind != FlashKernel::dkv) t.rows = c.take<float>(2 * 16);
+// Shared memory: two bf16 [kRows, D + 8] tiles, then (dk, dv) the streamed query tile's lse and delta.
+size_t flash_smem(const FlashDims& f, bool row_stats) {
+  return 2 * sizeof(bf16) * kRows * f.ld + (row_stats ? 2 * kRows * sizeof(float) : 0);
 }
-__host__ __device__ inline FlashTiles flash_tiles(Carve& c, const FlashDims& f, FlashKernel kind, int warp) {
-  FlashTiles t;
-  t.tile0 = c.take<bf16>(kRows * f.ldh), t.tile1 = c.take<bf16>(kRows * f.ldh);
-  if (kind == FlashKernel::dkv) t.lse = c.take<float>(kRows), t.delta = c.take<float>(kRows);
-  Carve one{nullptr};  // one warp's share (a multiple of 128 bytes): the warps' pieces follow in warp order
-  FlashTiles sizes;
-  warp_tiles(one, f, kind, sizes);
-  c.used += warp * one.used;
-  warp_tiles(c, f, kind, t);
-  c.used += (kWarps - 1 - warp) * one.used;
-  return t;
-}
-size_t flash_smem(const FlashDims& f, FlashKernel kind) {
-  Carve c{nullptr};
-  flash_tiles(c, f, kind, 0);
-  return c.used;
+__device__ inline bf16* tile_at(unsigned char* smem, const FlashDims& f, int i) {
+  return reinterpret_cast<bf16*>(smem) + i * kRows * f.ld;
 }
 
 template <int DF, class Act>  // Act: the storage of q, k, v and out (float, or bf16: bf16 operand storage)
 __global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(Act* out, float* lse, const Act* q, const Act* k,
-                                                             const Act* v, FlashDims f) {
-#if __CUDA_ARCH__ >= 800
+                                                                  const Act* v, FlashDims f) {
   extern __shared__ __align__(128) unsigned char smem[];
   const Dims& d = f.d;
-  const int D = DF * 16;  // = d.D (a template parameter: the fragment arrays then live in registers)
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  Carve c{smem};
-  const FlashTiles t = flash_tiles(c, f, FlashKernel::fwd, warp);
-  bf16 *sK = t.tile0, *sV = t.tile1, *sP = t.P;
-  float *sS = t.S, *sO = t.O, *sA = t.rows;
+  constexpr int D = DF * 16;  // = d.D
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  bf16 *sK = tile_at(smem, f, 0), *sV = tile_at(smem, f, 1);
   const QueryBlock blk = query_block(d, f.ntiles);
   const int b = blk.b, h = blk.h, kvh = blk.kvh, qt = blk.tile;
-  const int i0 = qt * kRows, m = f.rows(qt);
-  const int r0 = i0 + warp * 16;  // this warp's first query row
+  const int i0 = qt * kRows, r0 = warp * 16;  // r0: the warp's first row in the tile
 
-  // Q: staged through the K slot into this warp's fragments.
-  FragA qf[DF];
-  load_rows_bf16(sK, f.ldh, q + d.qoff(b, i0, h), d.ldq, m, kRows, D);
+  uint32_t qa[DF][4];  // Q, staged through the K tile
+  load_tile(sK, f.ld, q + d.qoff(b, i0, h), d.ldq, f.rows(qt), D);
   __syncthreads();
-  load_row_frags<DF>(qf, sK, f.ldh, warp);
-  for (int i = lane; i < 16 * f.ldf; i += 32) sO[i] = 0.0f;
-  // Row statistics: lanes l and l + 16 both hold row l % 16's running max and sum; each covers half its keys.
-  const int row = lane & 15, half = lane >> 4;
-  float m_run = -INFINITY, l_run = 0.0f;
+  load_a<DF>(qa, sK, f.ld, r0);
+  float o[2 * DF][4] = {};
+  // Rows g and g + 8 of the warp (qi[0], qi[1]): running max (in log2 units of the scaled scores) and sum.
+  const int qi[2] = {i0 + r0 + g, i0 + r0 + g + 8};
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  const float scale2 = d.scale * kLog2e;
 
-  const int last_kt = min(f.ntiles - 1, (i0 + kRows - 1) / kRows);
-  for (int kt = 0; kt <= last_kt; ++kt) {
-    const int j0 = kt * kRows, kn = f.rows(kt);
+  for (int kt = 0; kt <= qt; ++kt) {
+    const int j0 = kt * kRows;
     __syncthreads();  // every warp is done with the previous K, V (and the Q staging)
-    load_rows_bf16(sK, f.ldh, k + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
-    load_rows_bf16(sV, f.ldh, v + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
+    load_tile(sK, f.ld, k + d.koff(b, j0, kvh), d.ldk, f.rows(kt), D);
+    load_tile(sV, f.ld, v + d.koff(b, j0, kvh), d.ldk, f.rows(kt), D);
     __syncthreads();
-    scores_16xN<DF>(sS, kLdScore, qf, sK, f.ldh);
-    __syncwarp();
-    // Online softmax over this tile: each lane 32 keys of its row.
-    const int i = r0 + row;
-    float mx = -INFINITY;
-    for (int jj = 0; jj < 32; ++jj) {
-      const int j = half * 32 + jj;
-      if (j < kn && j0 + j <= i) mx = fmaxf(mx, sS[row * kLdScore + j] * d.scale);
-    }
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
-    const float m_new = fmaxf(m_run, mx);
-    const bool none = m_new == -INFINITY;  // nothing valid yet (rows past T)
-    float sum = 0.0f;
-    for (int jj = 0; jj < 32; ++jj) {
-      const int j = half * 32 + jj;
-      const bool valid = j < kn && j0 + j <= i;
-      const float p = valid && !none ? expf(sS[row * kLdScore + j] * d.scale - m_new) : 0.0f;
-      sum += p;
-      sP[row * kLdTile + j] = __float2bfloat16_rn(p);
-    }
-    sum += __shfl_xor_sync(0xffffffffu, sum, 16);
-    const float alpha = none ? 1.0f : expf(m_run - m_new);  // 0 on the first valid tile (m_run = -inf)
-    m_run = m_new;
-    l_run = l_run * alpha + sum;
-    if (half == 0) sA[row] = alpha;
-    __syncwarp();
-    for (int idx = lane; idx < 16 * D; idx += 32) {  // O *= alpha, row by row
-      const int r = idx / D;
-      sO[r * f.ldf + (idx - r * D)] *= sA[r];
-    }
-    __syncwarp();
-    FragC acc[DF];
+    float s[kN][4];
+    product_abt<kN, DF>(s, qa, sK, f.ld);  // S = Q K^T
 #pragma unroll
-    for (int nj = 0; nj < DF; ++nj) wmma::load_matrix_sync(acc[nj], sO + nj * 16, f.ldf, wmma::mem_row_major);
-    product_16xD<DF>(acc, sP, kLdTile, sV, f.ldh);  // O += P V
+    for (int half = 0; half < 2; ++half) {
+      // Masked scaled scores of row qi[half]; the row's 4 lanes (t = 0..3) hold 16 keys each.
+      float mx = -INFINITY;
 #pragma unroll
-    for (int nj = 0; nj < DF; ++nj) wmma::store_matrix_sync(sO + nj * 16, acc[nj], f.ldf, wmma::mem_row_major);
-    __syncwarp();
+      for (int n = 0; n < kN; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int kj = j0 + 8 * n + 2 * t + e;
+          float& x = s[n][2 * half + e];
+          x = kj <= qi[half] && qi[half] < d.T ? x * scale2 : -INFINITY;
+          mx = fmaxf(mx, x);
+        }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_run[half], mx);
+      const bool none = m_new == -INFINITY;  // no valid key yet (rows past T, or a tile wholly above the diagonal)
+      float sum = 0.0f;
+#pragma unroll
+      for (int n = 0; n < kN; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[n][2 * half + e];
+          x = none ? 0.0f : exp2f(x - m_new);
+          sum += x;
+        }
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const float alpha = none ? 1.0f : exp2f(m_run[half] - m_new);  // 0 on the first valid tile
+      m_run[half] = m_new;
+      l_run[half] = l_run[half] * alpha + sum;
+#pragma unroll
+      for (int n = 0; n < 2 * DF; ++n) o[n][2 * half] *= alpha, o[n][2 * half + 1] *= alpha;
+    }
+    accumulate_py<DF>(o, s, sV, f.ld);  // O += P V
   }
-  // Lanes 0..15 hold the statistics of rows 0..15.
-  if (half == 0) sA[row] = l_run;
-  __syncwarp();
-  for (int idx = lane; idx < 16 * D; idx += 32) {
-    const int r = idx / D, col = idx - r * D;
-    if (r0 + r < d.T) store_value(out + d.qoff(b, r0 + r, h) + col, sO[r * f.ldf + col] * (1.0f / sA[r]));
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    if (qi[half] >= d.T) continue;
+    const float inv = 1.0f / l_run[half];
+    Act* row = out + d.qoff(b, qi[half], h);
+#pragma unroll
+    for (int n = 0; n < 2 * DF; ++n) {
+      store_value(row + 8 * n + 2 * t, o[n][2 * half] * inv);
+      store_value(row + 8 * n + 2 * t + 1, o[n][2 * half + 1] * inv);
+    }
+    if (t == 0) lse[d.loff(b, h, qi[half])] = m_run[half] / kLog2e + logf(l_run[half]);
   }
-  if (half == 0 && r0 + row < d.T) lse[d.loff(b, h, r0 + row)] = m_run + logf(l_run);
-#else
-  __trap();  // compiled without sm_80+ code (bf16 WMMA): fail loudly rather than leave the outputs unwritten
-#endif
 }
 
-// ---------------------------------------------------------------------------------------------------
-// The element-wise backward step of one warp's 16 rows against a 64-wide tile, in fp32 scratch sS / sdP laid out
-// [16, kRows]: P = exp(S scale - lse), dS = P (dP - delta) scale, rounded to bf16 into sP (if given) and sdS.
-// transposed = false: rows are queries r0.., columns keys j0..; true: rows are keys r0.., columns queries j0...
-__device__ inline void probs_warp(bf16* sP, bf16* sdS, const float* sS, const float* sdP, const float* lse_of,
-                                  const float* delta_of, int r0, int j0, int T, float scale, bool transposed) {
-  const int lane = threadIdx.x & 31;
-  for (int idx = lane; idx < 16 * kRows; idx += 32) {
-    const int r = idx / kRows, j = idx - r * kRows;
-    const int qi = transposed ? j0 + j : r0 + r, kj = transposed ? r0 + r : j0 + j;
-    const int stat = transposed ? j : r;  // index of the query's lse and delta
-    float p = 0.0f, ds = 0.0f;
-    if (qi < T && kj <= qi) {
-      p = expf(sS[r * kLdScore + j] * scale - lse_of[stat]);
-      ds = p * (sdP[r * kLdScore + j] - delta_of[stat]) * scale;
+// The backward's element-wise step on the warp's [16, kRows] scores in registers: s becomes P = exp(S scale - lse)
+// and dp becomes dS = P (dP - delta) scale, both zero where (query, key) is masked. The rows are queries (dq) or
+// keys (transposed: dk, dv); query(half, n, e) and key(...) name the element's query and key; lse_of / delta_of
+// give a query's statistics.
+template <class Query, class Key, class Lse, class Delta>
+__device__ inline void probs_and_grads(float (&s)[kN][4], float (&dp)[kN][4], int T, float scale, Query query,
+                                       Key key, Lse lse_of, Delta delta_of) {
+#pragma unroll
+  for (int n = 0; n < kN; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int half = i / 2, e = i & 1, qi = query(half, n, e);
+      float p = 0.0f, ds = 0.0f;
+      if (qi < T && key(half, n, e) <= qi) {
+        p = expf(s[n][i] * scale - lse_of(half, n, e));
+        ds = p * (dp[n][i] - delta_of(half, n, e)) * scale;
+      }
+      s[n][i] = p, dp[n][i] = ds;
     }
-    if (sP) sP[r * kLdTile + j] = __float2bfloat16_rn(p);
-    sdS[r * kLdTile + j] = __float2bfloat16_rn(ds);
-  }
 }
 
 template <int DF, class Act>
 __global__ void __launch_bounds__(kFlashThreads)
-    flash_bwd_dq_kernel(float* dq, const float* dout, const Act* q, const Act* k, const Act* v,
-                        const float* lse, const float* delta, FlashDims f) {
-#if __CUDA_ARCH__ >= 800
+    flash_bwd_dq_kernel(float* dq, const float* dout, const Act* q, const Act* k, const Act* v, const float* lse,
+                        const float* delta, FlashDims f) {
   extern __shared__ __align__(128) unsigned char smem[];
   const Dims& d = f.d;
-  const int D = DF * 16;  // = d.D (a template parameter: the fragment arrays then live in registers)
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  Carve c{smem};
-  const FlashTiles t = flash_tiles(c, f, FlashKernel::dq, warp);
-  bf16 *sK = t.tile0, *sV = t.tile1, *sdS = t.dS;
-  float *sS = t.S, *sdP = t.dP, *sStat = t.rows;
+  constexpr int D = DF * 16;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  bf16 *sK = tile_at(smem, f, 0), *sV = tile_at(smem, f, 1);
   const QueryBlock blk = query_block(d, f.ntiles);
   const int b = blk.b, h = blk.h, kvh = blk.kvh, qt = blk.tile;
-  const int i0 = qt * kRows, m = f.rows(qt);
-  const int r0 = i0 + warp * 16;
+  const int i0 = qt * kRows, r0 = warp * 16;
 
-  FragA qf[DF], dof[DF];
-  load_rows_bf16(sK, f.ldh, q + d.qoff(b, i0, h), d.ldq, m, kRows, D);
-  load_rows_bf16(sV, f.ldh, dout + d.qoff(b, i0, h), d.ldq, m, kRows, D);
+  uint32_t qa[DF][4], doa[DF][4];  // Q and dO, staged through the K and V tiles
+  load_tile(sK, f.ld, q + d.qoff(b, i0, h), d.ldq, f.rows(qt), D);
+  load_tile(sV, f.ld, dout + d.qoff(b, i0, h), d.ldq, f.rows(qt), D);
   __syncthreads();
-  load_row_frags<DF>(qf, sK, f.ldh, warp);
-  load_row_frags<DF>(dof, sV, f.ldh, warp);
-  if (lane < 16) {
-    sStat[lane] = r0 + lane < d.T ? lse[d.loff(b, h, r0 + lane)] : 0.0f;
-    sStat[16 + lane] = r0 + lane < d.T ? delta[d.loff(b, h, r0 + lane)] : 0.0f;
-  }
-  FragC acc[DF];
+  load_a<DF>(qa, sK, f.ld, r0);
+  load_a<DF>(doa, sV, f.ld, r0);
+  const int qi[2] = {i0 + r0 + g, i0 + r0 + g + 8};
+  float row_lse[2], row_delta[2];
 #pragma unroll
-  for (int nj = 0; nj < DF; ++nj) wmma::fill_fragment(acc[nj], 0.0f);
-
-  const int last_kt = min(f.ntiles - 1, (i0 + kRows - 1) / kRows);
-  for (int kt = 0; kt <= last_kt; ++kt) {
-    const int j0 = kt * kRows, kn = f.rows(kt);
-    __syncthreads();
-    load_rows_bf16(sK, f.ldh, k + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
-    load_rows_bf16(sV, f.ldh, v + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
-    __syncthreads();
-    scores_16xN<DF>(sS, kLdScore, qf, sK, f.ldh);    // S = Q K^T
-    scores_16xN<DF>(sdP, kLdScore, dof, sV, f.ldh);  // dP = dO V^T
-    __syncwarp();
-    probs_warp(nullptr, sdS, sS, sdP, sStat, sStat + 16, r0, j0, d.T, d.scale, false);
-    __syncwarp();
-    product_16xD<DF>(acc, sdS, kLdTile, sK, f.ldh);  // dQ += dS K
+  for (int half = 0; half < 2; ++half) {
+    row_lse[half] = qi[half] < d.T ? lse[d.loff(b, h, qi[half])] : 0.0f;
+    row_delta[half] = qi[half] < d.T ? delta[d.loff(b, h, qi[half])] : 0.0f;
   }
-  __syncwarp();
-  add_rows<DF>(dq + d.qoff(b, r0, h), d.ldq, d.T - r0, acc, sS);
-#else
-  __trap();  // compiled without sm_80+ code (bf16 WMMA): fail loudly rather than leave the outputs unwritten
-#endif
+  float acc[2 * DF][4] = {};
+
+  for (int kt = 0; kt <= qt; ++kt) {
+    const int j0 = kt * kRows;
+    __syncthreads();
+    load_tile(sK, f.ld, k + d.koff(b, j0, kvh), d.ldk, f.rows(kt), D);
+    load_tile(sV, f.ld, v + d.koff(b, j0, kvh), d.ldk, f.rows(kt), D);
+    __syncthreads();
+    float s[kN][4], dp[kN][4];
+    product_abt<kN, DF>(s, qa, sK, f.ld);   // S = Q K^T
+    product_abt<kN, DF>(dp, doa, sV, f.ld);  // dP = dO V^T
+    probs_and_grads(
+        s, dp, d.T, d.scale, [&](int half, int, int) { return qi[half]; },
+        [&](int, int n, int e) { return j0 + 8 * n + 2 * t + e; }, [&](int half, int, int) { return row_lse[half]; },
+        [&](int half, int, int) { return row_delta[half]; });
+    accumulate_py<DF>(acc, dp, sK, f.ld);  // dQ += dS K
+  }
+  add_rows<DF>(dq + d.qoff(b, i0 + r0, h), d.ldq, i0 + r0, d.T, acc);
 }
 
 template <int DF, class Act>
 __global__ void __launch_bounds__(kFlashThreads)
     flash_bwd_dkv_kernel(float* dk, float* dv, const float* dout, const Act* q, const Act* k, const Act* v,
                          const float* lse, const float* delta, FlashDims f) {
-#if __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
   const Dims& d = f.d;
-  const int D = DF * 16;  // = d.D (a template parameter: the fragment arrays then live in registers)
-  const int warp = threadIdx.x >> 5;
-  Carve c{smem};
-  const FlashTiles t = flash_tiles(c, f, FlashKernel::dkv, warp);
-  bf16 *sQ = t.tile0, *sdO = t.tile1, *sP = t.P, *sdS = t.dS;
-  float *sLse = t.lse, *sDelta = t.delta, *sS = t.S, *sdP = t.dP;
+  constexpr int D = DF * 16;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  bf16 *sQ = tile_at(smem, f, 0), *sdO = tile_at(smem, f, 1);
+  float* sLse = reinterpret_cast<float*>(tile_at(smem, f, 2));
+  float* sDelta = sLse + kRows;
   const KeyBlock blk = key_block(d, f.ntiles);
   const int b = blk.b, kvh = blk.kvh, kt = blk.tile;
-  const int j0 = kt * kRows, kn = f.rows(kt);
-  const int r0 = j0 + warp * 16;  // this warp's first key
+  const int j0 = kt * kRows, r0 = warp * 16;
 
-  FragA kf[DF], vf[DF];
-  load_rows_bf16(sQ, f.ldh, k + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
-  load_rows_bf16(sdO, f.ldh, v + d.koff(b, j0, kvh), d.ldk, kn, kRows, D);
+  uint32_t ka[DF][4], va[DF][4];  // K and V of the warp's 16 keys, staged through the Q and dO tiles
+  load_tile(sQ, f.ld, k + d.koff(b, j0, kvh), d.ldk, f.rows(kt), D);
+  load_tile(sdO, f.ld, v + d.koff(b, j0, kvh), d.ldk, f.rows(kt), D);
   __syncthreads();
-  load_row_frags<DF>(kf, sQ, f.ldh, warp);
-  load_row_frags<DF>(vf, sdO, f.ldh, warp);
-  FragC dk_acc[DF], dv_acc[DF];
-#pragma unroll
-  for (int nj = 0; nj < DF; ++nj) wmma::fill_fragment(dk_acc[nj], 0.0f), wmma::fill_fragment(dv_acc[nj], 0.0f);
+  load_a<DF>(ka, sQ, f.ld, r0);
+  load_a<DF>(va, sdO, f.ld, r0);
+  const int kj[2] = {j0 + r0 + g, j0 + r0 + g + 8};
+  float dk_acc[2 * DF][4] = {}, dv_acc[2 * DF][4] = {};
 
-  for (int g = 0; g < d.G; ++g) {
-    const int h = kvh * d.G + g;
+  for (int gi = 0; gi < d.G; ++gi) {
+    const int h = kvh * d.G + gi;
     for (int qt = kt; qt < f.ntiles; ++qt) {
       const int i0 = qt * kRows, m = f.rows(qt);
       __syncthreads();  // every warp is done with the previous Q, dO, lse, delta (and the K, V staging)
-      load_rows_bf16(sQ, f.ldh, q + d.qoff(b, i0, h), d.ldq, m, kRows, D);
-      load_rows_bf16(sdO, f.ldh, dout + d.qoff(b, i0, h), d.ldq, m, kRows, D);
+      load_tile(sQ, f.ld, q + d.qoff(b, i0, h), d.ldq, m, D);
+      load_tile(sdO, f.ld, dout + d.qoff(b, i0, h), d.ldq, m, D);
       load_row_stats(sLse, sDelta, lse, delta, d, b, h, i0, m, kRows);
       __syncthreads();
-      scores_16xN<DF>(sS, kLdScore, kf, sQ, f.ldh);    // S^T = K Q^T
-      scores_16xN<DF>(sdP, kLdScore, vf, sdO, f.ldh);  // dP^T = V dO^T
-      __syncwarp();
-      probs_warp(sP, sdS, sS, sdP, sLse, sDelta, r0, i0, d.T, d.scale, true);
-      __syncwarp();
-      product_16xD<DF>(dv_acc, sP, kLdTile, sdO, f.ldh);  // dV += P^T dO
-      product_16xD<DF>(dk_acc, sdS, kLdTile, sQ, f.ldh);  // dK += dS^T Q
+      float s[kN][4], dp[kN][4];
+      product_abt<kN, DF>(s, ka, sQ, f.ld);    // S^T = K Q^T
+      product_abt<kN, DF>(dp, va, sdO, f.ld);  // dP^T = V dO^T
+      auto col = [&](int, int n, int e) { return 8 * n + 2 * t + e; };  // the query's row in the tile
+      probs_and_grads(
+          s, dp, d.T, d.scale, [&](int half, int n, int e) { return i0 + col(half, n, e); },
+          [&](int half, int, int) { return kj[half]; }, [&](int half, int n, int e) { return sLse[col(half, n, e)]; },
+          [&](int half, int n, int e) { return sDelta[col(half, n, e)]; });
+      accumulate_py<DF>(dv_acc, s, sdO, f.ld);  // dV += P^T dO
+      accumulate_py<DF>(dk_acc, dp, sQ, f.ld);  // dK += dS^T Q
     }
   }
-  __syncwarp();
-  add_rows<DF>(dk + d.koff(b, r0, kvh), d.ldk, d.T - r0, dk_acc, sS);
-  add_rows<DF>(dv + d.koff(b, r0, kvh), d.ldk, d.T - r0, dv_acc, sS);
-#else
-  __trap();  // compiled without sm_80+ code (bf16 WMMA): fail loudly rather than leave the outputs unwritten
-#endif
+  add_rows<DF>(dk + d.koff(b, j0 + r0, kvh), d.ldk, j0 + r0, d.T, dk_acc);
+  add_rows<DF>(dv + d.koff(b, j0 + r0, kvh), d.ldk, j0 + r0, d.T, dv_acc);
 }
 
 // f(std::integral_constant<int, D / 16>) for head dims 16, 32, ..., 128: the kernels are compiled per head dim.
@@ -393,8 +349,8 @@ void attention_forward_flash(Act* out, float* lse, const Act* q, const Act* k, c
   const FlashDims f(d);
   with_head_frags(d.D, [&](auto df) {
     constexpr int DF = decltype(df)::value;
-    launch_tasks(flash_fwd_kernel<DF, Act>, d.query_tasks(f.ntiles), kFlashThreads, flash_smem(f, FlashKernel::fwd),
-                 stream, "attention_forward (flash)", d.D, out, lse, q, k, v, f);
+    launch_tasks(flash_fwd_kernel<DF, Act>, d.query_tasks(f.ntiles), kFlashThreads, flash_smem(f, false), stream,
+                 "attention_forward (flash)", d.D, out, lse, q, k, v, f);
   });
 }
 
@@ -406,10 +362,10 @@ void attention_backward_flash(float* dq, float* dk, float* dv, const float* dout
   const FlashDims f(d);
   with_head_frags(d.D, [&](auto df) {
     constexpr int DF = decltype(df)::value;
-    launch_tasks(flash_bwd_dq_kernel<DF, Act>, d.query_tasks(f.ntiles), kFlashThreads, flash_smem(f, FlashKernel::dq),
+    launch_tasks(flash_bwd_dq_kernel<DF, Act>, d.query_tasks(f.ntiles), kFlashThreads, flash_smem(f, false),
                  stream, "attention_backward (flash, dq)", d.D, dq, dout, q, k, v, lse, delta, f);
-    launch_tasks(flash_bwd_dkv_kernel<DF, Act>, d.key_tasks(f.ntiles), kFlashThreads, flash_smem(f, FlashKernel::dkv),
-                 stream, "attention_backward (flash, dkv)", d.D, dk, dv, dout, q, k, v, lse, delta, f);
+    launch_tasks(flash_bwd_dkv_kernel<DF, Act>, d.key_tasks(f.ntiles), kFlashThreads, flash_smem(f, true), stream,
+                 "attention_backward (flash, dkv)", d.D, dk, dv, dout, q, k, v, lse, delta, f);
   });
 }
 

@@ -127,11 +127,12 @@ __device__ inline void load_rows_bf16(__nv_bfloat16* dst, int ldh, const Src* sr
   }
 }
 
-// The bf16 tensor-core kernels, for head dims that are multiples of 16: the tile kernels (attention_bf16.cu) and
-// the FlashAttention-2-style candidate (attention_flash.cu, head dims up to 128), which ONESTEP_ATTENTION=flash
-// selects until measurements on a GPU decide between them.
+// The bf16 tensor-core kernels, for head dims that are multiples of 16: the FlashAttention-2-style kernels
+// (attention_flash.cu, head dims up to 128; the default) and the tile kernels (attention_bf16.cu, up to 256; chosen
+// beyond 128 and with ONESTEP_ATTENTION=tiles). An H100 timed the first WMMA flash kernels no faster than the
+// tiles (scripts/gpu-check.sh, 2026-11-28); the registers-only rewrite is the default from then on.
 inline bool bf16_attention_fits(int D) { return D % 16 == 0 && D <= 256; }
-bool use_flash_attention(int D);  // ONESTEP_ATTENTION=flash and D fits
+bool use_flash_attention(int D);  // D fits and ONESTEP_ATTENTION is not "tiles"
 void require_tensor_cores(const char* name);  // throws on a GPU older than sm_80
 // Act, the storage of q, k, v and out, is float or __nv_bfloat16 (bf16 operand storage); both are instantiated.
 template <class Act>

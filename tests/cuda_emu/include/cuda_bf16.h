@@ -17,6 +17,7 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
   const uint32_t r = dropped > 0x8000u || (dropped == 0x8000u && (kept & 1u)) ? kept + 1 : kept;
   return {static_cast<unsigned short>(r)};  // a carry into the exponent rounds up to the next binade or to inf
 }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.__x; }
 inline float __bfloat162float(__nv_bfloat16 h) {
   const uint32_t u = static_cast<uint32_t>(h.__x) << 16;
   float f;

@@ -4,6 +4,8 @@
 // and leading dimensions the hardware requires; a store writes only the lane's share of the tile, so a lane that
 // reads what others stored without a __syncwarp in between reads stale data and the test fails.
 #pragma once
+#include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -76,3 +78,43 @@ void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix
   std::memcpy(d.v, out, sizeof out);
 }
 }  // namespace nvcuda::wmma
+
+namespace emu {
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (src/kernels/cuda/mma_bf16.cuh has the fragment layout): the
+// warp's lanes post their registers through the block's exchange slots, three rounds of two registers, and each
+// lane then computes its four results. Every lane of a full warp must call it, as on the GPU.
+inline void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  uint64_t* slots = warp_exchange();
+  const unsigned me = current.lin, first = me & ~31u, lane = me & 31u;
+  auto bf = [](uint32_t bits, int half) {
+    return __bfloat162float(__nv_bfloat16{static_cast<unsigned short>(bits >> (16 * half))});
+  };
+  float A[16][16], B[16][8];
+  const uint32_t pairs[3][2] = {{a[0], a[1]}, {a[2], a[3]}, {b[0], b[1]}};
+  for (int round = 0; round < 3; ++round) {
+    sync_warp(0xffffffffu);  // every lane has read the previous round
+    slots[me] = pairs[round][0] | static_cast<uint64_t>(pairs[round][1]) << 32;
+    sync_warp(0xffffffffu);
+    for (unsigned s = 0; s < 32; ++s) {
+      const unsigned g = s / 4, t = s % 4;
+      const uint32_t r0 = static_cast<uint32_t>(slots[first + s]), r1 = static_cast<uint32_t>(slots[first + s] >> 32);
+      for (int e = 0; e < 2; ++e) {
+        if (round < 2) {  // a[0], a[1] (columns 2t..) or a[2], a[3] (columns 2t + 8..)
+          A[g][2 * t + 8 * round + e] = bf(r0, e);
+          A[g + 8][2 * t + 8 * round + e] = bf(r1, e);
+        } else {
+          B[2 * t + e][g] = bf(r0, e);
+          B[2 * t + 8 + e][g] = bf(r1, e);
+        }
+      }
+    }
+  }
+  const unsigned g = lane / 4, t = lane % 4;
+  for (int i = 0; i < 4; ++i) {
+    const unsigned row = g + 8 * (i / 2), col = 2 * t + (i & 1);
+    float s = c[i];
+    for (int k = 0; k < 16; ++k) s = std::fma(A[row][k], B[k][col], s);  // bf16 products are exact in fp32
+    c[i] = s;
+  }
+}
+}  // namespace emu
