@@ -29,7 +29,7 @@ pipe_presets=(smollm2-360m smollm2-135m)
 pipe_desc="4 x 4 x 2048 tokens per step"
 pipe_vocab=49152
 test_filter='-CudaNccl.*:CudaHost.Nccl*'
-test_timeout=150
+test_timeout=60
 if [ -n "${GPU_CHECK_REHEARSAL:-}" ]; then
   presets=(tiny small)
   shape=(--set train.micro_batch_size=1 --set model.seq_len=32 --set model.n_layers=1)
