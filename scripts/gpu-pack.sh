@@ -17,7 +17,10 @@ strip .gpu-carry/bin/*
 ldd build-cuda/onestep build-cuda/test_cuda | awk '/=> \// {print $3}' | sort -u \
   | grep -v -E '/(libc|libm|libpthread|libdl|librt|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcublasLt)\.so' \
   | while read -r lib; do cp -L "$lib" .gpu-carry/lib/; done
-tar -C .gpu-carry -cJf .gpu-carry/onestep-gpu.tar.xz bin lib
+# The commit the binaries come from (the device machine's copy of .git may be older than the working tree).
+echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src tests CMakeLists.txt || echo ' with local changes')" > .gpu-carry/commit
+tar -C .gpu-carry -cJf .gpu-carry/onestep-gpu.tar.xz bin lib commit
+rm -f .gpu-carry/commit
 rm -rf .gpu-carry/bin .gpu-carry/lib
 du -sh .gpu-carry
 echo "carry .gpu-carry and run: bash scripts/gpu-check.sh"

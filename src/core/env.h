@@ -1,4 +1,4 @@
-// The environment switches of measurement variants (documented in the README): ONESTEP_ATTENTION, ONESTEP_BF16_GEMM,
+// The environment switches of measurement variants (documented in the README): ONESTEP_ATTENTION,
 // ONESTEP_BF16_OPERANDS, ONESTEP_BF16_WEIGHTS, ONESTEP_MPI_PAYLOADS, ONESTEP_NS_PRECISION.
 #pragma once
 #include <cstdlib>

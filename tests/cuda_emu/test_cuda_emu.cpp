@@ -689,6 +689,37 @@ TEST(CudaEmu, WmmaTileProductMatchesTheReferenceAndUnsyncedReadsAreStale) {
   cudaFree(da), cudaFree(db), cudaFree(dc);
 }
 
+// mma.sync.m16n8k16 (emu::mma_m16n8k16_bf16): each lane packs its registers from A [16, 16] and B [16, 8] as the
+// PTX ISA's fragment tables place them (written out here element by element, independently of the emulation),
+// and writes its four results where the accumulator table puts them: D = C + A B.
+TEST(CudaEmu, MmaM16n8k16FollowsThePtxFragmentLayout) {
+  std::mt19937 rng(4);
+  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+  std::vector<__nv_bfloat16> A(16 * 16), B(16 * 8);
+  std::vector<float> C(16 * 8), D(16 * 8, NAN);
+  for (auto& x : A) x = to_bf16(u(rng));
+  for (auto& x : B) x = to_bf16(u(rng));
+  for (auto& x : C) x = u(rng);
+  auto pack = [](__nv_bfloat16 lo, __nv_bfloat16 hi) { return uint32_t{lo.__x} | uint32_t{hi.__x} << 16; };
+  emu::launch(dim3(1), dim3(32), 0, nullptr, nullptr, [&] {
+    const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+    auto a = [&](int r, int k) { return A[r * 16 + k]; };
+    auto b = [&](int k, int n) { return B[k * 8 + n]; };
+    const uint32_t ra[4] = {pack(a(g, 2 * t), a(g, 2 * t + 1)), pack(a(g + 8, 2 * t), a(g + 8, 2 * t + 1)),
+                            pack(a(g, 2 * t + 8), a(g, 2 * t + 9)), pack(a(g + 8, 2 * t + 8), a(g + 8, 2 * t + 9))};
+    const uint32_t rb[2] = {pack(b(2 * t, g), b(2 * t + 1, g)), pack(b(2 * t + 8, g), b(2 * t + 9, g))};
+    float c[4] = {C[g * 8 + 2 * t], C[g * 8 + 2 * t + 1], C[(g + 8) * 8 + 2 * t], C[(g + 8) * 8 + 2 * t + 1]};
+    emu::mma_m16n8k16_bf16(c, ra, rb);
+    D[g * 8 + 2 * t] = c[0], D[g * 8 + 2 * t + 1] = c[1], D[(g + 8) * 8 + 2 * t] = c[2], D[(g + 8) * 8 + 2 * t + 1] = c[3];
+  }, "mma");
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 8; ++j) {
+      double ref = C[i * 8 + j];
+      for (int k = 0; k < 16; ++k) ref += double(from_bf16(A[i * 16 + k])) * from_bf16(B[k * 8 + j]);
+      EXPECT_NEAR(D[i * 8 + j], ref, 1e-5 * 16) << i << "," << j;
+    }
+}
+
 TEST_F(EmuDeathTest, WmmaRefusesMisalignedTilesAndLeadingDimensions) {
   __nv_bfloat16* p = nullptr;
   ASSERT_EQ(cudaMalloc(&p, 4096), cudaSuccess);

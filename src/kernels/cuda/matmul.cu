@@ -14,7 +14,6 @@
 #include <utility>
 #include <unordered_map>
 
-#include "core/env.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cublas_util.cuh"
 #include "kernels/cuda/ops_cuda.h"
@@ -117,22 +116,6 @@ void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, 
                             CUDA_R_16BF, ldb, &beta, C, c_type, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                what);
 }
-// C = alpha op(A) op(B) + beta C with fp32 A, B and C, which cuBLAS rounds to bf16 itself inside the product
-// (CUBLAS_COMPUTE_32F_FAST_16BF): no separate rounding pass over the operands, fp32 operand reads instead.
-void gemm_fast_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha, const float* A,
-                    int lda, const float* B, int ldb, float beta, float* C, int ldc, cudaStream_t stream,
-                    const char* what) {
-  check_cublas(cublasGemmEx(cublas_handle(stream, false), ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F,
-                            ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT),
-               what);
-}
-
-// ONESTEP_BF16_GEMM=fast: the bf16 products take fp32 operands (gemm_fast_bf16) instead of our rounded copies; a
-// variant for benchmarks (scripts/gpu-check.sh times both), until measurements pick one.
-bool fast_bf16_gemm() {
-  static const bool fast = env_is("ONESTEP_BF16_GEMM", "fast");
-  return fast;
-}
 }  // namespace
 
 // The calling thread's handle for the current device (ThreadResources), set to `stream` and the precision's math mode.
@@ -176,9 +159,7 @@ using detail::check_cublas;
 using detail::cublas_handle;
 using detail::bf16_operand;
 using detail::weight_operand;
-using detail::fast_bf16_gemm;
 using detail::gemm_bf16;
-using detail::gemm_fast_bf16;
 
 namespace {
 bool bf16() { return current_matmul_precision() == MatmulPrecision::bf16; }
@@ -219,9 +200,6 @@ void matmul_backward_bf16(float* dinp, float* dw, const Dout* dout, const In* in
 void matmul_forward(float* out, const float* inp, const float* w, int N, int C, int OC, cudaStream_t stream) {
   if (empty_forward(out, N, C, OC, stream)) return;
   const float one = 1.0f, zero = 0.0f;
-  if (bf16() && fast_bf16_gemm())
-    return gemm_fast_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, one, w, C, inp, C, zero, out, OC, stream,
-                          "matmul_forward (bf16, fast)");
   if (bf16()) return matmul_forward_bf16(out, inp, w, N, C, OC, stream);
   check_cublas(cublasSgemm(cublas_handle(stream, true), CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, w, C, inp, C, &zero, out,
                            OC),
@@ -242,15 +220,6 @@ void matmul_backward(float* dinp, float* dw, const float* dout, const float* inp
                      int OC, cudaStream_t stream) {
   if (empty_backward(N, C, OC)) return;
   const float one = 1.0f;
-  if (bf16() && fast_bf16_gemm()) {
-    if (dinp)
-      gemm_fast_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, one, w, C, dout, OC, one, dinp, C, stream,
-                     "matmul_backward(dinp, bf16, fast)");
-    if (dw)
-      gemm_fast_bf16(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, one, inp, C, dout, OC, one, dw, C, stream,
-                     "matmul_backward(dw, bf16, fast)");
-    return;
-  }
   if (bf16()) return matmul_backward_bf16(dinp, dw, dout, inp, w, N, C, OC, stream);
   if (dinp)
     check_cublas(cublasSgemm(cublas_handle(stream, true), CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, w, C, dout, OC, &one,
