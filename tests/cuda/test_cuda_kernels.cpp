@@ -246,18 +246,30 @@ AttnResult cpu_attention(const AttnCase& c, const std::vector<float>& q, const s
   return r;
 }
 
-AttnResult gpu_attention(const AttnCase& c, gpu::MatmulPrecision precision) {  // restores fp32 after
+// `offset` elements into each buffer: 1 leaves every tensor 4 bytes off the 16-byte alignment of an allocation.
+AttnResult gpu_attention(const AttnCase& c, gpu::MatmulPrecision precision, int offset = 0) {  // restores fp32 after
   const AttnShape& s = c.s;
-  Dev<float> d_q(c.q), d_k(c.k), d_v(c.v), d_dout(c.dout), d_out(s.qn()), d_lse(c.ln()), d_dq(c.dq0), d_dk(c.dk0),
-      d_dv(c.dv0);
+  auto at = [&](const std::vector<float>& x) {
+    std::vector<float> y(offset, 0.0f);
+    y.insert(y.end(), x.begin(), x.end());
+    return y;
+  };
+  auto from = [&](const Dev<float>& d) {
+    const std::vector<float> h = d.host();
+    return std::vector<float>(h.begin() + offset, h.end());
+  };
+  Dev<float> d_q(at(c.q)), d_k(at(c.k)), d_v(at(c.v)), d_dout(at(c.dout)), d_out(s.qn() + offset),
+      d_lse(c.ln() + offset), d_dq(at(c.dq0)), d_dk(at(c.dk0)), d_dv(at(c.dv0));
   struct Restore {  // fp32 again, also when a kernel refuses the shape
     ~Restore() { gpu::set_matmul_precision(gpu::MatmulPrecision::fp32); }
   } restore;
   gpu::set_matmul_precision(precision);
-  gpu::attention_forward(d_out.get(), d_lse.get(), d_q.get(), d_k.get(), d_v.get(), s.B, s.T, s.H, s.KV, s.D);
-  gpu::attention_backward(d_dq.get(), d_dk.get(), d_dv.get(), d_dout.get(), d_q.get(), d_k.get(), d_v.get(),
-                          d_out.get(), d_lse.get(), s.B, s.T, s.H, s.KV, s.D);
-  return {d_out.host(), d_lse.host(), d_dq.host(), d_dk.host(), d_dv.host()};
+  float *q = d_q.get() + offset, *k = d_k.get() + offset, *v = d_v.get() + offset, *out = d_out.get() + offset,
+        *lse = d_lse.get() + offset;
+  gpu::attention_forward(out, lse, q, k, v, s.B, s.T, s.H, s.KV, s.D);
+  gpu::attention_backward(d_dq.get() + offset, d_dk.get() + offset, d_dv.get() + offset, d_dout.get() + offset, q, k,
+                          v, out, lse, s.B, s.T, s.H, s.KV, s.D);
+  return {from(d_out), from(d_lse), from(d_dq), from(d_dk), from(d_dv)};
 }
 
 // Head dims up to 128 fit every GPU from sm_80 on, the 99 KiB of shared memory per block of sm_86/sm_89 included.
@@ -309,7 +321,8 @@ TEST(CudaKernels, Attention) {
 // train.precision = bf16: the tensor-core kernels (both: the tile kernels and, with ONESTEP_ATTENTION=flash, the
 // FlashAttention-2-style ones) against the CPU's fp32 attention of the bf16-rounded Q, K, V and dO. They also round
 // P and dS to bf16 (relative error 2^-9 each) before those multiply, so they are held to 2e-2 relative plus 1e-2 of
-// each tensor's largest magnitude; deterministic too, and different from the fp32 kernels and (over several key tiles) from each other.
+// each tensor's largest magnitude; deterministic too, the same on tensors off 16-byte alignment, and different from
+// the fp32 kernels and (over several key tiles) from each other.
 TEST(CudaKernels, AttentionBf16) {
   REQUIRE_GPU();
   std::mt19937 rng(15);
@@ -327,6 +340,8 @@ TEST(CudaKernels, AttentionBf16) {
       if (!ran_or_refused_as_documented(s, [&] { bf16 = gpu_attention(c, gpu::MatmulPrecision::bf16); })) continue;
       expect_attention_close(bf16, rounded, 2e-2, 1e-2, tag);
       expect_attention_bitwise(gpu_attention(c, gpu::MatmulPrecision::bf16), bf16, tag);
+      // Tensors off 16-byte alignment: the flash kernels then load element by element, to the same bits.
+      expect_attention_bitwise(gpu_attention(c, gpu::MatmulPrecision::bf16, 1), bf16, tag + " unaligned");
       if (fp32_fits) {
         EXPECT_NE(bf16.out, fp32.out) << "bf16 attention gave the fp32 kernels' bits: not the tensor cores" << tag;
       }

@@ -15,6 +15,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -39,19 +40,61 @@ struct FlashDims {
   Dims d;
   int ntiles;  // 64-row tiles
   int ld;      // row stride of [kRows, D] tiles: D + 8
-  explicit FlashDims(const Dims& dims) : d(dims), ntiles((dims.T + kRows - 1) / kRows), ld(dims.D + 8) {}
+  bool vec;    // every global tensor 16-byte aligned: the tiles load in 16-byte pieces (D % 8 = 0 aligns the rows)
+  FlashDims(const Dims& dims, bool aligned)
+      : d(dims), ntiles((dims.T + kRows - 1) / kRows), ld(dims.D + 8), vec(aligned) {}
   __device__ int rows(int tile) const { return min(kRows, d.T - tile * kRows); }
 };
 
-// A shared [kRows, D] tile (row stride ld) filled by the whole block from global rows src[r * lds + c], r < valid
-// (rows past it are zeros), two neighbouring elements per thread and step.
-template <class Src>
-__device__ inline void load_tile(bf16* dst, int ld, const Src* src, int64_t lds, int valid, int D) {
-  for (int idx = threadIdx.x; idx < kRows * D / 2; idx += blockDim.x) {
-    const int r = idx / (D / 2), c = 2 * (idx - r * (D / 2));
-    bf16 x0 = __float2bfloat16_rn(0.0f), x1 = x0;
-    if (r < valid) x0 = to_bf16_value(src[r * lds + c]), x1 = to_bf16_value(src[r * lds + c + 1]);
-    dst[r * ld + c] = x0, dst[r * ld + c + 1] = x1;
+// 8 neighbouring bf16, one 16-byte load or store.
+struct alignas(16) Bf16x8 {
+  uint32_t pairs[4];
+};
+// Elements p[0..8) as bf16 (fp32 ones rounded to nearest even): with `vec`, p is 16-byte aligned and read in 16-byte
+// loads, else element by element.
+__device__ inline Bf16x8 load8(const bf16* p, bool vec) {
+  if (vec) return *reinterpret_cast<const Bf16x8*>(p);
+  Bf16x8 x;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) x.pairs[i] = pack_pair(p[2 * i], p[2 * i + 1]);
+  return x;
+}
+__device__ inline Bf16x8 load8(const float* p, bool vec) {
+  struct alignas(16) F4 {
+    float v[4];
+  };
+  Bf16x8 x;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    F4 f;
+    if (vec) {
+      f = reinterpret_cast<const F4*>(p)[h];
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) f.v[i] = p[4 * h + i];
+    }
+    x.pairs[2 * h] = pack_bf16(f.v[0], f.v[1]), x.pairs[2 * h + 1] = pack_bf16(f.v[2], f.v[3]);
+  }
+  return x;
+}
+
+// A shared [kRows, 16 DF] tile (row stride ld) filled by the whole block from global rows src[r * lds + c],
+// r < valid (rows past it are zeros), in pieces of 8 elements: DF per thread, all loaded before any is stored, so
+// that a tile costs one memory latency rather than one per element. The rows must be 16-byte aligned for `vec`.
+template <int DF, class Src>
+__device__ inline void load_tile(bf16* dst, int ld, const Src* src, int64_t lds, int valid, bool vec) {
+  constexpr int kPerRow = 2 * DF;  // pieces of 8 per row
+  static_assert(kRows * kPerRow == DF * kFlashThreads, "one piece per thread and step");
+  Bf16x8 x[DF];
+#pragma unroll
+  for (int i = 0; i < DF; ++i) {
+    const int idx = threadIdx.x + i * kFlashThreads, r = idx / kPerRow, c = 8 * (idx % kPerRow);
+    x[i] = r < valid ? load8(src + r * lds + c, vec) : Bf16x8{};
+  }
+#pragma unroll
+  for (int i = 0; i < DF; ++i) {
+    const int idx = threadIdx.x + i * kFlashThreads, r = idx / kPerRow, c = 8 * (idx % kPerRow);
+    *reinterpret_cast<Bf16x8*>(dst + r * ld + c) = x[i];
   }
 }
 
@@ -133,7 +176,6 @@ __global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(Act* out, floa
                                                                   const Act* v, FlashDims f) {
   extern __shared__ __align__(128) unsigned char smem[];
   const Dims& d = f.d;
-  constexpr int D = DF * 16;  // = d.D
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   bf16 *sK = tile_at(smem, f, 0), *sV = tile_at(smem, f, 1);
   const QueryBlock blk = query_block(d, f.ntiles);
@@ -141,7 +183,7 @@ __global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(Act* out, floa
   const int i0 = qt * kRows, r0 = warp * 16;  // r0: the warp's first row in the tile
 
   uint32_t qa[DF][4];  // Q, staged through the K tile
-  load_tile(sK, f.ld, q + d.qoff(b, i0, h), d.ldq, f.rows(qt), D);
+  load_tile<DF>(sK, f.ld, q + d.qoff(b, i0, h), d.ldq, f.rows(qt), f.vec);
   __syncthreads();
   load_a<DF>(qa, sK, f.ld, r0);
   float o[2 * DF][4] = {};
@@ -153,8 +195,8 @@ __global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(Act* out, floa
   for (int kt = 0; kt <= qt; ++kt) {
     const int j0 = kt * kRows;
     __syncthreads();  // every warp is done with the previous K, V (and the Q staging)
-    load_tile(sK, f.ld, k + d.koff(b, j0, kvh), d.ldk, f.rows(kt), D);
-    load_tile(sV, f.ld, v + d.koff(b, j0, kvh), d.ldk, f.rows(kt), D);
+    load_tile<DF>(sK, f.ld, k + d.koff(b, j0, kvh), d.ldk, f.rows(kt), f.vec);
+    load_tile<DF>(sV, f.ld, v + d.koff(b, j0, kvh), d.ldk, f.rows(kt), f.vec);
     __syncthreads();
     float s[kN][4];
     product_abt<kN, DF>(s, qa, sK, f.ld);  // S = Q K^T
@@ -235,7 +277,6 @@ __global__ void __launch_bounds__(kFlashThreads)
                         const float* delta, FlashDims f) {
   extern __shared__ __align__(128) unsigned char smem[];
   const Dims& d = f.d;
-  constexpr int D = DF * 16;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   bf16 *sK = tile_at(smem, f, 0), *sV = tile_at(smem, f, 1);
   const QueryBlock blk = query_block(d, f.ntiles);
@@ -243,8 +284,8 @@ __global__ void __launch_bounds__(kFlashThreads)
   const int i0 = qt * kRows, r0 = warp * 16;
 
   uint32_t qa[DF][4], doa[DF][4];  // Q and dO, staged through the K and V tiles
-  load_tile(sK, f.ld, q + d.qoff(b, i0, h), d.ldq, f.rows(qt), D);
-  load_tile(sV, f.ld, dout + d.qoff(b, i0, h), d.ldq, f.rows(qt), D);
+  load_tile<DF>(sK, f.ld, q + d.qoff(b, i0, h), d.ldq, f.rows(qt), f.vec);
+  load_tile<DF>(sV, f.ld, dout + d.qoff(b, i0, h), d.ldq, f.rows(qt), f.vec);
   __syncthreads();
   load_a<DF>(qa, sK, f.ld, r0);
   load_a<DF>(doa, sV, f.ld, r0);
@@ -260,8 +301,8 @@ __global__ void __launch_bounds__(kFlashThreads)
   for (int kt = 0; kt <= qt; ++kt) {
     const int j0 = kt * kRows;
     __syncthreads();
-    load_tile(sK, f.ld, k + d.koff(b, j0, kvh), d.ldk, f.rows(kt), D);
-    load_tile(sV, f.ld, v + d.koff(b, j0, kvh), d.ldk, f.rows(kt), D);
+    load_tile<DF>(sK, f.ld, k + d.koff(b, j0, kvh), d.ldk, f.rows(kt), f.vec);
+    load_tile<DF>(sV, f.ld, v + d.koff(b, j0, kvh), d.ldk, f.rows(kt), f.vec);
     __syncthreads();
     float s[kN][4], dp[kN][4];
     product_abt<kN, DF>(s, qa, sK, f.ld);   // S = Q K^T
@@ -281,7 +322,6 @@ __global__ void __launch_bounds__(kFlashThreads)
                          const float* lse, const float* delta, FlashDims f) {
   extern __shared__ __align__(128) unsigned char smem[];
   const Dims& d = f.d;
-  constexpr int D = DF * 16;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   bf16 *sQ = tile_at(smem, f, 0), *sdO = tile_at(smem, f, 1);
   float* sLse = reinterpret_cast<float*>(tile_at(smem, f, 2));
@@ -291,8 +331,8 @@ __global__ void __launch_bounds__(kFlashThreads)
   const int j0 = kt * kRows, r0 = warp * 16;
 
   uint32_t ka[DF][4], va[DF][4];  // K and V of the warp's 16 keys, staged through the Q and dO tiles
-  load_tile(sQ, f.ld, k + d.koff(b, j0, kvh), d.ldk, f.rows(kt), D);
-  load_tile(sdO, f.ld, v + d.koff(b, j0, kvh), d.ldk, f.rows(kt), D);
+  load_tile<DF>(sQ, f.ld, k + d.koff(b, j0, kvh), d.ldk, f.rows(kt), f.vec);
+  load_tile<DF>(sdO, f.ld, v + d.koff(b, j0, kvh), d.ldk, f.rows(kt), f.vec);
   __syncthreads();
   load_a<DF>(ka, sQ, f.ld, r0);
   load_a<DF>(va, sdO, f.ld, r0);
@@ -304,8 +344,8 @@ __global__ void __launch_bounds__(kFlashThreads)
     for (int qt = kt; qt < f.ntiles; ++qt) {
       const int i0 = qt * kRows, m = f.rows(qt);
       __syncthreads();  // every warp is done with the previous Q, dO, lse, delta (and the K, V staging)
-      load_tile(sQ, f.ld, q + d.qoff(b, i0, h), d.ldq, m, D);
-      load_tile(sdO, f.ld, dout + d.qoff(b, i0, h), d.ldq, m, D);
+      load_tile<DF>(sQ, f.ld, q + d.qoff(b, i0, h), d.ldq, m, f.vec);
+      load_tile<DF>(sdO, f.ld, dout + d.qoff(b, i0, h), d.ldq, m, f.vec);
       load_row_stats(sLse, sDelta, lse, delta, d, b, h, i0, m, kRows);
       __syncthreads();
       float s[kN][4], dp[kN][4];
@@ -322,6 +362,12 @@ __global__ void __launch_bounds__(kFlashThreads)
   }
   add_rows<DF>(dk + d.koff(b, j0 + r0, kvh), d.ldk, j0 + r0, d.T, dk_acc);
   add_rows<DF>(dv + d.koff(b, j0 + r0, kvh), d.ldk, j0 + r0, d.T, dv_acc);
+}
+
+bool aligned16(std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16) return false;
+  return true;
 }
 
 // f(std::integral_constant<int, D / 16>) for head dims 16, 32, ..., 128: the kernels are compiled per head dim.
@@ -346,7 +392,7 @@ template <class Act>
 void attention_forward_flash(Act* out, float* lse, const Act* q, const Act* k, const Act* v, const Dims& d,
                              cudaStream_t stream) {
   require_tensor_cores("attention_forward (flash)");
-  const FlashDims f(d);
+  const FlashDims f(d, aligned16({q, k, v}));
   with_head_frags(d.D, [&](auto df) {
     constexpr int DF = decltype(df)::value;
     launch_tasks(flash_fwd_kernel<DF, Act>, d.query_tasks(f.ntiles), kFlashThreads, flash_smem(f, false), stream,
@@ -359,7 +405,7 @@ void attention_backward_flash(float* dq, float* dk, float* dv, const float* dout
                               const Act* v, const float* lse, const float* delta, const Dims& d,
                               cudaStream_t stream) {
   require_tensor_cores("attention_backward (flash)");
-  const FlashDims f(d);
+  const FlashDims f(d, aligned16({q, k, v, dout}));
   with_head_frags(d.D, [&](auto df) {
     constexpr int DF = decltype(df)::value;
     launch_tasks(flash_bwd_dq_kernel<DF, Act>, d.query_tasks(f.ntiles), kFlashThreads, flash_smem(f, false),
