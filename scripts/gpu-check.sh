@@ -59,10 +59,11 @@ pack_logs() {
   (cd "$WORK" && tar czf "$OUTDIR/gpu_logs.tar.gz" --exclude='*.bin' --exclude='*.safetensors' . 2>/dev/null) || true
 }
 section() { pack_logs; say ""; say "## $* (at ${SECONDS} s)"; }  # the start times tell the next run what each part costs
-# in_time <seconds it may take>: whether a step that long still ends inside the budget; else it is skipped, said.
+# in_time <seconds it may take> <what>: whether a step that long still ends inside the budget; else it is skipped,
+# said.
 in_time() {
   if [ $((SECONDS + $1)) -le "$BUDGET_S" ]; then return 0; fi
-  say "- skipped at ${SECONDS} s: would pass the ${BUDGET_S} s budget"
+  say "- skipped at ${SECONDS} s: $2 would pass the ${BUDGET_S} s budget"
   return 1
 }
 say "# onestep GPU check, $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -121,7 +122,7 @@ say "- GPUs visible: $(nvidia-smi -L 2>/dev/null | wc -l) (nccl pipelines need o
 bench_row() {
   local preset=$1 variant=$2 precision="${2%%+*}" log="$WORK/bench_$1_$2.log" mb_name="$shape_name"
   has() { [[ "+$variant+" == *"+$1+"* ]]; }
-  in_time 40 || return 0
+  in_time 40 "bench $preset $variant" || return 0
   local extra=()
   if has mb16; then extra=(--set train.micro_batch_size=$big_mb); mb_name="$big_name"; fi
   echo "  bench $preset $variant (at ${SECONDS} s)"
@@ -160,7 +161,7 @@ bench_row "${presets[1]}" bf16+tiles
 
 # 3. CUDA tests.
 section "CUDA tests"
-if in_time $test_timeout; then
+if in_time $test_timeout "the CUDA tests"; then
   timeout $test_timeout "$BIN/test_cuda" --gtest_filter="$test_filter" > "$WORK/test_cuda.log" 2>&1
   rc=$?
   counted $rc
@@ -175,7 +176,7 @@ fi
 # NCCL on this GPU (a one-rank communicator sending to itself), with its own timeout: its start-up opens sockets
 # that a sandbox may block.
 section "NCCL"
-if in_time 45; then
+if in_time 45 "the NCCL tests"; then
   timeout 45 "$BIN/test_cuda" --gtest_filter='CudaNccl.*:CudaHost.Nccl*' > "$WORK/test_nccl.log" 2>&1
   rc=$?
   counted $rc
@@ -187,7 +188,7 @@ fi
 pipe_pair() {
   local preset=$1 mode sets
   section "2-stage 2BW pipeline on one GPU vs the one-step emulator ($preset, $pipe_desc, bf16)"
-  in_time 60 || return 0
+  in_time 60 "the $preset pipeline" || return 0
   for mode in pipeline emulator; do
     if [ $mode = pipeline ]; then sets=(--set pipeline.schedule=2bw --set pipeline.stages=2)
     else sets=(--set delay.emulate=one_step); fi

@@ -129,8 +129,8 @@ __device__ inline void load_rows_bf16(__nv_bfloat16* dst, int ldh, const Src* sr
 
 // The bf16 tensor-core kernels, for head dims that are multiples of 16: the FlashAttention-2-style kernels
 // (attention_flash.cu, head dims up to 128; the default) and the tile kernels (attention_bf16.cu, up to 256; chosen
-// beyond 128 and with ONESTEP_ATTENTION=tiles). An H100 timed the first WMMA flash kernels no faster than the
-// tiles (scripts/gpu-check.sh, 2026-11-28); the registers-only rewrite is the default from then on.
+// beyond 128 and with ONESTEP_ATTENTION=tiles). On an H100 the flash kernels gave 1.55x the tiles' tokens/s on
+// smollm2-360m (bench/gpu/h100_2026-11-28_run2.md).
 inline bool bf16_attention_fits(int D) { return D % 16 == 0 && D <= 256; }
 bool use_flash_attention(int D);  // D fits and ONESTEP_ATTENTION is not "tiles"
 void require_tensor_cores(const char* name);  // throws on a GPU older than sm_80
