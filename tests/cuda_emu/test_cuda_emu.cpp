@@ -710,7 +710,8 @@ TEST(CudaEmu, MmaM16n8k16FollowsThePtxFragmentLayout) {
     const uint32_t rb[2] = {pack(b(2 * t, g), b(2 * t + 1, g)), pack(b(2 * t + 8, g), b(2 * t + 9, g))};
     float c[4] = {C[g * 8 + 2 * t], C[g * 8 + 2 * t + 1], C[(g + 8) * 8 + 2 * t], C[(g + 8) * 8 + 2 * t + 1]};
     emu::mma_m16n8k16_bf16(c, ra, rb);
-    D[g * 8 + 2 * t] = c[0], D[g * 8 + 2 * t + 1] = c[1], D[(g + 8) * 8 + 2 * t] = c[2], D[(g + 8) * 8 + 2 * t + 1] = c[3];
+    D[g * 8 + 2 * t] = c[0], D[g * 8 + 2 * t + 1] = c[1];
+    D[(g + 8) * 8 + 2 * t] = c[2], D[(g + 8) * 8 + 2 * t + 1] = c[3];
   }, "mma");
   for (int i = 0; i < 16; ++i)
     for (int j = 0; j < 8; ++j) {

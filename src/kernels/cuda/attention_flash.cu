@@ -106,7 +106,8 @@ __device__ inline void load_a(uint32_t (&a)[DF][4], const bf16* tile, int ld, in
 #pragma unroll
   for (int s = 0; s < DF; ++s) {
     const bf16* p = tile + (r0 + g) * ld + 16 * s + 2 * t;
-    a[s][0] = load_pair(p), a[s][1] = load_pair(p + 8 * ld), a[s][2] = load_pair(p + 8), a[s][3] = load_pair(p + 8 * ld + 8);
+    a[s][0] = load_pair(p), a[s][1] = load_pair(p + 8 * ld);
+    a[s][2] = load_pair(p + 8), a[s][3] = load_pair(p + 8 * ld + 8);
   }
 }
 
