@@ -318,11 +318,11 @@ TEST(CudaKernels, Attention) {
   }
 }
 
-// train.precision = bf16: the tensor-core kernels (both: the tile kernels and, with ONESTEP_ATTENTION=flash, the
-// FlashAttention-2-style ones) against the CPU's fp32 attention of the bf16-rounded Q, K, V and dO. They also round
-// P and dS to bf16 (relative error 2^-9 each) before those multiply, so they are held to 2e-2 relative plus 1e-2 of
-// each tensor's largest magnitude; deterministic too, the same on tensors off 16-byte alignment, and different from
-// the fp32 kernels and (over several key tiles) from each other.
+// train.precision = bf16: the tensor-core kernels (both: the FlashAttention-2-style ones, the default, and with
+// ONESTEP_ATTENTION=tiles the tile kernels) against the CPU's fp32 attention of the bf16-rounded Q, K, V and dO.
+// They also round P and dS to bf16 (relative error 2^-9 each) before those multiply, so they are held to 2e-2
+// relative plus 1e-2 of each tensor's largest magnitude; deterministic too, the same on tensors off 16-byte
+// alignment, and different from the fp32 kernels and (over several key tiles) from each other.
 TEST(CudaKernels, AttentionBf16) {
   REQUIRE_GPU();
   std::mt19937 rng(15);
