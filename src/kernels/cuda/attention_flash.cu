@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(Act* out, floa
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float m_new = fmaxf(m_run[half], mx);
-      const bool none = m_new == -INFINITY;  // no valid key yet (rows past T, or a tile wholly above the diagonal)
+      const bool none = m_new == -INFINITY;  // no valid key: only rows past T (tiles above the diagonal are skipped)
       float sum = 0.0f;
 #pragma unroll
       for (int n = 0; n < kN; ++n)
