@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -108,12 +110,24 @@ emu_switch_stack:
   .text
 )");
 
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  unsigned bytes, src_bytes;
+  void land() const {
+    std::memcpy(dst, src, src_bytes);
+    std::memset(static_cast<char*>(dst) + src_bytes, 0, bytes - src_bytes);
+  }
+};
+
 struct Fiber {
   void* sp = nullptr;  // saved stack pointer while switched out
   ThreadIndex index;
   bool done = false;
   const Barrier* waiting_at = nullptr;
   const char* barrier_name = "";
+  std::vector<AsyncCopy> uncommitted;               // cp.async copies since the last commit
+  std::deque<std::vector<AsyncCopy>> copy_groups;  // committed and not yet waited for, oldest first
 };
 
 // Shared memory as the hardware lays it out: 128-byte aligned (the kernels declare __align__(128) buffers),
@@ -184,6 +198,8 @@ void yield() { emu_switch_stack(&scheduler.running->sp, scheduler.main_sp); }
 [[noreturn]] void fiber_main() {
   (*scheduler.body)();
   Fiber* f = scheduler.running;
+  // On a GPU the copies would still land, into memory the block no longer owns: a prefetch never used.
+  if (!f->uncommitted.empty() || !f->copy_groups.empty()) fail("returned with cp.async copies it never waited for");
   f->done = true;
   Block& b = *f->index.block;
   b.progress = true;
@@ -224,6 +240,7 @@ void run_block(Block& b, unsigned threads) {
   for (unsigned t = 0; t < threads; ++t) {
     Fiber& f = b.fibers[t];
     f.sp = initial_stack(scheduler.stack(t)), f.done = false;
+    f.uncommitted.clear(), f.copy_groups.clear();
   }
   // Between barriers, the threads of a block run one after another: in index order, or with
   // CUDA_EMU_THREAD_ORDER=reverse from the last to the first, so that a read of what another thread writes
@@ -274,6 +291,37 @@ void sync_warp(unsigned mask) {
   wait(bar, "__syncwarp or shuffle");
 }
 uint64_t* warp_exchange() { return current.block->exchange.data(); }
+
+bool is_shared_address(const void* p, size_t n) {
+  const Block& b = *current.block;
+  auto inside = [&](const SharedMemory& m) {
+    const auto* c = static_cast<const unsigned char*>(p);
+    return m.bytes && c >= m.bytes && c + n <= m.bytes + m.size;
+  };
+  if (inside(b.dynamic)) return true;
+  for (const auto& site : b.statics)
+    if (inside(site.second)) return true;
+  return false;
+}
+void cp_async(void* shared_dst, const void* global_src, unsigned bytes, unsigned src_bytes) {
+  if (bytes != 4 && bytes != 8 && bytes != 16) fail("cp.async of other than 4, 8 or 16 bytes");
+  if (src_bytes > bytes) fail("cp.async: a source size larger than the copy");
+  if (reinterpret_cast<uintptr_t>(shared_dst) % bytes || reinterpret_cast<uintptr_t>(global_src) % bytes)
+    fail("cp.async: an address not aligned to the copy's size");
+  if (!is_shared_address(shared_dst, bytes)) fail("cp.async: the destination is not the block's shared memory");
+  if (src_bytes && device_of(global_src, src_bytes) < 0) fail("cp.async: the source is not device memory");
+  scheduler.running->uncommitted.push_back({shared_dst, global_src, bytes, src_bytes});
+}
+void cp_async_commit() {
+  Fiber& f = *scheduler.running;
+  f.copy_groups.push_back(std::move(f.uncommitted));
+  f.uncommitted.clear();
+}
+void cp_async_wait(unsigned pending) {
+  Fiber& f = *scheduler.running;
+  for (; f.copy_groups.size() > pending; f.copy_groups.pop_front())
+    for (const AsyncCopy& c : f.copy_groups.front()) c.land();
+}
 
 // The order of a launch's blocks (linear indices): empty for grid order; with CUDA_EMU_BLOCK_ORDER=shuffle a random
 // permutation, from one generator per process whose seed is printed once (CUDA_EMU_BLOCK_SEED sets it).

@@ -732,6 +732,108 @@ TEST_F(EmuDeathTest, WmmaRefusesMisalignedTilesAndLeadingDimensions) {
   cudaFree(p);
 }
 
+// ldmatrix .x4: every lane gives one row address (lane 8 i + j: row j of matrix i), here scattered over a shared
+// buffer so that each row is found only through its own lane's address. The expected registers are written from
+// the PTX ISA's description: lane l (g = l / 4, t = l % 4) holds, of matrix i, row g's elements 2t and 2t + 1;
+// with .trans, column g's elements in rows 2t and 2t + 1; the first element in the lower half.
+TEST(CudaEmu, LdmatrixFollowsThePtxLayoutWithEveryLanesOwnRowAddress) {
+  constexpr int kRowSlots = 64;  // 16-byte slots of the shared buffer; row (i, j) sits in slot (37 (8 i + j) + 5) % 64
+  auto slot_of = [](int i, int j) { return (37 * (8 * i + j) + 5) % kRowSlots; };
+  auto value = [](int i, int r, int c) { return static_cast<uint16_t>(1000 * i + 10 * r + c + 1); };
+  std::vector<uint32_t> plain(32 * 4), trans(32 * 4);
+  emu::launch(dim3(1), dim3(32), kRowSlots * 16, nullptr, nullptr, [&] {
+    auto* smem = static_cast<uint16_t*>(emu::dynamic_shared());
+    const int lane = threadIdx.x;
+    if (lane == 0)
+      for (int i = 0; i < 4; ++i)
+        for (int r = 0; r < 8; ++r)
+          for (int c = 0; c < 8; ++c) smem[8 * slot_of(i, r) + c] = value(i, r, c);
+    __syncwarp();
+    uint32_t r[4], rt[4];
+    emu::ldmatrix_x4(r, smem + 8 * slot_of(lane / 8, lane % 8), false);
+    emu::ldmatrix_x4(rt, smem + 8 * slot_of(lane / 8, lane % 8), true);
+    for (int i = 0; i < 4; ++i) plain[4 * lane + i] = r[i], trans[4 * lane + i] = rt[i];
+  }, "ldmatrix");
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; ++i) {
+      EXPECT_EQ(plain[4 * lane + i], value(i, g, 2 * t) | uint32_t{value(i, g, 2 * t + 1)} << 16) << lane << "," << i;
+      EXPECT_EQ(trans[4 * lane + i], value(i, 2 * t, g) | uint32_t{value(i, 2 * t + 1, g)} << 16) << lane << "," << i;
+    }
+  }
+}
+
+TEST_F(EmuDeathTest, LdmatrixRefusesMisalignedRowsAndGlobalMemory) {
+  float* global = nullptr;
+  ASSERT_EQ(cudaMalloc(&global, 4096), cudaSuccess);
+  uint32_t r[4];
+  EXPECT_DEATH(emu::launch(dim3(1), dim3(32), 1024, nullptr, nullptr, [&] {
+    emu::ldmatrix_x4(r, static_cast<char*>(emu::dynamic_shared()) + 16 * threadIdx.x + (threadIdx.x == 3 ? 8 : 0), false);
+  }, "k"), "ldmatrix: a row address not 16-byte aligned");
+  EXPECT_DEATH(emu::launch(dim3(1), dim3(32), 1024, nullptr, nullptr, [&] { emu::ldmatrix_x4(r, global, true); }, "k"),
+               "ldmatrix: a row outside the block's shared memory");
+  cudaFree(global);
+}
+
+// cp.async: a copy lands when its thread waits for its group (wait_group N: all but the N newest committed groups),
+// not before, so a kernel that reads too early reads the old bytes; a source size below the copy's fills zeros.
+TEST(CudaEmu, CpAsyncLandsAtTheWaitForItsGroupAndZeroFills) {
+  float* src = nullptr;
+  ASSERT_EQ(cudaMalloc(&src, 64 * sizeof(float)), cudaSuccess);
+  std::vector<float> host(64);
+  for (int i = 0; i < 64; ++i) host[i] = 1.0f + i;
+  ASSERT_EQ(cudaMemcpy(src, host.data(), sizeof(float) * 64, cudaMemcpyHostToDevice), cudaSuccess);
+  // seen[stage][k]: shared float k (of 12) after each stage, as its one thread reads it.
+  std::vector<std::vector<float>> seen(4, std::vector<float>(12));
+  emu::launch(dim3(1), dim3(1), 12 * sizeof(float), nullptr, nullptr, [&] {
+    auto* sm = static_cast<float*>(emu::dynamic_shared());
+    auto look = [&](int stage) { std::copy(sm, sm + 12, seen[stage].begin()); };
+    emu::cp_async(sm, src, 16, 16);             // group 0: floats 0-3 <- src[0..4)
+    emu::cp_async_commit();
+    emu::cp_async(sm + 4, src + 8, 16, 8);      // group 1: floats 4-7 <- src[8], src[9], then zeros
+    emu::cp_async(sm + 8, src + 20, 4, 4);      //          float 8 <- src[20]
+    emu::cp_async_commit();
+    look(0);
+    emu::cp_async_wait(1);
+    look(1);
+    emu::cp_async(sm + 9, src + 30, 4, 0);      // uncommitted: a wait does not land it
+    emu::cp_async_wait(0);
+    look(2);
+    emu::cp_async_commit();
+    emu::cp_async_wait(0);
+    look(3);
+  }, "cp_async");
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  const float want3[12] = {1, 2, 3, 4, 9, 10, 0, 0, 21, 0, NAN, NAN};
+  for (int k = 0; k < 12; ++k) {
+    EXPECT_TRUE(std::isnan(seen[0][k])) << "before any wait, float " << k << ": " << seen[0][k];
+    if (k < 4) EXPECT_EQ(seen[1][k], want3[k]) << k;
+    else EXPECT_TRUE(std::isnan(seen[1][k])) << "group 1 landed at wait_group 1, float " << k;
+    if (k < 9) EXPECT_EQ(seen[2][k], want3[k]) << k;
+    else EXPECT_TRUE(std::isnan(seen[2][k])) << "an uncommitted copy landed, float " << k;
+    if (k < 10) EXPECT_EQ(seen[3][k], want3[k]) << k;
+    else EXPECT_TRUE(std::isnan(seen[3][k])) << "float " << k << " was never copied";
+  }
+  cudaFree(src);
+}
+
+TEST_F(EmuDeathTest, CpAsyncRefusesBadCopiesAndCopiesNeverWaitedFor) {
+  float* src = nullptr;
+  ASSERT_EQ(cudaMalloc(&src, 4096), cudaSuccess);
+  std::vector<float> host(16);
+  auto in_kernel = [&](auto f) { emu::launch(dim3(1), dim3(1), 256, nullptr, nullptr, f, "k"); };
+  auto smem = [] { return static_cast<float*>(emu::dynamic_shared()); };
+  EXPECT_DEATH(in_kernel([&] { emu::cp_async(smem(), src, 16, 16); }),
+               "returned with cp.async copies it never waited for");
+  EXPECT_DEATH(in_kernel([&] { emu::cp_async(smem() + 1, src, 16, 16); }), "not aligned to the copy's size");
+  EXPECT_DEATH(in_kernel([&] { emu::cp_async(smem(), src + 2, 16, 16); }), "not aligned to the copy's size");
+  EXPECT_DEATH(in_kernel([&] { emu::cp_async(smem(), src, 12, 12); }), "other than 4, 8 or 16 bytes");
+  EXPECT_DEATH(in_kernel([&] { emu::cp_async(host.data(), src, 16, 16); }), "the destination is not the block's shared");
+  EXPECT_DEATH(in_kernel([&] { emu::cp_async(smem(), host.data(), 16, 16); }), "the source is not device memory");
+  cudaFree(src);
+}
+
 // ---- rewrite_cuda.py --------------------------------------------------------------------------------------
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> out;

@@ -121,20 +121,29 @@ __global__ void __launch_bounds__(kAttnThreads)
   for (int i = threadIdx.x; i < m; i += blockDim.x) lse[d.loff(b, h, i0 + i)] = sM[i] + logf(sL[i]);
 }
 
-// delta[b, h, t] = sum_c dout * out, one thread per (b, t, h) row.
+// delta[b, h, t] = sum_c dout * out, one warp per (b, t, h) row: lane l sums columns l, l + 32, ..., and a
+// butterfly adds the lanes' sums (coalesced, in a fixed order). With dout_bf16, the row of dout is also stored
+// rounded to bf16: the operand the flash kernels stream.
 template <class Act>
-__global__ void attn_delta_kernel(float* delta, const float* dout, const Act* out, Dims d) {
+__global__ void attn_delta_kernel(float* delta, __nv_bfloat16* dout_bf16, const float* dout, const Act* out, Dims d) {
   const int64_t rows = static_cast<int64_t>(d.B) * d.T * d.H;
-  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < rows;
-       r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  const int lane = threadIdx.x & 31;
+  static_assert(kThreads % 32 == 0, "whole warps: the row loop is the same for every lane of a warp");
+  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.x / 32) {
     const int h = static_cast<int>(r % d.H);
     const int64_t bt = r / d.H;
     const int t = static_cast<int>(bt % d.T), b = static_cast<int>(bt / d.T);
     const float* g = dout + r * d.D;
     const Act* o = out + r * d.D;
     float s = 0.0f;
-    for (int c = 0; c < d.D; ++c) s = fmaf(g[c], load_value(o + c), s);
-    delta[d.loff(b, h, t)] = s;
+    for (int c = lane; c < d.D; c += 32) {
+      s = fmaf(g[c], load_value(o + c), s);
+      if (dout_bf16) dout_bf16[r * d.D + c] = __float2bfloat16_rn(g[c]);
+    }
+#pragma unroll
+    for (int m = 16; m > 0; m /= 2) s += __shfl_xor_sync(0xffffffffu, s, m);
+    if (lane == 0) delta[d.loff(b, h, t)] = s;
   }
 }
 
@@ -302,13 +311,17 @@ void attention_backward_as(float* dq, float* dk, float* dv, const float* dout, c
   check_dims(H, KV, "attention_backward");
   const Dims d = make_dims(B, T, H, KV, D);
   const int64_t rows = static_cast<int64_t>(B) * T * H;
+  const bool bf16_kernels = current_matmul_precision() == MatmulPrecision::bf16 && bf16_attention_fits(D);
+  const bool flash = bf16_kernels && use_flash_attention(D);
   detail::Scratch delta(sizeof(float) * static_cast<size_t>(rows), stream);
-  attn_delta_kernel<<<detail::grid_for(rows), detail::kThreads, 0, stream>>>(delta.as<float>(), dout, out, d);
+  detail::Scratch dout_bf16(flash ? sizeof(__nv_bfloat16) * static_cast<size_t>(rows) * D : 0, stream);
+  attn_delta_kernel<<<detail::grid_for(rows * 32), detail::kThreads, 0, stream>>>(
+      delta.as<float>(), dout_bf16.as<__nv_bfloat16>(), dout, out, d);
   ONESTEP_CUDA_LAUNCHED("attention_backward(delta)");
-  if (current_matmul_precision() == MatmulPrecision::bf16 && bf16_attention_fits(D))
-    return use_flash_attention(D)
-               ? attention_backward_flash(dq, dk, dv, dout, q, k, v, lse, delta.as<float>(), d, stream)
-               : attention_backward_bf16(dq, dk, dv, dout, q, k, v, lse, delta.as<float>(), d, stream);
+  if (flash)
+    return attention_backward_flash(dq, dk, dv, dout_bf16.as<__nv_bfloat16>(), q, k, v, lse, delta.as<float>(), d,
+                                    stream);
+  if (bf16_kernels) return attention_backward_bf16(dq, dk, dv, dout, q, k, v, lse, delta.as<float>(), d, stream);
 
   const float* dl = delta.as<float>();
   launch_tasks(attn_bwd_dq_kernel<Act>, d.query_tasks(d.ntiles), kAttnThreads, smem_bytes(D, 5, 2, 2), stream,

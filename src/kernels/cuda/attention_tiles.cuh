@@ -144,9 +144,10 @@ void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout,
 template <class Act>
 void attention_forward_flash(Act* out, float* lse, const Act* q, const Act* k, const Act* v, const Dims& d,
                              cudaStream_t stream);
+// dout rounded to bf16 (attn_delta_kernel writes it beside delta): the flash kernels stream it as they stream q.
 template <class Act>
-void attention_backward_flash(float* dq, float* dk, float* dv, const float* dout, const Act* q, const Act* k,
-                              const Act* v, const float* lse, const float* delta, const Dims& d,
+void attention_backward_flash(float* dq, float* dk, float* dv, const __nv_bfloat16* dout, const Act* q,
+                              const Act* k, const Act* v, const float* lse, const float* delta, const Dims& d,
                               cudaStream_t stream);
 
 }  // namespace onestep::cuda::detail

@@ -28,6 +28,33 @@ __device__ inline uint32_t pack_bf16(float lo, float hi) {
 // The two bf16 at p (4-byte aligned) as one register.
 __device__ inline uint32_t load_pair(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
+// Four 8 x 8 bf16 matrices from shared memory (ldmatrix .x4): lane 8 i + j passes the address of row j of matrix i
+// (16-byte aligned), and r[i] receives matrix i's row g, columns 2t and 2t + 1, i.e. one A or B fragment register
+// per matrix; `_trans` gives the transposed matrix's: column g, rows 2t and 2t + 1. One instruction where loading
+// the same fragments pair by pair takes four (or, for a transposed B, sixteen 16-bit loads). Every lane calls it.
+__device__ inline void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* row) {
+#if defined(__CUDACC__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(row))));
+#elif defined(__CUDACC__)
+  __trap();
+#else
+  ::emu::ldmatrix_x4(r, row, false);
+#endif
+}
+__device__ inline void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfloat16* row) {
+#if defined(__CUDACC__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(row))));
+#elif defined(__CUDACC__)
+  __trap();
+#else
+  ::emu::ldmatrix_x4(r, row, true);
+#endif
+}
+
 // c += A B over the whole warp (every lane calls it).
 __device__ inline void mma_bf16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 #if defined(__CUDACC__) && __CUDA_ARCH__ >= 800

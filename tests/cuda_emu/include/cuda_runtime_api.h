@@ -154,6 +154,14 @@ void* dynamic_shared();                               // extern __shared__
 void sync_block();
 void sync_warp(unsigned mask);
 uint64_t* warp_exchange();  // one slot per thread of the block, for the shuffles
+bool is_shared_address(const void* p, size_t n);  // [p, p + n) lies in the running block's shared memory
+// cp.async (sm_80+: src/kernels/cuda/cp_async.cuh): a copy of `bytes` (4, 8 or 16, both addresses aligned to it)
+// from global to shared memory, of which the first src_bytes are read and the rest zero-filled. It lands when its
+// thread waits for its group, not before: a read of the destination before cp_async_wait (or, for another
+// thread's copies, before the barrier after that wait) sees the old bytes, NaN in fresh shared memory.
+void cp_async(void* shared_dst, const void* global_src, unsigned bytes, unsigned src_bytes);
+void cp_async_commit();                // closes the thread's group of copies issued since the last commit
+void cp_async_wait(unsigned pending);  // lands all the thread's committed groups but the `pending` newest
 }  // namespace emu
 
 #define threadIdx (::emu::current.tid)

@@ -117,4 +117,27 @@ inline void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], const uint3
     c[i] = s;
   }
 }
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: four 8 x 8 matrices of 16-bit elements from shared memory, lane
+// 8 i + j giving the address of row j of matrix i (16-byte aligned). Lane l (g = l / 4, t = l % 4) receives in
+// r[i] matrix i's row g, columns 2t and 2t + 1 (PTX ISA, "Warp-level matrix load instruction: ldmatrix"); with
+// .trans those of the transposed matrix: rows 2t and 2t + 1 of column g. The lower half is the first element.
+// Every lane of a full warp must call it.
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
+  if (reinterpret_cast<uintptr_t>(row) % 16) fail("ldmatrix: a row address not 16-byte aligned");
+  if (!is_shared_address(row, 16)) fail("ldmatrix: a row outside the block's shared memory");
+  uint64_t* slots = warp_exchange();
+  const unsigned me = current.lin, first = me & ~31u, lane = me & 31u, g = lane / 4, t = lane % 4;
+  sync_warp(0xffffffffu);  // every lane has read the previous exchange
+  slots[me] = reinterpret_cast<uintptr_t>(row);
+  sync_warp(0xffffffffu);
+  auto element = [&](unsigned matrix, unsigned i, unsigned j) {  // row i, column j of the matrix as stored
+    uint16_t x;
+    std::memcpy(&x, reinterpret_cast<const unsigned char*>(slots[first + 8 * matrix + i]) + 2 * j, 2);
+    return uint32_t{x};
+  };
+  for (unsigned m = 0; m < 4; ++m)
+    r[m] = trans ? element(m, 2 * t, g) | element(m, 2 * t + 1, g) << 16
+                 : element(m, g, 2 * t) | element(m, g, 2 * t + 1) << 16;
+}
 }  // namespace emu
