@@ -261,7 +261,7 @@ done
 section "Time by kernel, bf16 (the median of up to 3 profiled steps: the model's kernels, the optimizer step, the rest: host gaps)"
 for run in ${presets[1]}_bf16 ${presets[1]}_bf16+tiles ${presets[1]}_bf16+mb16 ${presets[0]}_bf16 ${presets[1]}_bf16+muon ${presets[1]}_bf16+muon+ns32 ${presets[1]}_bf16+fp32ops; do
   [ -f "$WORK/bench_$run.log" ] || continue
-  python3 - "$run" "$WORK/bench_$run.log" <<'PY' | tee -a "$SUMMARY"
+  python3 - "$run" "$WORK/bench_$run.log" "${presets[1]}_bf16" <<'PY' | tee -a "$SUMMARY"
 import json, sys
 try:
     j = json.loads([l for l in open(sys.argv[2]) if l.startswith("{")][-1])
@@ -269,12 +269,22 @@ try:
     ops = sorted(j["op_ms"].items(), key=lambda kv: -kv[1])
     opt = j.get("optimizer_ms", 0.0)
     rest = step_ms - sum(ms for _, ms in ops) - opt
-    parts = [f"{name} {ms:.1f} ms ({100 * ms / step_ms:.0f}%)" for name, ms in ops[:6]]
-    print(f"- {sys.argv[1]}: step {step_ms:.1f} ms: " + ", ".join(parts) +
+    shown = [f"{name} {ms:.1f} ms ({100 * ms / step_ms:.0f}%)" for name, ms in ops[:6]]
+    print(f"- {sys.argv[1]}: step {step_ms:.1f} ms: " + ", ".join(shown) +
           f", optimizer step {opt:.1f} ms ({100 * opt / step_ms:.0f}%), rest {rest:.1f} ms ({100 * rest / step_ms:.0f}%)")
+    parts = j.get("part_ms", {})  # an op's own kernels, e.g. attention_backward's delta, dq and dk/dv
+    if parts:
+        print("  - of which: " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in sorted(parts.items())))
+    if sys.argv[1] == sys.argv[3]:  # the headline run (flash attention): its backward's three kernels, within it
+        mine = [ms for name, ms in parts.items() if name.startswith("attention_backward: ")]
+        whole = j["op_ms"].get("attention_backward", 0.0)
+        if len(mine) != 3 or sum(mine) > 1.01 * whole:
+            print(f"  - PROBLEM: attention_backward's parts {parts} do not make up its {whole:.2f} ms")
+            sys.exit(1)
 except Exception as e:
     print(f"- {sys.argv[1]}: no profile ({e})")
 PY
+  counted "${PIPESTATUS[0]}"
 done
 
 say ""

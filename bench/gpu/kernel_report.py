@@ -107,15 +107,15 @@ def ptxas_stats(text):
 def report(src_root, rel_path, arch, name_filter, instance):
     ptx, ptxas = compile_file(src_root, rel_path, arch)
     counts, stats = ptx_counts(ptx), ptxas_stats(ptxas)
-    names = demangle(list(counts))
+    # The two compilations mangle an anonymous namespace differently: kernels are matched by demangled name.
+    names = demangle(list(counts) + list(stats))
+    stats = {short_name(names[m]): s for m, s in stats.items()}
     rows = {}
     for mangled, c in counts.items():
         name = short_name(names[mangled])
-        if name_filter and name_filter not in name:
+        if name_filter not in name or instance not in name:
             continue
-        if instance and instance not in name:
-            continue
-        rows[name] = dict(c, **stats.get(mangled, {}))
+        rows[name] = dict(c, **stats.get(name, {}))
     return rows
 
 

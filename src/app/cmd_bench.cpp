@@ -93,27 +93,34 @@ double gpu_sgemm_peak_gflops() { return 0; }  // unreachable: backend_for(cuda) 
 void add_gpu_report(nlohmann::json&, double) {}
 #endif
 
-// The profiled step's time by kernel, largest first, then its optimizer part (gradient norm, clipping, the
-// optimizer's update and correction, timed on its own); the rest (clearing the gradient, rounding the weights, host
-// work between calls) is what neither accounts for.
+// The profiled step's time by kernel, largest first (an op's parts, "op: part", indented below it), then its
+// optimizer part (gradient norm, clipping, the optimizer's update and correction, timed on its own); the rest
+// (clearing the gradient, rounding the weights, host work between calls) is what neither accounts for.
 void print_op_profile(const std::map<std::string, OpTotal>& ops, double step_s, double optimizer_s,
                       nlohmann::json& j) {
-  std::vector<std::pair<std::string, OpTotal>> rows(ops.begin(), ops.end());
+  std::vector<std::pair<std::string, OpTotal>> rows, parts;
+  for (const auto& op : ops) (is_op_part(op.first) ? parts : rows).push_back(op);
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
   std::printf("  the median profiled step, %.3f s, by kernel:\n", step_s);
+  auto line = [&](const std::string& name, const OpTotal& t) {
+    std::printf("    %-24s %6lld calls %10.2f ms %5.1f%%\n", name.c_str(), static_cast<long long>(t.calls),
+                1e3 * t.seconds, 100 * t.seconds / step_s);
+  };
   double covered = 0;
-  nlohmann::json op_ms = nlohmann::json::object();
+  nlohmann::json op_ms = nlohmann::json::object(), part_ms = nlohmann::json::object();
   for (const auto& [name, t] : rows) {
-    std::printf("    %-24s %6lld calls %10.2f ms %5.1f%%\n", name.c_str(), static_cast<long long>(t.calls), 1e3 * t.seconds,
-                100 * t.seconds / step_s);
+    line(name, t);
+    for (const auto& [part, pt] : parts)
+      if (part.rfind(name + ": ", 0) == 0) line("  " + part.substr(name.size() + 2), pt);
     covered += t.seconds;
     op_ms[name] = 1e3 * t.seconds;
   }
+  for (const auto& [part, pt] : parts) part_ms[part] = 1e3 * pt.seconds;
   const double rest = std::max(0.0, step_s - covered - optimizer_s);
   std::printf("    %-24s %6s       %10.2f ms %5.1f%%\n", "(optimizer step)", "", 1e3 * optimizer_s,
               100 * optimizer_s / step_s);
   std::printf("    %-24s %6s       %10.2f ms %5.1f%%\n", "(the rest)", "", 1e3 * rest, 100 * rest / step_s);
-  j["profiled_step_s"] = step_s, j["op_ms"] = op_ms, j["optimizer_ms"] = 1e3 * optimizer_s;
+  j["profiled_step_s"] = step_s, j["op_ms"] = op_ms, j["part_ms"] = part_ms, j["optimizer_ms"] = 1e3 * optimizer_s;
 }
 
 }  // namespace

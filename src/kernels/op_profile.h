@@ -39,6 +39,10 @@ class ActiveOpProfiler {
 // Host wall-clock timing of each call (the CPU's kernels run synchronously).
 std::unique_ptr<OpProfiler> make_host_op_profiler();
 
+// A name "op: part" times a part of an op from inside it (e.g. "attention_backward: dq", one of its kernels): reports
+// list it under its op, and leave it out of the sums, which the op's own time already covers.
+inline bool is_op_part(const std::string& name) { return name.find(": ") != std::string::npos; }
+
 // f() timed as op `name` when a profiler is active; returns what f returns.
 template <class F>
 auto profiled(const char* name, F&& f) {

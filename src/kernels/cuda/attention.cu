@@ -19,6 +19,7 @@
 #include "kernels/cuda/attention_tiles.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_profile.h"
 
 namespace onestep::cuda {
 
@@ -315,9 +316,11 @@ void attention_backward_as(float* dq, float* dk, float* dv, const float* dout, c
   const bool flash = bf16_kernels && use_flash_attention(D);
   detail::Scratch delta(sizeof(float) * static_cast<size_t>(rows), stream);
   detail::Scratch dout_bf16(flash ? sizeof(__nv_bfloat16) * static_cast<size_t>(rows) * D : 0, stream);
-  attn_delta_kernel<<<detail::grid_for(rows * 32), detail::kThreads, 0, stream>>>(
-      delta.as<float>(), dout_bf16.as<__nv_bfloat16>(), dout, out, d);
-  ONESTEP_CUDA_LAUNCHED("attention_backward(delta)");
+  profiled("attention_backward: delta", [&] {
+    attn_delta_kernel<<<detail::grid_for(rows * 32), detail::kThreads, 0, stream>>>(
+        delta.as<float>(), dout_bf16.as<__nv_bfloat16>(), dout, out, d);
+    ONESTEP_CUDA_LAUNCHED("attention_backward(delta)");
+  });
   if (flash)
     return attention_backward_flash(dq, dk, dv, dout_bf16.as<__nv_bfloat16>(), q, k, v, lse, delta.as<float>(), d,
                                     stream);

@@ -28,6 +28,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/mma_bf16.cuh"
+#include "kernels/op_profile.h"
 
 namespace onestep::cuda::detail {
 
@@ -470,10 +471,14 @@ void attention_backward_flash(float* dq, float* dk, float* dv, const __nv_bfloat
   const FlashDims f(d, aligned16({q, k, v, dout}));
   with_head_frags(d.D, [&](auto df) {
     constexpr int DF = decltype(df)::value;
-    launch_tasks(flash_bwd_dq_kernel<DF, Act>, d.query_tasks(f.ntiles), kFlashThreads, flash_smem(f, false),
-                 stream, "attention_backward (flash, dq)", d.D, dq, dout, q, k, v, lse, delta, f);
-    launch_tasks(flash_bwd_dkv_kernel<DF, Act>, d.key_tasks(f.ntiles), kFlashThreads, flash_smem(f, true), stream,
-                 "attention_backward (flash, dkv)", d.D, dk, dv, dout, q, k, v, lse, delta, f);
+    profiled("attention_backward: dq", [&] {
+      launch_tasks(flash_bwd_dq_kernel<DF, Act>, d.query_tasks(f.ntiles), kFlashThreads, flash_smem(f, false),
+                   stream, "attention_backward (flash, dq)", d.D, dq, dout, q, k, v, lse, delta, f);
+    });
+    profiled("attention_backward: dk, dv", [&] {
+      launch_tasks(flash_bwd_dkv_kernel<DF, Act>, d.key_tasks(f.ntiles), kFlashThreads, flash_smem(f, true),
+                   stream, "attention_backward (flash, dkv)", d.D, dk, dv, dout, q, k, v, lse, delta, f);
+    });
   });
 }
 
