@@ -269,17 +269,24 @@ try:
     ops = sorted(j["op_ms"].items(), key=lambda kv: -kv[1])
     opt = j.get("optimizer_ms", 0.0)
     rest = step_ms - sum(ms for _, ms in ops) - opt
-    shown = [f"{name} {ms:.1f} ms ({100 * ms / step_ms:.0f}%)" for name, ms in ops[:6]]
+    shown = [f"{name} {ms:.1f} ms ({100 * ms / step_ms:.0f}%)" for name, ms in ops[:10]]
     print(f"- {sys.argv[1]}: step {step_ms:.1f} ms: " + ", ".join(shown) +
           f", optimizer step {opt:.1f} ms ({100 * opt / step_ms:.0f}%), rest {rest:.1f} ms ({100 * rest / step_ms:.0f}%)")
     parts = j.get("part_ms", {})  # an op's own kernels, e.g. attention_backward's delta, dq and dk/dv
     if parts:
         print("  - of which: " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in sorted(parts.items())))
+    gaps = sorted(j.get("gap_ms", {}).items(), key=lambda kv: -kv[1])  # the GPU between the timed ops
+    if gaps:
+        print(f"  - of the rest, between ops {sum(ms for _, ms in gaps):.1f} ms; the most before: " +
+              ", ".join(f"{name} {ms:.1f} ms" for name, ms in gaps[:4]))
     if sys.argv[1] == sys.argv[3]:  # the headline run (flash attention): its backward's three kernels, within it
         mine = [ms for name, ms in parts.items() if name.startswith("attention_backward: ")]
         whole = j["op_ms"].get("attention_backward", 0.0)
         if len(mine) != 3 or sum(mine) > 1.01 * whole:
             print(f"  - PROBLEM: attention_backward's parts {parts} do not make up its {whole:.2f} ms")
+            sys.exit(1)
+        if not gaps or sum(ms for _, ms in gaps) > rest + 0.01 * step_ms:
+            print(f"  - PROBLEM: the gaps between ops {gaps} are not within the rest, {rest:.2f} ms")
             sys.exit(1)
 except Exception as e:
     print(f"- {sys.argv[1]}: no profile ({e})")

@@ -96,8 +96,8 @@ void add_gpu_report(nlohmann::json&, double) {}
 // The profiled step's time by kernel, largest first (an op's parts, "op: part", indented below it), then its
 // optimizer part (gradient norm, clipping, the optimizer's update and correction, timed on its own); the rest
 // (clearing the gradient, rounding the weights, host work between calls) is what neither accounts for.
-void print_op_profile(const std::map<std::string, OpTotal>& ops, double step_s, double optimizer_s,
-                      nlohmann::json& j) {
+void print_op_profile(const std::map<std::string, OpTotal>& ops, const std::map<std::string, OpTotal>& gaps,
+                      double step_s, double optimizer_s, nlohmann::json& j) {
   std::vector<std::pair<std::string, OpTotal>> rows, parts;
   for (const auto& op : ops) (is_op_part(op.first) ? parts : rows).push_back(op);
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
@@ -120,7 +120,20 @@ void print_op_profile(const std::map<std::string, OpTotal>& ops, double step_s, 
   std::printf("    %-24s %6s       %10.2f ms %5.1f%%\n", "(optimizer step)", "", 1e3 * optimizer_s,
               100 * optimizer_s / step_s);
   std::printf("    %-24s %6s       %10.2f ms %5.1f%%\n", "(the rest)", "", 1e3 * rest, 100 * rest / step_s);
+  // Of the rest, the device's time between consecutive ops (GPU only), largest first by the op that followed.
+  std::vector<std::pair<std::string, OpTotal>> by_gap(gaps.begin(), gaps.end());
+  std::sort(by_gap.begin(), by_gap.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+  double gap_s = 0;
+  nlohmann::json gap_ms = nlohmann::json::object();
+  for (const auto& [name, t] : by_gap) gap_s += t.seconds, gap_ms[name] = 1e3 * t.seconds;
+  if (!by_gap.empty()) {
+    std::printf("      of which between ops %10.2f ms; the most before:", 1e3 * gap_s);
+    for (size_t i = 0; i < std::min<size_t>(3, by_gap.size()); ++i)
+      std::printf("%s %s %.2f ms", i ? "," : "", by_gap[i].first.c_str(), 1e3 * by_gap[i].second.seconds);
+    std::printf("\n");
+  }
   j["profiled_step_s"] = step_s, j["op_ms"] = op_ms, j["part_ms"] = part_ms, j["optimizer_ms"] = 1e3 * optimizer_s;
+  j["gap_ms"] = gap_ms;
 }
 
 }  // namespace
@@ -185,7 +198,7 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
   // median one by step time is reported whole, so that one slow step on a shared machine does not make the table.
   struct Profiled {
     double step_s = 0, optimizer_s = 0;
-    std::map<std::string, OpTotal> ops;
+    std::map<std::string, OpTotal> ops, gaps;
   };
   std::vector<Profiled> profiled(static_cast<size_t>(std::min(steps, 3)));
   for (Profiled& p : profiled) {
@@ -195,6 +208,7 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
       p.step_s = timed_step(&p.optimizer_s);
     }
     p.ops = profiler->totals();
+    p.gaps = profiler->gaps_before();
   }
   std::sort(profiled.begin(), profiled.end(), [](const Profiled& a, const Profiled& b) { return a.step_s < b.step_s; });
   const Profiled& mid = profiled[profiled.size() / 2];
@@ -224,7 +238,7 @@ int cmd_bench(const std::string& config_path, const std::vector<std::string>& ov
                       {"step_s", step_s}, {"sgemm_peak_gflops", peak}, {"achieved_gflops", achieved},
                       {"frac_of_peak", achieved / peak}, {"tensor_mib", tensor_mib}, {"tokens_per_step", tokens},
                       {"threads", num_threads()}};
-  print_op_profile(mid.ops, mid.step_s, mid.optimizer_s, j);
+  print_op_profile(mid.ops, mid.gaps, mid.step_s, mid.optimizer_s, j);
   j["profiled_steps"] = profiled.size();
   if (device == Device::cpu) {
     std::printf("  peak resident memory                %8.1f MiB = %.1f%% of the tensors\n", rss, 100 * rss / tensor_mib);

@@ -2,6 +2,7 @@
 // stream, read once the step's work has finished, so the times are the GPU's, not the host's launch times.
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,22 @@ class CudaOpProfiler : public OpProfiler {
       OpTotal& t = out[c.op];
       t.calls += 1;
       t.seconds += ms / 1e3;
+    }
+    return out;
+  }
+  std::map<std::string, OpTotal> gaps_before() override {
+    std::map<std::string, OpTotal> out;
+    const Call* prev = nullptr;
+    for (const Call& c : calls_) {
+      if (is_op_part(c.op)) continue;  // inside its op
+      if (prev) {
+        float ms = 0;
+        check(cudaEventElapsedTime(&ms, prev->stop, c.start), "cudaEventElapsedTime");
+        OpTotal& t = out[c.op];
+        t.calls += 1;
+        t.seconds += std::max(0.0f, ms) / 1e3;
+      }
+      prev = &c;
     }
     return out;
   }

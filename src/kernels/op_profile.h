@@ -21,6 +21,10 @@ class OpProfiler {
   virtual void end(int token) = 0;
   // Totals by op name; waits for queued work first (the GPU's timings are read from events).
   virtual std::map<std::string, OpTotal> totals() = 0;
+  // Where the device ran none of the timed ops between two consecutive ones (it waited for the host to launch,
+  // or ran work no op covers), by the op that came next; call after totals(). Empty on the CPU, whose ops run
+  // one after another on the host.
+  virtual std::map<std::string, OpTotal> gaps_before() { return {}; }
 };
 
 // The calling thread's active profiler (null: none). ActiveOpProfiler sets it for a scope.

@@ -74,5 +74,6 @@ j = json.load(sys.stdin)
 step, opt, kernels = 1e3 * j['profiled_step_s'], j['optimizer_ms'], sum(j['op_ms'].values())
 assert 0 < opt < step and 0 < kernels < step and kernels + opt <= step * 1.001, (step, opt, kernels)
 assert j['tokens_per_s'] > 0 and 'matmul_forward' in j['op_ms'] and j['profiled_steps'] == 2, j
+assert j['part_ms'] == {} and j['gap_ms'] == {}, j  # the CPU's ops have no parts; its gaps are not measured
 " && ok "bench JSON: kernels + optimizer step within the profiled step" || fail "bench JSON"
 finish

@@ -100,7 +100,7 @@ __device__ inline void fetch_tile(bf16* dst, int ld, const Src* src, int64_t lds
 #pragma unroll
       for (int i = 0; i < DF; ++i) {
         const int r = row_of(i), c = col_of(i);
-        cp_async16(dst + r * ld + c, src + (r < valid ? r : 0) * lds + c, r < valid);
+        cp_async<16>(dst + r * ld + c, src + (r < valid ? r : 0) * lds + c, r < valid);
       }
       return;
     }
@@ -119,7 +119,18 @@ __device__ inline void fetch_row_stats(float* s_lse, float* s_delta, const float
   static_assert(2 * kRows == kFlashThreads, "one statistic per thread");
   const bool first = threadIdx.x < kRows;
   const int i = threadIdx.x % kRows;
-  cp_async4((first ? s_lse : s_delta) + i, (first ? lse : delta) + (i < valid ? i : 0), i < valid);
+  cp_async<4>((first ? s_lse : s_delta) + i, (first ? lse : delta) + (i < valid ? i : 0), i < valid);
+}
+
+// The kernels' prologue, once the block's own rows (Q, or Q and dO, or K and V) are being fetched into buffer 1:
+// commits them as one group, fetches the first streamed tiles into buffer 0 behind them (first_fetch, which
+// commits its own group), and waits until the own rows have landed for the whole block.
+template <class FirstFetch>
+__device__ inline void land_own_rows_while(FirstFetch first_fetch) {
+  cp_async_commit();
+  first_fetch();
+  cp_async_wait<1>();
+  __syncthreads();
 }
 
 // The A fragments (DF of them, 16 columns each) of rows [r0, r0 + 16) of a [*, 16 DF] shared tile. Fragment s is
@@ -224,10 +235,7 @@ __global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(Act* out, floa
   };
 
   fetch_tile<DF>(sK(1), f.ld, q + d.qoff(b, i0, h), d.ldq, f.rows(qt), f.vec);  // Q, staged in buffer 1
-  cp_async_commit();
-  fetch_kv(0, 0);
-  cp_async_wait<1>();  // this thread's part of Q
-  __syncthreads();
+  land_own_rows_while([&] { fetch_kv(0, 0); });
   uint32_t qa[DF][4];
   load_a<DF>(qa, sK(1), f.ld, r0);
   float o[2 * DF][4] = {};
@@ -334,10 +342,7 @@ __global__ void __launch_bounds__(kFlashThreads)
 
   fetch_tile<DF>(sK(1), f.ld, q + d.qoff(b, i0, h), d.ldq, f.rows(qt), f.vec);  // Q and dO, staged in buffer 1
   fetch_tile<DF>(sV(1), f.ld, dout + d.qoff(b, i0, h), d.ldq, f.rows(qt), f.vec);
-  cp_async_commit();
-  fetch_kv(0, 0);
-  cp_async_wait<1>();
-  __syncthreads();
+  land_own_rows_while([&] { fetch_kv(0, 0); });
   uint32_t qa[DF][4], doa[DF][4];
   load_a<DF>(qa, sK(1), f.ld, r0);
   load_a<DF>(doa, sV(1), f.ld, r0);
@@ -395,10 +400,7 @@ __global__ void __launch_bounds__(kFlashThreads)
 
   fetch_tile<DF>(sQ(1), f.ld, k + d.koff(b, j0, kvh), d.ldk, f.rows(kt), f.vec);  // K and V, staged in buffer 1
   fetch_tile<DF>(sdO(1), f.ld, v + d.koff(b, j0, kvh), d.ldk, f.rows(kt), f.vec);
-  cp_async_commit();
-  fetch_step(0, 0);
-  cp_async_wait<1>();
-  __syncthreads();
+  land_own_rows_while([&] { fetch_step(0, 0); });
   uint32_t ka[DF][4], va[DF][4];  // K and V of the warp's 16 keys
   load_a<DF>(ka, sQ(1), f.ld, r0);
   load_a<DF>(va, sdO(1), f.ld, r0);

@@ -10,29 +10,23 @@
 
 namespace onestep::cuda::detail {
 
-// 16 bytes from global src to shared dst, both 16-byte aligned; with fill = false, 16 zero bytes instead (src is
-// then not read, but must still be a valid address).
-__device__ inline void cp_async16(void* dst, const void* src, bool fill) {
+// Bytes (4, 8 or 16) from global src to shared dst, both aligned to it; with fill = false, zeros instead (src is
+// then not read, but must still be a valid address). 16-byte copies bypass L1 (.cg: streamed tiles), smaller
+// ones cannot (.ca).
+template <int Bytes>
+__device__ inline void cp_async(void* dst, const void* src, bool fill) {
+  static_assert(Bytes == 4 || Bytes == 8 || Bytes == 16, "cp.async copies 4, 8 or 16 bytes");
 #if defined(__CUDACC__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
-                   static_cast<uint32_t>(__cvta_generic_to_shared(dst))),
-               "l"(src), "r"(fill ? 16 : 0));
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  if constexpr (Bytes == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(fill ? 16 : 0));
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(d), "l"(src), "n"(Bytes),
+                 "r"(fill ? Bytes : 0));
 #elif defined(__CUDACC__)
   __trap();
 #else
-  ::emu::cp_async(dst, src, 16, fill ? 16 : 0);
-#endif
-}
-// 4 bytes (one float), both addresses 4-byte aligned; zeros with fill = false.
-__device__ inline void cp_async4(void* dst, const void* src, bool fill) {
-#if defined(__CUDACC__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(
-                   static_cast<uint32_t>(__cvta_generic_to_shared(dst))),
-               "l"(src), "r"(fill ? 4 : 0));
-#elif defined(__CUDACC__)
-  __trap();
-#else
-  ::emu::cp_async(dst, src, 4, fill ? 4 : 0);
+  ::emu::cp_async(dst, src, Bytes, fill ? Bytes : 0);
 #endif
 }
 __device__ inline void cp_async_commit() {

@@ -30,30 +30,26 @@ __device__ inline uint32_t load_pair(const __nv_bfloat16* p) { return *reinterpr
 
 // Four 8 x 8 bf16 matrices from shared memory (ldmatrix .x4): lane 8 i + j passes the address of row j of matrix i
 // (16-byte aligned), and r[i] receives matrix i's row g, columns 2t and 2t + 1, i.e. one A or B fragment register
-// per matrix; `_trans` gives the transposed matrix's: column g, rows 2t and 2t + 1. One instruction where loading
-// the same fragments pair by pair takes four (or, for a transposed B, sixteen 16-bit loads). Every lane calls it.
-__device__ inline void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* row) {
+// per matrix; with Trans, the transposed matrix's: column g, rows 2t and 2t + 1. One instruction where loading the
+// same fragments pair by pair takes four (or, for a transposed B, sixteen 16-bit loads). Every lane calls it.
+template <bool Trans>
+__device__ inline void ldmatrix_x4_as(uint32_t (&r)[4], const __nv_bfloat16* row) {
 #if defined(__CUDACC__) && __CUDA_ARCH__ >= 800
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(row))));
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  if constexpr (Trans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 #elif defined(__CUDACC__)
   __trap();
 #else
-  ::emu::ldmatrix_x4(r, row, false);
+  ::emu::ldmatrix_x4(r, row, Trans);
 #endif
 }
-__device__ inline void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfloat16* row) {
-#if defined(__CUDACC__) && __CUDA_ARCH__ >= 800
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(row))));
-#elif defined(__CUDACC__)
-  __trap();
-#else
-  ::emu::ldmatrix_x4(r, row, true);
-#endif
-}
+__device__ inline void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* row) { ldmatrix_x4_as<false>(r, row); }
+__device__ inline void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfloat16* row) { ldmatrix_x4_as<true>(r, row); }
 
 // c += A B over the whole warp (every lane calls it).
 __device__ inline void mma_bf16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
