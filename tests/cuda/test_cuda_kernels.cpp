@@ -377,6 +377,25 @@ TEST(CudaKernels, SwiGLU) {
   gpu::swiglu_backward(nullptr, d_du2.get(), d_dout.get(), d_gate.get(), d_up.get(), N, F);
   expect_close(d_dg2.host(), dg, kTol, kAtol, "swiglu dgate only");
   expect_close(d_du2.host(), du, kTol, kAtol, "swiglu dup only");
+
+  // Aligned tensors go 8 elements at a time (n = 4551: 4544 so, the last 7 one by one); one element off 16-byte
+  // alignment, all go one by one: the same bits.
+  auto shifted = [](const std::vector<float>& x) {
+    std::vector<float> y(1, 0.0f);
+    y.insert(y.end(), x.begin(), x.end());
+    return y;
+  };
+  auto unshifted = [](const Dev<float>& d) {
+    const std::vector<float> h = d.host();
+    return std::vector<float>(h.begin() + 1, h.end());
+  };
+  Dev<float> s_gate(shifted(gate)), s_up(shifted(up)), s_dout(shifted(dout)), s_out(n + 1), s_dg(shifted(dg0)),
+      s_du(shifted(du0));
+  gpu::swiglu_forward(s_out.get() + 1, s_gate.get() + 1, s_up.get() + 1, N, F);
+  gpu::swiglu_backward(s_dg.get() + 1, s_du.get() + 1, s_dout.get() + 1, s_gate.get() + 1, s_up.get() + 1, N, F);
+  expect_bitwise_equal(unshifted(s_out), d_out.host(), "swiglu out, unaligned");
+  expect_bitwise_equal(unshifted(s_dg), d_dg.host(), "swiglu dgate, unaligned");
+  expect_bitwise_equal(unshifted(s_du), d_du.host(), "swiglu dup, unaligned");
 }
 
 TEST(CudaKernels, CrossEntropy) {

@@ -19,7 +19,6 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
-#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -56,16 +55,16 @@ struct FlashDims {
 struct alignas(16) Bf16x8 {
   uint32_t pairs[4];
 };
-// Elements p[0..8) as bf16 (fp32 ones rounded to nearest even): with `vec`, p is 16-byte aligned and read in 16-byte
+// Elements p[0..8) as bf16 pairs (fp32 ones rounded to nearest even): with `vec`, p is 16-byte aligned and read in 16-byte
 // loads, else element by element.
-__device__ inline Bf16x8 load8(const bf16* p, bool vec) {
+__device__ inline Bf16x8 piece_as_bf16(const bf16* p, bool vec) {
   if (vec) return *reinterpret_cast<const Bf16x8*>(p);
   Bf16x8 x;
 #pragma unroll
   for (int i = 0; i < 4; ++i) x.pairs[i] = pack_pair(p[2 * i], p[2 * i + 1]);
   return x;
 }
-__device__ inline Bf16x8 load8(const float* p, bool vec) {
+__device__ inline Bf16x8 piece_as_bf16(const float* p, bool vec) {
   struct alignas(16) F4 {
     float v[4];
   };
@@ -107,7 +106,8 @@ __device__ inline void fetch_tile(bf16* dst, int ld, const Src* src, int64_t lds
   }
   Bf16x8 x[DF];
 #pragma unroll
-  for (int i = 0; i < DF; ++i) x[i] = row_of(i) < valid ? load8(src + row_of(i) * lds + col_of(i), vec) : Bf16x8{};
+  for (int i = 0; i < DF; ++i)
+    x[i] = row_of(i) < valid ? piece_as_bf16(src + row_of(i) * lds + col_of(i), vec) : Bf16x8{};
 #pragma unroll
   for (int i = 0; i < DF; ++i) *reinterpret_cast<Bf16x8*>(dst + row_of(i) * ld + col_of(i)) = x[i];
 }
@@ -427,12 +427,6 @@ __global__ void __launch_bounds__(kFlashThreads)
   }
   add_rows<DF>(dk + d.koff(b, j0 + r0, kvh), d.ldk, j0 + r0, d.T, dk_acc);
   add_rows<DF>(dv + d.koff(b, j0 + r0, kvh), d.ldk, j0 + r0, d.T, dv_acc);
-}
-
-bool aligned16(std::initializer_list<const void*> ptrs) {
-  for (const void* p : ptrs)
-    if (reinterpret_cast<uintptr_t>(p) % 16) return false;
-  return true;
 }
 
 // f(std::integral_constant<int, D / 16>) for head dims 16, 32, ..., 128: the kernels are compiled per head dim.

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
@@ -36,6 +37,40 @@ __device__ inline float load_value(const float* p) { return *p; }
 __device__ inline float load_value(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 __device__ inline __nv_bfloat16 to_bf16_value(float x) { return __float2bfloat16_rn(x); }
 __device__ inline __nv_bfloat16 to_bf16_value(__nv_bfloat16 x) { return x; }
+
+// Whether every pointer is 16-byte aligned: the condition of the kernels' 16-byte loads and stores.
+inline bool aligned16(std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16) return false;
+  return true;
+}
+// 8 consecutive elements at p (16-byte aligned) widened to float, in 16-byte loads (one of bf16, two of fp32);
+// store8 writes them back (rounded to nearest even where T is bf16), in 16-byte stores.
+template <class T>
+struct alignas(16) Piece16 {
+  T v[16 / sizeof(T)];
+};
+template <class T>
+__device__ inline void load8(float (&x)[8], const T* p) {
+  constexpr int kPer = 16 / sizeof(T);
+#pragma unroll
+  for (int h = 0; h < 8 / kPer; ++h) {
+    const Piece16<T> w = reinterpret_cast<const Piece16<T>*>(p)[h];
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) x[h * kPer + e] = load_value(&w.v[e]);
+  }
+}
+template <class T>
+__device__ inline void store8(T* p, const float (&x)[8]) {
+  constexpr int kPer = 16 / sizeof(T);
+#pragma unroll
+  for (int h = 0; h < 8 / kPer; ++h) {
+    Piece16<T> w;
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) store_value(&w.v[e], x[h * kPer + e]);
+    reinterpret_cast<Piece16<T>*>(p)[h] = w;
+  }
+}
 
 // Blocks for a grid-stride loop over n elements: a function of n only (never of the device), capped.
 inline unsigned grid_for(int64_t n, int threads = kThreads, int64_t max_blocks = 4096) {
