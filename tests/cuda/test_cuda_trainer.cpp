@@ -109,9 +109,9 @@ TEST_F(CudaTrainer, Tf32AndBf16TrackTheFp32Run) {
 }
 
 // bf16 products read each weight version rounded once (train/backend.h: RoundedWeights) instead of rounding the
-// weight per product (ONESTEP_BF16_WEIGHTS=per_call): the same numbers. The first step's loss (the forward on
-// W(0)) is compared bit for bit; later steps to 1e-5, since the embedding's backward sums with atomics (GPU runs
-// are not bit-reproducible). Single device, and a 2-stage 2BW pipeline whose stages hold two versions each.
+// weight per product (ONESTEP_BF16_WEIGHTS=per_call): the same numbers, bit for bit at every step (every kernel is
+// deterministic; before session 12 the embedding's backward added with atomics, and only the first step was
+// compared exactly). Single device, and a 2-stage 2BW pipeline whose stages hold two versions each.
 TEST_F(CudaTrainer, RoundingWeightsOnceChangesNothing) {
   REQUIRE_GPU();
   for (const std::vector<std::string>& extra :
@@ -127,13 +127,12 @@ TEST_F(CudaTrainer, RoundingWeightsOnceChangesNothing) {
     use_precision(Device::cuda, "fp32");  // process-wide: the tests after this one expect fp32
     const Losses a = read_losses(once), b = read_losses(per_call);
     ASSERT_FALSE(a.train.empty());
-    EXPECT_EQ(a.train[0], b.train[0]) << "the first step's loss, bit for bit";
-    expect_tracks(a.train, b.train, "train_loss", 1e-5);
+    EXPECT_EQ(a.train, b.train) << "every step's loss, bit for bit";
   }
 }
 
-// A GPU run stopped after step 4 and resumed from its checkpoint ends where the uninterrupted GPU run does
-// (to the same tolerance: the embedding's backward sums with atomics, so GPU runs are not bit-reproducible).
+// A GPU run stopped after step 4 and resumed from its checkpoint ends where the uninterrupted GPU run does, bit for
+// bit.
 TEST_F(CudaTrainer, ResumesFromItsCheckpoint) {
   REQUIRE_GPU();
   const RunConfig c = config({"train.device=cuda", "delay.emulate=one_step", "delay.correction=ef"});
@@ -141,14 +140,14 @@ TEST_F(CudaTrainer, ResumesFromItsCheckpoint) {
   run_training(c, {run("b"), false, 4});
   EXPECT_EQ(latest_checkpoint(run("b")), run("b") + "/checkpoints/step_00000004");
   run_training(c, {run("b"), true, -1});
-  expect_tracks(read_losses(run("b")).train, read_losses(run("a")).train, "train_loss after resume");
+  EXPECT_EQ(read_losses(run("b")).train, read_losses(run("a")).train) << "train_loss after resume, bit for bit";
 }
 
 // Pipelines on one GPU (in-process transport, activations handed over device to device) against their
 // single-device rules on the same GPU: 1F1B with flush = synchronous training, 2BW = the one-step emulator (with
-// EF and clipping), PipeDream = the per-stage emulator. Same kernels on both sides; they differ only where the
-// embedding's backward adds repeated tokens with atomics, hence 1e-4 rather than bit equality (the CPU tests
-// prove the schedules bit for bit).
+// EF and clipping), PipeDream = the per-stage emulator. Same kernels on both sides, all deterministic: bit for bit,
+// as on the CPU (until session 12 the embedding's backward added repeated tokens with atomics, and this allowed
+// 1e-4).
 TEST_F(CudaTrainer, PipelinesEqualTheirEmulators) {
   REQUIRE_GPU();
   struct Case {
@@ -172,8 +171,8 @@ TEST_F(CudaTrainer, PipelinesEqualTheirEmulators) {
     run_training(config(with_gpu(cs.pipeline)), {a, false, -1});
     run_training(config(with_gpu(cs.emulator)), {b, false, -1});
     const Losses lp = read_losses(a), le = read_losses(b);
-    expect_tracks(lp.train, le.train, "train_loss", 1e-4);
-    expect_tracks(lp.val, le.val, "val_loss", 1e-4);
+    EXPECT_EQ(lp.train, le.train) << "train_loss, bit for bit";
+    EXPECT_EQ(lp.val, le.val) << "val_loss, bit for bit";
   }
 }
 
