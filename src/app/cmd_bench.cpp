@@ -98,9 +98,10 @@ void add_gpu_report(nlohmann::json&, double) {}
 // (clearing the gradient, rounding the weights, host work between calls) is what neither accounts for.
 void print_op_profile(const std::map<std::string, OpTotal>& ops, const std::map<std::string, OpTotal>& gaps,
                       double step_s, double optimizer_s, nlohmann::json& j) {
+  auto largest_first = [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; };
   std::vector<std::pair<std::string, OpTotal>> rows, parts;
   for (const auto& op : ops) (is_op_part(op.first) ? parts : rows).push_back(op);
-  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+  std::sort(rows.begin(), rows.end(), largest_first);
   std::printf("  the median profiled step, %.3f s, by kernel:\n", step_s);
   auto line = [&](const std::string& name, const OpTotal& t) {
     std::printf("    %-24s %6lld calls %10.2f ms %5.1f%%\n", name.c_str(), static_cast<long long>(t.calls),
@@ -122,7 +123,7 @@ void print_op_profile(const std::map<std::string, OpTotal>& ops, const std::map<
   std::printf("    %-24s %6s       %10.2f ms %5.1f%%\n", "(the rest)", "", 1e3 * rest, 100 * rest / step_s);
   // Of the rest, the device's time between consecutive ops (GPU only), largest first by the op that followed.
   std::vector<std::pair<std::string, OpTotal>> by_gap(gaps.begin(), gaps.end());
-  std::sort(by_gap.begin(), by_gap.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+  std::sort(by_gap.begin(), by_gap.end(), largest_first);
   double gap_s = 0;
   nlohmann::json gap_ms = nlohmann::json::object();
   for (const auto& [name, t] : by_gap) gap_s += t.seconds, gap_ms[name] = 1e3 * t.seconds;

@@ -55,31 +55,20 @@ struct FlashDims {
 struct alignas(16) Bf16x8 {
   uint32_t pairs[4];
 };
-// Elements p[0..8) as bf16 pairs (fp32 ones rounded to nearest even): with `vec`, p is 16-byte aligned and read in 16-byte
-// loads, else element by element.
-__device__ inline Bf16x8 piece_as_bf16(const bf16* p, bool vec) {
-  if (vec) return *reinterpret_cast<const Bf16x8*>(p);
-  Bf16x8 x;
+// Elements p[0..8) as bf16 pairs (fp32 ones rounded to nearest even), for the tiles that cannot go by cp.async:
+// in 16-byte loads where `vec` (p 16-byte aligned), else element by element.
+template <class Src>
+__device__ inline Bf16x8 piece_as_bf16(const Src* p, bool vec) {
+  float f[8];
+  if (vec) {
+    load8(f, p);
+  } else {
 #pragma unroll
-  for (int i = 0; i < 4; ++i) x.pairs[i] = pack_pair(p[2 * i], p[2 * i + 1]);
-  return x;
-}
-__device__ inline Bf16x8 piece_as_bf16(const float* p, bool vec) {
-  struct alignas(16) F4 {
-    float v[4];
-  };
-  Bf16x8 x;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    F4 f;
-    if (vec) {
-      f = reinterpret_cast<const F4*>(p)[h];
-    } else {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) f.v[i] = p[4 * h + i];
-    }
-    x.pairs[2 * h] = pack_bf16(f.v[0], f.v[1]), x.pairs[2 * h + 1] = pack_bf16(f.v[2], f.v[3]);
+    for (int i = 0; i < 8; ++i) f[i] = load_value(p + i);
   }
+  Bf16x8 x;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) x.pairs[i] = pack_bf16(f[2 * i], f[2 * i + 1]);
   return x;
 }
 
@@ -124,7 +113,11 @@ __device__ inline void fetch_row_stats(float* s_lse, float* s_delta, const float
 
 // The kernels' prologue, once the block's own rows (Q, or Q and dO, or K and V) are being fetched into buffer 1:
 // commits them as one group, fetches the first streamed tiles into buffer 0 behind them (first_fetch, which
-// commits its own group), and waits until the own rows have landed for the whole block.
+// commits its own group), and waits until the own rows have landed for the whole block. Each kernel's main loop
+// then does, at step i: cp_async_wait<0> and __syncthreads (step i's tiles have landed, and every warp is done
+// with step i - 1, whose buffer is free), fetch step i + 1 into buffer (i + 1) & 1, compute on buffer i & 1. (The
+// loop is written out in each kernel: as a helper taking the body as a lambda, ptxas allocated registers
+// differently, with spills in dq at head dim 64.)
 template <class FirstFetch>
 __device__ inline void land_own_rows_while(FirstFetch first_fetch) {
   cp_async_commit();
@@ -217,27 +210,36 @@ __device__ inline bf16* tile_at(unsigned char* smem, const FlashDims& f, int i) 
   return reinterpret_cast<bf16*>(smem) + i * kRows * f.ld;
 }
 
+// Buffer buf of the forward and dq kernels: K in tile 2 buf, V in tile 2 buf + 1.
+__device__ inline bf16* k_tile(unsigned char* smem, const FlashDims& f, int buf) { return tile_at(smem, f, 2 * buf); }
+__device__ inline bf16* v_tile(unsigned char* smem, const FlashDims& f, int buf) {
+  return tile_at(smem, f, 2 * buf + 1);
+}
+// Starts fetching key tile kt of K and V (batch b, kv head kvh) into buffer buf, as one group.
+template <int DF, class Act>
+__device__ inline void fetch_kv(unsigned char* smem, const FlashDims& f, const Act* k, const Act* v, int b, int kvh,
+                                int kt, int buf) {
+  const Dims& d = f.d;
+  fetch_tile<DF>(k_tile(smem, f, buf), f.ld, k + d.koff(b, kt * kRows, kvh), d.ldk, f.rows(kt), f.vec);
+  fetch_tile<DF>(v_tile(smem, f, buf), f.ld, v + d.koff(b, kt * kRows, kvh), d.ldk, f.rows(kt), f.vec);
+  cp_async_commit();
+}
+
 template <int DF, class Act>  // Act: the storage of q, k, v and out (float, or bf16: bf16 operand storage)
 __global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(Act* out, float* lse, const Act* q, const Act* k,
                                                                   const Act* v, FlashDims f) {
   extern __shared__ __align__(128) unsigned char smem[];
   const Dims& d = f.d;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  auto sK = [&](int buf) { return tile_at(smem, f, 2 * buf); };  // buffer buf: K in tile 2 buf, V in 2 buf + 1
-  auto sV = [&](int buf) { return tile_at(smem, f, 2 * buf + 1); };
   const QueryBlock blk = query_block(d, f.ntiles);
   const int b = blk.b, h = blk.h, kvh = blk.kvh, qt = blk.tile;
   const int i0 = qt * kRows, r0 = warp * 16;  // r0: the warp's first row in the tile
-  auto fetch_kv = [&](int kt, int buf) {
-    fetch_tile<DF>(sK(buf), f.ld, k + d.koff(b, kt * kRows, kvh), d.ldk, f.rows(kt), f.vec);
-    fetch_tile<DF>(sV(buf), f.ld, v + d.koff(b, kt * kRows, kvh), d.ldk, f.rows(kt), f.vec);
-    cp_async_commit();
-  };
+  auto fetch = [&](int kt, int buf) { fetch_kv<DF>(smem, f, k, v, b, kvh, kt, buf); };
 
-  fetch_tile<DF>(sK(1), f.ld, q + d.qoff(b, i0, h), d.ldq, f.rows(qt), f.vec);  // Q, staged in buffer 1
-  land_own_rows_while([&] { fetch_kv(0, 0); });
+  fetch_tile<DF>(k_tile(smem, f, 1), f.ld, q + d.qoff(b, i0, h), d.ldq, f.rows(qt), f.vec);  // Q, in buffer 1
+  land_own_rows_while([&] { fetch(0, 0); });
   uint32_t qa[DF][4];
-  load_a<DF>(qa, sK(1), f.ld, r0);
+  load_a<DF>(qa, k_tile(smem, f, 1), f.ld, r0);
   float o[2 * DF][4] = {};
   // Rows g and g + 8 of the warp (qi[0], qi[1]): running max (in log2 units of the scaled scores) and sum. Every
   // row, also one past T (zero Q, its output not stored), has a valid key in its first tile (key 0), so the running
@@ -247,13 +249,13 @@ __global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(Act* out, floa
   const float scale2 = d.scale * kLog2e;
 
   for (int kt = 0; kt <= qt; ++kt) {
-    cp_async_wait<0>();  // this thread's part of tile kt
-    __syncthreads();     // everyone's; and every warp is done with tile kt - 1 (and Q), whose buffer is fetched into
-    if (kt < qt) fetch_kv(kt + 1, (kt + 1) & 1);
+    cp_async_wait<0>();
+    __syncthreads();
+    if (kt < qt) fetch(kt + 1, (kt + 1) & 1);
     const int buf = kt & 1, j0 = kt * kRows;
     const bool diagonal = kt == qt;  // the only tile with keys after some query
     float s[kN][4];
-    product_abt<kN, DF>(s, qa, sK(buf), f.ld);  // S = Q K^T
+    product_abt<kN, DF>(s, qa, k_tile(smem, f, buf), f.ld);  // S = Q K^T
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       // Masked scaled scores of row qi[half]; the row's 4 lanes (t = 0..3) hold 16 keys each.
@@ -286,7 +288,7 @@ __global__ void __launch_bounds__(kFlashThreads) flash_fwd_kernel(Act* out, floa
 #pragma unroll
       for (int n = 0; n < 2 * DF; ++n) o[n][2 * half] *= alpha, o[n][2 * half + 1] *= alpha;
     }
-    accumulate_py<DF>(o, s, sV(buf), f.ld);  // O += P V
+    accumulate_py<DF>(o, s, v_tile(smem, f, buf), f.ld);  // O += P V
   }
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
@@ -329,23 +331,18 @@ __global__ void __launch_bounds__(kFlashThreads)
   extern __shared__ __align__(128) unsigned char smem[];
   const Dims& d = f.d;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  auto sK = [&](int buf) { return tile_at(smem, f, 2 * buf); };  // buffer buf: K in tile 2 buf, V in 2 buf + 1
-  auto sV = [&](int buf) { return tile_at(smem, f, 2 * buf + 1); };
   const QueryBlock blk = query_block(d, f.ntiles);
   const int b = blk.b, h = blk.h, kvh = blk.kvh, qt = blk.tile;
   const int i0 = qt * kRows, r0 = warp * 16;
-  auto fetch_kv = [&](int kt, int buf) {
-    fetch_tile<DF>(sK(buf), f.ld, k + d.koff(b, kt * kRows, kvh), d.ldk, f.rows(kt), f.vec);
-    fetch_tile<DF>(sV(buf), f.ld, v + d.koff(b, kt * kRows, kvh), d.ldk, f.rows(kt), f.vec);
-    cp_async_commit();
-  };
+  auto fetch = [&](int kt, int buf) { fetch_kv<DF>(smem, f, k, v, b, kvh, kt, buf); };
 
-  fetch_tile<DF>(sK(1), f.ld, q + d.qoff(b, i0, h), d.ldq, f.rows(qt), f.vec);  // Q and dO, staged in buffer 1
-  fetch_tile<DF>(sV(1), f.ld, dout + d.qoff(b, i0, h), d.ldq, f.rows(qt), f.vec);
-  land_own_rows_while([&] { fetch_kv(0, 0); });
+  // Q and dO, staged in buffer 1
+  fetch_tile<DF>(k_tile(smem, f, 1), f.ld, q + d.qoff(b, i0, h), d.ldq, f.rows(qt), f.vec);
+  fetch_tile<DF>(v_tile(smem, f, 1), f.ld, dout + d.qoff(b, i0, h), d.ldq, f.rows(qt), f.vec);
+  land_own_rows_while([&] { fetch(0, 0); });
   uint32_t qa[DF][4], doa[DF][4];
-  load_a<DF>(qa, sK(1), f.ld, r0);
-  load_a<DF>(doa, sV(1), f.ld, r0);
+  load_a<DF>(qa, k_tile(smem, f, 1), f.ld, r0);
+  load_a<DF>(doa, v_tile(smem, f, 1), f.ld, r0);
   // Rows past T have zero Q and dO, lse and delta 0: finite P and dS = 0, and their dQ is not stored.
   const int qi[2] = {i0 + r0 + g, i0 + r0 + g + 8};
   float row_lse2[2], row_delta[2];
@@ -359,15 +356,16 @@ __global__ void __launch_bounds__(kFlashThreads)
   for (int kt = 0; kt <= qt; ++kt) {
     cp_async_wait<0>();
     __syncthreads();
-    if (kt < qt) fetch_kv(kt + 1, (kt + 1) & 1);
+    if (kt < qt) fetch(kt + 1, (kt + 1) & 1);
     const int buf = kt & 1, j0 = kt * kRows;
+    const bf16 *sK = k_tile(smem, f, buf), *sV = v_tile(smem, f, buf);
     float s[kN][4], dp[kN][4];
-    product_abt<kN, DF>(s, qa, sK(buf), f.ld);   // S = Q K^T
-    product_abt<kN, DF>(dp, doa, sV(buf), f.ld);  // dP = dO V^T
+    product_abt<kN, DF>(s, qa, sK, f.ld);   // S = Q K^T
+    product_abt<kN, DF>(dp, doa, sV, f.ld);  // dP = dO V^T
     probs_and_grads(
         s, dp, d.scale, kt == qt, [&](int half, int n, int e) { return j0 + 8 * n + 2 * t + e > qi[half]; },
         [&](int half, int, int) { return row_lse2[half]; }, [&](int half, int, int) { return row_delta[half]; });
-    accumulate_py<DF>(acc, dp, sK(buf), f.ld);  // dQ += dS K
+    accumulate_py<DF>(acc, dp, sK, f.ld);  // dQ += dS K
   }
   add_rows<DF>(dq + d.qoff(b, i0 + r0, h), d.ldq, i0 + r0, d.T, acc);
 }
@@ -409,7 +407,7 @@ __global__ void __launch_bounds__(kFlashThreads)
 
   for (int step = 0; step < steps; ++step) {
     cp_async_wait<0>();
-    __syncthreads();  // everyone's part of this step's tiles; every warp is done with the previous step's buffer
+    __syncthreads();
     if (step + 1 < steps) fetch_step(step + 1, (step + 1) & 1);
     const int buf = step & 1, qt = query_tile_of(step), i0 = qt * kRows;
     float s[kN][4], dp[kN][4];

@@ -25,8 +25,6 @@ __device__ inline uint32_t pack_pair(__nv_bfloat16 lo, __nv_bfloat16 hi) {
 __device__ inline uint32_t pack_bf16(float lo, float hi) {
   return pack_pair(__float2bfloat16_rn(lo), __float2bfloat16_rn(hi));
 }
-// The two bf16 at p (4-byte aligned) as one register.
-__device__ inline uint32_t load_pair(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
 // Four 8 x 8 bf16 matrices from shared memory (ldmatrix .x4): lane 8 i + j passes the address of row j of matrix i
 // (16-byte aligned), and r[i] receives matrix i's row g, columns 2t and 2t + 1, i.e. one A or B fragment register
